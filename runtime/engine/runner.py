@@ -1,0 +1,139 @@
+"""Runner: binds a loaded model, its static state and (on CUDA) a pool of captured decode steps.
+
+The decode step reads tokens and positions from the static buffers and writes the next token and
+position back into them, so the host only enqueues replays. Two variants per batch bucket:
+"greedy" (argmax) and "sample" (every transform); both are captured at start-up, before any
+request, so capture never disturbs a live cache.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from graphs.buckets import bucket_for, make_buckets
+from graphs.pool import GraphPool
+from runtime.engine.sampler import SamplingParams, sample
+from runtime.engine.state import DecodeBuffers, KVCache, kv_cache_bytes
+from runtime.errors import RuntimeUserError
+from runtime.models.loader import LoadedModel
+
+VARIANTS = ("greedy", "sample")
+
+
+def _oom_message(what: str, need: int, device: torch.device) -> str:
+    free, total = torch.cuda.mem_get_info(device)
+    return (
+        f"out of GPU memory {what}: needs {need / 2**30:.2f} GiB, {free / 2**30:.2f} of "
+        f"{total / 2**30:.2f} GiB free; lower --max-seq-len or the max batch"
+    )
+
+
+class Runner:
+    def __init__(self, loaded: LoadedModel, *, capacity: int | None = None, max_batch: int = 1, mode: str = "auto"):
+        self.loaded, self.model, self.spec = loaded, loaded.model, loaded.spec
+        self.device = self.model.device
+        self.capacity = capacity or min(self.spec.max_positions, 4096)
+        if self.capacity < 2:
+            raise RuntimeUserError(f"--max-seq-len must be at least 2, got {self.capacity}")
+        self.max_batch = max_batch
+        self.buckets = make_buckets(max_batch)
+        if mode not in ("auto", "graph", "eager"):
+            raise RuntimeUserError(f"unknown mode {mode!r}; choose graph or eager")
+        if mode == "graph" and self.device.type != "cuda":
+            raise RuntimeUserError("--mode graph needs a CUDA device; use --mode eager on the CPU")
+        self.mode = ("graph" if self.device.type == "cuda" else "eager") if mode == "auto" else mode
+        try:
+            self.cache = KVCache(self.spec, max_batch, self.capacity, self.device, self.model.dtype)
+            self.buffers = DecodeBuffers.allocate(max_batch, self.spec.vocab, self.device)
+        except torch.cuda.OutOfMemoryError as e:
+            need = kv_cache_bytes(self.spec, self.capacity, max_batch, self.model.dtype)
+            raise RuntimeUserError(_oom_message("allocating the KV cache", need, self.device)) from e
+        # first position where a row's logits were not finite (-1 = none); read after a request
+        self.nonfinite_at = torch.full((max_batch,), -1, dtype=torch.int64, device=self.device)
+        self.pool: GraphPool | None = None
+        self.capture_error: str | None = None
+        if self.mode == "graph":
+            self._capture()
+
+    # graph: everything below `_step` is captured; it touches only fixed-address tensors
+    def _step(self, key: tuple[int, str]) -> None:
+        B, variant = key
+        buf = self.buffers
+        tokens, positions = buf.tokens[:B], buf.positions[:B]
+        logits = self.model.decode(tokens, positions, self.cache)  # (B, V) float32
+        bad = ~torch.isfinite(logits.amax(-1))
+        self.nonfinite_at[:B] = torch.where(bad & (self.nonfinite_at[:B] < 0), positions, self.nonfinite_at[:B])
+        if variant == "greedy":
+            nxt = logits.argmax(-1)
+        else:
+            nxt = sample(
+                logits, positions + 1, buf.temperature[:B], buf.top_k[:B], buf.top_p[:B],
+                buf.repetition_penalty[:B], buf.seed[:B], buf.seen[:B],
+            )  # fmt: skip
+        tokens.copy_(nxt)
+        positions.add_(1)
+        buf.seen[:B].scatter_(1, nxt[:, None], True)
+
+    def _capture(self) -> None:
+        self.pool = GraphPool(self._step)
+        keys = [(b, v) for b in self.buckets for v in VARIANTS]
+        try:
+            self.pool.capture(keys, order=lambda k: k[0])
+        except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
+            self.pool.release()
+            self.pool, self.mode = None, "eager"
+            self.capture_error = str(e).splitlines()[0]
+            warnings.warn(f"CUDA graph capture failed ({self.capture_error}); falling back to eager decode", stacklevel=2)
+
+    @property
+    def capture_s(self) -> float:
+        return self.pool.capture_s if self.pool else 0.0
+
+    def bucket(self, n: int) -> int:
+        return bucket_for(n, self.buckets)
+
+    def step(self, bucket: int, variant: str) -> None:
+        """Advance rows [0, bucket) by one token: a graph replay, or the same code eagerly."""
+        if self.pool is not None:
+            self.pool.replay((bucket, variant))
+        else:
+            self._step((bucket, variant))
+
+    def set_row(self, row: int, params: SamplingParams, keep_seen: bool = False) -> None:
+        buf = self.buffers
+        buf.temperature[row] = params.temperature
+        buf.top_k[row] = params.top_k
+        buf.top_p[row] = params.top_p
+        buf.repetition_penalty[row] = params.repetition_penalty
+        buf.seed[row] = params.seed + row
+        self.nonfinite_at[row] = -1
+        if not keep_seen:
+            buf.seen[row].zero_()
+
+    @torch.inference_mode()
+    def prefill(self, row: int, tokens: list[int], start: int) -> int:
+        """Prefill `tokens` at positions [start, start + T) of `row`, sample the first new token
+        and leave the row ready to decode. Returns that token (a host sync: TTFT includes it)."""
+        ids = torch.tensor(tokens, dtype=torch.int64, device=self.device)
+        buf = self.buffers
+        buf.seen[row].scatter_(0, ids, True)
+        logits = self.model.prefill(ids[None], self.cache, row=row, start=start)  # (1, V)
+        end = torch.tensor([start + len(tokens)], device=self.device)
+        r = slice(row, row + 1)
+        first = sample(
+            logits, end, buf.temperature[r], buf.top_k[r], buf.top_p[r],
+            buf.repetition_penalty[r], buf.seed[r], buf.seen[r],
+        )  # fmt: skip
+        if not torch.isfinite(logits).all():
+            self.nonfinite_at[row] = start + len(tokens) - 1
+        buf.tokens[row] = first[0]
+        buf.positions[row] = start + len(tokens)
+        buf.seen[row, first[0]] = True
+        return int(first[0])
+
+    def release(self) -> None:
+        if self.pool is not None:
+            self.pool.release()
+            self.pool = None
