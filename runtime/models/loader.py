@@ -48,11 +48,14 @@ class LoadedModel:
         return self.model.device
 
 
-def parse_dtype(name: str | torch.dtype) -> torch.dtype:
+def parse_dtype(name: str | torch.dtype, device: torch.device | None = None) -> torch.dtype:
+    """auto: bfloat16 on CUDA, float32 elsewhere (CPU matmuls in bf16 are slow and inexact)."""
     if isinstance(name, torch.dtype):
         return name
+    if name == "auto":
+        return torch.bfloat16 if device is not None and device.type == "cuda" else torch.float32
     if name not in DTYPES:
-        raise RuntimeUserError(f"unknown dtype {name!r}; choose one of bfloat16, float16, float32")
+        raise RuntimeUserError(f"unknown dtype {name!r}; choose one of auto, bfloat16, float16, float32")
     return DTYPES[name]
 
 
@@ -116,13 +119,13 @@ def load_model(
     *,
     weights: str = "checkpoint",
     device: str | torch.device | None = None,
-    dtype: str | torch.dtype = "bfloat16",
+    dtype: str | torch.dtype = "auto",
     seed: int = 0,
 ) -> LoadedModel:
     if weights not in WEIGHT_KINDS:
         raise RuntimeUserError(f"unknown weights kind {weights!r}; choose one of {', '.join(WEIGHT_KINDS)}")
     device = device if isinstance(device, torch.device) else parse_device(device)
-    torch_dtype = parse_dtype(dtype)
+    torch_dtype = parse_dtype(dtype, device)
     start = time.perf_counter()
     folder = None
     if weights in ("checkpoint", "auto"):
