@@ -2,9 +2,10 @@
 
 The host only enqueues steps. After each step the new tokens are copied without blocking into
 pinned host memory and an event is recorded; the host reads step i once step i + LAG is queued,
-so the GPU always has work waiting. Rows that hit a stop id are cut there; the few steps that
-ran past the stop are discarded. LAG is 2 so that, in a sliding layer's ring, an overrun step
-never evicts a position the next turn of a conversation still needs.
+so the GPU always has work waiting. Rows that hit a stop id are cut there; the step that ran past
+the stop only fed the stop token itself (its KV is valid history). LAG is 1 because a second
+overrun step would write a garbage position into a sliding layer's ring, evicting a position the
+next turn of a conversation still needs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from runtime.engine.sampler import SamplingParams
 from runtime.engine.state import check_capacity
 from runtime.errors import RuntimeFailure, RuntimeUserError
 
-LAG = 2
+LAG = 1
 
 
 @dataclass
