@@ -58,7 +58,9 @@ class GraphPool:
             self._graphs[key] = graph
             torch.cuda.synchronize()
             self.stats.append(
-                CaptureStats(key, time.perf_counter() - start, (torch.cuda.memory_reserved() - reserved) / 2**20)
+                CaptureStats(
+                    key, time.perf_counter() - start, (torch.cuda.memory_reserved() - reserved) / 2**20
+                )
             )
 
     def replay(self, key: Hashable) -> None:

@@ -19,3 +19,5 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks
 
 
 app.command()(generate)
+if __name__ == "__main__":
+    app()

@@ -20,7 +20,9 @@ def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def chat_text(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = True, **kwargs) -> str:
+def chat_text(
+    tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool = True, **kwargs
+) -> str:
     return tokenizer.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=add_generation_prompt, **kwargs
     )
@@ -31,7 +33,9 @@ def encode_prompt(tokenizer: Any, prompt: str, raw: bool) -> list[int]:
     if raw or not has_chat_template(tokenizer):
         ids = tokenizer(prompt).input_ids
     else:
-        ids = tokenizer(chat_text(tokenizer, [{"role": "user", "content": prompt}]), add_special_tokens=False).input_ids
+        ids = tokenizer(
+            chat_text(tokenizer, [{"role": "user", "content": prompt}]), add_special_tokens=False
+        ).input_ids
     if not ids:
         raise RuntimeUserError("the prompt encodes to no tokens; give a non-empty --prompt")
     return list(ids)

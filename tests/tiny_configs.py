@@ -35,11 +35,18 @@ def tiny_config(family: str, **overrides):
             architectures=["LlamaForCausalLM"],
         )
     elif family == "qwen3":
-        cfg = Qwen3Config(**common, head_dim=32, rope_parameters=dict(rope_type="default", rope_theta=1e6),
-                          architectures=["Qwen3ForCausalLM"])
+        cfg = Qwen3Config(
+            **common,
+            head_dim=32,
+            rope_parameters=dict(rope_type="default", rope_theta=1e6),
+            architectures=["Qwen3ForCausalLM"],
+        )
     elif family == "qwen2":
-        cfg = Qwen2Config(**common, rope_parameters=dict(rope_type="default", rope_theta=1e6),
-                          architectures=["Qwen2ForCausalLM"])
+        cfg = Qwen2Config(
+            **common,
+            rope_parameters=dict(rope_type="default", rope_theta=1e6),
+            architectures=["Qwen2ForCausalLM"],
+        )
     elif family == "gemma3":
         common.update(num_hidden_layers=4, num_key_value_heads=1)
         cfg = Gemma3TextConfig(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from runtime.cli_support import handle_errors
@@ -13,8 +11,12 @@ EMBEDDED = "smollm2-135m-instruct"
 
 @handle_errors
 def generate(
-    prompt: str = typer.Option(..., "--prompt", "-p", help="Prompt text (must encode to at least one token)."),
-    model: str = typer.Option(EMBEDDED, "--model", "-m", help="Hub id, folder of safetensors, .gguf file, or the embedded default."),
+    prompt: str = typer.Option(
+        ..., "--prompt", "-p", help="Prompt text (must encode to at least one token)."
+    ),
+    model: str = typer.Option(
+        EMBEDDED, "--model", "-m", help="Hub id, folder of safetensors, .gguf file, or the embedded default."
+    ),
     weights: str = typer.Option("checkpoint", help="checkpoint | random | auto"),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
     temperature: float = typer.Option(0.0, help="0 = greedy."),
@@ -22,11 +24,17 @@ def generate(
     top_p: float = typer.Option(1.0, "--top-p", help="1 = off."),
     repetition_penalty: float = typer.Option(1.0, "--repetition-penalty", help="1 = off."),
     seed: int = typer.Option(0),
-    device: Optional[str] = typer.Option(None, help="cuda | cpu (default: cuda when present)."),
-    dtype: str = typer.Option("auto", help="auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | float16 | float32"),
-    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="KV cache capacity (default: prompt + max new tokens)."),
+    device: str | None = typer.Option(None, help="cuda | cpu (default: cuda when present)."),
+    dtype: str = typer.Option(
+        "auto", help="auto (bfloat16 on CUDA, float32 on CPU) | bfloat16 | float16 | float32"
+    ),
+    max_seq_len: int | None = typer.Option(
+        None, "--max-seq-len", help="KV cache capacity (default: prompt + max new tokens)."
+    ),
     mode: str = typer.Option("auto", help="graph | eager (default: graph on CUDA, eager on CPU)."),
-    raw: bool = typer.Option(False, "--raw", help="No chat template: ids exactly as tokenizer(prompt) gives them."),
+    raw: bool = typer.Option(
+        False, "--raw", help="No chat template: ids exactly as tokenizer(prompt) gives them."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object with `tokens` and `text`."),
 ) -> None:
     """Generate a completion for one prompt, streaming it to stdout."""

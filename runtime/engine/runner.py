@@ -31,7 +31,9 @@ def _oom_message(what: str, need: int, device: torch.device) -> str:
 
 
 class Runner:
-    def __init__(self, loaded: LoadedModel, *, capacity: int | None = None, max_batch: int = 1, mode: str = "auto"):
+    def __init__(
+        self, loaded: LoadedModel, *, capacity: int | None = None, max_batch: int = 1, mode: str = "auto"
+    ):
         self.loaded, self.model, self.spec = loaded, loaded.model, loaded.spec
         self.device = self.model.device
         self.capacity = capacity or min(self.spec.max_positions, 4096)
@@ -64,7 +66,9 @@ class Runner:
         tokens, positions = buf.tokens[:B], buf.positions[:B]
         logits = self.model.decode(tokens, positions, self.cache)  # (B, V) float32
         bad = ~torch.isfinite(logits.amax(-1))
-        self.nonfinite_at[:B] = torch.where(bad & (self.nonfinite_at[:B] < 0), positions, self.nonfinite_at[:B])
+        self.nonfinite_at[:B] = torch.where(
+            bad & (self.nonfinite_at[:B] < 0), positions, self.nonfinite_at[:B]
+        )
         if variant == "greedy":
             nxt = logits.argmax(-1)
         else:
@@ -85,7 +89,10 @@ class Runner:
             self.pool.release()
             self.pool, self.mode = None, "eager"
             self.capture_error = str(e).splitlines()[0]
-            warnings.warn(f"CUDA graph capture failed ({self.capture_error}); falling back to eager decode", stacklevel=2)
+            warnings.warn(
+                f"CUDA graph capture failed ({self.capture_error}); falling back to eager decode",
+                stacklevel=2,
+            )
 
     @property
     def capture_s(self) -> float:

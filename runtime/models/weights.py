@@ -94,7 +94,9 @@ def build_model(spec: ModelSpec, state: dict[str, torch.Tensor]) -> DecoderLM:
 
 def from_state_dict(spec: ModelSpec, hf_state: dict[str, torch.Tensor], device, dtype) -> DecoderLM:
     """Build from an in-memory HF state dict (tests, and models converted on the fly)."""
-    return build_model(spec, convert(spec, hf_state.keys(), hf_state.__getitem__, device, dtype, "state dict"))
+    return build_model(
+        spec, convert(spec, hf_state.keys(), hf_state.__getitem__, device, dtype, "state dict")
+    )
 
 
 def safetensors_files(folder: Path) -> list[Path]:
