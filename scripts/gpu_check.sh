@@ -13,6 +13,7 @@ for stage in $STAGES; do
     tests) python3 -m pytest -q -m cuda -p no:cacheprovider tests/ 2>&1 | tee "$OUT/tests_cuda.log" | tail -25 ;;
     kernels) python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tee "$OUT/tests_kernels.log" | tail -15 ;;
     hf) python3 scripts/check_vs_transformers.py --out "$OUT/vs_transformers.json" 2>&1 | tee "$OUT/vs_transformers.log" | grep '^{' ;;
+    diag) python3 scripts/diag_graph_vs_eager.py 2>&1 | tee "$OUT/diag.log" ;;
     graph) python3 scripts/bench_graph.py --out "$OUT/bench_graph.json" 2>&1 | tee "$OUT/bench_graph.log" | tail -6 ;;
     *) echo "unknown stage $stage" ;;
   esac
