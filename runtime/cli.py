@@ -7,6 +7,7 @@ import os
 
 import typer
 
+from runtime.commands.chat import chat
 from runtime.commands.generate import generate
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Static-shape, CUDA-graph LLM decoding.")
@@ -19,5 +20,6 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks
 
 
 app.command()(generate)
+app.command()(chat)
 if __name__ == "__main__":
     app()
