@@ -54,6 +54,11 @@ def run(model_id: str, batch: int, steps: int = 64) -> None:
 
 
 if __name__ == "__main__":
+    import os
+
+    if os.environ.get("DET"):
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        print("deterministic algorithms on")
     for mid in sys.argv[1:] or ["Qwen/Qwen3-1.7B", "meta-llama/Llama-3.2-1B-Instruct"]:
         for b in (1, 8):
             run(mid, b)
