@@ -7,8 +7,10 @@ import os
 
 import typer
 
+from runtime.commands.bench import bench
 from runtime.commands.chat import chat
 from runtime.commands.generate import generate
+from runtime.commands.report import report
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Static-shape, CUDA-graph LLM decoding.")
 
@@ -21,5 +23,7 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks
 
 app.command()(generate)
 app.command()(chat)
+app.command()(bench)
+app.command()(report)
 if __name__ == "__main__":
     app()
