@@ -31,7 +31,8 @@ def _session(runner, **kwargs) -> ChatSession:
 
 def _fresh_answer(runner, ids: list[int], session: ChatSession) -> list[int]:
     """The same turn with the whole conversation prefilled from position 0."""
-    return generate(runner, [ids], session.params, session.max_new_tokens, stop_ids=session.stop_ids).tokens[0]
+    result = generate(runner, [ids], session.params, session.max_new_tokens, stop_ids=session.stop_ids)
+    return result.tokens[0]
 
 
 def test_second_turn_uses_the_first(runner):
