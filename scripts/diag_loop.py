@@ -32,6 +32,7 @@ def run(model_id: str, batch: int, steps: int = 64) -> None:
     gr = runners["graph"]
     saved = [t.clone() for t in state(gr)]
     for label, fn in [("graph-eager-step", lambda: gr._step((bucket, "greedy"))),
+                      ("graph-eager-step-again", lambda: gr._step((bucket, "greedy"))),
                       ("graph-replay", lambda: gr.step(bucket, "greedy")),
                       ("eager-runner", lambda: runners["eager"]._step((bucket, "greedy")))]:  # fmt: skip
         if label != "eager-runner":
@@ -46,7 +47,7 @@ def run(model_id: str, batch: int, steps: int = 64) -> None:
     base = streams["graph-eager-step"]
     for label, s in streams.items():
         diff = (s != base).any(dim=1).nonzero()
-        print(f"{model_id} B{batch} {label:18s} first differing step: {int(diff[0]) if len(diff) else None}")
+        print(f"{model_id} B{batch} {label:22s} first differing step: {int(diff[0]) if len(diff) else None}")
     eg = runners["eager"]
     print("  caches equal after prefill+steps (graph-runner vs eager-runner):",
           all(torch.equal(a[:batch], b[:batch]) for a, b in zip(gr.cache.k, eg.cache.k)))  # fmt: skip
