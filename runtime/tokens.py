@@ -30,6 +30,8 @@ def chat_text(
 
 def encode_prompt(tokenizer: Any, prompt: str, raw: bool) -> list[int]:
     """raw: ids exactly as tokenizer(prompt) gives them; else the chat template of one user turn."""
+    if not prompt.strip():
+        raise RuntimeUserError("empty prompt: give some text with --prompt")
     if raw or not has_chat_template(tokenizer):
         ids = tokenizer(prompt).input_ids
     else:

@@ -12,7 +12,11 @@ EMBEDDED = "smollm2-135m-instruct"
 @handle_errors
 def generate(
     prompt: str = typer.Option(
-        ..., "--prompt", "-p", help="Prompt text (must encode to at least one token)."
+        ...,
+        "--prompt",
+        "-p",
+        help="Prompt text; an empty or blank prompt is refused. Special tokens written in the text "
+        "(e.g. <|im_end|>) are parsed as special tokens, so a prompt of special tokens only is valid.",
     ),
     model: str = typer.Option(
         EMBEDDED, "--model", "-m", help="Hub id, folder of safetensors, .gguf file, or the embedded default."
