@@ -91,5 +91,5 @@ def test_seeded_sampling_reproduces(runners):
 def test_capture_stats_are_recorded(runners):
     _, graph, _ = runners
     keys = {s.key for s in graph.pool.stats}
-    assert {(b, v) for b in (1, 2, 4, 8) for v in ("greedy", "sample")} == keys
+    assert {(b, v) for b in (1, 2, 4, 8) for v in ("greedy", "topk", "sample")} == keys
     assert graph.capture_s > 0

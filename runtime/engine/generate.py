@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from runtime.engine.runner import Runner
+from runtime.engine.runner import Runner, variant_for
 from runtime.engine.sampler import SamplingParams
 from runtime.engine.state import check_capacity
 from runtime.errors import RuntimeFailure, RuntimeUserError
@@ -65,7 +65,7 @@ def generate(
 
     cuda = runner.device.type == "cuda"
     bucket = runner.bucket(n)
-    variant = "greedy" if params.greedy else "sample"
+    variant = variant_for(params)
     stops = set(stop_ids)
     t0 = time.perf_counter()
     # padding rows decode harmlessly from position 0 of their own cache rows

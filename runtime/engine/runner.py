@@ -2,8 +2,9 @@
 
 The decode step reads tokens and positions from the static buffers and writes the next token and
 position back into them, so the host only enqueues replays. Two variants per batch bucket:
-"greedy" (argmax) and "sample" (every transform); both are captured at start-up, before any
-request, so capture never disturbs a live cache.
+"greedy" (argmax), "topk" (sampling among the best TOPK_CANDIDATES logits, exact for top-k
+settings up to that size) and "sample" (a full sort, any setting); all are captured at start-up,
+before any request, so capture never disturbs a live cache.
 """
 
 from __future__ import annotations
@@ -19,7 +20,18 @@ from runtime.engine.state import DecodeBuffers, KVCache, kv_cache_bytes
 from runtime.errors import RuntimeUserError
 from runtime.models.loader import LoadedModel
 
-VARIANTS = ("greedy", "sample")
+VARIANTS = ("greedy", "topk", "sample")
+TOPK_CANDIDATES = 128  # the "topk" variant samples among this many best logits
+
+
+def variant_for(params: SamplingParams) -> str:
+    """greedy: argmax only; topk: exact while 0 < top_k <= TOPK_CANDIDATES (or no sampling at all,
+    only a penalty); sample: a full-vocabulary sort, any setting."""
+    if params.greedy:
+        return "greedy"
+    if params.temperature == 0 or 0 < params.top_k <= TOPK_CANDIDATES:
+        return "topk"
+    return "sample"
 
 
 def _oom_message(what: str, need: int, device: torch.device) -> str:
@@ -75,6 +87,7 @@ class Runner:
             nxt = sample(
                 logits, positions + 1, buf.temperature[:B], buf.top_k[:B], buf.top_p[:B],
                 buf.repetition_penalty[:B], buf.seed[:B], buf.seen[:B],
+                candidates=min(TOPK_CANDIDATES, self.spec.vocab) if variant == "topk" else 0,
             )  # fmt: skip
         tokens.copy_(nxt)
         positions.add_(1)

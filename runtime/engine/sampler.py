@@ -50,12 +50,13 @@ def _mix(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
-def gumbel_noise(seed: torch.Tensor, positions: torch.Tensor, vocab: int) -> torch.Tensor:
-    """seed (B,), positions (B,) int64 -> (B, V) float32 standard Gumbel noise, deterministic."""
-    ids = torch.arange(vocab, device=seed.device, dtype=torch.int64)
-    row = _mix((seed * 0x27D4EB2F + positions * 0x165667B1) & _MASK32)  # (B,)
-    h = _mix((ids[None, :] * 0x3C6EF372 + row[:, None]) & _MASK32)
-    h = _mix(h ^ row[:, None])
+def gumbel_noise(seed: torch.Tensor, positions: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """seed (B,), positions (B,) int64, token ids (V,) or (B, K) -> standard Gumbel noise of the
+    same shape as ids broadcast to B rows, float32. A token's noise depends only on (seed,
+    position, token id), so any subset of candidates sees the numbers the full vocabulary would."""
+    row = _mix((seed * 0x27D4EB2F + positions * 0x165667B1) & _MASK32)[:, None]  # (B, 1)
+    h = _mix((ids * 0x3C6EF372 + row) & _MASK32)
+    h = _mix(h ^ row)
     u = ((h >> 8).float() + 0.5) * (1.0 / 16777216.0)  # (0, 1), 24 random bits
     return -torch.log(-torch.log(u))
 
@@ -66,20 +67,17 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, torch.where(logits > 0, logits / p, logits * p), logits)
 
 
-def filter_top_k_top_p(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """scaled logits (B, V) -> the same with tokens outside top-k, then top-p, set to -inf.
-
-    One descending sort; each row keeps its n best tokens, n = min(k, smallest prefix whose mass
-    reaches p). Kept by value (>= the n-th best), so ties at the cut are kept together."""
-    V = scaled.shape[-1]
-    ranked, _ = scaled.sort(dim=-1, descending=True)
-    k = torch.where(top_k > 0, top_k.clamp(max=V), torch.full_like(top_k, V))  # (B,)
-    rank = torch.arange(V, device=scaled.device)
+def top_k_top_p_cutoff(ranked: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """ranked (B, K) logits sorted descending (K = V, or a candidate set holding every row's top-k)
+    -> (B, 1) cutoff: a row keeps tokens whose logit is >= it. It keeps its n best tokens,
+    n = min(k, smallest prefix whose mass reaches p); by value, so ties at the cut stay together."""
+    K = ranked.shape[-1]
+    k = torch.where(top_k > 0, top_k.clamp(max=K), torch.full_like(top_k, K))  # (B,)
+    rank = torch.arange(K, device=ranked.device)
     probs = torch.softmax(ranked.masked_fill(rank[None, :] >= k[:, None], float("-inf")), dim=-1)
     mass_before = probs.cumsum(-1) - probs
     n_keep = torch.minimum((mass_before < top_p[:, None]).sum(-1), k).clamp(min=1)
-    cutoff = ranked.gather(1, (n_keep - 1)[:, None])
-    return scaled.masked_fill(scaled < cutoff, float("-inf"))
+    return ranked.gather(1, (n_keep - 1)[:, None])
 
 
 def sample(
@@ -91,13 +89,24 @@ def sample(
     repetition_penalty: torch.Tensor,
     seed: torch.Tensor,
     seen: torch.Tensor,
+    candidates: int = 0,
 ) -> torch.Tensor:
     """logits (B, V) float32 and per-row settings (B,) -> next tokens (B,) int64.  # graph: safe
 
-    positions: the position the sampled token will occupy (keys the noise)."""
+    positions: the position the sampled token will occupy (keys the noise).
+    candidates: 0 sorts the whole vocabulary (any setting); K > 0 works on the K best logits only,
+    exact when every sampled row has 0 < top_k <= K, and much cheaper than a full sort."""
     logits = apply_repetition_penalty(logits, seen, repetition_penalty)
     greedy = logits.argmax(-1)
     scaled = logits / temperature.clamp(min=1e-5)[:, None]
-    kept = filter_top_k_top_p(scaled, top_k, top_p)
-    sampled = (kept + gumbel_noise(seed, positions, logits.shape[-1])).argmax(-1)
+    if candidates:
+        ranked, ids = scaled.topk(candidates, dim=-1)  # (B, K), descending
+    else:
+        ranked, _ = scaled.sort(dim=-1, descending=True)
+        ids = torch.arange(scaled.shape[-1], device=scaled.device)
+    cutoff = top_k_top_p_cutoff(ranked, top_k, top_p)
+    pool = ranked if candidates else scaled
+    kept = pool.masked_fill(pool < cutoff, float("-inf"))
+    choice = (kept + gumbel_noise(seed, positions, ids)).argmax(-1)
+    sampled = ids.gather(1, choice[:, None])[:, 0] if candidates else choice
     return torch.where(temperature > 0, sampled, greedy)
