@@ -1,26 +1,14 @@
-"""Attention over the static KV cache, plain torch (SDPA).
-
-Decode: one query per row, keys are cache slots [0, length) of that row. A sliding layer's cache
-is a ring of `window` slots (position p lives at p % window); softmax does not care about slot
-order, so a ring row is attended exactly like a global one, with length = min(pos + 1, window).
-Prefill: T queries of one row against keys whose positions are given explicitly."""
+"""Prefill attention, plain torch (SDPA): T queries of one row against keys whose positions are
+given explicitly. Decode attention lives in decode_attention.py (re-exported here)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from runtime.kernels.decode_attention import decode_attention_ref
 
-def decode_attention_ref(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, lengths: torch.Tensor, scale: float
-) -> torch.Tensor:
-    """q (B, H, D); k/v_cache (B, Hkv, S, D); lengths (B,) live slots -> (B, H, D)."""
-    slots = torch.arange(k_cache.shape[2], device=q.device)
-    mask = (slots < lengths[:, None])[:, None, None, :]  # (B, 1, 1, S)
-    out = F.scaled_dot_product_attention(
-        q.unsqueeze(2), k_cache, v_cache, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k_cache.shape[1]
-    )
-    return out.squeeze(2)
+__all__ = ["decode_attention_ref", "prefill_attention_ref"]
 
 
 def prefill_attention_ref(

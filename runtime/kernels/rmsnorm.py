@@ -1,10 +1,20 @@
-"""RMSNorm, plain torch. Two rounding orders, as the families define them:
+"""RMSNorm and residual-add + RMSNorm: plain-torch references and one Triton kernel for both.
+
+Two rounding orders, as the families define them:
 offset 0 (Llama, Qwen): normalise in fp32, cast to the input dtype, then multiply by w.
-offset 1 (Gemma): multiply by (1 + w) in fp32, then cast."""
+offset 1 (Gemma): multiply by (1 + w) in fp32, then cast.
+add_rms_norm fuses the residual add into the next norm: new_residual = residual + x (rounded to
+the dtype, as the unfused add would be), normed = rms_norm(new_residual). With `pre_weight`, x is
+first normalised itself (Gemma's sandwich norm on a branch output before it joins the residual).
+The kernel keeps the references' rounding order, so on the same inputs it differs from them only
+by the order of the fp32 sum of squares.
+"""
 
 from __future__ import annotations
 
 import torch
+
+from runtime.kernels._triton import jit, next_pow2, tl
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
@@ -14,3 +24,105 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: floa
     if offset:
         return (normed * (offset + weight.float())).to(x.dtype)
     return weight * normed.to(x.dtype)
+
+
+def add_rms_norm_ref(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    offset: float = 0.0,
+    pre_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, residual (..., N) -> (rms_norm(residual + x'), residual + x'), x' = x or rms_norm(x, pre_weight)."""
+    if pre_weight is not None:
+        x = rms_norm_ref(x, pre_weight, eps, offset)
+    new_residual = residual + x
+    return rms_norm_ref(new_residual, weight, eps, offset), new_residual
+
+
+@jit
+def _normalise(x, w_ptr, cols, mask, n_cols, eps, OFFSET: tl.constexpr):
+    """One row x (BLOCK,) -> fp32 values whose cast to the output dtype is the reference's result."""
+    xf = x.to(tl.float32)
+    normed = xf * tl.rsqrt(tl.sum(xf * xf, axis=0) / n_cols + eps)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    if OFFSET != 0:
+        return normed * (OFFSET + w)
+    # offset 0 rounds the normalised row to the input dtype before the product
+    return w * normed.to(x.dtype).to(tl.float32)
+
+
+@jit
+def _rms_norm_kernel(
+    x_ptr,
+    res_ptr,
+    w_ptr,
+    pre_w_ptr,
+    out_ptr,
+    res_out_ptr,
+    n_cols,
+    eps,
+    x_stride,
+    res_stride,
+    out_stride,
+    res_out_stride,
+    OFFSET: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    HAS_PRE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    # one program per row; the whole row (N <= BLOCK) lives in registers
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * x_stride + cols, mask=mask, other=0.0)
+    if HAS_PRE:
+        x = _normalise(x, pre_w_ptr, cols, mask, n_cols, eps, OFFSET).to(x.dtype)
+    if HAS_RES:
+        r = tl.load(res_ptr + row * res_stride + cols, mask=mask, other=0.0)
+        x = (r.to(tl.float32) + x.to(tl.float32)).to(x.dtype)
+        tl.store(res_out_ptr + row * res_out_stride + cols, x, mask=mask)
+    y = _normalise(x, w_ptr, cols, mask, n_cols, eps, OFFSET)
+    tl.store(out_ptr + row * out_stride + cols, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(..., N) -> (R, N) with unit stride along N (a view when the layout allows)."""
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def _launch(x, residual, weight, pre_weight, eps, offset, out_dtype):
+    n = x.shape[-1]
+    x2 = _rows(x)
+    rows = x2.shape[0]
+    out = torch.empty(x.shape, dtype=out_dtype, device=x.device)  # contiguous: row stride n
+    res2 = _rows(residual) if residual is not None else x2
+    res_out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else out
+    block = next_pow2(n)
+    _rms_norm_kernel[(rows,)](
+        x2, res2, weight, pre_weight if pre_weight is not None else weight, out, res_out,
+        n, eps, x2.stride(0), res2.stride(0), n, n,
+        OFFSET=float(offset), HAS_RES=residual is not None, HAS_PRE=pre_weight is not None,
+        BLOCK=block, num_warps=min(max(block // 512, 1), 8),
+    )  # fmt: skip
+    return out, res_out
+
+
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
+    """Same contract as rms_norm_ref; one kernel."""
+    out_dtype = x.dtype if offset else torch.promote_types(weight.dtype, x.dtype)
+    return _launch(x, None, weight, None, eps, offset, out_dtype)[0]
+
+
+def add_rms_norm_triton(
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    offset: float = 0.0,
+    pre_weight: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as add_rms_norm_ref (x, residual and the weights share one dtype); one kernel."""
+    return _launch(x, residual, weight, pre_weight, eps, offset, x.dtype)

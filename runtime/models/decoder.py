@@ -5,6 +5,8 @@ passed in (runtime/engine/state.py), and sampling happens elsewhere. Two entry p
   prefill(tokens (1, T), cache, row, start) -> logits, eager, one cache row, variable T
   decode(tokens (B,), positions (B,), cache) -> logits (B, V), graph-safe: shapes fixed by B,
       positions read from a device tensor, no host sync.
+Each residual add is fused into the norm that follows it (ops.add_rms_norm), and in decode the
+q/k-norm, rope and KV-cache write are one op (ops.qkv_rope_to_cache).
 """
 
 from __future__ import annotations
@@ -45,19 +47,17 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(spec.q_size, spec.hidden, bias=False)
         self.q_norm = RMSNorm(spec.head_dim, spec.norm_eps, spec.norm_offset) if spec.qk_norm else None
         self.k_norm = RMSNorm(spec.head_dim, spec.norm_eps, spec.norm_offset) if spec.qk_norm else None
+        self.eps, self.offset = spec.norm_eps, spec.norm_offset
+
+    def _qk_args(self) -> tuple:
+        """The q/k-norm arguments of ops.qkv_rope: (q weight, k weight, eps, offset); no weights = no norm."""
+        if self.q_norm is None:
+            return None, None, self.eps, self.offset
+        return self.q_norm.weight, self.k_norm.weight, self.eps, self.offset
 
     def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """x (B, T, hidden) -> q (B, T, H, D), k and v (B, T, Hkv, D), rope applied."""
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1
-        )
-        q = q.view(B, T, self.heads, self.head_dim)
-        k = k.view(B, T, self.kv_heads, self.head_dim)
-        v = v.view(B, T, self.kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        return ops.apply_rope(q, cos, sin), ops.apply_rope(k, cos, sin), v
+        """x (B, T, hidden) -> q (B, T, H, D), k and v (B, T, Hkv, D), q/k-norm and rope applied."""
+        return ops.qkv_rope(self.qkv(x), self.heads, self.kv_heads, cos, sin, *self._qk_args())
 
     def prefill(self, x, cos, sin, cache: KVCacheLike, row: int, start: int) -> torch.Tensor:
         """x (1, T, hidden) at positions [start, start + T) of cache row `row`."""
@@ -92,19 +92,19 @@ class Attention(nn.Module):
         )
         return self.o_proj(out.transpose(1, 2).reshape(1, T, -1))
 
-    def decode(self, x, cos, sin, cache: KVCacheLike, positions: torch.Tensor) -> torch.Tensor:
-        """x (B, 1, hidden); positions (B,) on the device.  # graph: no host reads"""
+    def decode(
+        self, x, cos, sin, cache: KVCacheLike, positions: torch.Tensor, lengths: dict[int, torch.Tensor]
+    ) -> torch.Tensor:
+        """x (B, 1, hidden); positions (B,) on the device; lengths[S] = min(positions + 1, S), built
+        once per step for each cache length S.  # graph: no host reads"""
         B = x.shape[0]
-        q, k, v = self._project(x, cos, sin)
-        k_cache = cache.k[self.layer]
-        v_cache = cache.v[self.layer]
-        size = k_cache.shape[2]
-        slot = positions if self.window is None else torch.remainder(positions, size)
-        rows = torch.arange(B, device=x.device)
-        k_cache[rows, :, slot] = k[:, 0]
-        v_cache[rows, :, slot] = v[:, 0]
-        lengths = torch.clamp(positions + 1, max=size)
-        out = ops.decode_attention(q[:, 0], k_cache[:B], v_cache[:B], lengths, self.scale)  # (B, H, D)
+        k_cache, v_cache = cache.k[self.layer][:B], cache.v[self.layer][:B]
+        # k and v land in slot positions % S: the ring of a sliding layer, plain for a global one
+        q = ops.qkv_rope_to_cache(
+            self.qkv(x), self.heads, self.kv_heads, cos, sin, *self._qk_args(), k_cache, v_cache, positions
+        )  # (B, 1, H, D)
+        live = lengths[k_cache.shape[2]]
+        out = ops.decode_attention(q[:, 0], k_cache, v_cache, live, self.scale)  # (B, H, D)
         return self.o_proj(out.reshape(B, 1, -1))
 
 
@@ -129,15 +129,26 @@ class DecoderLayer(nn.Module):
         self.attn = Attention(spec, layer)
         self.mlp = MLP(spec)
 
-    def forward(self, x: torch.Tensor, attend) -> torch.Tensor:
-        h = attend(self.attn, self.attn_norm(x))
-        if self.attn_out_norm is not None:
-            h = self.attn_out_norm(h)
-        x = x + h
-        h = self.mlp(self.mlp_norm(x))
-        if self.mlp_out_norm is not None:
-            h = self.mlp_out_norm(h)
-        return x + h
+    def forward(
+        self, x: torch.Tensor, pending: torch.Tensor | None, pending_norm: RMSNorm | None, attend
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, hidden) is the residual stream; `pending` the previous layer's MLP output, not
+        yet added (None before the first layer), to be normed by `pending_norm` first (Gemma).
+        Returns (x, this layer's MLP output): each residual add is fused into the norm after it."""
+        if pending is None:
+            normed = self.attn_norm(x)
+        else:
+            normed, x = _add_norm(pending, x, self.attn_norm, pending_norm)
+        h = attend(self.attn, normed)
+        normed, x = _add_norm(h, x, self.mlp_norm, self.attn_out_norm)
+        return x, self.mlp(normed)
+
+
+def _add_norm(
+    h: torch.Tensor, x: torch.Tensor, norm: RMSNorm, pre: RMSNorm | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x + pre(h) -> (norm(x + pre(h)), x + pre(h)) in one op; pre is Gemma's sandwich norm, or None."""
+    return ops.add_rms_norm(h, x, norm.weight, norm.eps, norm.offset, None if pre is None else pre.weight)
 
 
 class DecoderLM(nn.Module):
@@ -176,19 +187,25 @@ class DecoderLM(nn.Module):
         x = self.embed(tokens)
         return x * self.embed_scale if self.spec.embed_scale != 1.0 else x
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., hidden) -> float32 logits (..., V)."""
-        logits = torch.nn.functional.linear(self.norm(x), self.lm_head_weight).float()
+    def _logits(self, normed: torch.Tensor) -> torch.Tensor:
+        """normed (..., hidden), after the final norm -> float32 logits (..., V)."""
+        logits = torch.nn.functional.linear(normed, self.lm_head_weight).float()
         if self.spec.final_softcap:
             logits = torch.tanh(logits / self.spec.final_softcap) * self.spec.final_softcap
         return logits
 
-    def _run(self, x: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
-        tables = [rope_cos_sin(positions, inv, x.dtype) for inv in self.inv_freqs]
+    def _run(self, x: torch.Tensor, positions: torch.Tensor, attend, last_only: bool = False) -> torch.Tensor:
+        """x (B, T, hidden) embeddings -> final-normed hidden states (B, T, hidden), or (B, 1,
+        hidden) of the last position only with last_only."""
+        tables = [rope_cos_sin(positions, inv, x.dtype) for inv in self.inv_freqs]  # once per step
+        h = None
         for i, layer in enumerate(self.layers):
             cos, sin = tables[self.rope_index[i]]
-            x = layer(x, lambda attn, h, cos=cos, sin=sin: attend(attn, h, cos, sin))
-        return x
+            prev = self.layers[i - 1].mlp_out_norm if i else None
+            x, h = layer(x, h, prev, lambda attn, hs, cos=cos, sin=sin: attend(attn, hs, cos, sin))
+        if last_only:
+            x, h = x[:, -1:], h[:, -1:]
+        return _add_norm(h, x, self.norm, self.layers[-1].mlp_out_norm)[0]
 
     @torch.inference_mode()
     def prefill(
@@ -198,19 +215,22 @@ class DecoderLM(nn.Module):
         Returns float32 logits (1, V) of the last position, or (1, T, V) with all_logits."""
         T = tokens.shape[1]
         positions = torch.arange(start, start + T, device=tokens.device)[None]
-        x = self._run(
+        normed = self._run(
             self._embed(tokens),
             positions,
             lambda attn, h, cos, sin: attn.prefill(h, cos, sin, cache, row, start),
+            last_only=not all_logits,
         )
-        return self._logits(x if all_logits else x[:, -1])
+        return self._logits(normed if all_logits else normed[:, -1])
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCacheLike) -> torch.Tensor:
         """tokens (B,), positions (B,) -> float32 logits (B, V).  # graph: capture-safe"""
-        x = self._run(
+        # live slots per distinct cache length (capacity, sliding window): once per step, not per layer
+        lengths = {S: torch.clamp(positions + 1, max=S) for S in {k.shape[2] for k in cache.k}}
+        normed = self._run(
             self._embed(tokens[:, None]),
             positions[:, None],
-            lambda attn, h, cos, sin: attn.decode(h, cos, sin, cache, positions),
+            lambda attn, h, cos, sin: attn.decode(h, cos, sin, cache, positions, lengths),
         )
-        return self._logits(x[:, 0])
+        return self._logits(normed[:, 0])

@@ -1,0 +1,412 @@
+"""Triton kernels against their plain-torch references, on fresh random inputs of awkward sizes.
+
+On a GPU (`cuda` marker) every kernel runs over the full case lists. Without one, a small subset
+runs on the CPU under the Triton interpreter: test_kernels_under_the_cpu_interpreter re-runs this
+file in a child process with TRITON_INTERPRET=1 (the interpreter is chosen when kernels are
+decorated, so it cannot be switched on inside a process that already imported them). Outputs and
+scratch buffers are poisoned (NaN) before each call, and KV slots past the live length hold NaN,
+so an element left unwritten or a slot read past the length fails the comparison.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from runtime.kernels import _triton, ops
+from runtime.kernels import activation as activation_mod
+from runtime.kernels import decode_attention as attention_mod
+from runtime.kernels import qkv_rope as qkv_rope_mod
+from runtime.kernels import rmsnorm as rmsnorm_mod
+from runtime.kernels.activation import gated_act_ref, gated_act_triton
+from runtime.kernels.decode_attention import decode_attention_ref, decode_attention_triton
+from runtime.kernels.qkv_rope import (
+    qkv_rope_ref,
+    qkv_rope_to_cache_ref,
+    qkv_rope_to_cache_triton,
+    qkv_rope_triton,
+)
+from runtime.kernels.rmsnorm import add_rms_norm_ref, add_rms_norm_triton, rms_norm_ref, rms_norm_triton
+from runtime.kernels.rope import rope_cos_sin
+
+INTERPRET = _triton.INTERPRETING
+DEVICE = "cpu" if INTERPRET else "cuda"
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+# the kernel tests: on the GPU they carry the `cuda` marker; in the interpreter child they run on the CPU
+kernel_test = (lambda f: f) if INTERPRET else pytest.mark.cuda
+needs_triton = pytest.mark.skipif(not _triton.AVAILABLE, reason="triton is not installed")
+pytestmark = needs_triton if INTERPRET else []
+
+
+def cases(full: list, small: list) -> list:
+    """The GPU runs `full`; the CPU interpreter (slow: NumPy per program) runs `small`."""
+    return small if INTERPRET else full
+
+
+def tol(dtype: torch.dtype, scale: float = 1.0) -> dict:
+    """Tolerances per dtype. The interpreter rounds fp32 -> bf16 by truncation, not to nearest."""
+    if dtype == F32:
+        return dict(atol=1e-5 * scale, rtol=1e-5 * scale)
+    if dtype == F16:
+        return dict(atol=2e-3 * scale, rtol=2e-3 * scale)
+    bf16 = 2e-2 * scale * (2 if INTERPRET else 1)
+    return dict(atol=bf16, rtol=bf16)
+
+
+class _PoisonedTorch:
+    """Stands in for `torch` inside a kernel module: every empty / empty_like comes back full of
+    NaN (or the largest integer), so any output element the kernel does not write is caught."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def _poison(t: torch.Tensor) -> torch.Tensor:
+        return t.fill_(math.nan) if t.is_floating_point() else t.fill_(torch.iinfo(t.dtype).max)
+
+    def empty(self, *args, **kwargs):
+        return self._poison(torch.empty(*args, **kwargs))
+
+    def empty_like(self, *args, **kwargs):
+        return self._poison(torch.empty_like(*args, **kwargs))
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    for module in (rmsnorm_mod, activation_mod, qkv_rope_mod, attention_mod):
+        monkeypatch.setattr(module, "torch", _PoisonedTorch())
+
+
+def rand(*shape, dtype=F32, scale=1.0) -> torch.Tensor:
+    return (torch.randn(*shape, dtype=F32) * scale).to(device=DEVICE, dtype=dtype)
+
+
+def close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> None:
+    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype, want.dtype)
+    torch.testing.assert_close(got.float(), want.float(), equal_nan=False, **tol(dtype, scale))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)
+    warnings.filterwarnings("ignore", message="overflow encountered", category=RuntimeWarning)
+
+
+# ---------------------------------------------------------------- RMSNorm and residual add + RMSNorm
+
+NORM_CASES = cases(
+    full=[((1, 1, 2048), BF16), ((3, 5, 1152), BF16), ((2, 7, 2048), F16), ((4, 77), F32), ((1, 1, 128), BF16),
+          ((5, 3, 1000), F32), ((513, 1152), BF16), ((2, 16, 256), F16)],
+    small=[((3, 5, 77), F32), ((2, 3, 100), BF16), ((1, 1, 64), F16)],
+)  # fmt: skip
+
+
+@kernel_test
+@pytest.mark.parametrize("offset", [0.0, 1.0])
+@pytest.mark.parametrize("shape,dtype", NORM_CASES)
+def test_rms_norm(poisoned, shape, dtype, offset):
+    x, w = rand(*shape, dtype=dtype, scale=3.0), rand(shape[-1], dtype=dtype)
+    close(rms_norm_triton(x, w, 1e-6, offset), rms_norm_ref(x, w, 1e-6, offset), dtype)
+
+
+@kernel_test
+@pytest.mark.parametrize("pre", [False, True], ids=["plain", "sandwich"])
+@pytest.mark.parametrize("offset", [0.0, 1.0])
+@pytest.mark.parametrize("shape,dtype", NORM_CASES)
+def test_add_rms_norm(poisoned, shape, dtype, offset, pre):
+    x, res = rand(*shape, dtype=dtype), rand(*shape, dtype=dtype, scale=4.0)
+    w = rand(shape[-1], dtype=dtype)
+    pre_w = rand(shape[-1], dtype=dtype) if pre else None
+    normed, new_res = add_rms_norm_triton(x, res, w, 1e-5, offset, pre_w)
+    want_normed, want_res = add_rms_norm_ref(x, res, w, 1e-5, offset, pre_w)
+    close(new_res, want_res, dtype)
+    close(normed, want_normed, dtype)
+
+
+# ---------------------------------------------------------------- gated activation
+
+ACT_CASES = cases(
+    full=[((1, 1, 2 * 8192), BF16), ((1, 1, 2 * 6144), BF16), ((1, 1, 2 * 6912), BF16), ((3, 5, 2 * 77), F32),
+          ((7, 2 * 1000), F16), ((2, 33, 2 * 6912), BF16)],
+    small=[((3, 5, 2 * 77), F32), ((2, 3, 2 * 1100), BF16), ((1, 1, 2 * 64), F16)],
+)  # fmt: skip
+
+
+@kernel_test
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("shape,dtype", ACT_CASES)
+def test_gated_act(poisoned, shape, dtype, activation):
+    x = rand(*shape, dtype=dtype, scale=3.0)
+    close(gated_act_triton(x, activation), gated_act_ref(x, activation), dtype)
+
+
+# ---------------------------------------------------------------- q/k norm + rope (+ cache write)
+
+
+def _rope_tables(positions: torch.Tensor, head_dim: int, dtype: torch.dtype):
+    inv = 1.0 / (10000.0 ** (torch.arange(0, head_dim, 2, device=DEVICE).float() / head_dim))
+    return rope_cos_sin(positions, inv, dtype)
+
+
+# (B, T, H, Hkv, D, qk_norm, offset, dtype): Llama, Qwen3 and Gemma 3 shapes, then odd ones
+QKV_CASES = cases(
+    full=[(1, 1, 32, 8, 64, False, 0.0, BF16), (1, 1, 16, 8, 128, True, 0.0, BF16), (1, 1, 4, 1, 256, True, 1.0, BF16),
+          (3, 17, 32, 8, 64, False, 0.0, F16), (2, 9, 16, 8, 128, True, 0.0, F32), (5, 3, 4, 1, 256, True, 1.0, F32),
+          (1, 33, 6, 3, 40, True, 1.0, BF16), (4, 1, 14, 2, 64, True, 0.0, F16)],
+    small=[(2, 3, 4, 2, 64, False, 0.0, F32), (1, 2, 4, 1, 256, True, 1.0, BF16), (3, 1, 6, 3, 40, True, 0.0, F16)],
+)  # fmt: skip
+
+
+@kernel_test
+@pytest.mark.parametrize("B,T,H,Hkv,D,norm,offset,dtype", QKV_CASES)
+def test_qkv_rope(poisoned, B, T, H, Hkv, D, norm, offset, dtype):
+    qkv = rand(B, T, (H + 2 * Hkv) * D, dtype=dtype, scale=2.0)
+    cos, sin = _rope_tables(torch.randint(0, 5000, (B, T), device=DEVICE), D, dtype)
+    qw, kw = (rand(D, dtype=dtype), rand(D, dtype=dtype)) if norm else (None, None)
+    got = qkv_rope_triton(qkv, H, Hkv, cos, sin, qw, kw, 1e-6, offset)
+    want = qkv_rope_ref(qkv, H, Hkv, cos, sin, qw, kw, 1e-6, offset)
+    for g, w in zip(got, want):
+        close(g, w.contiguous(), dtype)
+
+
+# (B, H, Hkv, D, S, ring, qk_norm, offset, dtype); a ring gets positions well past S (wrapped slots)
+CACHE_CASES = cases(
+    full=[(1, 32, 8, 64, 4096, False, False, 0.0, BF16), (1, 16, 8, 128, 300, False, True, 0.0, BF16),
+          (1, 4, 1, 256, 512, True, True, 1.0, BF16), (3, 4, 1, 256, 512, True, True, 1.0, F32),
+          (5, 16, 8, 128, 17, True, True, 0.0, F16), (2, 6, 3, 40, 33, False, False, 0.0, F32)],
+    small=[(3, 4, 2, 64, 13, True, True, 1.0, F32), (2, 4, 1, 256, 50, False, False, 0.0, BF16)],
+)  # fmt: skip
+
+
+@kernel_test
+@pytest.mark.parametrize("B,H,Hkv,D,S,ring,norm,offset,dtype", CACHE_CASES)
+def test_qkv_rope_to_cache(poisoned, B, H, Hkv, D, S, ring, norm, offset, dtype):
+    qkv = rand(B, 1, (H + 2 * Hkv) * D, dtype=dtype)
+    positions = torch.randperm(3 * S if ring else S, device=DEVICE)[:B]  # distinct rows, distinct slots
+    cos, sin = _rope_tables(positions[:, None], D, dtype)
+    qw, kw = (rand(D, dtype=dtype), rand(D, dtype=dtype)) if norm else (None, None)
+    # B + 1 rows: the row past B must stay untouched; NaN everywhere the step must not write
+    caches = [torch.full((B + 1, Hkv, S, D), math.nan, dtype=dtype, device=DEVICE) for _ in range(4)]
+    k_got, v_got, k_want, v_want = caches
+    q_got = qkv_rope_to_cache_triton(
+        qkv, H, Hkv, cos, sin, qw, kw, 1e-6, offset, k_got[:B], v_got[:B], positions
+    )
+    q_want = qkv_rope_to_cache_ref(
+        qkv, H, Hkv, cos, sin, qw, kw, 1e-6, offset, k_want[:B], v_want[:B], positions
+    )
+    close(q_got, q_want, dtype)
+    for got, want in ((k_got, k_want), (v_got, v_want)):
+        assert torch.equal(got.isnan(), want.isnan()), "written slots differ"
+        torch.testing.assert_close(got.float(), want.float(), equal_nan=True, **tol(dtype))
+        assert got[B].isnan().all()
+
+
+# ---------------------------------------------------------------- decode attention
+
+
+# (B, H, Hkv, D, S, dtype, num_splits or None for the shape-based plan)
+ATTN_CASES = cases(
+    full=[(1, 32, 8, 64, 4096, BF16, None), (1, 16, 8, 128, 4096, BF16, None), (1, 4, 1, 256, 512, BF16, None),
+          (1, 4, 1, 256, 32768, BF16, None), (3, 32, 8, 64, 2001, F16, None), (5, 8, 1, 128, 77, F32, None),
+          (2, 16, 16, 64, 1, BF16, None), (4, 24, 4, 128, 999, BF16, 3), (1, 8, 8, 256, 1000, F16, 7),
+          (8, 16, 8, 128, 700, BF16, None), (3, 12, 2, 256, 4099, F32, None), (1, 16, 2, 64, 32768, BF16, None),
+          (2, 10, 5, 40, 130, F32, 2)],
+    small=[(3, 8, 2, 64, 77, F32, None), (1, 4, 1, 256, 300, BF16, 3), (2, 6, 6, 128, 50, F16, 5),
+           (2, 8, 1, 40, 33, F32, 1), (1, 2, 1, 64, 1, F32, None)],
+)  # fmt: skip
+
+
+def _lengths(B: int, S: int) -> torch.Tensor:
+    """Random live lengths in [1, S], with the extremes 1 and S among them when B allows."""
+    lengths = torch.randint(1, S + 1, (B,))
+    lengths[0] = S
+    if B > 1:
+        lengths[1] = 1
+    return lengths.to(DEVICE)
+
+
+@kernel_test
+@pytest.mark.parametrize("B,H,Hkv,D,S,dtype,splits", ATTN_CASES)
+def test_decode_attention(poisoned, B, H, Hkv, D, S, dtype, splits):
+    q = rand(B, H, D, dtype=dtype)
+    k, v = rand(B, Hkv, S, D, dtype=dtype, scale=2.0), rand(B, Hkv, S, D, dtype=dtype)
+    lengths = _lengths(B, S)
+    want = decode_attention_ref(q, k, v, lengths, D**-0.5)
+    # slots past each row's length hold NaN: reading one would poison the output
+    dead = torch.arange(S, device=DEVICE)[None, :] >= lengths[:, None]  # (B, S)
+    k_nan = k.masked_fill(dead[:, None, :, None], math.nan)
+    v_nan = v.masked_fill(dead[:, None, :, None], math.nan)
+    got = decode_attention_triton(q, k_nan, v_nan, lengths, D**-0.5, num_splits=splits)
+    close(got, want, dtype, scale=2.0)
+
+
+@kernel_test
+def test_decode_attention_work_tracks_the_live_length(poisoned):
+    """A cache view over the first rows of a larger cache (as the decoder passes it), lengths from
+    a ring (min(pos + 1, window)), and rows past B never touched even when they hold NaN."""
+    B, H, Hkv, D, S = 2, 8, 2, 64, 40
+    k, v = rand(B + 2, Hkv, S, D), rand(B + 2, Hkv, S, D)
+    k[B:], v[B:] = math.nan, math.nan
+    positions = torch.tensor([7, 1000], device=DEVICE)
+    lengths = torch.clamp(positions + 1, max=S)
+    q = rand(B, H, D)
+    got = decode_attention_triton(q, k[:B], v[:B], lengths, 0.125)
+    close(got, decode_attention_ref(q, k[:B], v[:B], lengths, 0.125), F32)
+
+
+# ---------------------------------------------------------------- the whole model on Triton kernels
+
+
+@kernel_test
+@pytest.mark.parametrize(
+    "family", ["gemma3", "qwen3"] if INTERPRET else ["gemma3", "qwen3", "llama", "qwen2"]
+)
+def test_model_logits_triton_vs_torch(monkeypatch, family):
+    """A tiny random model, fp32: prefill + decode steps past Gemma's ring wrap give the same logits
+    with every op on Triton as with every op on the references (RUNTIME_KERNELS switched per call)."""
+    from tiny_configs import tiny_config
+
+    from runtime.engine.state import KVCache
+    from runtime.models.spec import ModelSpec
+    from runtime.models.weights import random_model
+
+    spec = ModelSpec.from_hf(tiny_config(family))
+    model = random_model(spec, DEVICE, torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)  # norms off identity too, so every weight matters
+    prompt = torch.randint(3, spec.vocab, (1, 11), device=DEVICE)
+    logits = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("RUNTIME_KERNELS", backend)
+        cache = KVCache(spec, 1, 32, DEVICE, torch.float32)
+        steps = [model.prefill(prompt, cache, all_logits=True)[0]]
+        token = prompt[0, -1:]
+        for pos in range(11, 11 + (10 if INTERPRET else 20)):  # gemma3's window is 8
+            steps.append(model.decode(token, torch.tensor([pos], device=DEVICE), cache))
+            token = steps[-1].argmax(-1)
+        logits[backend] = steps
+    for got, want in zip(logits["triton"], logits["torch"]):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- dispatcher (CPU, no Triton needed)
+
+
+def test_dispatcher_choice(monkeypatch):
+    cpu = torch.zeros(1)
+    monkeypatch.delenv("RUNTIME_KERNELS", raising=False)
+    assert not ops.use_triton(cpu)  # auto: CPU tensors take the references
+    monkeypatch.setattr(_triton, "AVAILABLE", True)
+    monkeypatch.setenv("RUNTIME_KERNELS", "torch")
+    assert not ops.use_triton(cpu)
+    monkeypatch.setenv("RUNTIME_KERNELS", "triton")
+    assert ops.use_triton(cpu)
+    monkeypatch.setattr(_triton, "AVAILABLE", False)
+    assert not ops.use_triton(cpu)  # nothing to force without Triton
+    monkeypatch.setenv("RUNTIME_KERNELS", "cuda")
+    with pytest.raises(ValueError, match="RUNTIME_KERNELS"):
+        ops.use_triton(cpu)
+
+
+def _op_inputs() -> dict:
+    """Small CPU arguments for every dispatched op."""
+    H, Hkv, D = 4, 2, 8
+    qkv, cos, sin = torch.randn(2, 1, (H + 2 * Hkv) * D), torch.randn(2, 1, D), torch.randn(2, 1, D)
+    w, positions = torch.randn(D), torch.tensor([1, 6])
+    return {
+        "rms_norm": (torch.randn(3, 16), torch.randn(16), 1e-6, 0.0),
+        "add_rms_norm": (torch.randn(3, 16), torch.randn(3, 16), torch.randn(16), 1e-6, 1.0, torch.randn(16)),
+        "gated_act": (torch.randn(3, 16), "gelu_tanh"),
+        "qkv_rope": (qkv, H, Hkv, cos, sin, w, w, 1e-6, 0.0),
+        "qkv_rope_to_cache": (qkv, H, Hkv, cos, sin, w, w, 1e-6, 1.0, torch.zeros(2, Hkv, 5, D),
+                              torch.zeros(2, Hkv, 5, D), positions),
+        "decode_attention": (torch.randn(2, H, D), torch.randn(2, Hkv, 5, D), torch.randn(2, Hkv, 5, D),
+                             torch.tensor([5, 2]), 0.3),
+    }  # fmt: skip
+
+
+def test_dispatcher_routes_every_op(monkeypatch):
+    """RUNTIME_KERNELS=torch gives the references' results; =triton calls every Triton entry point."""
+    calls = []
+    for name in _op_inputs():
+        monkeypatch.setattr(ops, f"{name}_triton", lambda *a, _name=name, **k: calls.append(_name))
+    monkeypatch.setattr(_triton, "AVAILABLE", True)
+    monkeypatch.setenv("RUNTIME_KERNELS", "torch")
+    refs = {
+        "rms_norm": rms_norm_ref, "add_rms_norm": add_rms_norm_ref, "gated_act": gated_act_ref,
+        "qkv_rope": qkv_rope_ref, "qkv_rope_to_cache": qkv_rope_to_cache_ref, "decode_attention": decode_attention_ref,
+    }  # fmt: skip
+    for name, args in _op_inputs().items():
+        got, want = getattr(ops, name)(*args), refs[name](*args)
+        for g, w in zip(
+            got if isinstance(got, tuple) else [got], want if isinstance(want, tuple) else [want]
+        ):
+            assert torch.equal(g, w), name
+    assert calls == []
+    monkeypatch.setenv("RUNTIME_KERNELS", "triton")
+    for name, args in _op_inputs().items():
+        getattr(ops, name)(*args)
+    assert calls == list(_op_inputs())
+
+
+# ---------------------------------------------------------------- the references themselves (CPU)
+
+
+def test_decode_attention_ref_is_softmax_over_live_slots():
+    B, H, Hkv, D, S = 3, 6, 2, 8, 10
+    q, k, v = torch.randn(B, H, D), torch.randn(B, Hkv, S, D), torch.randn(B, Hkv, S, D)
+    lengths = torch.tensor([10, 1, 4])
+    got = decode_attention_ref(q, k, v, lengths, 0.3)
+    for b in range(B):
+        for h in range(H):
+            kv = h // (H // Hkv)
+            n = int(lengths[b])
+            p = torch.softmax(0.3 * k[b, kv, :n] @ q[b, h], dim=0)
+            torch.testing.assert_close(got[b, h], p @ v[b, kv, :n])
+
+
+def test_add_rms_norm_ref_is_add_then_norm():
+    x, res, w, pre = torch.randn(4, 32), torch.randn(4, 32), torch.randn(32), torch.randn(32)
+    normed, new_res = add_rms_norm_ref(x, res, w, 1e-6, 1.0, pre)
+    want_res = res + rms_norm_ref(x, pre, 1e-6, 1.0)
+    assert torch.equal(new_res, want_res)
+    assert torch.equal(normed, rms_norm_ref(want_res, w, 1e-6, 1.0))
+
+
+def test_qkv_rope_to_cache_ref_writes_ring_slots():
+    H, Hkv, D, S = 4, 2, 8, 5
+    qkv = torch.randn(2, 1, (H + 2 * Hkv) * D)
+    positions = torch.tensor([3, 12])  # row 1 wraps: slot 12 % 5 = 2
+    cos, sin = torch.ones(2, 1, D), torch.zeros(2, 1, D)  # rope at angle 0 is the identity
+    k_cache, v_cache = torch.zeros(2, Hkv, S, D), torch.zeros(2, Hkv, S, D)
+    q = qkv_rope_to_cache_ref(qkv, H, Hkv, cos, sin, None, None, 1e-6, 0.0, k_cache, v_cache, positions)
+    assert torch.equal(q, qkv[:, :, : H * D].view(2, 1, H, D))
+    assert torch.equal(k_cache[1, :, 2], qkv[1, 0, H * D : (H + Hkv) * D].view(Hkv, D))
+    assert torch.equal(v_cache[0, :, 3], qkv[0, 0, (H + Hkv) * D :].view(Hkv, D))
+    assert k_cache[0, :, [0, 1, 2, 4]].abs().sum() == 0
+
+
+# ---------------------------------------------------------------- the interpreter subset, from the parent
+
+
+@pytest.mark.skipif(INTERPRET, reason="this is the child run")
+@needs_triton
+def test_kernels_under_the_cpu_interpreter():
+    """Runs this file's kernel tests on the CPU through the Triton interpreter (small cases)."""
+    env = dict(os.environ, TRITON_INTERPRET="1", RUNTIME_KERNELS="auto")
+    tests_dir = Path(__file__).parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(Path(__file__).name)],
+        cwd=tests_dir, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert " passed" in out and " failed" not in out, out[-3000:]
