@@ -1,0 +1,209 @@
+"""GPU micro-benchmark: each Triton kernel against its plain-torch reference at the dev models'
+decode shapes (bf16, batch 1 by default).
+
+Timing: triton.testing.do_bench, median, L2 flushed before every call (so bytes come from HBM,
+as they would inside a decode step whose 2+ GB of weights evict everything). The printed GB/s
+is the bytes the op must move / median time; floor_us is those bytes at the copy bandwidth
+(2.96 TB/s measured on an H100, or --copy-gbs). Per model, a last row estimates the per-step
+time of these ops (layers x (2 add+norm, q/k-norm+rope+cache write, attention, activation)).
+Scope: not timed here are the matrix products, the embedding, the LM head and sampling.
+Prints a markdown table last; --out writes the rows as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from runtime.kernels.activation import gated_act_ref, gated_act_triton
+from runtime.kernels.decode_attention import decode_attention_ref, decode_attention_triton
+from runtime.kernels.qkv_rope import qkv_rope_to_cache_ref, qkv_rope_to_cache_triton
+from runtime.kernels.rmsnorm import add_rms_norm_ref, add_rms_norm_triton, rms_norm_ref, rms_norm_triton
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The decode-time numbers of one dev model (DESIGN.md section 12)."""
+
+    layers: int
+    hidden: int
+    inter: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    qk_norm: bool
+    offset: float
+    activation: str
+    window: int | None = None  # sliding layers' ring length
+    global_every: int = 1  # one global layer in every `global_every`
+
+
+MODELS = {
+    "llama-3.2-1b": Shape(16, 2048, 8192, 32, 8, 64, False, 0.0, "silu"),
+    "qwen3-1.7b": Shape(28, 2048, 6144, 16, 8, 128, True, 0.0, "silu"),
+    "gemma-3-1b": Shape(26, 1152, 6912, 4, 1, 256, True, 1.0, "gelu_tanh", window=512, global_every=6),
+}
+
+
+# the CPU path is a smoke run of this script under TRITON_INTERPRET=1 (times meaningless there)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def bench(fn: Callable[[], object]) -> float:
+    """Median microseconds of fn, L2 flushed before each call (on the CPU: a smoke run's wall time)."""
+    if not torch.cuda.is_available():
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return 1e6 * statistics.median(times)
+    import triton.testing
+
+    return 1000.0 * triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def measure(op: str, model: str, shape: str, nbytes: int, ref, tri, copy_gbs: float) -> dict:
+    ref_us, tri_us = bench(ref), bench(tri)
+    return {
+        "model": model,
+        "op": op,
+        "shape": shape,
+        "bytes": nbytes,
+        "ref_us": round(ref_us, 2),
+        "triton_us": round(tri_us, 2),
+        "speedup": round(ref_us / tri_us, 2),
+        "triton_gbs": round(nbytes / tri_us / 1e3, 1),
+        "floor_us": round(nbytes / copy_gbs / 1e3, 2),
+    }
+
+
+def model_rows(
+    name: str, s: Shape, batch: int, capacity: int, lengths: list[int], copy_gbs: float
+) -> list[dict]:
+    dev, dt, B, e = DEVICE, torch.bfloat16, batch, 2
+    H, Hkv, D = s.heads, s.kv_heads, s.head_dim
+    rows = []
+
+    x, res = (
+        torch.randn(B, 1, s.hidden, device=dev, dtype=dt),
+        torch.randn(B, 1, s.hidden, device=dev, dtype=dt),
+    )
+    w = torch.randn(s.hidden, device=dev, dtype=dt)
+    pre = w if s.offset else None  # Gemma's sandwich norm rides along in the same kernel
+    n_w = 2 if pre is not None else 1
+    rows.append(measure(
+        "rms_norm", name, f"{B}x{s.hidden}", e * (2 * B * s.hidden + s.hidden),
+        lambda: rms_norm_ref(x, w, 1e-6, s.offset), lambda: rms_norm_triton(x, w, 1e-6, s.offset), copy_gbs,
+    ))  # fmt: skip
+    rows.append(measure(
+        "add_rms_norm", name, f"{B}x{s.hidden}" + (" +pre" if pre is not None else ""),
+        e * (4 * B * s.hidden + n_w * s.hidden),
+        lambda: add_rms_norm_ref(x, res, w, 1e-6, s.offset, pre),
+        lambda: add_rms_norm_triton(x, res, w, 1e-6, s.offset, pre), copy_gbs,
+    ))  # fmt: skip
+
+    gu = torch.randn(B, 1, 2 * s.inter, device=dev, dtype=dt)
+    rows.append(measure(
+        "gated_act", name, f"{B}x{2 * s.inter} {s.activation}", e * 3 * B * s.inter,
+        lambda: gated_act_ref(gu, s.activation), lambda: gated_act_triton(gu, s.activation), copy_gbs,
+    ))  # fmt: skip
+
+    width = (H + 2 * Hkv) * D
+    qkv = torch.randn(B, 1, width, device=dev, dtype=dt)
+    cos, sin = torch.randn(B, 1, D, device=dev, dtype=dt), torch.randn(B, 1, D, device=dev, dtype=dt)
+    qw, kw = (
+        (torch.randn(D, device=dev, dtype=dt), torch.randn(D, device=dev, dtype=dt))
+        if s.qk_norm
+        else (None, None)
+    )
+    kc = torch.zeros(B, Hkv, capacity, D, device=dev, dtype=dt)
+    vc = torch.zeros_like(kc)
+    pos = torch.full((B,), capacity // 2, device=dev, dtype=torch.int64)
+    args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, s.offset, kc, vc, pos)
+    rows.append(measure(
+        "qkv_rope_to_cache", name, f"{B}x({H}+2x{Hkv})x{D}" + (" qk-norm" if s.qk_norm else ""),
+        e * (B * width + 2 * B * D + 2 * B * width + (2 * D if s.qk_norm else 0)),
+        lambda: qkv_rope_to_cache_ref(*args), lambda: qkv_rope_to_cache_triton(*args), copy_gbs,
+    ))  # fmt: skip
+
+    q = torch.randn(B, H, D, device=dev, dtype=dt)
+    attn_cases = [(capacity, L) for L in lengths if L <= capacity]
+    if s.window:
+        attn_cases.append((s.window, s.window))  # a full sliding ring
+    for S, L in attn_cases:
+        k = torch.randn(B, Hkv, S, D, device=dev, dtype=dt)
+        v = torch.randn_like(k)
+        lens = torch.full((B,), L, device=dev, dtype=torch.int64)
+        rows.append(measure(
+            "decode_attention", name, f"{B}x{H}/{Hkv}x{D} len {L} of {S}",
+            e * (2 * B * H * D + 2 * B * Hkv * L * D),
+            lambda k=k, v=v, lens=lens: decode_attention_ref(q, k, v, lens, D**-0.5),
+            lambda k=k, v=v, lens=lens: decode_attention_triton(q, k, v, lens, D**-0.5), copy_gbs,
+        ))  # fmt: skip
+
+    # per-step estimate of these ops at each global length (sliding layers at a full ring)
+    by_op = {r["op"]: r for r in rows if r["op"] != "decode_attention"}
+    attn = {r["shape"]: r for r in rows if r["op"] == "decode_attention"}
+    sliding = next((r for sh, r in attn.items() if s.window and sh.endswith(f"of {s.window}")), None)
+    n_global = s.layers // s.global_every if s.window else s.layers
+    for L in lengths:
+        glob = next((r for sh, r in attn.items() if sh.endswith(f"len {L} of {capacity}")), None)
+        if glob is None:
+            continue
+        per_step = {}
+        for kind in ("ref_us", "triton_us", "floor_us"):
+            layer = (
+                2 * by_op["add_rms_norm"][kind] + by_op["qkv_rope_to_cache"][kind] + by_op["gated_act"][kind]
+            )
+            total = s.layers * layer + by_op["rms_norm"][kind] + n_global * glob[kind]
+            total += (s.layers - n_global) * (sliding[kind] if sliding else 0.0)
+            per_step[kind] = round(total, 1)
+        rows.append({
+            "model": name, "op": "per step (these ops)", "shape": f"{s.layers} layers, global len {L}",
+            "bytes": None, **per_step, "speedup": round(per_step["ref_us"] / per_step["triton_us"], 2),
+            "triton_gbs": None,
+        })  # fmt: skip
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    cols = ["model", "op", "shape", "ref_us", "triton_us", "speedup", "triton_gbs", "floor_us"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join("" if r.get(c) is None else str(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--capacity", type=int, default=4096, help="KV slots of a global layer")
+    ap.add_argument("--lengths", type=int, nargs="*", default=[300, 2000, 4096], help="live lengths to time")
+    ap.add_argument("--copy-gbs", type=float, default=2960.0, help="measured copy bandwidth, GB/s")
+    ap.add_argument("--out", help="write the rows here as JSON")
+    args = ap.parse_args()
+    if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise SystemExit("bench_kernels needs a CUDA GPU (or TRITON_INTERPRET=1 for a CPU smoke run)")
+    torch.manual_seed(0)
+    rows = []
+    for name in args.models:
+        rows += model_rows(name, MODELS[name], args.batch, args.capacity, args.lengths, args.copy_gbs)
+    gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (interpreter smoke run)"
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"gpu": gpu, "batch": args.batch, "rows": rows}, f, indent=1)
+    print(f"\n{gpu}, batch {args.batch}, bf16, do_bench median (L2 flushed), us\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
