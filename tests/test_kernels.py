@@ -357,6 +357,23 @@ def test_dispatcher_routes_every_op(monkeypatch):
     assert calls == list(_op_inputs())
 
 
+def test_ops_work_without_triton():
+    """Where Triton does not import, the kernel modules still import and every op is the reference."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch\n"
+        "from runtime.kernels import _triton, ops\n"
+        "assert not _triton.AVAILABLE\n"
+        "x, w = torch.randn(2, 8), torch.randn(8)\n"
+        "assert not ops.use_triton(x)\n"
+        "assert torch.equal(ops.rms_norm(x, w, 1e-6), ops.rms_norm_ref(x, w, 1e-6))\n"
+    )
+    env = dict(os.environ, RUNTIME_KERNELS="triton")
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 # ---------------------------------------------------------------- the references themselves (CPU)
 
 

@@ -29,9 +29,9 @@ def _index_fix_for_interpreter() -> None:
     (compiled kernels are unaffected). Re-point the interpreter's __index__ at the single element."""
     from triton.runtime import interpreter
 
-    original = interpreter._patch_lang_tensor
-    if getattr(original, "_index_fixed", False):
-        return
+    original = getattr(interpreter, "_patch_lang_tensor", None)
+    if original is None or getattr(original, "_index_fixed", False):
+        return  # another Triton version: nothing to re-point
 
     def patch(tensor, scope) -> None:
         original(tensor, scope)
