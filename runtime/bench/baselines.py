@@ -104,14 +104,16 @@ def _streamer_class():
 def generation_config(params: SamplingParams, max_new_tokens: int, stop_ids: Sequence[int], static: bool):
     from transformers import GenerationConfig
 
-    sampled = params.temperature > 0
+    # sampling flags only when sampling: transformers warns about them on greedy runs
+    sampling = (
+        dict(do_sample=True, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+        if params.temperature > 0
+        else dict(do_sample=False)
+    )
     return GenerationConfig(
         max_new_tokens=max_new_tokens,
         min_new_tokens=0,
-        do_sample=sampled,
-        temperature=params.temperature if sampled else 1.0,
-        top_k=params.top_k,
-        top_p=params.top_p,
+        **sampling,
         repetition_penalty=params.repetition_penalty,
         eos_token_id=list(stop_ids) or None,
         pad_token_id=stop_ids[0] if stop_ids else 0,

@@ -40,8 +40,9 @@ def make_plan(config: Path | None, adhoc: dict, overrides):
             "give a benchmark file (e.g. configs/demo.yaml) or an ad-hoc run "
             "(--model ID --prompt-tokens N --max-new-tokens N)"
         )
-    values = {**adhoc, "prompt_tokens": adhoc.get("prompt_tokens") or 256}
-    values["max_new_tokens"] = values.get("max_new_tokens") or 256
+    values = {k: v for k, v in adhoc.items() if v is not None}
+    values.setdefault("prompt_tokens", 256)
+    values.setdefault("max_new_tokens", 256)
     name = f"p{values['prompt_tokens']}_n{values['max_new_tokens']}"
     bench_file = adhoc_bench(overrides.model or EMBEDDED, "auto", "auto", config_from_flags(name, values))
     return build_plan(bench_file, overrides)
