@@ -175,7 +175,8 @@ def test_summary_header_notes_and_interrupted_filter():
     assert "commit 0123456789\n" in text
     assert "- copy bandwidth 2950 GB/s, measured in this run (mbu denominator)" in text
     assert "- weights: Alpha checkpoint bfloat16; Beta random bfloat16 (random = shape-only numbers)" in text
-    assert "step = CUDA events between replays, no sync per step" in text
+    assert "step = CUDA events between replays, no sync per step; transformers baselines: host clock" in text
+    assert "- seed 42; warm-up runs 2, timed trials 3 (median shown); KV cache capacity 512 tokens" in text
     assert text.endswith("## Notes\n\n- Alpha / medium / transformers_compile: skipped: needs CUDA\n")
     assert EXPECTED_TABLES.rstrip() in text
     # an interrupted run shows only the cases it completed

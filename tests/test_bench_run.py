@@ -152,3 +152,18 @@ def test_a_model_that_cannot_load_fails_its_cases_only(tmp_path):
     with pytest.warns(UserWarning, match="loading failed: ModelNotFoundError"):
         sink, outcome = execute(build_plan(load_bench(path)), tmp_path)
     assert [r["status"] for r in sink.rows] == ["failed"] and outcome.failed == 1
+
+
+def test_progress_counts_every_run_it_will_make(tiny_yaml, tmp_path):
+    plan = build_plan(load_bench(tiny_yaml))
+    sink = RowSink(tmp_path)
+    seen: list[tuple[str, int]] = []
+    bench = BenchRun(plan, sink, CPU, None, lambda description, done: seen.append((description, done)))
+    total = bench.total_runs()
+    assert total == 2 * (
+        1 + 2
+    )  # two runnable cases (runtime_graph is skipped): a warm-up and two trials each
+    bench.execute()
+    assert seen[-1] == ("tiny-llama · b · b1 · runtime · done", total)
+    assert ("tiny-llama · a · b1 · runtime · trial 2/2", 2) in seen
+    assert BenchRun(plan, RowSink(tmp_path), CPU).total_runs() == 0  # all done: a rerun has nothing to do

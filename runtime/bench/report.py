@@ -180,8 +180,8 @@ def header_lines(env: dict[str, Any], rows: list[dict]) -> list[str]:
             f"commit {commit}"
         )
         lines.append(
-            f"- seed {env.get('seed')}, {env.get('warmup')} warm-up runs, {env.get('trials')} timed trials "
-            f"(median shown), KV cache capacity {env.get('capacity')} tokens"
+            f"- seed {env.get('seed')}; warm-up runs {env.get('warmup')}, timed trials {env.get('trials')} "
+            f"(median shown); KV cache capacity {env.get('capacity')} tokens"
         )
         if env.get("bandwidth_gbs"):
             lines.append(
@@ -193,6 +193,8 @@ def header_lines(env: dict[str, Any], rows: list[dict]) -> list[str]:
         lines.append(f"- weights: {'; '.join(weights)} (random = shape-only numbers)")
     cuda = any(r.get("device") == "cuda" for r in ok)
     clock = "CUDA events between replays, no sync per step" if cuda else "host clock (CPU)"
+    if any(str(r.get("engine", "")).startswith("transformers") for r in ok):
+        clock += "; transformers baselines: host clock per token (they sync every step)"
     lines.append(
         "- timed: TTFT = request start to the first token on the host; decode = first to last token on "
         f"the host; step = {clock}. Not timed: load, capture, warm-ups. MB = 2^20 B, GB = 2^30 B"

@@ -60,9 +60,7 @@ def case_fields(case: Case) -> dict[str, Any]:
 
 
 def runs_needed(plan: Plan, sink: RowSink, case: Case) -> int:
-    """Warm-ups plus missing trials (0 when the case is complete or was skipped)."""
-    if sink.skipped(case.case_id):
-        return 0
+    """Warm-ups plus missing trials (0 when the case is complete)."""
     missing = plan.trials - len(sink.done_trials(case.case_id) & set(range(plan.trials)))
     return plan.warmup + missing if missing > 0 else 0
 
@@ -83,7 +81,9 @@ class BenchRun:
         self.finished_runs = 0
 
     def total_runs(self) -> int:
-        return sum(runs_needed(self.plan, self.sink, c) for c in self.plan.cases)
+        """Warm-ups and trials still to run here (engines this device cannot run are skipped)."""
+        runnable = [c for c in self.plan.cases if unsupported(c.engine, self.device) is None]
+        return sum(runs_needed(self.plan, self.sink, c) for c in runnable)
 
     def execute(self) -> Outcome:
         """Run every pending case; Ctrl-C stops it with the rows so far kept (outcome.interrupted)."""
@@ -109,14 +109,15 @@ class BenchRun:
             self.outcome.skipped += 1
 
     def _model(self, cases: list[Case]) -> None:
-        pending = [c for c in cases if runs_needed(self.plan, self.sink, c)]
         runnable = []
-        for case in pending:
+        for case in cases:
+            if not runs_needed(self.plan, self.sink, case):
+                continue
             reason = unsupported(case.engine, self.device)
-            if reason:
-                self._note_row(case, "skipped", reason)
-            else:
+            if reason is None:
                 runnable.append(case)
+            elif not self.sink.skipped(case.case_id):  # noted once per folder, retried on a device that can
+                self._note_row(case, "skipped", reason)
         if not runnable:
             return
         model = runnable[0].model
