@@ -4,8 +4,9 @@ decode shapes (bf16, batch 1 by default).
 Timing: triton.testing.do_bench, median, L2 flushed before every call (so bytes come from HBM,
 as they would inside a decode step whose 2+ GB of weights evict everything). The printed GB/s
 is the bytes the op must move / median time; floor_us is those bytes at the copy bandwidth
-(2.96 TB/s measured on an H100, or --copy-gbs). Per model, a last row estimates the per-step
-time of these ops (layers x (2 add+norm, q/k-norm+rope+cache write, attention, activation)).
+(2.96 TB/s measured on an H100, or --copy-gbs). Per model, the last rows estimate the per-step
+time of these ops on the decoder's path (layers x (2 add+norm, fused q/k-norm + rope + cache write
++ attention, activation) + 1 norm), at each live length.
 Scope: not timed here are the matrix products, the embedding, the LM head and sampling.
 Prints a markdown table last; --out writes the rows as JSON.
 """
@@ -24,6 +25,7 @@ import torch
 
 from runtime.kernels.activation import gated_act_ref, gated_act_triton
 from runtime.kernels.decode_attention import decode_attention_ref, decode_attention_triton
+from runtime.kernels.qkv_attention import qkv_decode_attention_ref, qkv_decode_attention_triton
 from runtime.kernels.qkv_rope import qkv_rope_to_cache_ref, qkv_rope_to_cache_triton
 from runtime.kernels.rmsnorm import add_rms_norm_ref, add_rms_norm_triton, rms_norm_ref, rms_norm_triton
 
@@ -92,11 +94,10 @@ def model_rows(
     H, Hkv, D = s.heads, s.kv_heads, s.head_dim
     rows = []
 
-    x, res = (
-        torch.randn(B, 1, s.hidden, device=dev, dtype=dt),
-        torch.randn(B, 1, s.hidden, device=dev, dtype=dt),
-    )
-    w = torch.randn(s.hidden, device=dev, dtype=dt)
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=dev, dtype=dt)
+
+    x, res, w = randn(B, 1, s.hidden), randn(B, 1, s.hidden), randn(s.hidden)
     pre = w if s.offset else None  # Gemma's sandwich norm rides along in the same kernel
     n_w = 2 if pre is not None else 1
     rows.append(measure(
@@ -110,48 +111,54 @@ def model_rows(
         lambda: add_rms_norm_triton(x, res, w, 1e-6, s.offset, pre), copy_gbs,
     ))  # fmt: skip
 
-    gu = torch.randn(B, 1, 2 * s.inter, device=dev, dtype=dt)
+    gu = randn(B, 1, 2 * s.inter)
     rows.append(measure(
         "gated_act", name, f"{B}x{2 * s.inter} {s.activation}", e * 3 * B * s.inter,
         lambda: gated_act_ref(gu, s.activation), lambda: gated_act_triton(gu, s.activation), copy_gbs,
     ))  # fmt: skip
 
     width = (H + 2 * Hkv) * D
-    qkv = torch.randn(B, 1, width, device=dev, dtype=dt)
-    cos, sin = torch.randn(B, 1, D, device=dev, dtype=dt), torch.randn(B, 1, D, device=dev, dtype=dt)
-    qw, kw = (
-        (torch.randn(D, device=dev, dtype=dt), torch.randn(D, device=dev, dtype=dt))
-        if s.qk_norm
-        else (None, None)
-    )
+    qkv, cos, sin = randn(B, 1, width), randn(B, 1, D), randn(B, 1, D)
+    qw, kw = (randn(D), randn(D)) if s.qk_norm else (None, None)
+    norm_args = (qw, kw, 1e-6, s.offset)
+    qkv_bytes = e * (B * width + 2 * B * D + (2 * D if s.qk_norm else 0))  # the qkv row, cos/sin, weights
     kc = torch.zeros(B, Hkv, capacity, D, device=dev, dtype=dt)
     vc = torch.zeros_like(kc)
     pos = torch.full((B,), capacity // 2, device=dev, dtype=torch.int64)
-    args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, s.offset, kc, vc, pos)
+    args = (qkv, H, Hkv, cos, sin, *norm_args, kc, vc, pos)
     rows.append(measure(
         "qkv_rope_to_cache", name, f"{B}x({H}+2x{Hkv})x{D}" + (" qk-norm" if s.qk_norm else ""),
-        e * (B * width + 2 * B * D + 2 * B * width + (2 * D if s.qk_norm else 0)),
-        lambda: qkv_rope_to_cache_ref(*args), lambda: qkv_rope_to_cache_triton(*args), copy_gbs,
+        qkv_bytes + e * B * width, lambda: qkv_rope_to_cache_ref(*args), lambda: qkv_rope_to_cache_triton(*args),
+        copy_gbs,
     ))  # fmt: skip
 
-    q = torch.randn(B, H, D, device=dev, dtype=dt)
+    # attention at each live length of a global cache, and over a full sliding ring: alone (q given)
+    # and fused with q/k-norm + rope + cache write (what the decoder runs)
+    q = randn(B, H, D)
     attn_cases = [(capacity, L) for L in lengths if L <= capacity]
     if s.window:
-        attn_cases.append((s.window, s.window))  # a full sliding ring
+        attn_cases.append((s.window, s.window))
     for S, L in attn_cases:
-        k = torch.randn(B, Hkv, S, D, device=dev, dtype=dt)
-        v = torch.randn_like(k)
+        k, v = randn(B, Hkv, S, D), randn(B, Hkv, S, D)
         lens = torch.full((B,), L, device=dev, dtype=torch.int64)
+        kv_bytes = e * 2 * B * Hkv * L * D
+        where = f"{B}x{H}/{Hkv}x{D} len {L} of {S}"
         rows.append(measure(
-            "decode_attention", name, f"{B}x{H}/{Hkv}x{D} len {L} of {S}",
-            e * (2 * B * H * D + 2 * B * Hkv * L * D),
+            "decode_attention", name, where, kv_bytes + e * 2 * B * H * D,
             lambda k=k, v=v, lens=lens: decode_attention_ref(q, k, v, lens, D**-0.5),
             lambda k=k, v=v, lens=lens: decode_attention_triton(q, k, v, lens, D**-0.5), copy_gbs,
         ))  # fmt: skip
+        fused = (qkv, H, Hkv, cos, sin, *norm_args, k, v, lens - 1, D**-0.5)  # position L - 1: length L
+        rows.append(measure(
+            "qkv_decode_attention", name, where, kv_bytes + qkv_bytes + e * B * H * D,
+            lambda fused=fused: qkv_decode_attention_ref(*fused),
+            lambda fused=fused: qkv_decode_attention_triton(*fused), copy_gbs,
+        ))  # fmt: skip
 
-    # per-step estimate of these ops at each global length (sliding layers at a full ring)
-    by_op = {r["op"]: r for r in rows if r["op"] != "decode_attention"}
-    attn = {r["shape"]: r for r in rows if r["op"] == "decode_attention"}
+    # per-step estimate of these ops at each global length (sliding layers at a full ring), with the
+    # decoder's decode path: 2 add+norm, fused attention, activation per layer; one plain norm
+    by_op = {r["op"]: r for r in rows}
+    attn = {r["shape"]: r for r in rows if r["op"] == "qkv_decode_attention"}
     sliding = next((r for sh, r in attn.items() if s.window and sh.endswith(f"of {s.window}")), None)
     n_global = s.layers // s.global_every if s.window else s.layers
     for L in lengths:
@@ -160,9 +167,7 @@ def model_rows(
             continue
         per_step = {}
         for kind in ("ref_us", "triton_us", "floor_us"):
-            layer = (
-                2 * by_op["add_rms_norm"][kind] + by_op["qkv_rope_to_cache"][kind] + by_op["gated_act"][kind]
-            )
+            layer = 2 * by_op["add_rms_norm"][kind] + by_op["gated_act"][kind]
             total = s.layers * layer + by_op["rms_norm"][kind] + n_global * glob[kind]
             total += (s.layers - n_global) * (sliding[kind] if sliding else 0.0)
             per_step[kind] = round(total, 1)

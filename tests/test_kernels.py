@@ -23,10 +23,12 @@ import torch
 from runtime.kernels import _triton, ops
 from runtime.kernels import activation as activation_mod
 from runtime.kernels import decode_attention as attention_mod
+from runtime.kernels import qkv_attention as qkv_attention_mod
 from runtime.kernels import qkv_rope as qkv_rope_mod
 from runtime.kernels import rmsnorm as rmsnorm_mod
 from runtime.kernels.activation import gated_act_ref, gated_act_triton
 from runtime.kernels.decode_attention import decode_attention_ref, decode_attention_triton
+from runtime.kernels.qkv_attention import qkv_decode_attention_ref, qkv_decode_attention_triton
 from runtime.kernels.qkv_rope import (
     qkv_rope_ref,
     qkv_rope_to_cache_ref,
@@ -80,7 +82,7 @@ class _PoisonedTorch:
 
 @pytest.fixture
 def poisoned(monkeypatch):
-    for module in (rmsnorm_mod, activation_mod, qkv_rope_mod, attention_mod):
+    for module in (rmsnorm_mod, activation_mod, qkv_rope_mod, attention_mod, qkv_attention_mod):
         monkeypatch.setattr(module, "torch", _PoisonedTorch())
 
 
@@ -261,6 +263,49 @@ def test_decode_attention_work_tracks_the_live_length(poisoned):
     close(got, decode_attention_ref(q, k[:B], v[:B], lengths, 0.125), F32)
 
 
+# (B, H, Hkv, D, S, ring, qk_norm, offset, dtype, num_splits): the fused q/k-norm + rope + cache + attention
+QKV_ATTN_CASES = cases(
+    full=[(1, 32, 8, 64, 4096, False, False, 0.0, BF16, None), (1, 16, 8, 128, 4096, False, True, 0.0, BF16, None),
+          (1, 4, 1, 256, 512, True, True, 1.0, BF16, None), (1, 4, 1, 256, 4096, False, True, 1.0, BF16, None),
+          (3, 32, 8, 64, 2001, False, False, 0.0, F16, None), (5, 16, 8, 128, 17, True, True, 0.0, F32, None),
+          (4, 24, 4, 128, 999, True, True, 1.0, BF16, 3), (8, 16, 8, 128, 700, False, True, 0.0, BF16, None),
+          (2, 10, 5, 40, 130, True, True, 1.0, F32, 2)],
+    small=[(3, 8, 2, 64, 77, False, False, 0.0, F32, None), (2, 4, 1, 256, 50, True, True, 1.0, BF16, 3),
+           (3, 6, 3, 40, 33, True, True, 0.0, F32, 2)],
+)  # fmt: skip
+
+
+@kernel_test
+@pytest.mark.parametrize("B,H,Hkv,D,S,ring,norm,offset,dtype,splits", QKV_ATTN_CASES)
+def test_qkv_decode_attention(poisoned, B, H, Hkv, D, S, ring, norm, offset, dtype, splits):
+    qkv = rand(B, 1, (H + 2 * Hkv) * D, dtype=dtype)
+    # rows at the first position, at the last slot, and random (wrapped for a ring)
+    positions = torch.randint(0, 3 * S if ring else S, (B,))
+    positions[0] = 0
+    if B > 1:
+        positions[1] = S - 1
+    positions = positions.to(DEVICE)
+    cos, sin = _rope_tables(positions[:, None], D, dtype)
+    qw, kw = (rand(D, dtype=dtype), rand(D, dtype=dtype)) if norm else (None, None)
+    k_want, v_want = rand(B, Hkv, S, D, dtype=dtype, scale=2.0), rand(B, Hkv, S, D, dtype=dtype)
+    lengths = torch.clamp(positions + 1, max=S)
+    # the kernel's copy: NaN in every dead slot and in the slot the new token takes (it may hold an
+    # older token there, which must not be read)
+    dead = torch.arange(S, device=DEVICE)[None, :] >= lengths[:, None]
+    dead[torch.arange(B, device=DEVICE), positions % S] = True
+    k_got = k_want.masked_fill(dead[:, None, :, None], math.nan)
+    v_got = v_want.masked_fill(dead[:, None, :, None], math.nan)
+    args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, offset)
+    got = qkv_decode_attention_triton(*args, k_got, v_got, positions, D**-0.5, num_splits=splits)
+    want = qkv_decode_attention_ref(*args, k_want, v_want, positions, D**-0.5)
+    close(got, want, dtype, scale=2.0)
+    # the new token's k and v are in the cache; every other live slot is untouched
+    live = ~(torch.arange(S, device=DEVICE)[None, :] >= lengths[:, None])
+    for c_got, c_want in ((k_got, k_want), (v_got, v_want)):
+        sel = live[:, None, :, None].expand_as(c_want)
+        torch.testing.assert_close(c_got[sel].float(), c_want[sel].float(), **tol(dtype))
+
+
 # ---------------------------------------------------------------- the whole model on Triton kernels
 
 
@@ -330,6 +375,8 @@ def _op_inputs() -> dict:
                               torch.zeros(2, Hkv, 5, D), positions),
         "decode_attention": (torch.randn(2, H, D), torch.randn(2, Hkv, 5, D), torch.randn(2, Hkv, 5, D),
                              torch.tensor([5, 2]), 0.3),
+        "qkv_decode_attention": (qkv, H, Hkv, cos, sin, w, w, 1e-6, 0.0, torch.randn(2, Hkv, 5, D),
+                                 torch.randn(2, Hkv, 5, D), positions, 0.3),
     }  # fmt: skip
 
 
@@ -343,6 +390,7 @@ def test_dispatcher_routes_every_op(monkeypatch):
     refs = {
         "rms_norm": rms_norm_ref, "add_rms_norm": add_rms_norm_ref, "gated_act": gated_act_ref,
         "qkv_rope": qkv_rope_ref, "qkv_rope_to_cache": qkv_rope_to_cache_ref, "decode_attention": decode_attention_ref,
+        "qkv_decode_attention": qkv_decode_attention_ref,
     }  # fmt: skip
     for name, args in _op_inputs().items():
         got, want = getattr(ops, name)(*args), refs[name](*args)

@@ -41,7 +41,7 @@ def decode_attention_ref(
 
 
 @jit
-def _dot(a, b, F32: tl.constexpr):
+def block_dot(a, b, F32: tl.constexpr):
     """a @ b with fp32 accumulation; F32 upcasts first (the CPU interpreter cannot multiply bf16)."""
     if F32:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
@@ -100,14 +100,14 @@ def _split_kernel(
         live = slots < length
         kv_ok = live[:, None] & d_ok[None, :]
         k = tl.load(k_base + slots.to(tl.int64)[:, None] * k_ss + d[None, :], mask=kv_ok, other=0.0)
-        s = _dot(q, tl.trans(k), DOT_F32) * qk_scale  # (BLOCK_G, BLOCK_N)
+        s = block_dot(q, tl.trans(k), DOT_F32) * qk_scale  # (BLOCK_G, BLOCK_N)
         s = tl.where(live[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v = tl.load(v_base + slots.to(tl.int64)[:, None] * v_ss + d[None, :], mask=kv_ok, other=0.0)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_F32)
+        acc = acc * alpha[:, None] + block_dot(p.to(v.dtype), v, DOT_F32)
         m_i = m_new
     # partials (B, H, P, D) and (B, H, P, 2), unnormalised; rows past G are padding
     row = ((b * n_kv_heads + h) * G + g).to(tl.int64) * n_splits + split
@@ -124,17 +124,22 @@ def _combine_kernel(
     out_ptr,
     n_heads,
     n_splits,
+    n_slots,
     o_sb,
     o_sh,
     D: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    FROM_POSITIONS: tl.constexpr,
 ):
     bh = tl.program_id(0)  # b * H + head
     b = bh // n_heads
     head = bh % n_heads
-    length = tl.load(len_ptr + b).to(tl.int32)
+    if FROM_POSITIONS:  # len_ptr holds positions: the live length is min(pos + 1, S)
+        length = tl.minimum(tl.load(len_ptr + b) + 1, n_slots).to(tl.int32)
+    else:
+        length = tl.load(len_ptr + b).to(tl.int32)
     n_live = tl.minimum(tl.cdiv(length, BLOCK_N), n_splits)  # splits that wrote a partial
     p = tl.arange(0, BLOCK_P)
     d = tl.arange(0, BLOCK_D)
@@ -180,6 +185,11 @@ def split_plan(
     return block_n, min(splits, cdiv(slots, block_n))
 
 
+def split_warps(head_dim: int, elem_bytes: int) -> int:
+    """fp32 tiles at D >= 128 need 8 warps to stay in registers; 4 suffice otherwise."""
+    return 8 if elem_bytes == 4 and head_dim >= 128 else 4
+
+
 def decode_attention_triton(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -209,11 +219,27 @@ def decode_attention_triton(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         G=G, BLOCK_G=max(16, next_pow2(G)), D=D, BLOCK_D=block_d, BLOCK_N=block_n,
-        DOT_F32=INTERPRETING, num_warps=8 if k_cache.element_size() == 4 and D >= 128 else 4, num_stages=2,
+        DOT_F32=INTERPRETING, num_warps=split_warps(D, k_cache.element_size()), num_stages=2,
     )  # fmt: skip
-    block_p = min(16 if D > 128 else 32, max(16, next_pow2(splits)))
-    _combine_kernel[(B * H,)](
-        acc, ml, lengths, out, H, splits, out.stride(0), out.stride(1),
-        D=D, BLOCK_D=block_d, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=4,
-    )  # fmt: skip
+    merge_partials(acc, ml, lengths, out, block_n, S, from_positions=False)
     return out
+
+
+def merge_partials(
+    acc: torch.Tensor,
+    ml: torch.Tensor,
+    lengths: torch.Tensor,
+    out: torch.Tensor,
+    block_n: int,
+    n_slots: int,
+    from_positions: bool,
+) -> None:
+    """acc (B, H, P, D), ml (B, H, P, 2) partials of the live splits -> out (B, H, D).
+    lengths (B,): live lengths, or with from_positions the positions (length = min(pos + 1, S))."""
+    B, H, splits, D = acc.shape
+    block_d = max(16, next_pow2(D))
+    _combine_kernel[(B * H,)](
+        acc, ml, lengths, out, H, splits, n_slots, out.stride(0), out.stride(1),
+        D=D, BLOCK_D=block_d, BLOCK_P=min(16 if D > 128 else 32, max(16, next_pow2(splits))), BLOCK_N=block_n,
+        FROM_POSITIONS=from_positions, num_warps=4,
+    )  # fmt: skip

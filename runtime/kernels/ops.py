@@ -18,6 +18,7 @@ from runtime.kernels import _triton
 from runtime.kernels.activation import gated_act_ref, gated_act_triton
 from runtime.kernels.attention import prefill_attention_ref
 from runtime.kernels.decode_attention import decode_attention_ref, decode_attention_triton
+from runtime.kernels.qkv_attention import qkv_decode_attention_ref, qkv_decode_attention_triton
 from runtime.kernels.qkv_rope import (
     qkv_rope_ref,
     qkv_rope_to_cache_ref,
@@ -105,6 +106,29 @@ def decode_attention(
     """q (B, H, D); k/v_cache (B, Hkv, S, D); lengths (B,) -> (B, H, D)."""
     fn = decode_attention_triton if use_triton(q) else decode_attention_ref
     return fn(q, k_cache, v_cache, lengths, scale)
+
+
+def qkv_decode_attention(
+    qkv: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    eps: float,
+    offset: float,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """qkv (B, 1, ...) -> attention output (B, H, D): qkv_rope_to_cache + decode_attention (length
+    min(pos + 1, S)) as one op."""
+    fn = qkv_decode_attention_triton if use_triton(qkv) else qkv_decode_attention_ref
+    return fn(
+        qkv, heads, kv_heads, cos, sin, q_weight, k_weight, eps, offset, k_cache, v_cache, positions, scale
+    )
 
 
 apply_rope = apply_rope_ref

@@ -65,11 +65,43 @@ def qkv_rope_to_cache_ref(
 
 
 @jit
-def _rope_half(a, b, cos_ptr, sin_ptr, c, ok):
-    """First half of rope: a * cos1 - b * sin1, each product rounded to the dtype, then the sum."""
-    cos = tl.load(cos_ptr + c, mask=ok, other=0.0).to(tl.float32)
-    sin = tl.load(sin_ptr + c, mask=ok, other=0.0).to(tl.float32)
-    return (a * cos).to(a.dtype).to(tl.float32) + (b * sin).to(a.dtype).to(tl.float32)
+def norm_rope_rows(
+    x1, x2, w_ptr, cos_ptr, sin_ptr, c, ok, eps, D: tl.constexpr, QK_NORM: tl.constexpr, OFFSET: tl.constexpr
+):
+    """Heads as rows: x1, x2 (R, HALF_BLOCK) are the two halves of R heads, in the dtype; w_ptr the
+    norm weight (D,), cos/sin_ptr one token's (D,) tables; c = arange(HALF_BLOCK), ok = c < D / 2.
+    -> the halves of rope(norm(x)), rounded to the dtype at each step as the references round."""
+    dt = x1.dtype
+    half = D // 2
+    if QK_NORM:
+        f1 = x1.to(tl.float32)
+        f2 = x2.to(tl.float32)
+        inv = tl.rsqrt((tl.sum(f1 * f1, axis=1) + tl.sum(f2 * f2, axis=1)) / D + eps)[:, None]
+        w1 = tl.load(w_ptr + c, mask=ok, other=0.0).to(tl.float32)[None, :]
+        w2 = tl.load(w_ptr + half + c, mask=ok, other=0.0).to(tl.float32)[None, :]
+        if OFFSET != 0:
+            x1 = (f1 * inv * (OFFSET + w1)).to(dt)
+            x2 = (f2 * inv * (OFFSET + w2)).to(dt)
+        else:
+            x1 = (w1 * (f1 * inv).to(dt).to(tl.float32)).to(dt)
+            x2 = (w2 * (f2 * inv).to(dt).to(tl.float32)).to(dt)
+    cos1 = tl.load(cos_ptr + c, mask=ok, other=0.0).to(tl.float32)[None, :]
+    cos2 = tl.load(cos_ptr + half + c, mask=ok, other=0.0).to(tl.float32)[None, :]
+    sin1 = tl.load(sin_ptr + c, mask=ok, other=0.0).to(tl.float32)[None, :]
+    sin2 = tl.load(sin_ptr + half + c, mask=ok, other=0.0).to(tl.float32)[None, :]
+    f1 = x1.to(tl.float32)
+    f2 = x2.to(tl.float32)
+    # x * cos + rotate(x) * sin, rotate(x) = (-x2, x1); each product rounded, then the sum
+    o1 = (f1 * cos1).to(dt).to(tl.float32) + (-f2 * sin1).to(dt).to(tl.float32)
+    o2 = (f2 * cos2).to(dt).to(tl.float32) + (f1 * sin2).to(dt).to(tl.float32)
+    return o1.to(dt), o2.to(dt)
+
+
+@jit
+def cache_slot(pos_ptr, b, n_slots):
+    """Slot of row b's new token: positions[b] % S, never negative (as torch.remainder)."""
+    slot = tl.load(pos_ptr + b) % n_slots
+    return tl.where(slot < 0, slot + n_slots, slot)
 
 
 @jit
@@ -108,49 +140,26 @@ def _qkv_rope_kernel(
     c = tl.arange(0, HALF_BLOCK)
     ok = c < half
     src = qkv_ptr + row * qkv_stride + j * D
-    x1 = tl.load(src + c, mask=ok, other=0.0)  # (D/2,) first half of the head
-    x2 = tl.load(src + half + c, mask=ok, other=0.0)
+    x1 = tl.load(src + c[None, :], mask=ok[None, :], other=0.0)  # (1, D/2): the head's first half
+    x2 = tl.load(src + half + c[None, :], mask=ok[None, :], other=0.0)
     # where k and v land: (B, T, Hkv, D) outputs, or cache slot positions[b] % S (T == 1)
     if TO_CACHE:
-        slot = tl.load(pos_ptr + b) % n_slots
-        slot = tl.where(slot < 0, slot + n_slots, slot)  # as torch.remainder: never a negative slot
-        place = b * kv_sb + slot * kv_st
+        place = b * kv_sb + cache_slot(pos_ptr, b, n_slots) * kv_st
     else:
         place = b * kv_sb + t * kv_st
-    if j < n_heads + n_kv_heads:
-        if QK_NORM:
-            f1 = x1.to(tl.float32)
-            f2 = x2.to(tl.float32)
-            inv = tl.rsqrt((tl.sum(f1 * f1, axis=0) + tl.sum(f2 * f2, axis=0)) / D + eps)
-            if j < n_heads:
-                w1 = tl.load(q_w_ptr + c, mask=ok, other=0.0).to(tl.float32)
-                w2 = tl.load(q_w_ptr + half + c, mask=ok, other=0.0).to(tl.float32)
-            else:
-                w1 = tl.load(k_w_ptr + c, mask=ok, other=0.0).to(tl.float32)
-                w2 = tl.load(k_w_ptr + half + c, mask=ok, other=0.0).to(tl.float32)
-            if OFFSET != 0:
-                x1 = (f1 * inv * (OFFSET + w1)).to(x1.dtype)
-                x2 = (f2 * inv * (OFFSET + w2)).to(x2.dtype)
-            else:
-                x1 = (w1 * (f1 * inv).to(x1.dtype).to(tl.float32)).to(x1.dtype)
-                x2 = (w2 * (f2 * inv).to(x2.dtype).to(tl.float32)).to(x2.dtype)
-        cs = cos_ptr + row * cos_stride
-        sn = sin_ptr + row * cos_stride
-        f1 = x1.to(tl.float32)
-        f2 = x2.to(tl.float32)
-        # rotate(x) = (-x2, x1): out1 = x1 cos1 - x2 sin1, out2 = x2 cos2 + x1 sin2
-        o1 = _rope_half(f1, -f2, cs, sn, c, ok).to(x1.dtype)
-        o2 = _rope_half(f2, f1, cs + half, sn + half, c, ok).to(x1.dtype)
-        if j < n_heads:
-            dst = q_ptr + row * n_heads * D + j * D
-        else:
-            dst = k_ptr + place + (j - n_heads) * kv_sh
-        tl.store(dst + c, o1.to(dst.dtype.element_ty), mask=ok)
-        tl.store(dst + half + c, o2.to(dst.dtype.element_ty), mask=ok)
+    cs = cos_ptr + row * cos_stride
+    sn = sin_ptr + row * cos_stride
+    if j < n_heads:
+        o1, o2 = norm_rope_rows(x1, x2, q_w_ptr, cs, sn, c, ok, eps, D, QK_NORM, OFFSET)
+        dst = q_ptr + row * n_heads * D + j * D
+    elif j < n_heads + n_kv_heads:
+        o1, o2 = norm_rope_rows(x1, x2, k_w_ptr, cs, sn, c, ok, eps, D, QK_NORM, OFFSET)
+        dst = k_ptr + place + (j - n_heads) * kv_sh
     else:
+        o1, o2 = x1, x2
         dst = v_ptr + place + (j - n_heads - n_kv_heads) * kv_sh
-        tl.store(dst + c, x1, mask=ok)
-        tl.store(dst + half + c, x2, mask=ok)
+    tl.store(dst + c[None, :], o1.to(dst.dtype.element_ty), mask=ok[None, :])
+    tl.store(dst + half + c[None, :], o2.to(dst.dtype.element_ty), mask=ok[None, :])
 
 
 def _launch(qkv, heads, kv_heads, cos, sin, norm_args, outs, positions, kv_strides) -> None:

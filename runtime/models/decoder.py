@@ -6,7 +6,7 @@ passed in (runtime/engine/state.py), and sampling happens elsewhere. Two entry p
   decode(tokens (B,), positions (B,), cache) -> logits (B, V), graph-safe: shapes fixed by B,
       positions read from a device tensor, no host sync.
 Each residual add is fused into the norm that follows it (ops.add_rms_norm), and in decode the
-q/k-norm, rope and KV-cache write are one op (ops.qkv_rope_to_cache).
+q/k-norm, rope, KV-cache write and attention are one op (ops.qkv_decode_attention).
 """
 
 from __future__ import annotations
@@ -92,19 +92,16 @@ class Attention(nn.Module):
         )
         return self.o_proj(out.transpose(1, 2).reshape(1, T, -1))
 
-    def decode(
-        self, x, cos, sin, cache: KVCacheLike, positions: torch.Tensor, lengths: dict[int, torch.Tensor]
-    ) -> torch.Tensor:
-        """x (B, 1, hidden); positions (B,) on the device; lengths[S] = min(positions + 1, S), built
-        once per step for each cache length S.  # graph: no host reads"""
+    def decode(self, x, cos, sin, cache: KVCacheLike, positions: torch.Tensor) -> torch.Tensor:
+        """x (B, 1, hidden); positions (B,) on the device.  # graph: no host reads
+        One op from the packed qkv row: q/k-norm, rope, k and v into cache slot positions % S (the
+        ring of a sliding layer, the plain slot of a global one), attention over min(pos + 1, S)."""
         B = x.shape[0]
         k_cache, v_cache = cache.k[self.layer][:B], cache.v[self.layer][:B]
-        # k and v land in slot positions % S: the ring of a sliding layer, plain for a global one
-        q = ops.qkv_rope_to_cache(
-            self.qkv(x), self.heads, self.kv_heads, cos, sin, *self._qk_args(), k_cache, v_cache, positions
-        )  # (B, 1, H, D)
-        live = lengths[k_cache.shape[2]]
-        out = ops.decode_attention(q[:, 0], k_cache, v_cache, live, self.scale)  # (B, H, D)
+        qk = self._qk_args()
+        out = ops.qkv_decode_attention(
+            self.qkv(x), self.heads, self.kv_heads, cos, sin, *qk, k_cache, v_cache, positions, self.scale
+        )  # (B, H, D)
         return self.o_proj(out.reshape(B, 1, -1))
 
 
@@ -226,11 +223,9 @@ class DecoderLM(nn.Module):
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCacheLike) -> torch.Tensor:
         """tokens (B,), positions (B,) -> float32 logits (B, V).  # graph: capture-safe"""
-        # live slots per distinct cache length (capacity, sliding window): once per step, not per layer
-        lengths = {S: torch.clamp(positions + 1, max=S) for S in {k.shape[2] for k in cache.k}}
         normed = self._run(
             self._embed(tokens[:, None]),
             positions[:, None],
-            lambda attn, h, cos, sin: attn.decode(h, cos, sin, cache, positions, lengths),
+            lambda attn, h, cos, sin: attn.decode(h, cos, sin, cache, positions),
         )
         return self._logits(normed[:, 0])

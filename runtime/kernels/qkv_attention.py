@@ -1,0 +1,219 @@
+"""Decode attention straight from the packed qkv row: q/k-norm + rope + KV-cache write + split-KV
+attention in one kernel (then the usual merge). Plain-torch reference and a Triton version.
+
+qkv (B, 1, (H + 2 Hkv) D), positions (B,) -> (B, H, D); on the way, k and v of the new token go
+to cache slot positions[b] % S of row b, and the live length is min(pos + 1, S) (a ring for a
+sliding layer). It is exactly qkv_rope_to_cache followed by decode_attention, one launch shorter,
+and without the per-step length tensor.
+
+How the new token avoids a race inside the one launch: every program rebuilds its query group
+and the new key from the qkv row (a few hundred values, from L2), reads the cache with the new
+token's slot masked out (it may still hold an older token), and program 0 of each (row, kv head)
+starts its running softmax from the new key and is the one that writes k and v to the cache. No
+program reads what another writes. # graph: grid fixed by shapes, no host reads.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from runtime.kernels._triton import INTERPRETING, jit, next_pow2, tl
+from runtime.kernels.decode_attention import (
+    block_dot,
+    decode_attention_ref,
+    merge_partials,
+    split_plan,
+    split_warps,
+)
+from runtime.kernels.qkv_rope import cache_slot, norm_rope_rows, qkv_rope_to_cache_ref
+
+
+def qkv_decode_attention_ref(
+    qkv: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    eps: float,
+    offset: float,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """qkv (B, 1, ...) -> (B, H, D); writes k/v_cache[b, :, positions[b] % S] on the way."""
+    q = qkv_rope_to_cache_ref(
+        qkv, heads, kv_heads, cos, sin, q_weight, k_weight, eps, offset, k_cache, v_cache, positions
+    )
+    lengths = torch.clamp(positions + 1, max=k_cache.shape[2])
+    return decode_attention_ref(q[:, 0], k_cache, v_cache, lengths, scale)
+
+
+@jit
+def _qkv_split_kernel(
+    qkv_ptr,
+    q_w_ptr,
+    k_w_ptr,
+    cos_ptr,
+    sin_ptr,
+    pos_ptr,
+    k_ptr,
+    v_ptr,
+    acc_ptr,
+    ml_ptr,
+    qk_scale,
+    eps,
+    n_heads,
+    n_kv_heads,
+    n_splits,
+    n_slots,
+    qkv_stride,
+    cos_stride,
+    k_sb,
+    k_sh,
+    k_ss,
+    v_sb,
+    v_sh,
+    v_ss,
+    G: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    D: tl.constexpr,
+    HALF_BLOCK: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    QK_NORM: tl.constexpr,
+    OFFSET: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
+    b = bh // n_kv_heads
+    h = bh % n_kv_heads
+    length = tl.minimum(tl.load(pos_ptr + b) + 1, n_slots).to(tl.int32)
+    n_blocks = tl.cdiv(length, BLOCK_N)
+    if split >= n_blocks:  # graph: the grid is fixed; past the live length there is nothing to do
+        return
+    new_slot = cache_slot(pos_ptr, b, n_slots)
+    half = D // 2
+    c = tl.arange(0, HALF_BLOCK)
+    c_ok = c < half
+    g = tl.arange(0, BLOCK_G)
+    g_ok = g < G
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    n = tl.arange(0, BLOCK_N)
+    row = qkv_ptr + b.to(tl.int64) * qkv_stride
+    cs = cos_ptr + b.to(tl.int64) * cos_stride
+    sn = sin_ptr + b.to(tl.int64) * cos_stride
+
+    # the query group (BLOCK_G, D/2) x 2 halves and the new key (1, D/2) x 2, normed and rotated
+    q_src = row + (h * G + g)[:, None] * D
+    q_ok = g_ok[:, None] & c_ok[None, :]
+    q1 = tl.load(q_src + c[None, :], mask=q_ok, other=0.0)
+    q2 = tl.load(q_src + half + c[None, :], mask=q_ok, other=0.0)
+    q1, q2 = norm_rope_rows(q1, q2, q_w_ptr, cs, sn, c, c_ok, eps, D, QK_NORM, OFFSET)
+    k_src = row + (n_heads + h) * D + c[None, :]
+    kn1 = tl.load(k_src, mask=c_ok[None, :], other=0.0)
+    kn2 = tl.load(k_src + half, mask=c_ok[None, :], other=0.0)
+    kn1, kn2 = norm_rope_rows(kn1, kn2, k_w_ptr, cs, sn, c, c_ok, eps, D, QK_NORM, OFFSET)
+    vn = tl.load(
+        row + (n_heads + n_kv_heads + h) * D + d[None, :], mask=d_ok[None, :], other=0.0
+    )  # (1, BLOCK_D)
+
+    k_base = k_ptr + b.to(tl.int64) * k_sb + h.to(tl.int64) * k_sh
+    v_base = v_ptr + b.to(tl.int64) * v_sb + h.to(tl.int64) * v_sh
+    if split == 0:
+        # program 0 owns the new token: it writes it and starts the softmax from it (p = 1)
+        k_new = k_base + new_slot * k_ss + c[None, :]
+        tl.store(k_new, kn1.to(k_ptr.dtype.element_ty), mask=c_ok[None, :])
+        tl.store(k_new + half, kn2.to(k_ptr.dtype.element_ty), mask=c_ok[None, :])
+        tl.store(v_base + new_slot * v_ss + d[None, :], vn.to(v_ptr.dtype.element_ty), mask=d_ok[None, :])
+        s_new = tl.sum(q1.to(tl.float32) * kn1.to(tl.float32), axis=1)
+        s_new += tl.sum(q2.to(tl.float32) * kn2.to(tl.float32), axis=1)
+        m_i = s_new * qk_scale
+        l_i = tl.full([BLOCK_G], 1.0, tl.float32)
+        acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32) + vn.to(tl.float32)
+    else:
+        m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_G], tl.float32)
+        acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+
+    for blk in range(split, n_blocks, n_splits):
+        slots = blk * BLOCK_N + n
+        live = (slots < length) & (slots != new_slot)  # the new slot may still hold an old token
+        at = slots.to(tl.int64)[:, None]
+        k_ok = live[:, None] & c_ok[None, :]
+        k1 = tl.load(k_base + at * k_ss + c[None, :], mask=k_ok, other=0.0)
+        k2 = tl.load(k_base + at * k_ss + half + c[None, :], mask=k_ok, other=0.0)
+        s = block_dot(q1, tl.trans(k1), DOT_F32) + block_dot(q2, tl.trans(k2), DOT_F32)
+        s = tl.where(live[None, :], s * qk_scale, float("-inf"))  # (BLOCK_G, BLOCK_N)
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        # a block whose only live slot is the new one leaves m at -inf: subtract 0 there, not -inf
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_base + at * v_ss + d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + block_dot(p.to(v.dtype), v, DOT_F32)
+        m_i = m_new
+
+    # partials (B, H, P, D) and (B, H, P, 2), unnormalised; rows past G are padding
+    out_row = ((b * n_kv_heads + h) * G + g).to(tl.int64) * n_splits + split
+    tl.store(acc_ptr + out_row[:, None] * D + d[None, :], acc, mask=g_ok[:, None] & d_ok[None, :])
+    tl.store(ml_ptr + out_row * 2, m_i, mask=g_ok)
+    tl.store(ml_ptr + out_row * 2 + 1, l_i, mask=g_ok)
+
+
+def qkv_decode_attention_triton(
+    qkv: torch.Tensor,
+    heads: int,
+    kv_heads: int,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    eps: float,
+    offset: float,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    scale: float,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """Same contract as qkv_decode_attention_ref; two launches (split + merge).
+    num_splits overrides P (tests use it to force many partials on short caches)."""
+    B, T, width = qkv.shape
+    _, Hkv, S, D = k_cache.shape
+    if T != 1 or Hkv != kv_heads or width != (heads + 2 * kv_heads) * D or D % 2 or heads % kv_heads:
+        raise ValueError(
+            f"qkv {tuple(qkv.shape)} does not match {heads} + 2 x {kv_heads} heads of the cache's D={D}"
+        )
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("k and v caches need unit stride along head_dim")
+    qkv2 = qkv.reshape(B, width)
+    if qkv2.stride(-1) != 1:
+        qkv2 = qkv2.contiguous()
+    cos2, sin2 = cos.reshape(B, D).contiguous(), sin.reshape(B, D).contiguous()
+    G = heads // kv_heads
+    block_n, splits = split_plan(B, Hkv, S, D, k_cache.element_size(), qkv.device)
+    if num_splits is not None:
+        splits = num_splits
+    acc = torch.empty((B, heads, splits, D), dtype=torch.float32, device=qkv.device)
+    ml = torch.empty((B, heads, splits, 2), dtype=torch.float32, device=qkv.device)
+    out = torch.empty((B, heads, D), dtype=qkv.dtype, device=qkv.device)
+    norm = q_weight is not None
+    _qkv_split_kernel[(B * Hkv, splits)](
+        qkv2, q_weight if norm else qkv2, k_weight if norm else qkv2, cos2, sin2, positions, k_cache, v_cache,
+        acc, ml, scale * math.log2(math.e), eps, heads, Hkv, splits, S, qkv2.stride(0), D,
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
+        v_cache.stride(2),
+        G=G, BLOCK_G=max(16, next_pow2(G)), D=D, HALF_BLOCK=max(16, next_pow2(D // 2)),
+        BLOCK_D=max(16, next_pow2(D)), BLOCK_N=block_n, QK_NORM=norm, OFFSET=float(offset),
+        DOT_F32=INTERPRETING, num_warps=split_warps(D, k_cache.element_size()), num_stages=2,
+    )  # fmt: skip
+    merge_partials(acc, ml, positions, out, block_n, S, from_positions=True)
+    return out
