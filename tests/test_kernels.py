@@ -14,7 +14,6 @@ import math
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -44,7 +43,10 @@ F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 # the kernel tests: on the GPU they carry the `cuda` marker; in the interpreter child they run on the CPU
 kernel_test = (lambda f: f) if INTERPRET else pytest.mark.cuda
 needs_triton = pytest.mark.skipif(not _triton.AVAILABLE, reason="triton is not installed")
-pytestmark = needs_triton if INTERPRET else []
+# the interpreter evaluates sigmoid's exp(-x) in NumPy, which warns on overflow (the result is right)
+pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")]
+if INTERPRET:
+    pytestmark.append(needs_triton)
 
 
 def cases(full: list, small: list) -> list:
@@ -98,7 +100,6 @@ def close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, scale: floa
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
-    warnings.filterwarnings("ignore", message="overflow encountered", category=RuntimeWarning)
 
 
 # ---------------------------------------------------------------- RMSNorm and residual add + RMSNorm
@@ -246,7 +247,7 @@ def test_decode_attention(poisoned, B, H, Hkv, D, S, dtype, splits):
     k_nan = k.masked_fill(dead[:, None, :, None], math.nan)
     v_nan = v.masked_fill(dead[:, None, :, None], math.nan)
     got = decode_attention_triton(q, k_nan, v_nan, lengths, D**-0.5, num_splits=splits)
-    close(got, want, dtype, scale=2.0)
+    close(got, want, dtype, scale=3.0)  # softmax weights are rounded to the dtype before P @ V
 
 
 @kernel_test
@@ -298,7 +299,7 @@ def test_qkv_decode_attention(poisoned, B, H, Hkv, D, S, ring, norm, offset, dty
     args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, offset)
     got = qkv_decode_attention_triton(*args, k_got, v_got, positions, D**-0.5, num_splits=splits)
     want = qkv_decode_attention_ref(*args, k_want, v_want, positions, D**-0.5)
-    close(got, want, dtype, scale=2.0)
+    close(got, want, dtype, scale=3.0)  # softmax weights are rounded to the dtype before P @ V
     # the new token's k and v are in the cache; every other live slot is untouched
     live = ~(torch.arange(S, device=DEVICE)[None, :] >= lengths[:, None])
     for c_got, c_want in ((k_got, k_want), (v_got, v_want)):
@@ -332,8 +333,8 @@ def test_model_logits_triton_vs_torch(monkeypatch, family):
     for backend in ("torch", "triton"):
         monkeypatch.setenv("RUNTIME_KERNELS", backend)
         cache = KVCache(spec, 1, 32, DEVICE, torch.float32)
-        steps = [model.prefill(prompt, cache, all_logits=True)[0]]
-        token = prompt[0, -1:]
+        steps = [model.prefill(prompt, cache, all_logits=True)[0]]  # (T, V)
+        token = steps[0][-1:].argmax(-1)
         for pos in range(11, 11 + (10 if INTERPRET else 20)):  # gemma3's window is 8
             steps.append(model.decode(token, torch.tensor([pos], device=DEVICE), cache))
             token = steps[-1].argmax(-1)
