@@ -37,6 +37,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
+        except BrokenPipeError:  # stdout closed early (e.g. piped into head): not an error
+            sys.stderr.close()
+            raise typer.Exit(0) from None
         except KeyboardInterrupt:
             print("\ninterrupted", file=sys.stderr)
             raise typer.Exit(EXIT_INTERRUPT) from None
