@@ -467,8 +467,10 @@ def test_qkv_rope_to_cache_ref_writes_ring_slots():
 @needs_triton
 def test_kernels_under_the_cpu_interpreter():
     """Runs this file's kernel tests on the CPU through the Triton interpreter (small cases)."""
-    env = dict(os.environ, TRITON_INTERPRET="1", RUNTIME_KERNELS="auto")
     tests_dir = Path(__file__).parent
+    root = str(tests_dir.parent.resolve())  # the child runs in tests/: make the package importable
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, TRITON_INTERPRET="1", RUNTIME_KERNELS="auto", PYTHONPATH=path)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(Path(__file__).name)],
         cwd=tests_dir, env=env, capture_output=True, text=True, timeout=600,
