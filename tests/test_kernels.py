@@ -464,6 +464,7 @@ def test_qkv_rope_to_cache_ref_writes_ring_slots():
 
 
 @pytest.mark.skipif(INTERPRET, reason="this is the child run")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the compiled kernels instead")
 @needs_triton
 def test_kernels_under_the_cpu_interpreter():
     """Runs this file's kernel tests on the CPU through the Triton interpreter (small cases)."""
