@@ -50,6 +50,7 @@ def conversation(session: ChatSession) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--weights", default="checkpoint", choices=["checkpoint", "random"])
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--mode", default="graph", choices=["graph", "eager"])
     ap.add_argument("--max-seq-len", type=int, default=2048)
@@ -57,7 +58,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
 
-    loaded = load_model(args.model, device="cuda", dtype=args.dtype)
+    loaded = load_model(args.model, weights=args.weights, device="cuda", dtype=args.dtype)
     runner = Runner(loaded, capacity=args.max_seq_len, mode=args.mode)
     try:
         params = SamplingParams()

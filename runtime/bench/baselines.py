@@ -1,8 +1,9 @@
 """Baselines in the same run: transformers' own model on exactly our weights, timed like ours.
 
 transformers_eager     AutoModelForCausalLM + plain `generate` (dynamic cache), fixed length
-transformers_compile   the same with cache_implementation="static" and model.forward compiled with
-                       mode="reduce-overhead" (CUDA graphs inside torch.compile); GPU only
+transformers_compile   the same with cache_implementation="static", which makes generate compile the
+                       forward itself (CompileConfig mode="reduce-overhead": CUDA graphs inside
+                       torch.compile); GPU only
 
 The transformers model is built from the same config and its parameters are views of ours
 (q/k/v and gate/up are row slices of our packed matrices), so both read the same bytes: random
@@ -102,7 +103,7 @@ def _streamer_class():
 
 
 def generation_config(params: SamplingParams, max_new_tokens: int, stop_ids: Sequence[int], static: bool):
-    from transformers import GenerationConfig
+    from transformers import CompileConfig, GenerationConfig
 
     # sampling flags only when sampling: transformers warns about them on greedy runs
     sampling = (
@@ -118,7 +119,9 @@ def generation_config(params: SamplingParams, max_new_tokens: int, stop_ids: Seq
         eos_token_id=list(stop_ids) or None,
         pad_token_id=stop_ids[0] if stop_ids else 0,
         cache_implementation="static" if static else None,
-        disable_compile=True,  # the compiled engine compiles model.forward itself
+        # static: transformers compiles its own forward (CUDA graphs), its recommended recipe
+        disable_compile=not static,
+        compile_config=CompileConfig(fullgraph=False, mode="reduce-overhead") if static else None,
     )
 
 
@@ -139,8 +142,6 @@ class TransformersEngine:
         self.kv_cache_mb: float | None = None  # transformers' cache is not ours to size
         self.note: str | None = None
         self._first = True
-        if compiled:
-            self.model.forward = torch.compile(self.model.forward, mode="reduce-overhead", fullgraph=False)
         self._streamer = _streamer_class()
 
     @torch.inference_mode()

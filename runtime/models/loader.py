@@ -151,7 +151,8 @@ def load_model(
             f"out of GPU memory loading {model_id}: weights need {need / 2**30:.2f} GiB, "
             f"{free / 2**30:.2f} of {total / 2**30:.2f} GiB free; free the GPU or use a smaller dtype"
         ) from e
-    tokenizer = _tokenizer(folder)
+    # random weights keep the tokenizer of a config folder that has one (text in, shapes only)
+    tokenizer = _tokenizer(folder if folder is not None else config_path if config_path.is_dir() else None)
     return LoadedModel(
         model_id=model_id,
         model=model,
