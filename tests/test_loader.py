@@ -172,3 +172,21 @@ def test_offline_hub_names_the_variable_and_the_alternative(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "HF_HUB_OFFLINE" in proc.stderr and "--model PATH" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_gguf_of_an_unsupported_architecture(tmp_path, monkeypatch):
+    import numpy as np
+    from gguf import GGUFWriter
+
+    monkeypatch.setenv("RUNTIME_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "odd.gguf"
+    writer = GGUFWriter(str(path), "nosucharch")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(UnsupportedModelError, match=r"odd\.gguf.*nosucharch"):
+        load_model(str(path), device="cpu")
+    assert not list((tmp_path / "cache").glob("gguf/*/config.json"))  # nothing half-written cached
