@@ -190,3 +190,17 @@ def test_gguf_of_an_unsupported_architecture(tmp_path, monkeypatch):
     with pytest.raises(UnsupportedModelError, match=r"odd\.gguf.*nosucharch"):
         load_model(str(path), device="cpu")
     assert not list((tmp_path / "cache").glob("gguf/*/config.json"))  # nothing half-written cached
+
+
+def test_out_of_memory_at_load_gives_needed_and_free(tmp_path, monkeypatch):
+    import runtime.models.loader as loader
+
+    _save_hf(tmp_path)
+
+    def oom(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(loader, "from_safetensors", oom)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 80 * 2**30))
+    with pytest.raises(RuntimeUserError, match=r"weights need 0\.00 GiB, 1\.00 of 80\.00 GiB free"):
+        load_model(str(tmp_path), device=torch.device("cpu"), dtype="float32")
