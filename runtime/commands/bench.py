@@ -10,8 +10,8 @@ from pathlib import Path
 import typer
 
 from runtime.cli_support import EXIT_FAILURE, EXIT_INTERRUPT, handle_errors
+from runtime.models.sources import EMBEDDED_ID as EMBEDDED
 
-EMBEDDED = "smollm2-135m-instruct"
 ADHOC_FLAGS = (
     "prompt_tokens",
     "max_new_tokens",

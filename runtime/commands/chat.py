@@ -5,8 +5,7 @@ from __future__ import annotations
 import typer
 
 from runtime.cli_support import handle_errors
-
-EMBEDDED = "smollm2-135m-instruct"
+from runtime.models.sources import EMBEDDED_ID as EMBEDDED
 
 
 @handle_errors
