@@ -89,7 +89,7 @@ def generate(
     prefill_tokens = 0
     for row, (prompt, start) in enumerate(zip(prompts, starts)):
         runner.set_row(row, params, keep_seen=keep_seen)
-        take(row, runner.prefill(row, list(prompt), start))
+        take(row, runner.prefill(row, list(prompt), start, variant))
         prefill_tokens += len(prompt)
     t_first = time.perf_counter()
 

@@ -81,14 +81,7 @@ class Runner:
         self.nonfinite_at[:B] = torch.where(
             bad & (self.nonfinite_at[:B] < 0), positions, self.nonfinite_at[:B]
         )
-        if variant == "greedy":
-            nxt = logits.argmax(-1)
-        else:
-            nxt = sample(
-                logits, positions + 1, buf.temperature[:B], buf.top_k[:B], buf.top_p[:B],
-                buf.repetition_penalty[:B], buf.seed[:B], buf.seen[:B],
-                candidates=min(TOPK_CANDIDATES, self.spec.vocab) if variant == "topk" else 0,
-            )  # fmt: skip
+        nxt = self._next_token(logits, positions + 1, slice(0, B), variant)
         tokens.copy_(nxt)
         positions.add_(1)
         buf.seen[:B].scatter_(1, nxt[:, None], True)
@@ -132,20 +125,30 @@ class Runner:
         if not keep_seen:
             buf.seen[row].zero_()
 
+    def _next_token(
+        self, logits: torch.Tensor, positions: torch.Tensor, rows: slice, variant: str
+    ) -> torch.Tensor:
+        """logits (B, V) of `rows` -> next tokens (B,), by the variant's sampler.  # graph: safe"""
+        if variant == "greedy":
+            return logits.argmax(-1)
+        buf = self.buffers
+        return sample(
+            logits, positions, buf.temperature[rows], buf.top_k[rows], buf.top_p[rows],
+            buf.repetition_penalty[rows], buf.seed[rows], buf.seen[rows],
+            candidates=min(TOPK_CANDIDATES, self.spec.vocab) if variant == "topk" else 0,
+        )  # fmt: skip
+
     @torch.inference_mode()
-    def prefill(self, row: int, tokens: list[int], start: int) -> int:
-        """Prefill `tokens` at positions [start, start + T) of `row`, sample the first new token
-        and leave the row ready to decode. Returns that token (a host sync: TTFT includes it)."""
+    def prefill(self, row: int, tokens: list[int], start: int, variant: str = "sample") -> int:
+        """Prefill `tokens` at positions [start, start + T) of `row`, pick the first new token with
+        the request's sampler variant and leave the row ready to decode. Returns that token (a
+        host sync: TTFT includes it)."""
         ids = torch.tensor(tokens, dtype=torch.int64, device=self.device)
         buf = self.buffers
         buf.seen[row].scatter_(0, ids, True)
         logits = self.model.prefill(ids[None], self.cache, row=row, start=start)  # (1, V)
         end = torch.tensor([start + len(tokens)], device=self.device)
-        r = slice(row, row + 1)
-        first = sample(
-            logits, end, buf.temperature[r], buf.top_k[r], buf.top_p[r],
-            buf.repetition_penalty[r], buf.seed[r], buf.seen[r],
-        )  # fmt: skip
+        first = self._next_token(logits, end, slice(row, row + 1), variant)
         if not torch.isfinite(logits).all():
             self.nonfinite_at[row] = start + len(tokens) - 1
         buf.tokens[row] = first[0]
