@@ -92,7 +92,7 @@ def rand(*shape, dtype=F32, scale=1.0) -> torch.Tensor:
     return (torch.randn(*shape, dtype=F32) * scale).to(device=DEVICE, dtype=dtype)
 
 
-def close(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> None:
+def assert_matches(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> None:
     assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype, want.dtype)
     torch.testing.assert_close(got.float(), want.float(), equal_nan=False, **tol(dtype, scale))
 
@@ -116,7 +116,7 @@ NORM_CASES = cases(
 @pytest.mark.parametrize("shape,dtype", NORM_CASES)
 def test_rms_norm(poisoned, shape, dtype, offset):
     x, w = rand(*shape, dtype=dtype, scale=3.0), rand(shape[-1], dtype=dtype)
-    close(rms_norm_triton(x, w, 1e-6, offset), rms_norm_ref(x, w, 1e-6, offset), dtype)
+    assert_matches(rms_norm_triton(x, w, 1e-6, offset), rms_norm_ref(x, w, 1e-6, offset), dtype)
 
 
 @kernel_test
@@ -129,8 +129,8 @@ def test_add_rms_norm(poisoned, shape, dtype, offset, pre):
     pre_w = rand(shape[-1], dtype=dtype) if pre else None
     normed, new_res = add_rms_norm_triton(x, res, w, 1e-5, offset, pre_w)
     want_normed, want_res = add_rms_norm_ref(x, res, w, 1e-5, offset, pre_w)
-    close(new_res, want_res, dtype)
-    close(normed, want_normed, dtype)
+    assert_matches(new_res, want_res, dtype)
+    assert_matches(normed, want_normed, dtype)
 
 
 # ---------------------------------------------------------------- gated activation
@@ -147,7 +147,7 @@ ACT_CASES = cases(
 @pytest.mark.parametrize("shape,dtype", ACT_CASES)
 def test_gated_act(poisoned, shape, dtype, activation):
     x = rand(*shape, dtype=dtype, scale=3.0)
-    close(gated_act_triton(x, activation), gated_act_ref(x, activation), dtype)
+    assert_matches(gated_act_triton(x, activation), gated_act_ref(x, activation), dtype)
 
 
 # ---------------------------------------------------------------- q/k norm + rope (+ cache write)
@@ -176,7 +176,7 @@ def test_qkv_rope(poisoned, B, T, H, Hkv, D, norm, offset, dtype):
     got = qkv_rope_triton(qkv, H, Hkv, cos, sin, qw, kw, 1e-6, offset)
     want = qkv_rope_ref(qkv, H, Hkv, cos, sin, qw, kw, 1e-6, offset)
     for g, w in zip(got, want):
-        close(g, w.contiguous(), dtype)
+        assert_matches(g, w.contiguous(), dtype)
 
 
 # (B, H, Hkv, D, S, ring, qk_norm, offset, dtype); a ring gets positions well past S (wrapped slots)
@@ -204,7 +204,7 @@ def test_qkv_rope_to_cache(poisoned, B, H, Hkv, D, S, ring, norm, offset, dtype)
     q_want = qkv_rope_to_cache_ref(
         qkv, H, Hkv, cos, sin, qw, kw, 1e-6, offset, k_want[:B], v_want[:B], positions
     )
-    close(q_got, q_want, dtype)
+    assert_matches(q_got, q_want, dtype)
     for got, want in ((k_got, k_want), (v_got, v_want)):
         assert torch.equal(got.isnan(), want.isnan()), "written slots differ"
         torch.testing.assert_close(got.float(), want.float(), equal_nan=True, **tol(dtype))
@@ -247,7 +247,7 @@ def test_decode_attention(poisoned, B, H, Hkv, D, S, dtype, splits):
     k_nan = k.masked_fill(dead[:, None, :, None], math.nan)
     v_nan = v.masked_fill(dead[:, None, :, None], math.nan)
     got = decode_attention_triton(q, k_nan, v_nan, lengths, D**-0.5, num_splits=splits)
-    close(got, want, dtype, scale=3.0)  # softmax weights are rounded to the dtype before P @ V
+    assert_matches(got, want, dtype, scale=3.0)  # softmax weights are rounded to the dtype before P @ V
 
 
 @kernel_test
@@ -261,7 +261,7 @@ def test_decode_attention_work_tracks_the_live_length(poisoned):
     lengths = torch.clamp(positions + 1, max=S)
     q = rand(B, H, D)
     got = decode_attention_triton(q, k[:B], v[:B], lengths, 0.125)
-    close(got, decode_attention_ref(q, k[:B], v[:B], lengths, 0.125), F32)
+    assert_matches(got, decode_attention_ref(q, k[:B], v[:B], lengths, 0.125), F32)
 
 
 # (B, H, Hkv, D, S, ring, qk_norm, offset, dtype, num_splits): the fused q/k-norm + rope + cache + attention
@@ -299,7 +299,7 @@ def test_qkv_decode_attention(poisoned, B, H, Hkv, D, S, ring, norm, offset, dty
     args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, offset)
     got = qkv_decode_attention_triton(*args, k_got, v_got, positions, D**-0.5, num_splits=splits)
     want = qkv_decode_attention_ref(*args, k_want, v_want, positions, D**-0.5)
-    close(got, want, dtype, scale=3.0)  # softmax weights are rounded to the dtype before P @ V
+    assert_matches(got, want, dtype, scale=3.0)  # softmax weights are rounded to the dtype before P @ V
     # the new token's k and v are in the cache; every other live slot is untouched
     live = ~(torch.arange(S, device=DEVICE)[None, :] >= lengths[:, None])
     for c_got, c_want in ((k_got, k_want), (v_got, v_want)):
