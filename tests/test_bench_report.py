@@ -12,6 +12,7 @@ import pandas as pd
 from runtime.bench.report import (
     compare,
     compare_markdown,
+    header_lines,
     load_run,
     render_summary,
     result_line,
@@ -259,3 +260,12 @@ def test_report_side_never_imports_torch():
     code = "import sys, runtime.bench.report, runtime.bench.plots, runtime.bench.rows; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_rows_from_several_cards_are_flagged_in_the_header():
+    rows = fixed_rows()
+    assert not any("MIXED CARDS" in line for line in header_lines({}, rows))
+    for i, row in enumerate(rows):
+        row["gpu"] = "NVIDIA H200" if i == 0 else "NVIDIA H100 80GB HBM3"
+    mixed = [line for line in header_lines({}, rows) if "MIXED CARDS" in line]
+    assert len(mixed) == 1 and "NVIDIA H200 (1 rows)" in mixed[0] and "NVIDIA H100 80GB HBM3" in mixed[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,10 @@ def header_lines(env: dict[str, Any], rows: list[dict]) -> list[str]:
     weights = dict.fromkeys(f"{r['model_name']} {r.get('weights')} {r.get('dtype')}" for r in ok)
     if weights:
         lines.append(f"- weights: {'; '.join(weights)} (random = shape-only numbers)")
+    cards = Counter(r["gpu"] for r in ok if r.get("gpu"))
+    if len(cards) > 1:  # a run resumed on another card: its rows are not comparable across cards
+        listed = ", ".join(f"{gpu} ({n} rows)" for gpu, n in cards.items())
+        lines.append(f"- MIXED CARDS: rows come from {listed}; compare rows of one card only")
     cuda = any(r.get("device") == "cuda" for r in ok)
     clock = "CUDA events between replays, no sync per step" if cuda else "host clock (CPU)"
     if any(str(r.get("engine", "")).startswith("transformers") for r in ok):

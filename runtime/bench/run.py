@@ -198,6 +198,7 @@ class BenchRun:
                     "weights": loaded.weights,
                     "dtype": str(loaded.model.dtype).removeprefix("torch."),
                     "device": self.device.type,
+                    "gpu": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
                     "mode": engine.mode,
                     "kv_cache_mb": engine.kv_cache_mb,
                     "peak_gb": peak,
