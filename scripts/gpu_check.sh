@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 STAGES=${STAGES:-"env kernels tests hf diag graph kbench chat"}
+FULL_DIR=${FULL_DIR:-full-$(date +%Y%m%d)}
+# the embedded GGUF is too big to travel: pass a folder with SmolLM2's config and tokenizer and
+# random weights, e.g. CHAT_ARGS="--model .smol --weights random"
+read -r -a CHAT_ARGS <<< "${CHAT_ARGS:-}"
 for stage in $STAGES; do
   echo "=== $stage"
   case $stage in
@@ -19,7 +23,11 @@ for stage in $STAGES; do
     graph) RUNTIME_KERNELS=torch python3 scripts/bench_graph.py --out "$OUT/graph_torch.json" 2>&1 | tee "$OUT/graph_torch.log" | tail -5
            python3 scripts/bench_graph.py --out "$OUT/graph_triton.json" 2>&1 | tee "$OUT/graph_triton.log" | tail -5 ;;
     kbench) python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 | tee "$OUT/bench_kernels.log" | tail -30 ;;
-    chat) python3 scripts/chat_gpu_check.py 2>&1 | tee "$OUT/chat.log" | tail -8 ;;
+    chat) python3 scripts/chat_gpu_check.py "${CHAT_ARGS[@]}" 2>&1 | tee "$OUT/chat.log" | tail -8 ;;
+    # the full suite, resumable: rerun the same stage (carrying results/$FULL_DIR) until it completes
+    full) timeout -s INT "${FULL_S:-540}" python3 -m runtime.cli bench configs/full.yaml --out "results/$FULL_DIR" 2>&1 \
+            | tee "$OUT/full.log" | tail -3
+          mkdir -p "$OUT/$FULL_DIR" && cp "results/$FULL_DIR"/*.{json,jsonl,md,csv} "$OUT/$FULL_DIR/" 2>/dev/null ;;
     *) echo "unknown stage $stage" ;;
   esac
 done
