@@ -1,7 +1,7 @@
 """Runner: binds a loaded model, its static state and (on CUDA) a pool of captured decode steps.
 
 The decode step reads tokens and positions from the static buffers and writes the next token and
-position back into them, so the host only enqueues replays. Two variants per batch bucket:
+position back into them, so the host only enqueues replays. Three variants per batch bucket:
 "greedy" (argmax), "topk" (sampling among the best TOPK_CANDIDATES logits, exact for top-k
 settings up to that size) and "sample" (a full sort, any setting); all are captured at start-up,
 before any request, so capture never disturbs a live cache.
@@ -18,7 +18,7 @@ from graphs.pool import GraphPool
 from runtime.engine.sampler import SamplingParams, sample
 from runtime.engine.state import DecodeBuffers, KVCache, kv_cache_bytes
 from runtime.errors import RuntimeUserError
-from runtime.models.loader import LoadedModel
+from runtime.models.loader import LoadedModel, oom_message
 
 VARIANTS = ("greedy", "topk", "sample")
 TOPK_CANDIDATES = 128  # the "topk" variant samples among this many best logits
@@ -32,14 +32,6 @@ def variant_for(params: SamplingParams) -> str:
     if params.temperature == 0 or 0 < params.top_k <= TOPK_CANDIDATES:
         return "topk"
     return "sample"
-
-
-def _oom_message(what: str, need: int, device: torch.device) -> str:
-    free, total = torch.cuda.mem_get_info(device)
-    return (
-        f"out of GPU memory {what}: needs {need / 2**30:.2f} GiB, {free / 2**30:.2f} of "
-        f"{total / 2**30:.2f} GiB free; lower --max-seq-len or the max batch"
-    )
 
 
 class Runner:
@@ -63,7 +55,11 @@ class Runner:
             self.buffers = DecodeBuffers.allocate(max_batch, self.spec.vocab, self.device)
         except torch.cuda.OutOfMemoryError as e:
             need = kv_cache_bytes(self.spec, self.capacity, max_batch, self.model.dtype)
-            raise RuntimeUserError(_oom_message("allocating the KV cache", need, self.device)) from e
+            raise RuntimeUserError(
+                oom_message(
+                    "allocating the KV cache", need, self.device, "lower --max-seq-len or the max batch"
+                )
+            ) from e
         # first position where a row's logits were not finite (-1 = none); read after a request
         self.nonfinite_at = torch.full((max_batch,), -1, dtype=torch.int64, device=self.device)
         self.pool: GraphPool | None = None

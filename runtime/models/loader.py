@@ -48,6 +48,15 @@ class LoadedModel:
         return self.model.device
 
 
+def oom_message(what: str, need_bytes: int, device: torch.device, fix: str) -> str:
+    """The out-of-memory message every stage shares: what failed, needed vs free memory, the fix."""
+    free, total = torch.cuda.mem_get_info(device)
+    return (
+        f"out of GPU memory {what}: needs {need_bytes / 2**30:.2f} GiB, {free / 2**30:.2f} of "
+        f"{total / 2**30:.2f} GiB free; {fix}"
+    )
+
+
 def parse_dtype(name: str | torch.dtype, device: torch.device | None = None) -> torch.dtype:
     """auto: bfloat16 on CUDA, float32 elsewhere (CPU matmuls in bf16 are slow and inexact)."""
     if isinstance(name, torch.dtype):
@@ -145,11 +154,11 @@ def load_model(
         else:
             model = random_model(spec, device, torch_dtype, seed)
     except torch.cuda.OutOfMemoryError as e:
-        free, total = torch.cuda.mem_get_info(device)
         need = spec.param_bytes(torch.empty((), dtype=torch_dtype).element_size())
         raise RuntimeUserError(
-            f"out of GPU memory loading {model_id}: weights need {need / 2**30:.2f} GiB, "
-            f"{free / 2**30:.2f} of {total / 2**30:.2f} GiB free; free the GPU or use a smaller dtype"
+            oom_message(
+                f"loading the weights of {model_id}", need, device, "free the GPU or use a smaller dtype"
+            )
         ) from e
     # random weights keep the tokenizer of a config folder that has one (text in, shapes only)
     tokenizer = _tokenizer(folder if folder is not None else config_path if config_path.is_dir() else None)
