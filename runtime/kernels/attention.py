@@ -26,6 +26,12 @@ def prefill_attention_ref(
     Causal, and for a sliding layer a key is visible only while q_pos - k_pos < window.
     from_start: keys are exactly the queries' tokens from position 0 (a plain causal mask)."""
     gqa = q.shape[1] != k.shape[1]
+    if gqa and q.is_cuda:
+        # SDPA's fused CUDA kernels (flash, memory-efficient) need equal head counts and otherwise
+        # fall back to the math path, which builds (H, T, Tk) scores; one (1, H, Tk, D) copy of K
+        # and V is far cheaper than that
+        group = q.shape[1] // k.shape[1]
+        k, v, gqa = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1), False
     if from_start and (window is None or q.shape[2] <= window):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
     visible = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] >= 0)
