@@ -206,7 +206,8 @@ TOP_KEYS = (
     "max_seq_len",
 )
 MODEL_KEYS = ("id", "weights", "dtype")
-CONFIG_KEYS = (
+# what one request is: the keys an ad-hoc run on the command line can give too
+REQUEST_KEYS = (
     "prompt_tokens",
     "max_new_tokens",
     "temperature",
@@ -214,9 +215,8 @@ CONFIG_KEYS = (
     "top_p",
     "repetition_penalty",
     "ignore_eos",
-    "engines",
-    "batch_size",
 )
+CONFIG_KEYS = (*REQUEST_KEYS, "engines", "batch_size")
 
 
 def _model(r: _Reader, value: Any, path: Path_) -> ModelEntry:

@@ -9,18 +9,9 @@ from pathlib import Path
 
 import typer
 
+from runtime.bench.schema import REQUEST_KEYS
 from runtime.cli_support import EXIT_FAILURE, EXIT_INTERRUPT, handle_errors
 from runtime.models.sources import EMBEDDED_ID as EMBEDDED
-
-ADHOC_FLAGS = (
-    "prompt_tokens",
-    "max_new_tokens",
-    "temperature",
-    "top_k",
-    "top_p",
-    "repetition_penalty",
-    "ignore_eos",
-)
 
 
 def make_plan(config: Path | None, adhoc: dict, overrides):
@@ -29,7 +20,7 @@ def make_plan(config: Path | None, adhoc: dict, overrides):
     from runtime.bench.schema import config_from_flags, load_bench
     from runtime.errors import ConfigError
 
-    given = [k for k in ADHOC_FLAGS if adhoc.get(k) is not None]
+    given = [k for k in REQUEST_KEYS if adhoc.get(k) is not None]
     if config is not None:
         if given:
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
