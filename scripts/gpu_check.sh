@@ -22,6 +22,7 @@ for stage in $STAGES; do
     diag) python3 scripts/diag_loop.py 2>&1 | grep -v -i warn | tee "$OUT/diag_loop.log" ;;
     graph) RUNTIME_KERNELS=torch python3 scripts/bench_graph.py --out "$OUT/graph_torch.json" 2>&1 | tee "$OUT/graph_torch.log" | tail -5
            python3 scripts/bench_graph.py --out "$OUT/graph_triton.json" 2>&1 | tee "$OUT/graph_triton.log" | tail -5 ;;
+    profile) python3 scripts/profile_step.py --out "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile_step.log" | tail -60 ;;
     kbench) python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 | tee "$OUT/bench_kernels.log" | tail -30 ;;
     chat) python3 scripts/chat_gpu_check.py "${CHAT_ARGS[@]}" 2>&1 | tee "$OUT/chat.log" | tail -8 ;;
     # the full suite, resumable: rerun the same stage (carrying results/$FULL_DIR) until it completes

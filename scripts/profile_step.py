@@ -1,0 +1,126 @@
+"""GPU: where one captured decode step spends its time, per dev architecture.
+
+Loads each model (random weights, bf16), captures the batch-1 greedy step, prefills `--prompt`
+tokens, then:
+  1. times `--steps` replays with CUDA events (the step time the bench reports);
+  2. profiles `--profiled` replays with torch.profiler and sums each kernel's device time per step.
+busy = the sum of kernel times per step; gap = step - busy is what launches and drains cost
+inside the graph. GEMM rows also give the achieved weight GB/s (all Linear weights + LM head /
+the GEMM kernels' time), against the copy bandwidth measured in the same process.
+Prints one markdown table per model (top kernels) and a summary table last; --out writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from runtime.bench.bandwidth import copy_bandwidth_gbs
+from runtime.engine.runner import Runner
+from runtime.models.loader import load_model
+
+ARCHS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
+GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
+
+
+def linear_bytes(model: torch.nn.Module) -> int:
+    """Bytes of every matrix the step multiplies by (Linear weights, and the LM head once)."""
+    seen, total = set(), 0
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Linear) and id(mod.weight) not in seen:
+            seen.add(id(mod.weight))
+            total += mod.weight.numel() * mod.weight.element_size()
+    if model.lm_head is None:  # tied: the embedding matrix is the LM head
+        total += model.embed.weight.numel() * model.embed.weight.element_size()
+    return total
+
+
+def step_ms(runner: Runner, steps: int) -> float:
+    times = []
+    for _ in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        runner.step(1, "greedy")
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def kernel_table(runner: Runner, replays: int) -> dict[str, tuple[float, float]]:
+    """kernel name -> (us per step, launches per step), from `replays` profiled replays."""
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            runner.step(1, "greedy")
+        torch.cuda.synchronize()
+    us, calls = defaultdict(float), defaultdict(int)
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA and ev.device_time > 0:
+            us[ev.name] += ev.device_time
+            calls[ev.name] += 1
+    return {k: (us[k] / replays, calls[k] / replays) for k in us}
+
+
+def run(model_id: str, prompt: int, steps: int, profiled: int, copy_gbs: float) -> dict:
+    loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
+    runner = Runner(loaded, capacity=prompt + steps + profiled + 16, max_batch=1, mode="graph")
+    ids = torch.randint(3, loaded.spec.vocab - 1, (prompt,)).tolist()
+    runner.prefill(0, ids, 0, "greedy")
+    for _ in range(8):
+        runner.step(1, "greedy")
+    ms = step_ms(runner, steps)
+    table = kernel_table(runner, profiled)
+    busy = sum(t for t, _ in table.values()) / 1e3
+    gemm_us = sum(t for k, (t, _) in table.items() if GEMM.search(k))
+    weights = linear_bytes(loaded.model)
+    row = {
+        "model": model_id,
+        "step_ms": round(ms, 4),
+        "busy_ms": round(busy, 4),
+        "gap_ms": round(ms - busy, 4),
+        "kernels_per_step": round(sum(c for _, c in table.values()), 1),
+        "gemm_ms": round(gemm_us / 1e3, 4),
+        "gemm_gbs": round(weights / (gemm_us * 1e3), 1) if gemm_us else None,
+        "copy_gbs": round(copy_gbs, 1),
+        "weight_floor_ms": round(weights / copy_gbs / 1e6, 4),
+        "kernels": sorted(([k, round(t, 2), round(c, 1)] for k, (t, c) in table.items()), key=lambda r: -r[1]),
+    }
+    runner.release()
+    del runner, loaded
+    torch.cuda.empty_cache()
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompt", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--profiled", type=int, default=20)
+    ap.add_argument("--model", action="append", help="repeatable; default: the three dev models")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    copy_gbs = copy_bandwidth_gbs(torch.device("cuda"))
+    rows = [run(m, args.prompt, args.steps, args.profiled, copy_gbs) for m in args.model or ARCHS]
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=2)
+    for r in rows:
+        print(f"\n### {r['model']}: top kernels (us per step, launches per step)")
+        print("| kernel | us | n |\n|---|---|---|")
+        for name, t, c in r["kernels"][:14]:
+            print(f"| {name[:90]} | {t:.1f} | {c:g} |")
+    print("\n| model | step ms | busy ms | gap ms | kernels/step | GEMM ms | GEMM GB/s | copy GB/s | weight floor ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['step_ms']:.3f} | {r['busy_ms']:.3f} | {r['gap_ms']:.3f} | "
+              f"{r['kernels_per_step']:g} | {r['gemm_ms']:.3f} | {r['gemm_gbs']} | {r['copy_gbs']} | "
+              f"{r['weight_floor_ms']:.3f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
