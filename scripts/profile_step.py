@@ -88,7 +88,9 @@ def run(model_id: str, prompt: int, steps: int, profiled: int, copy_gbs: float) 
         "gemm_gbs": round(weights / (gemm_us * 1e3), 1) if gemm_us else None,
         "copy_gbs": round(copy_gbs, 1),
         "weight_floor_ms": round(weights / copy_gbs / 1e6, 4),
-        "kernels": sorted(([k, round(t, 2), round(c, 1)] for k, (t, c) in table.items()), key=lambda r: -r[1]),
+        "kernels": sorted(
+            ([k, round(t, 2), round(c, 1)] for k, (t, c) in table.items()), key=lambda r: -r[1]
+        ),
     }
     runner.release()
     del runner, loaded
@@ -114,7 +116,9 @@ def main() -> None:
         print("| kernel | us | n |\n|---|---|---|")
         for name, t, c in r["kernels"][:14]:
             print(f"| {name[:90]} | {t:.1f} | {c:g} |")
-    print("\n| model | step ms | busy ms | gap ms | kernels/step | GEMM ms | GEMM GB/s | copy GB/s | weight floor ms |")
+    print(
+        "\n| model | step ms | busy ms | gap ms | kernels/step | GEMM ms | GEMM GB/s | copy GB/s | weight floor ms |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['step_ms']:.3f} | {r['busy_ms']:.3f} | {r['gap_ms']:.3f} | "
