@@ -7,7 +7,10 @@ is the bytes the op must move / median time; floor_us is those bytes at the copy
 (2.96 TB/s measured on an H100, or --copy-gbs). Per model, the last rows estimate the per-step
 time of these ops on the decoder's path (layers x (2 add+norm, fused q/k-norm + rope + cache write
 + attention, activation) + 1 norm), at each live length.
-Scope: not timed here are the matrix products, the embedding, the LM head and sampling.
+At batch 1 the fused GEMVs (fused_linear.py) are timed too, against what the decoder runs today: the
+Triton add+norm / activation kernel, then cuBLAS F.linear (or F.linear alone); their GB/s is the
+weight's bytes / time (--tune runs fused_linear.tune first; the shape then names the chosen blocks).
+Scope: not in the per-step estimate are the matrix products, the embedding, the LM head and sampling.
 Prints a markdown table last; --out writes the rows as JSON.
 """
 
@@ -22,9 +25,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from runtime.kernels.activation import gated_act_ref, gated_act_triton
 from runtime.kernels.decode_attention import decode_attention_ref, decode_attention_triton
+from runtime.kernels.fused_linear import act_linear_triton, linear_triton, norm_linear_triton, tune
 from runtime.kernels.qkv_attention import qkv_decode_attention_ref, qkv_decode_attention_triton
 from runtime.kernels.qkv_rope import qkv_rope_to_cache_ref, qkv_rope_to_cache_triton
 from runtime.kernels.rmsnorm import add_rms_norm_ref, add_rms_norm_triton, rms_norm_ref, rms_norm_triton
@@ -82,13 +87,14 @@ def measure(op: str, model: str, shape: str, nbytes: int, ref, tri, copy_gbs: fl
         "ref_us": round(ref_us, 2),
         "triton_us": round(tri_us, 2),
         "speedup": round(ref_us / tri_us, 2),
+        "ref_gbs": round(nbytes / ref_us / 1e3, 1),
         "triton_gbs": round(nbytes / tri_us / 1e3, 1),
         "floor_us": round(nbytes / copy_gbs / 1e3, 2),
     }
 
 
 def model_rows(
-    name: str, s: Shape, batch: int, capacity: int, lengths: list[int], copy_gbs: float
+    name: str, s: Shape, batch: int, capacity: int, lengths: list[int], copy_gbs: float, tuned: bool = False
 ) -> list[dict]:
     dev, dt, B, e = DEVICE, torch.bfloat16, batch, 2
     H, Hkv, D = s.heads, s.kv_heads, s.head_dim
@@ -176,11 +182,48 @@ def model_rows(
             "bytes": None, **per_step, "speedup": round(per_step["ref_us"] / per_step["triton_us"], 2),
             "triton_gbs": None,
         })  # fmt: skip
+    if B == 1:
+        rows += gemv_rows(name, s, x, res, w, pre, gu, copy_gbs, tuned)
+    return rows
+
+
+def gemv_rows(name, s: Shape, x, res, w, pre, gu, copy_gbs: float, tuned: bool) -> list[dict]:
+    """Batch 1: each fused GEMV against today's decode path for it; bytes and GB/s: the weight's."""
+    dt, e = torch.bfloat16, 2
+    H, Hkv, D = s.heads, s.kv_heads, s.head_dim
+    attn_out = torch.randn(1, 1, H * D, device=DEVICE, dtype=dt)
+    rows = []
+
+    def weight(op: str, n: int, k: int) -> tuple[torch.Tensor, str]:
+        n = n if DEVICE == "cuda" else min(n, 64)  # the interpreter smoke run: a few rows do
+        where = f"{n}x{k}"
+        if tuned:
+            where += " blocks {}x{} w{}".format(*tune(op, n, k, dt, DEVICE))
+        return torch.randn(n, k, device=DEVICE, dtype=dt) * k**-0.5, where
+
+    for what, n in (("qkv", (H + 2 * Hkv) * D), ("gate_up", 2 * s.inter)):
+        wt, where = weight("norm_linear", n, s.hidden)
+        rows.append(measure(
+            "norm_linear", name, f"{what} {where}" + (" +pre" if pre is not None else ""), e * wt.numel(),
+            lambda wt=wt: F.linear(add_rms_norm_triton(x, res, w, 1e-6, s.offset, pre)[0], wt),
+            lambda wt=wt: norm_linear_triton(x, res, w, 1e-6, s.offset, pre, wt), copy_gbs,
+        ))  # fmt: skip
+    wt, where = weight("act_linear", s.hidden, s.inter)
+    rows.append(measure(
+        "act_linear", name, f"down {where} {s.activation}", e * wt.numel(),
+        lambda: F.linear(gated_act_triton(gu, s.activation), wt),
+        lambda: act_linear_triton(gu, s.activation, wt), copy_gbs,
+    ))  # fmt: skip
+    wo, where = weight("linear", s.hidden, H * D)
+    rows.append(measure(
+        "linear", name, f"o {where}", e * wo.numel(),
+        lambda: F.linear(attn_out, wo), lambda: linear_triton(attn_out, wo), copy_gbs,
+    ))  # fmt: skip
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    cols = ["model", "op", "shape", "ref_us", "triton_us", "speedup", "triton_gbs", "floor_us"]
+    cols = ["model", "op", "shape", "ref_us", "triton_us", "speedup", "ref_gbs", "triton_gbs", "floor_us"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         lines.append("| " + " | ".join("" if r.get(c) is None else str(r[c]) for c in cols) + " |")
@@ -194,6 +237,7 @@ def main() -> None:
     ap.add_argument("--capacity", type=int, default=4096, help="KV slots of a global layer")
     ap.add_argument("--lengths", type=int, nargs="*", default=[300, 2000, 4096], help="live lengths to time")
     ap.add_argument("--copy-gbs", type=float, default=2960.0, help="measured copy bandwidth, GB/s")
+    ap.add_argument("--tune", action="store_true", help="tune the fused GEMVs' blocks first (GPU)")
     ap.add_argument("--out", help="write the rows here as JSON")
     args = ap.parse_args()
     if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -201,7 +245,9 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     for name in args.models:
-        rows += model_rows(name, MODELS[name], args.batch, args.capacity, args.lengths, args.copy_gbs)
+        rows += model_rows(
+            name, MODELS[name], args.batch, args.capacity, args.lengths, args.copy_gbs, args.tune
+        )
     gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu (interpreter smoke run)"
     if args.out:
         with open(args.out, "w") as f:

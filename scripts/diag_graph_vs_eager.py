@@ -32,7 +32,14 @@ def compare(name, fn, *args):
 def main():
     torch.manual_seed(0)
     dev, bf = "cuda", torch.bfloat16
-    for m, k, n in [(1, 2048, 4096), (1, 2048, 16384), (1, 8192, 2048), (1, 2048, 151936), (4, 2048, 4096), (8, 6144, 2048)]:
+    for m, k, n in [
+        (1, 2048, 4096),
+        (1, 2048, 16384),
+        (1, 8192, 2048),
+        (1, 2048, 151936),
+        (4, 2048, 4096),
+        (8, 6144, 2048),
+    ]:
         x = torch.randn(m, k, device=dev, dtype=bf)
         w = torch.randn(n, k, device=dev, dtype=bf) * 0.02
         compare(f"linear {m}x{k} @ {k}x{n}", F.linear, x, w)
@@ -41,7 +48,9 @@ def main():
         kc = torch.randn(B, Hkv, S, D, device=dev, dtype=bf)
         vc = torch.randn(B, Hkv, S, D, device=dev, dtype=bf)
         lengths = torch.randint(1, S, (B,), device=dev)
-        compare(f"decode_attention B{B} H{H}/{Hkv} S{S} D{D}", ops.decode_attention, q, kc, vc, lengths, D**-0.5)
+        compare(
+            f"decode_attention B{B} H{H}/{Hkv} S{S} D{D}", ops.decode_attention, q, kc, vc, lengths, D**-0.5
+        )
     x = torch.randn(1, 1, 2048, device=dev, dtype=bf)
     w = torch.randn(2048, device=dev, dtype=bf)
     compare("rms_norm", ops.rms_norm, x, w, 1e-6, 0.0)

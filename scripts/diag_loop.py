@@ -21,10 +21,13 @@ def state(r):
 def run(model_id: str, batch: int, steps: int = 64) -> None:
     loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
     g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(3, loaded.spec.vocab - 1, (n,), generator=g).tolist() for n in [17, 5, 40, 23, 8, 3, 30, 12][:batch]]
+    prompts = [
+        torch.randint(3, loaded.spec.vocab - 1, (n,), generator=g).tolist()
+        for n in [17, 5, 40, 23, 8, 3, 30, 12][:batch]
+    ]
     runners = {m: Runner(loaded, capacity=700, max_batch=8, mode=m) for m in ("graph", "eager")}
     streams = {}
-    for mode, r in runners.items():
+    for _mode, r in runners.items():
         for row, p in enumerate(prompts):
             r.set_row(row, SamplingParams())
             r.prefill(row, p, 0)

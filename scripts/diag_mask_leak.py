@@ -13,7 +13,12 @@ from runtime.kernels.attention import decode_attention_ref
 def main():
     torch.manual_seed(0)
     dev, bf = "cuda", torch.bfloat16
-    for B, H, Hkv, S, D in [(1, 16, 8, 700, 128), (4, 32, 8, 700, 64), (1, 4, 1, 512, 256), (1, 16, 8, 512, 128)]:
+    for B, H, Hkv, S, D in [
+        (1, 16, 8, 700, 128),
+        (4, 32, 8, 700, 64),
+        (1, 4, 1, 512, 256),
+        (1, 16, 8, 512, 128),
+    ]:
         q = torch.randn(B, H, D, device=dev, dtype=bf)
         kc = torch.randn(B, Hkv, S, D, device=dev, dtype=bf)
         vc = torch.randn(B, Hkv, S, D, device=dev, dtype=bf)

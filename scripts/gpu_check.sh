@@ -22,6 +22,14 @@ for stage in $STAGES; do
     diag) python3 scripts/diag_loop.py 2>&1 | grep -v -i warn | tee "$OUT/diag_loop.log" ;;
     graph) RUNTIME_KERNELS=torch python3 scripts/bench_graph.py --out "$OUT/graph_torch.json" 2>&1 | tee "$OUT/graph_torch.log" | tail -5
            python3 scripts/bench_graph.py --out "$OUT/graph_triton.json" 2>&1 | tee "$OUT/graph_triton.log" | tail -5 ;;
+    newkernels) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_fused_linear.py tests/test_kernels_sampling.py 2>&1 | tee "$OUT/tests_new_kernels.log" | tail -8 ;;
+    # same-process A/B of the kernel settings (greedy and topk step), then the goal rows under the fastest
+    ab) python3 scripts/profile_step.py --ab --steps 150 --profiled 10 --out "$OUT/profile.json" 2>&1 | tee "$OUT/profile.log" | tail -40 ;;
+    goals) off=$(python3 scripts/profile_step.py --best-from "$OUT/profile_ab.json" 2>/dev/null); echo "RUNTIME_KERNELS_OFF='$off'"
+           RUNTIME_KERNELS_OFF=$off timeout 300 python3 -m runtime.cli bench configs/goals.yaml --out "results/${GOALS_DIR:-goals}" 2>&1 \
+             | tee "$OUT/goals.log" | grep -v '^{' | tail -45
+           mkdir -p "$OUT/goals" && cp "results/${GOALS_DIR:-goals}"/*.{json,jsonl,md,csv} "$OUT/goals/" 2>/dev/null ;;
+    startup) timeout 120 python3 scripts/startup_check.py 2>&1 | tee "$OUT/startup.log" | tail -3 ;;
     profile) python3 scripts/profile_step.py --out "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile_step.log" | tail -60 ;;
     kbench) python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 | tee "$OUT/bench_kernels.log" | tail -30 ;;
     chat) python3 scripts/chat_gpu_check.py "${CHAT_ARGS[@]}" 2>&1 | tee "$OUT/chat.log" | tail -8 ;;

@@ -7,13 +7,17 @@ tokens, then:
 busy = the sum of kernel times per step; gap = step - busy is what launches and drains cost
 inside the graph. GEMM rows also give the achieved weight GB/s (all Linear weights + LM head /
 the GEMM kernels' time), against the copy bandwidth measured in the same process.
-Prints one markdown table per model (top kernels) and a summary table last; --out writes JSON.
+--ab also times the greedy and the "topk" sampled step (temperature 0.8, top-k 50, top-p 0.9)
+under each kernel setting of SETTINGS, one runner after another in this process, so the
+settings compare on the same card (RUNTIME_KERNELS_OFF names ops forced to their references).
+Prints one markdown table per model (top kernels) and the summary tables last; --out writes JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from collections import defaultdict
 
@@ -22,9 +26,16 @@ from torch.profiler import ProfilerActivity, profile
 
 from runtime.bench.bandwidth import copy_bandwidth_gbs
 from runtime.engine.runner import Runner
+from runtime.engine.sampler import SamplingParams
 from runtime.models.loader import load_model
 
 ARCHS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
+SETTINGS = {  # name -> RUNTIME_KERNELS_OFF
+    "default": "",
+    "no fused GEMV": "norm_linear,act_linear,linear",
+    "no sampling kernels": "argmax_checked,sample_topk",
+    "previous session": "norm_linear,act_linear,linear,argmax_checked,sample_topk",
+}
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 
 
@@ -40,12 +51,12 @@ def linear_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-def step_ms(runner: Runner, steps: int) -> float:
+def step_ms(runner: Runner, steps: int, variant: str = "greedy") -> float:
     times = []
     for _ in range(steps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        runner.step(1, "greedy")
+        runner.step(1, variant)
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
@@ -98,14 +109,62 @@ def run(model_id: str, prompt: int, steps: int, profiled: int, copy_gbs: float) 
     return row
 
 
+def ab(model_id: str, prompt: int, steps: int) -> list[dict]:
+    """Greedy and topk step ms under each of SETTINGS, same process, same weights."""
+    loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
+    ids = torch.randint(3, loaded.spec.vocab - 1, (prompt,)).tolist()
+    rows = []
+    for name, off in SETTINGS.items():
+        os.environ["RUNTIME_KERNELS_OFF"] = off  # read while the step is captured
+        runner = Runner(loaded, capacity=prompt + 2 * steps + 32, max_batch=1, mode="graph")
+        os.environ["RUNTIME_KERNELS_OFF"] = ""
+        row = {"model": model_id, "setting": name, "capture_s": round(runner.capture_s, 2)}
+        for variant, params in (("greedy", SamplingParams()), ("topk", SamplingParams(0.8, 50, 0.9, 1.0, 1))):
+            runner.set_row(0, params)
+            runner.prefill(0, ids, 0, variant)
+            for _ in range(8):
+                runner.step(1, variant)
+            row[variant] = round(step_ms(runner, steps, variant), 4)
+        rows.append(row)
+        runner.release()
+    del loaded
+    torch.cuda.empty_cache()
+    return rows
+
+
+def best_setting(rows: list[dict]) -> str:
+    """The setting with the least greedy + topk step time summed over the models."""
+    total = {}
+    for r in rows:
+        total[r["setting"]] = total.get(r["setting"], 0.0) + r["greedy"] + r["topk"]
+    return min(total, key=total.get)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--profiled", type=int, default=20)
     ap.add_argument("--model", action="append", help="repeatable; default: the three dev models")
+    ap.add_argument("--ab", action="store_true", help="also compare the kernel settings (SETTINGS)")
+    ap.add_argument(
+        "--best-from", help="print the RUNTIME_KERNELS_OFF of the fastest setting in an --ab JSON"
+    )
     ap.add_argument("--out")
     args = ap.parse_args()
+    if args.best_from:
+        print(SETTINGS[best_setting(json.load(open(args.best_from)))])
+        return
+    if args.ab:
+        table = [r for m in args.model or ARCHS for r in ab(m, args.prompt, args.steps)]
+        print("| model | setting | greedy step ms | topk step ms | topk / greedy | capture s |")
+        print("|---|---|---|---|---|---|")
+        for r in table:
+            print(f"| {r['model']} | {r['setting']} | {r['greedy']:.3f} | {r['topk']:.3f} | "
+                  f"{r['topk'] / r['greedy']:.3f} | {r['capture_s']} |")  # fmt: skip
+        if args.out:
+            with open(args.out.replace(".json", "_ab.json"), "w") as f:
+                json.dump(table, f, indent=2)
     copy_gbs = copy_bandwidth_gbs(torch.device("cuda"))
     rows = [run(m, args.prompt, args.steps, args.profiled, copy_gbs) for m in args.model or ARCHS]
     if args.out:

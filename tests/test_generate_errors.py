@@ -67,7 +67,9 @@ def test_unknown_model_folder_exit_2_without_traceback(tmp_path):
 
 def test_debug_shows_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("RUNTIME_DEBUG", "0")  # --debug sets it to 1; the fixture restores it after
-    result = CliRunner().invoke(app, ["--debug", "generate", "--prompt", "hi", "--model", str(tmp_path / "x")])
+    result = CliRunner().invoke(
+        app, ["--debug", "generate", "--prompt", "hi", "--model", str(tmp_path / "x")]
+    )
     assert result.exit_code == 2 and "Traceback" in result.output
 
 

@@ -14,10 +14,24 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from kernel_testing import (
+    BF16,
+    DEVICE,
+    F16,
+    F32,
+    INTERPRET,
+    PoisonedTorch,
+    assert_matches,
+    cases,
+    kernel_test,
+    needs_triton,
+    rand,
+    run_under_interpreter,
+    tol,
+)
 
 from runtime.kernels import _triton, ops
 from runtime.kernels import activation as activation_mod
@@ -37,64 +51,16 @@ from runtime.kernels.qkv_rope import (
 from runtime.kernels.rmsnorm import add_rms_norm_ref, add_rms_norm_triton, rms_norm_ref, rms_norm_triton
 from runtime.kernels.rope import rope_cos_sin
 
-INTERPRET = _triton.INTERPRETING
-DEVICE = "cpu" if INTERPRET else "cuda"
-F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
-# the kernel tests: on the GPU they carry the `cuda` marker; in the interpreter child they run on the CPU
-kernel_test = (lambda f: f) if INTERPRET else pytest.mark.cuda
-needs_triton = pytest.mark.skipif(not _triton.AVAILABLE, reason="triton is not installed")
 # the interpreter evaluates sigmoid's exp(-x) in NumPy, which warns on overflow (the result is right)
 pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")]
 if INTERPRET:
     pytestmark.append(needs_triton)
 
 
-def cases(full: list, small: list) -> list:
-    """The GPU runs `full`; the CPU interpreter (slow: NumPy per program) runs `small`."""
-    return small if INTERPRET else full
-
-
-def tol(dtype: torch.dtype, scale: float = 1.0) -> dict:
-    """Tolerances per dtype. The interpreter rounds fp32 -> bf16 by truncation, not to nearest."""
-    if dtype == F32:
-        return dict(atol=1e-5 * scale, rtol=1e-5 * scale)
-    if dtype == F16:
-        return dict(atol=2e-3 * scale, rtol=2e-3 * scale)
-    bf16 = 2e-2 * scale * (2 if INTERPRET else 1)
-    return dict(atol=bf16, rtol=bf16)
-
-
-class _PoisonedTorch:
-    """Stands in for `torch` inside a kernel module: every empty / empty_like comes back full of
-    NaN (or the largest integer), so any output element the kernel does not write is caught."""
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    @staticmethod
-    def _poison(t: torch.Tensor) -> torch.Tensor:
-        return t.fill_(math.nan) if t.is_floating_point() else t.fill_(torch.iinfo(t.dtype).max)
-
-    def empty(self, *args, **kwargs):
-        return self._poison(torch.empty(*args, **kwargs))
-
-    def empty_like(self, *args, **kwargs):
-        return self._poison(torch.empty_like(*args, **kwargs))
-
-
 @pytest.fixture
 def poisoned(monkeypatch):
     for module in (rmsnorm_mod, activation_mod, qkv_rope_mod, attention_mod, qkv_attention_mod):
-        monkeypatch.setattr(module, "torch", _PoisonedTorch())
-
-
-def rand(*shape, dtype=F32, scale=1.0) -> torch.Tensor:
-    return (torch.randn(*shape, dtype=F32) * scale).to(device=DEVICE, dtype=dtype)
-
-
-def assert_matches(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> None:
-    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype, want.dtype)
-    torch.testing.assert_close(got.float(), want.float(), equal_nan=False, **tol(dtype, scale))
+        monkeypatch.setattr(module, "torch", PoisonedTorch())
 
 
 @pytest.fixture(autouse=True)
@@ -468,14 +434,4 @@ def test_qkv_rope_to_cache_ref_writes_ring_slots():
 @needs_triton
 def test_kernels_under_the_cpu_interpreter():
     """Runs this file's kernel tests on the CPU through the Triton interpreter (small cases)."""
-    tests_dir = Path(__file__).parent
-    root = str(tests_dir.parent.resolve())  # the child runs in tests/: make the package importable
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    env = dict(os.environ, TRITON_INTERPRET="1", RUNTIME_KERNELS="auto", PYTHONPATH=path)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(Path(__file__).name)],
-        cwd=tests_dir, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    assert " passed" in out and " failed" not in out, out[-3000:]
+    run_under_interpreter(__file__)

@@ -18,6 +18,7 @@ from graphs.pool import GraphPool
 from runtime.engine.sampler import SamplingParams, sample
 from runtime.engine.state import DecodeBuffers, KVCache, kv_cache_bytes
 from runtime.errors import RuntimeUserError
+from runtime.kernels import ops
 from runtime.models.loader import LoadedModel, oom_message
 
 VARIANTS = ("greedy", "topk", "sample")
@@ -73,11 +74,11 @@ class Runner:
         buf = self.buffers
         tokens, positions = buf.tokens[:B], buf.positions[:B]
         logits = self.model.decode(tokens, positions, self.cache)  # (B, V) float32
-        bad = ~torch.isfinite(logits.amax(-1))
+        best, bad = ops.argmax_checked(logits)  # one pass: the greedy pick and the finite check
         self.nonfinite_at[:B] = torch.where(
             bad & (self.nonfinite_at[:B] < 0), positions, self.nonfinite_at[:B]
         )
-        nxt = self._next_token(logits, positions + 1, slice(0, B), variant)
+        nxt = best if variant == "greedy" else self._next_token(logits, positions + 1, slice(0, B), variant)
         tokens.copy_(nxt)
         positions.add_(1)
         buf.seen[:B].scatter_(1, nxt[:, None], True)
@@ -126,7 +127,7 @@ class Runner:
     ) -> torch.Tensor:
         """logits (B, V) of `rows` -> next tokens (B,), by the variant's sampler.  # graph: safe"""
         if variant == "greedy":
-            return logits.argmax(-1)
+            return ops.argmax_checked(logits)[0]
         buf = self.buffers
         return sample(
             logits, positions, buf.temperature[rows], buf.top_k[rows], buf.top_p[rows],

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from runtime.errors import RuntimeUserError
+from runtime.kernels import ops, topk
 
 _MASK32 = 0xFFFFFFFF
 
@@ -95,7 +96,27 @@ def sample(
 
     positions: the position the sampled token will occupy (keys the noise).
     candidates: 0 sorts the whole vocabulary (any setting); K > 0 works on the K best logits only,
-    exact when every sampled row has 0 < top_k <= K, and much cheaper than a full sort."""
+    exact when every sampled row has 0 < top_k <= K, and much cheaper than a full sort. With
+    candidates, Triton-capable tensors take the two-kernel version (runtime/kernels/topk.py)."""
+    args = (logits, positions, temperature, top_k, top_p, repetition_penalty, seed, seen, candidates)
+    fused = ops.enabled("sample_topk", logits) and topk.supported(logits, candidates)
+    if candidates and fused and logits.stride(-1) == 1:
+        return topk.sample_topk_triton(*args)
+    return sample_ref(*args)
+
+
+def sample_ref(
+    logits: torch.Tensor,
+    positions: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    repetition_penalty: torch.Tensor,
+    seed: torch.Tensor,
+    seen: torch.Tensor,
+    candidates: int = 0,
+) -> torch.Tensor:
+    """sample in plain torch: the reference, and the path for any setting (full sort)."""
     logits = apply_repetition_penalty(logits, seen, repetition_penalty)
     greedy = logits.argmax(-1)
     scaled = logits / temperature.clamp(min=1e-5)[:, None]

@@ -24,6 +24,19 @@ def gated_act_ref(gate_up: torch.Tensor, activation: str) -> torch.Tensor:
 
 
 @jit
+def _gated(gate, up, GELU: tl.constexpr):
+    """gate, up (BLOCK,) in the dtype -> fp32 act(gate) * up whose cast to the dtype is the reference's result."""
+    g = gate.to(tl.float32)
+    if GELU:
+        # 0.5 * (1 + tanh(u)) == sigmoid(2u), u = sqrt(2 / pi) * (g + 0.044715 g^3)
+        act = g * tl.sigmoid(1.5957691216057308 * (g + 0.044715 * g * g * g))
+    else:
+        act = g * tl.sigmoid(g)
+    # act(gate) is rounded to the dtype before the product, as F.silu / F.gelu return it
+    return act.to(gate.dtype).to(tl.float32) * up.to(tl.float32)
+
+
+@jit
 def _gated_act_kernel(x_ptr, out_ptr, inter, x_stride, GELU: tl.constexpr, BLOCK: tl.constexpr):
     # grid (rows, cdiv(I, BLOCK)): each program turns BLOCK gate and BLOCK up values into BLOCK outputs
     row = tl.program_id(0).to(tl.int64)
@@ -31,14 +44,7 @@ def _gated_act_kernel(x_ptr, out_ptr, inter, x_stride, GELU: tl.constexpr, BLOCK
     mask = cols < inter
     gate = tl.load(x_ptr + row * x_stride + cols, mask=mask, other=0.0)
     up = tl.load(x_ptr + row * x_stride + inter + cols, mask=mask, other=0.0)
-    g = gate.to(tl.float32)
-    if GELU:
-        # 0.5 * (1 + tanh(u)) == sigmoid(2u), u = sqrt(2 / pi) * (g + 0.044715 g^3)
-        act = g * tl.sigmoid(1.5957691216057308 * (g + 0.044715 * g * g * g))
-    else:
-        act = g * tl.sigmoid(g)
-    act = act.to(gate.dtype).to(tl.float32)
-    tl.store(out_ptr + row * inter + cols, (act * up.to(tl.float32)).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + row * inter + cols, _gated(gate, up, GELU).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def gated_act_triton(gate_up: torch.Tensor, activation: str) -> torch.Tensor:

@@ -5,6 +5,9 @@ RUNTIME_KERNELS (read at every call, so a benchmark can A/B both in one process)
   auto   (default) Triton for CUDA tensors when Triton imports, the reference elsewhere
   torch  always the references
   triton always Triton when it imports (on the CPU only under TRITON_INTERPRET=1: tests)
+RUNTIME_KERNELS_OFF, a comma-separated list of op names (e.g. "norm_linear,act_linear,linear"),
+sends those ops to their references whatever RUNTIME_KERNELS says: a same-process A/B of one
+kernel (scripts/profile_step.py --ab).
 Inside a captured graph the choice made at capture time is what replays.
 """
 
@@ -22,8 +25,17 @@ from runtime.kernels import _triton
 # by name at call time (so a test can stand in for one)
 # ruff: noqa: F401
 from runtime.kernels.activation import gated_act_ref, gated_act_triton
+from runtime.kernels.argmax import argmax_checked_ref, argmax_checked_triton
 from runtime.kernels.attention import prefill_attention_ref
 from runtime.kernels.decode_attention import decode_attention_ref, decode_attention_triton
+from runtime.kernels.fused_linear import (
+    act_linear_ref,
+    act_linear_triton,
+    linear_ref,
+    linear_triton,
+    norm_linear_ref,
+    norm_linear_triton,
+)
 from runtime.kernels.qkv_attention import qkv_decode_attention_ref, qkv_decode_attention_triton
 from runtime.kernels.qkv_rope import (
     qkv_rope_ref,
@@ -33,6 +45,7 @@ from runtime.kernels.qkv_rope import (
 )
 from runtime.kernels.rmsnorm import add_rms_norm_ref, add_rms_norm_triton, rms_norm_ref, rms_norm_triton
 from runtime.kernels.rope import apply_rope_ref
+from runtime.kernels.topk import top_candidates_ref, top_candidates_triton
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -47,14 +60,21 @@ def use_triton(t: torch.Tensor) -> bool:
     return choice == "triton" or t.is_cuda
 
 
+def enabled(name: str, t: torch.Tensor) -> bool:
+    """Whether op `name` on tensor `t` runs its Triton kernel: use_triton(t), unless
+    RUNTIME_KERNELS_OFF names the op."""
+    off = os.environ.get("RUNTIME_KERNELS_OFF", "")
+    return use_triton(t) and name not in {o.strip() for o in off.split(",")}
+
+
 def _dispatch(name: str) -> Callable:
-    """The op `name`: `<name>_triton` when its first tensor argument qualifies (use_triton), else
+    """The op `name`: `<name>_triton` when its first tensor argument qualifies (enabled), else
     `<name>_ref`, both looked up here at call time; the op keeps the reference's signature."""
     reference = globals()[f"{name}_ref"]
 
     @functools.wraps(reference)
     def op(first: torch.Tensor, *args, **kwargs):
-        fn = globals()[f"{name}_triton" if use_triton(first) else f"{name}_ref"]
+        fn = globals()[f"{name}_triton" if enabled(name, first) else f"{name}_ref"]
         return fn(first, *args, **kwargs)
 
     return op
@@ -66,6 +86,11 @@ qkv_rope = _dispatch("qkv_rope")
 qkv_rope_to_cache = _dispatch("qkv_rope_to_cache")
 decode_attention = _dispatch("decode_attention")
 qkv_decode_attention = _dispatch("qkv_decode_attention")
+argmax_checked = _dispatch("argmax_checked")
+top_candidates = _dispatch("top_candidates")
+# batch-1 GEMVs with their prologue folded in; more rows than one take the references (cuBLAS)
+act_linear = _dispatch("act_linear")
+linear = _dispatch("linear")
 
 
 def add_rms_norm(
@@ -79,8 +104,24 @@ def add_rms_norm(
     """-> (rms_norm(residual + x'), residual + x'), x' = x or rms_norm(x, pre_weight).
     The kernel needs one dtype throughout; mixed dtypes take the reference."""
     same = x.dtype == residual.dtype == weight.dtype and (pre_weight is None or pre_weight.dtype == x.dtype)
-    fn = add_rms_norm_triton if same and use_triton(x) else add_rms_norm_ref
+    fn = add_rms_norm_triton if same and enabled("add_rms_norm", x) else add_rms_norm_ref
     return fn(x, residual, weight, eps, offset, pre_weight)
+
+
+def norm_linear(
+    h: torch.Tensor | None,
+    residual: torch.Tensor,
+    norm_w: torch.Tensor,
+    eps: float,
+    offset: float,
+    pre_w: torch.Tensor | None,
+    weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (linear(rms_norm(residual + h')), residual + h'), h' = h or rms_norm(h, pre_w); h None: no add.
+    Chosen on `residual` (h may be None); the kernel needs one dtype throughout, mixed dtypes take the reference."""
+    same = all(t.dtype == weight.dtype for t in (h, residual, norm_w, pre_w) if t is not None)
+    fn = norm_linear_triton if same and enabled("norm_linear", residual) else norm_linear_ref
+    return fn(h, residual, norm_w, eps, offset, pre_w, weight)
 
 
 apply_rope = apply_rope_ref

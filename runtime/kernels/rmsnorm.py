@@ -42,15 +42,28 @@ def add_rms_norm_ref(
 
 
 @jit
-def _normalise(x, w_ptr, cols, mask, n_cols, eps, OFFSET: tl.constexpr):
-    """One row x (BLOCK,) -> fp32 values whose cast to the output dtype is the reference's result."""
+def _inv_rms(x, n_cols, eps):
+    """One row x (BLOCK,), zero past n_cols -> the fp32 scalar 1 / rms(x)."""
     xf = x.to(tl.float32)
-    normed = xf * tl.rsqrt(tl.sum(xf * xf, axis=0) / n_cols + eps)
+    return tl.rsqrt(tl.sum(xf * xf, axis=0) / n_cols + eps)
+
+
+@jit
+def _apply_norm(x, inv_rms, w_ptr, cols, mask, OFFSET: tl.constexpr):
+    """Any slice x of a row (its columns `cols`), inv_rms the whole row's -> fp32 values whose cast to the
+    output dtype is the reference's result (split from the statistics so a caller can go chunk by chunk)."""
+    normed = x.to(tl.float32) * inv_rms
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     if OFFSET != 0:
         return normed * (OFFSET + w)
     # offset 0 rounds the normalised row to the input dtype before the product
     return w * normed.to(x.dtype).to(tl.float32)
+
+
+@jit
+def _normalise(x, w_ptr, cols, mask, n_cols, eps, OFFSET: tl.constexpr):
+    """One row x (BLOCK,) -> fp32 values whose cast to the output dtype is the reference's result."""
+    return _apply_norm(x, _inv_rms(x, n_cols, eps), w_ptr, cols, mask, OFFSET)
 
 
 @jit

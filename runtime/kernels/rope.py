@@ -12,7 +12,9 @@ import torch
 from runtime.models.spec import RopeSpec
 
 
-def inverse_frequencies(rope: RopeSpec, head_dim: int, device: torch.device | str | None = None) -> torch.Tensor:
+def inverse_frequencies(
+    rope: RopeSpec, head_dim: int, device: torch.device | str | None = None
+) -> torch.Tensor:
     """(D/2,) float32 inverse frequencies for one rope spec."""
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim
     inv = 1.0 / (rope.theta**exponents)
@@ -33,7 +35,9 @@ def inverse_frequencies(rope: RopeSpec, head_dim: int, device: torch.device | st
     return inv
 
 
-def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(
+    positions: torch.Tensor, inv_freq: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """positions (B, T) int -> cos, sin (B, T, D) in dtype (computed in fp32, then cast)."""
     freqs = positions.float().unsqueeze(-1) * inv_freq  # (B, T, D/2)
     angles = torch.cat((freqs, freqs), dim=-1)

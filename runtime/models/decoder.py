@@ -5,8 +5,11 @@ passed in (runtime/engine/state.py), and sampling happens elsewhere. Two entry p
   prefill(tokens (1, T), cache, row, start) -> logits, eager, one cache row, variable T
   decode(tokens (B,), positions (B,), cache) -> logits (B, V), graph-safe: shapes fixed by B,
       positions read from a device tensor, no host sync.
-Each residual add is fused into the norm that follows it (ops.add_rms_norm), and in decode the
-q/k-norm, rope, KV-cache write and attention are one op (ops.qkv_decode_attention).
+Each residual add and norm is folded into the projection that follows it (ops.norm_linear: the
+add, the norm and the matrix product in one kernel at batch 1), the gated activation into the
+down projection (ops.act_linear), and in decode the q/k-norm, rope, KV-cache write and attention
+are one op (ops.qkv_decode_attention). With more rows than one the ops fall back to their
+references: add + norm, then cuBLAS.
 """
 
 from __future__ import annotations
@@ -55,28 +58,24 @@ class Attention(nn.Module):
             return None, None, self.eps, self.offset
         return self.q_norm.weight, self.k_norm.weight, self.eps, self.offset
 
-    def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """x (B, T, hidden) -> q (B, T, H, D), k and v (B, T, Hkv, D), q/k-norm and rope applied."""
-        return ops.qkv_rope(self.qkv(x), self.heads, self.kv_heads, cos, sin, *self._qk_args())
-
-    def prefill(self, x, cos, sin, cache: KVCacheLike, row: int, start: int) -> torch.Tensor:
-        """x (1, T, hidden) at positions [start, start + T) of cache row `row`."""
-        T = x.shape[1]
-        q, k, v = self._project(x, cos, sin)
+    def prefill(self, qkv, cos, sin, cache: KVCacheLike, row: int, start: int) -> torch.Tensor:
+        """qkv (1, T, q + 2 kv) projected rows at positions [start, start + T) of cache row `row`."""
+        T = qkv.shape[1]
+        q, k, v = ops.qkv_rope(qkv, self.heads, self.kv_heads, cos, sin, *self._qk_args())
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (1, H|Hkv, T, D)
         k_cache = cache.k[self.layer][row : row + 1]
         v_cache = cache.v[self.layer][row : row + 1]
         size = k_cache.shape[2]
-        q_pos = torch.arange(start, start + T, device=x.device)
+        q_pos = torch.arange(start, start + T, device=qkv.device)
         if self.window is None:
             k_cache[:, :, start : start + T] = k
             v_cache[:, :, start : start + T] = v
             keys, values = k_cache[:, :, : start + T], v_cache[:, :, : start + T]
-            k_pos = torch.arange(start + T, device=x.device)
+            k_pos = torch.arange(start + T, device=qkv.device)
         else:
             # ring: slot s holds the latest position p < start with p % size == s (or nothing)
             if start:
-                slots = torch.arange(size, device=x.device)
+                slots = torch.arange(size, device=qkv.device)
                 ring_pos = (start - 1) - torch.remainder(start - 1 - slots, size)
                 keys = torch.cat((k_cache, k), dim=2)
                 values = torch.cat((v_cache, v), dim=2)
@@ -90,19 +89,19 @@ class Attention(nn.Module):
         out = ops.prefill_attention(
             q, keys, values, q_pos, k_pos, self.scale, self.window, from_start=start == 0
         )
-        return self.o_proj(out.transpose(1, 2).reshape(1, T, -1))
+        return ops.linear(out.transpose(1, 2).reshape(1, T, -1), self.o_proj.weight)
 
-    def decode(self, x, cos, sin, cache: KVCacheLike, positions: torch.Tensor) -> torch.Tensor:
-        """x (B, 1, hidden); positions (B,) on the device.  # graph: no host reads
+    def decode(self, qkv, cos, sin, cache: KVCacheLike, positions: torch.Tensor) -> torch.Tensor:
+        """qkv (B, 1, q + 2 kv); positions (B,) on the device.  # graph: no host reads
         One op from the packed qkv row: q/k-norm, rope, k and v into cache slot positions % S (the
         ring of a sliding layer, the plain slot of a global one), attention over min(pos + 1, S)."""
-        B = x.shape[0]
+        B = qkv.shape[0]
         k_cache, v_cache = cache.k[self.layer][:B], cache.v[self.layer][:B]
         qk = self._qk_args()
         out = ops.qkv_decode_attention(
-            self.qkv(x), self.heads, self.kv_heads, cos, sin, *qk, k_cache, v_cache, positions, self.scale
+            qkv, self.heads, self.kv_heads, cos, sin, *qk, k_cache, v_cache, positions, self.scale
         )  # (B, H, D)
-        return self.o_proj(out.reshape(B, 1, -1))
+        return ops.linear(out.reshape(B, 1, -1), self.o_proj.weight)
 
 
 class MLP(nn.Module):
@@ -112,8 +111,9 @@ class MLP(nn.Module):
         self.gate_up = nn.Linear(spec.hidden, 2 * spec.intermediate, bias=False)
         self.down = nn.Linear(spec.intermediate, spec.hidden, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(ops.gated_act(self.gate_up(x), self.activation))
+    def down_of(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """gate_up (..., 2I) -> down(act(gate) * up) (..., hidden)."""
+        return ops.act_linear(gate_up, self.activation, self.down.weight)
 
 
 class DecoderLayer(nn.Module):
@@ -131,14 +131,21 @@ class DecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, hidden) is the residual stream; `pending` the previous layer's MLP output, not
         yet added (None before the first layer), to be normed by `pending_norm` first (Gemma).
-        Returns (x, this layer's MLP output): each residual add is fused into the norm after it."""
-        if pending is None:
-            normed = self.attn_norm(x)
-        else:
-            normed, x = _add_norm(pending, x, self.attn_norm, pending_norm)
-        h = attend(self.attn, normed)
-        normed, x = _add_norm(h, x, self.mlp_norm, self.attn_out_norm)
-        return x, self.mlp(normed)
+        Returns (x, this layer's MLP output): each residual add and norm rides in the projection
+        after it; `attend` maps the packed qkv rows to the attention block's output."""
+        qkv, x = _norm_linear(pending, x, self.attn_norm, pending_norm, self.attn.qkv)
+        h = attend(self.attn, qkv)
+        gate_up, x = _norm_linear(h, x, self.mlp_norm, self.attn_out_norm, self.mlp.gate_up)
+        return x, self.mlp.down_of(gate_up)
+
+
+def _norm_linear(
+    h: torch.Tensor | None, x: torch.Tensor, norm: RMSNorm, pre: RMSNorm | None, linear: nn.Linear
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (linear(norm(x + pre(h))), x + pre(h)); h None (the first layer) adds nothing."""
+    pre_w = None if pre is None else pre.weight
+    y, x = ops.norm_linear(h, x, norm.weight, norm.eps, norm.offset, pre_w, linear.weight)
+    return (y if linear.bias is None else y + linear.bias), x
 
 
 def _add_norm(
@@ -199,7 +206,7 @@ class DecoderLM(nn.Module):
         for i, layer in enumerate(self.layers):
             cos, sin = tables[self.rope_index[i]]
             prev = self.layers[i - 1].mlp_out_norm if i else None
-            x, h = layer(x, h, prev, lambda attn, hs, cos=cos, sin=sin: attend(attn, hs, cos, sin))
+            x, h = layer(x, h, prev, lambda attn, qkv, cos=cos, sin=sin: attend(attn, qkv, cos, sin))
         if last_only:
             x, h = x[:, -1:], h[:, -1:]
         return _add_norm(h, x, self.norm, self.layers[-1].mlp_out_norm)[0]
@@ -215,7 +222,7 @@ class DecoderLM(nn.Module):
         normed = self._run(
             self._embed(tokens),
             positions,
-            lambda attn, h, cos, sin: attn.prefill(h, cos, sin, cache, row, start),
+            lambda attn, qkv, cos, sin: attn.prefill(qkv, cos, sin, cache, row, start),
             last_only=not all_logits,
         )
         return self._logits(normed if all_logits else normed[:, -1])
@@ -226,6 +233,6 @@ class DecoderLM(nn.Module):
         normed = self._run(
             self._embed(tokens[:, None]),
             positions[:, None],
-            lambda attn, h, cos, sin: attn.decode(h, cos, sin, cache, positions),
+            lambda attn, qkv, cos, sin: attn.decode(qkv, cos, sin, cache, positions),
         )
         return self._logits(normed[:, 0])

@@ -1,0 +1,73 @@
+"""GPU: start-up time from a local safetensors folder, as a user's first command pays it.
+
+1. Writes a random-weight checkpoint of the model (transformers' own layout, bf16) to --folder,
+   unless one is there already (the GPU machines cannot reach the hub).
+2. In a fresh child process: CUDA context, load_model(folder) and a Runner capturing every
+   bucket up to --max-batch (3 variants each). Prints one JSON line with each part's seconds.
+The files were just written, so they come from the page cache: a cold disk adds its read time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+torch.zeros(1, device="cuda"); torch.cuda.synchronize()
+t1 = time.perf_counter()
+from runtime.models.loader import load_model
+from runtime.engine.runner import Runner
+loaded = load_model(sys.argv[1], weights="checkpoint", device="cuda", dtype="bfloat16")
+torch.cuda.synchronize(); t2 = time.perf_counter()
+runner = Runner(loaded, capacity=4096, max_batch=int(sys.argv[2]), mode="graph")
+torch.cuda.synchronize(); t3 = time.perf_counter()
+print(json.dumps({"import_and_cuda_init_s": round(t1 - t0, 2), "load_s": round(t2 - t1, 2),
+                  "capture_s": round(t3 - t2, 2), "graphs": len(runner.pool.stats),
+                  "load_plus_capture_s": round(t3 - t1, 2), "total_s": round(t3 - t0, 2)}))
+"""
+
+
+def write_checkpoint(model_id: str, folder: Path) -> float:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shipped = Path(__file__).parent.parent / "configs" / "models" / f"{model_id.split('/')[-1]}.json"
+    start = time.perf_counter()
+    config = AutoConfig.from_pretrained(shipped)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(folder)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="meta-llama/Llama-3.2-1B-Instruct")
+    ap.add_argument("--folder", default="/tmp/startup-checkpoint")
+    ap.add_argument("--max-batch", type=int, default=64)
+    args = ap.parse_args()
+    folder = Path(args.folder)
+    if not list(folder.glob("*.safetensors")):
+        print(f"wrote {folder} in {write_checkpoint(args.model, folder):.1f} s", file=sys.stderr)
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, str(folder), str(args.max_batch)], capture_output=True, text=True
+    )
+    if child.returncode:
+        sys.exit(child.stderr[-3000:])
+    row = {
+        "model": args.model,
+        "max_batch": args.max_batch,
+        **json.loads(child.stdout.strip().splitlines()[-1]),
+    }
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

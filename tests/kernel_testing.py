@@ -1,0 +1,86 @@
+"""Helpers shared by the kernel test files (test_kernels.py, test_fused_linear.py).
+
+On a GPU the kernel tests carry the `cuda` marker and run over full case lists. Without one, each
+file re-runs itself in a child process with TRITON_INTERPRET=1 (run_under_interpreter): the
+interpreter is chosen when kernels are decorated, so it cannot be switched on inside a process that
+already imported them; the child runs small case lists on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from runtime.kernels import _triton
+
+INTERPRET = _triton.INTERPRETING
+DEVICE = "cpu" if INTERPRET else "cuda"
+F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
+# the kernel tests: on the GPU they carry the `cuda` marker; in the interpreter child they run on the CPU
+kernel_test = (lambda f: f) if INTERPRET else pytest.mark.cuda
+needs_triton = pytest.mark.skipif(not _triton.AVAILABLE, reason="triton is not installed")
+
+
+def cases(full: list, small: list) -> list:
+    """The GPU runs `full`; the CPU interpreter (slow: NumPy per program) runs `small`."""
+    return small if INTERPRET else full
+
+
+def tol(dtype: torch.dtype, scale: float = 1.0) -> dict:
+    """Tolerances per dtype. The interpreter rounds fp32 -> bf16 by truncation, not to nearest."""
+    if dtype == F32:
+        return dict(atol=1e-5 * scale, rtol=1e-5 * scale)
+    if dtype == F16:
+        return dict(atol=2e-3 * scale, rtol=2e-3 * scale)
+    bf16 = 2e-2 * scale * (2 if INTERPRET else 1)
+    return dict(atol=bf16, rtol=bf16)
+
+
+class PoisonedTorch:
+    """Stands in for `torch` inside a kernel module: every empty / empty_like comes back full of
+    NaN (or the largest integer, or True), so any output element the kernel does not write is caught."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def _poison(t: torch.Tensor) -> torch.Tensor:
+        if t.dtype == torch.bool:
+            return t.fill_(True)
+        return t.fill_(math.nan) if t.is_floating_point() else t.fill_(torch.iinfo(t.dtype).max)
+
+    def empty(self, *args, **kwargs):
+        return self._poison(torch.empty(*args, **kwargs))
+
+    def empty_like(self, *args, **kwargs):
+        return self._poison(torch.empty_like(*args, **kwargs))
+
+
+def rand(*shape, dtype=F32, scale=1.0) -> torch.Tensor:
+    return (torch.randn(*shape, dtype=F32) * scale).to(device=DEVICE, dtype=dtype)
+
+
+def assert_matches(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> None:
+    assert got.shape == want.shape and got.dtype == want.dtype, (got.shape, want.shape, got.dtype, want.dtype)
+    torch.testing.assert_close(got.float(), want.float(), equal_nan=False, **tol(dtype, scale))
+
+
+def run_under_interpreter(test_file: str) -> None:
+    """Runs test_file's kernel tests on the CPU through the Triton interpreter, in a child process."""
+    path = Path(test_file)
+    root = str(path.parent.parent.resolve())  # the child runs in tests/: make the package importable
+    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, TRITON_INTERPRET="1", RUNTIME_KERNELS="auto", PYTHONPATH=pythonpath)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", path.name],
+        cwd=path.parent, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert " passed" in out and " failed" not in out, out[-3000:]

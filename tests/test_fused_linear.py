@@ -1,0 +1,284 @@
+"""The batch-1 GEMVs with folded prologues (norm_linear, act_linear, linear) against their references.
+
+Same conventions as test_kernels.py (see kernel_testing.py): the kernel tests carry the `cuda` marker
+on a GPU and run a small case list on the CPU in a child process under TRITON_INTERPRET=1; outputs
+are poisoned with NaN. y is compared with x @ W.T in fp64 from the reference's own rounded prologue x,
+so the tolerance only has to cover the output's rounding and sum-order effects (scaled with sqrt(K)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from kernel_testing import (
+    BF16,
+    F16,
+    F32,
+    INTERPRET,
+    PoisonedTorch,
+    assert_matches,
+    cases,
+    kernel_test,
+    needs_triton,
+    rand,
+    run_under_interpreter,
+)
+
+from runtime.kernels import _triton, ops
+from runtime.kernels import fused_linear as fl
+from runtime.kernels.activation import gated_act_ref
+from runtime.kernels.fused_linear import (
+    act_linear_ref,
+    act_linear_triton,
+    gemv_config,
+    linear_ref,
+    linear_triton,
+    norm_linear_ref,
+    norm_linear_triton,
+    tune,
+)
+from runtime.kernels.rmsnorm import rms_norm_ref
+
+# the interpreter evaluates sigmoid's exp(-x) in NumPy, which warns on overflow (the result is right)
+pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")]
+if INTERPRET:
+    pytestmark.append(needs_triton)
+
+EPS = 1e-6
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    monkeypatch.setattr(fl, "torch", PoisonedTorch())
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(1234)
+
+
+def assert_gemv_close(got: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
+    """got (..., N) against x (..., K) @ W.T in fp64, x the reference's rounded prologue. Allowed: the
+    output's rounding (rtol), and, growing with sqrt(K) as the typical |y| does, prologue elements an
+    ulp apart (the kernel's fp32 statistics sum in another order; the interpreter truncates to bf16)
+    and the fp32 sum order (what bounds fp32 outputs)."""
+    want = F.linear(x.double(), weight.double())
+    assert got.shape == want.shape and got.dtype == weight.dtype, (got.shape, want.shape, got.dtype)
+    eps = torch.finfo(weight.dtype).eps * (2 if INTERPRET and weight.dtype == BF16 else 1)
+    typical = (x.double().pow(2).mean() * weight.double().pow(2).mean() * x.shape[-1]).sqrt().item()
+    atol = (4 * eps + 64 * torch.finfo(F32).eps) * typical
+    torch.testing.assert_close(got.double(), want, rtol=2 * eps, atol=atol)
+
+
+def assert_same_bits(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Bitwise equal; under the interpreter bf16 rounds by truncation, so there one ulp is allowed."""
+    assert got.shape == want.shape and got.dtype == want.dtype
+    if INTERPRET and got.dtype == BF16:
+        torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=0.0)
+    else:
+        assert torch.equal(got, want)
+
+
+def planted(monkeypatch, op: str, N: int, K: int, dtype: torch.dtype, config) -> None:
+    """Makes the launch use `config` (as if tune() had chosen it); None keeps the heuristic."""
+    if config is not None:
+        monkeypatch.setitem(fl._TUNED, (op, N, K, dtype), config)
+
+
+# (leading dims, K, N, dtype, config or None for the heuristic): the dev models' shapes, then awkward
+# ones (K off every BLOCK_K, N off every BLOCK_N); on the CPU a few small ones, some with planted blocks
+NORM_CASES = cases(
+    full=[((1, 1), 2048, 3072, BF16, None), ((1, 1), 2048, 16384, BF16, None), ((1, 1), 1152, 1536, BF16, None),
+          ((1, 1), 2048, 4096, BF16, None), ((1, 1), 2048, 12288, BF16, None), ((1, 1), 1152, 13824, BF16, None),
+          ((1,), 77, 3, F32, None), ((1, 1), 1000, 100, F16, None), ((), 1152, 1536, F16, None),
+          ((1, 1), 2048, 1000, F32, None), ((1,), 1000, 1536, BF16, (16, 256, 4)), ((1, 1), 16384, 37, BF16, None)],
+    small=[((1,), 77, 3, F32, None), ((1, 1), 1000, 100, BF16, (4, 256, 4)), ((), 1152, 37, F16, (8, 128, 4)),
+           ((1, 1), 2048, 3, BF16, None), ((1, 1), 1152, 1536, BF16, None)],
+)  # fmt: skip
+
+
+@kernel_test
+@pytest.mark.parametrize("mode", ["first", "add", "sandwich"])
+@pytest.mark.parametrize("offset", [0.0, 1.0])
+@pytest.mark.parametrize("lead,K,N,dtype,config", NORM_CASES)
+def test_norm_linear(poisoned, monkeypatch, lead, K, N, dtype, config, offset, mode):
+    planted(monkeypatch, "norm_linear", N, K, dtype, config)
+    h = rand(*lead, K, dtype=dtype) if mode != "first" else None
+    residual = rand(*lead, K, dtype=dtype, scale=4.0)
+    before = residual.clone()
+    norm_w, pre_w = rand(K, dtype=dtype), rand(K, dtype=dtype) if mode == "sandwich" else None
+    weight = rand(N, K, dtype=dtype, scale=K**-0.5)
+    y, new_res = norm_linear_triton(h, residual, norm_w, EPS, offset, pre_w, weight)
+    want_y, want_res = norm_linear_ref(h, residual, norm_w, EPS, offset, pre_w, weight)
+    assert y.shape == want_y.shape
+    if h is None:
+        assert new_res is residual  # nothing added: the residual itself, as the reference returns it
+    else:
+        assert torch.equal(residual, before)  # never in place: other programs still read it
+        if pre_w is None:
+            assert_same_bits(new_res, want_res)  # one fp32 add, rounded once, as torch's add
+        else:
+            assert_matches(new_res, want_res, dtype)  # through h's own rms, an fp32 sum
+    assert_gemv_close(y, rms_norm_ref(want_res, norm_w, EPS, offset), weight)
+
+
+# (leading dims, I, N, dtype, config): gate_up is (..., 2I), W (N, I)
+ACT_CASES = cases(
+    full=[((1, 1), 8192, 2048, BF16, None), ((1, 1), 6144, 2048, BF16, None), ((1, 1), 6912, 1152, BF16, None),
+          ((1,), 77, 3, F32, None), ((1, 1), 1000, 100, F16, None), ((), 1152, 1536, BF16, None),
+          ((1, 1), 2048, 1000, F32, None), ((1,), 6912, 1152, F16, (8, 512, 4))],
+    small=[((1,), 77, 3, F32, None), ((1, 1), 1000, 100, BF16, (4, 256, 4)), ((), 1152, 37, F16, (2, 512, 4))],
+)  # fmt: skip
+
+
+@kernel_test
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("lead,K,N,dtype,config", ACT_CASES)
+def test_act_linear(poisoned, monkeypatch, lead, K, N, dtype, config, activation):
+    planted(monkeypatch, "act_linear", N, K, dtype, config)
+    gate_up = rand(*lead, 2 * K, dtype=dtype, scale=3.0)
+    weight = rand(N, K, dtype=dtype, scale=K**-0.5)
+    y = act_linear_triton(gate_up, activation, weight)
+    assert y.shape == act_linear_ref(gate_up, activation, weight).shape
+    assert_gemv_close(y, gated_act_ref(gate_up, activation), weight)
+
+
+# (leading dims, K, N, dtype, config); the GPU list holds every dev projection shape, and the Gemma
+# LM head (N * K past 2^28: the row offsets must not wrap)
+LINEAR_CASES = cases(
+    full=[((1, 1), 2048, 3072, BF16, None), ((1, 1), 2048, 16384, BF16, None), ((1, 1), 8192, 2048, BF16, None),
+          ((1, 1), 1152, 1536, BF16, None), ((1, 1), 6912, 1152, BF16, None), ((1, 1), 2048, 4096, BF16, None),
+          ((1, 1), 6144, 2048, BF16, None), ((1, 1), 1024, 1152, BF16, None), ((1, 1), 2048, 2048, BF16, None),
+          ((1, 1), 1152, 262144, BF16, None), ((1,), 77, 3, F32, None), ((1, 1), 1000, 100, F16, None),
+          ((), 1152, 1536, F16, None), ((1, 1), 2048, 1000, F32, (1, 2048, 4))],
+    small=[((1,), 77, 3, F32, None), ((1, 1), 1000, 100, BF16, (16, 128, 4)), ((), 2048, 37, F16, None),
+           ((1, 1), 1152, 1536, BF16, (16, 256, 4))],
+)  # fmt: skip
+
+
+@kernel_test
+@pytest.mark.parametrize("lead,K,N,dtype,config", LINEAR_CASES)
+def test_linear(poisoned, monkeypatch, lead, K, N, dtype, config):
+    planted(monkeypatch, "linear", N, K, dtype, config)
+    x, weight = rand(*lead, K, dtype=dtype), rand(N, K, dtype=dtype, scale=K**-0.5)
+    y = linear_triton(x, weight)
+    assert y.shape == linear_ref(x, weight).shape
+    assert_gemv_close(y, x, weight)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(INTERPRET, reason="tune times compiled kernels on the GPU")
+@pytest.mark.parametrize("op", ["norm_linear", "act_linear", "linear"])
+def test_tune_on_the_gpu_picks_a_candidate_the_launch_then_uses(monkeypatch, op):
+    monkeypatch.setattr(fl, "_TUNED", {})
+    N, K, dtype = 1536, 1152, BF16
+    best = tune(op, N, K, dtype, "cuda")
+    assert best in [gemv_config(N, K, 2, fl._PROLOGUE_VECTORS[op]), *fl.CANDIDATE_CONFIGS]
+    assert fl._config(op, N, K, dtype) == best
+    x, weight = (
+        rand(1, 2 * K if op == "act_linear" else K, dtype=dtype),
+        rand(N, K, dtype=dtype, scale=K**-0.5),
+    )
+    if op == "norm_linear":
+        norm_w = rand(K, dtype=dtype)
+        y, _ = norm_linear_triton(None, x, norm_w, EPS, 0.0, None, weight)
+        assert_gemv_close(y, rms_norm_ref(x, norm_w, EPS), weight)
+    elif op == "act_linear":
+        assert_gemv_close(act_linear_triton(x, "silu", weight), gated_act_ref(x, "silu"), weight)
+    else:
+        assert_gemv_close(linear_triton(x, weight), x, weight)
+
+
+# ---------------------------------------------------------------- CPU: fallbacks, config, dispatch
+
+
+def test_more_rows_take_the_reference():
+    """More than one row (prefill, batched decode), and norm rows past MAX_NORM_K, are the references'."""
+    K, N = 24, 5
+    w, nw = torch.randn(N, K), torch.randn(K)
+    for lead in [(3,), (2, 1), (1, 2)]:
+        x, res, gu = torch.randn(*lead, K), torch.randn(*lead, K), torch.randn(*lead, 2 * K)
+        assert torch.equal(linear_triton(x, w), linear_ref(x, w))
+        assert torch.equal(act_linear_triton(gu, "silu", w), act_linear_ref(gu, "silu", w))
+        for h in (x, None):
+            got, want = (
+                norm_linear_triton(h, res, nw, EPS, 1.0, nw, w),
+                norm_linear_ref(h, res, nw, EPS, 1.0, nw, w),
+            )
+            assert all(torch.equal(g, v) for g, v in zip(got, want))
+    K = fl.MAX_NORM_K + 1
+    x, w, nw = torch.randn(1, K), torch.randn(3, K), torch.randn(K)
+    got, want = norm_linear_triton(x, x, nw, EPS, 0.0, None, w), norm_linear_ref(x, x, nw, EPS, 0.0, None, w)
+    assert all(torch.equal(g, v) for g, v in zip(got, want))
+
+
+def test_tune_is_the_heuristic_off_cuda(monkeypatch):
+    monkeypatch.setattr(fl, "_TUNED", {})
+    for op in ("norm_linear", "act_linear", "linear"):
+        assert tune(op, 3072, 2048, BF16, "cpu") == gemv_config(3072, 2048, 2, fl._PROLOGUE_VECTORS[op])
+    assert fl._TUNED == {}
+
+
+@pytest.mark.parametrize("N,K", [(3072, 2048), (16384, 2048), (2048, 8192), (1536, 1152), (1152, 6912),
+                                 (4096, 2048), (2048, 6144), (1152, 1024), (262144, 1152), (3, 77)])  # fmt: skip
+@pytest.mark.parametrize("elem_bytes", [2, 4])
+@pytest.mark.parametrize("vectors", [0, 2, 3])
+def test_gemv_config_is_a_sane_launch(N, K, elem_bytes, vectors):
+    block_n, block_k, num_warps = gemv_config(N, K, elem_bytes, vectors)
+    for b in (block_n, block_k):
+        assert b & (b - 1) == 0  # tl.arange needs powers of 2
+    assert 1 <= block_n <= 16 and 16 <= block_k <= max(16, _triton.next_pow2(K)) and num_warps in (4, 8)
+    if K * elem_bytes >= 512:
+        assert block_k * elem_bytes >= 512  # a warp's 16-byte loads stay on one row
+    if N >= 16 * 4 * fl.SMS:
+        assert block_n == 16
+    elif N >= 4 * fl.SMS:
+        assert math.ceil(N / block_n) >= 2 * fl.SMS  # enough programs to fill the SMs
+
+
+def _inputs() -> dict:
+    K, N = 16, 5
+    return {
+        "norm_linear": (torch.randn(1, K), torch.randn(1, K), torch.randn(K), EPS, 1.0, torch.randn(K),
+                        torch.randn(N, K)),
+        "act_linear": (torch.randn(1, 2 * K), "gelu_tanh", torch.randn(N, K)),
+        "linear": (torch.randn(1, K), torch.randn(N, K)),
+    }  # fmt: skip
+
+
+def test_dispatcher_routes_the_fused_linears(monkeypatch):
+    """RUNTIME_KERNELS=torch gives the references' results; =triton calls the Triton entry points,
+    norm_linear also with h None (chosen on residual); mixed dtypes take the reference."""
+    calls = []
+    for name in _inputs():
+        monkeypatch.setattr(ops, f"{name}_triton", lambda *a, _name=name: calls.append(_name))
+    monkeypatch.setattr(_triton, "AVAILABLE", True)
+    monkeypatch.setenv("RUNTIME_KERNELS", "torch")
+    refs = {"norm_linear": norm_linear_ref, "act_linear": act_linear_ref, "linear": linear_ref}
+    for name, args in _inputs().items():
+        got, want = getattr(ops, name)(*args), refs[name](*args)
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        assert all(torch.equal(g, w) for g, w in zip(got, want)), name
+    assert calls == []
+    monkeypatch.setenv("RUNTIME_KERNELS", "triton")
+    for name, args in _inputs().items():
+        getattr(ops, name)(*args)
+    ops.norm_linear(None, *_inputs()["norm_linear"][1:])
+    assert calls == [*_inputs(), "norm_linear"]
+    h, res, nw, eps, off, pre, w = _inputs()["norm_linear"]
+    ops.norm_linear(h, res, nw.double(), eps, off, pre, w)
+    assert calls == [*_inputs(), "norm_linear"]  # mixed dtypes: the reference
+
+
+# ---------------------------------------------------------------- the interpreter subset, from the parent
+
+
+@pytest.mark.skipif(INTERPRET, reason="this is the child run")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the compiled kernels instead")
+@needs_triton
+def test_fused_linear_under_the_cpu_interpreter():
+    """Runs this file's kernel tests on the CPU through the Triton interpreter (small cases)."""
+    run_under_interpreter(__file__)

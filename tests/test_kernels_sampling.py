@@ -1,0 +1,194 @@
+"""The decode step's vocabulary-wide kernels (argmax_checked, top_candidates) against their
+references. Conventions of kernel_testing.py: `cuda` on a GPU, a small list under the CPU
+interpreter in a child process, outputs poisoned."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_testing import INTERPRET, PoisonedTorch, cases, kernel_test, needs_triton, run_under_interpreter
+
+from runtime.kernels import argmax as argmax_mod
+from runtime.kernels import topk as topk_mod
+from runtime.kernels.argmax import argmax_checked_ref, argmax_checked_triton
+from runtime.kernels.topk import top_candidates_ref, top_candidates_triton
+
+if INTERPRET:
+    pytestmark = [needs_triton]
+DEVICE = "cpu" if INTERPRET else "cuda"
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    for module in (argmax_mod, topk_mod):
+        monkeypatch.setattr(module, "torch", PoisonedTorch())
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(4321)
+
+
+def logits(B: int, V: int, ties: bool = False) -> torch.Tensor:
+    x = torch.randn(B, V) * 4
+    if ties:  # few distinct values: many ties at the top and at the cut
+        x = (x * 2).round() / 2
+    return x.to(DEVICE)
+
+
+# ---------------------------------------------------------------- argmax with the finite check
+
+ARGMAX_CASES = cases(
+    full=[(1, 128256), (1, 151936), (1, 262144), (3, 49152), (16, 128256), (2, 77), (5, 4097)],
+    small=[(1, 77), (3, 4097), (2, 9000)],
+)
+
+
+@kernel_test
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("B,V", ARGMAX_CASES)
+def test_argmax_checked(poisoned, B, V, ties):
+    x = logits(B, V, ties)
+    ids, bad = argmax_checked_triton(x)
+    want_ids, want_bad = argmax_checked_ref(x)
+    assert ids.dtype == torch.int64 and bad.dtype == torch.bool
+    assert torch.equal(ids, want_ids)  # the first maximum, also across chunk borders
+    assert not bad.any() and torch.equal(bad, want_bad)
+
+
+@kernel_test
+def test_argmax_checked_flags_non_finite_rows(poisoned):
+    x = logits(5, 9000)
+    x[0, 7000] = float("nan")
+    x[1, 3] = float("inf")
+    x[2] = float("-inf")  # nothing but -inf: bad, and argmax 0 as torch answers
+    x[3, 8999] = float("-inf")  # one -inf among finite values is fine
+    ids, bad = argmax_checked_triton(x)
+    assert bad.tolist() == [True, True, True, False, False]
+    assert torch.equal(bad, argmax_checked_ref(x)[1])
+    assert ids[1] == 3 and ids[2] == 0
+    assert torch.equal(ids[3:], argmax_checked_ref(x)[0][3:])
+
+
+def test_argmax_ties_take_the_first_index_across_chunks(monkeypatch):
+    """The reference's tie rule, checked on the CPU where the reference runs."""
+    x = torch.zeros(1, 3 * argmax_mod.CHUNK)
+    x[0, argmax_mod.CHUNK + 5] = x[0, 2 * argmax_mod.CHUNK + 1] = 1.0
+    assert argmax_checked_ref(x)[0].item() == argmax_mod.CHUNK + 5
+
+
+# ---------------------------------------------------------------- top-K candidates
+
+TOPK_CASES = cases(
+    full=[(1, 128256, 128), (1, 151936, 128), (1, 262144, 128), (4, 128256, 128), (3, 5000, 64), (2, 300, 8)],
+    small=[(1, 300, 8), (2, 1000, 16)],
+)
+
+
+def stable_top(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The K best, ties towards the smaller id (torch.topk leaves tie order open)."""
+    values, ids = x.sort(dim=-1, descending=True, stable=True)
+    return values[:, :k], ids[:, :k]
+
+
+@kernel_test
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("B,V,K", TOPK_CASES)
+def test_top_candidates(poisoned, monkeypatch, B, V, K, ties):
+    if INTERPRET:  # the interpreter sorts slowly: small chunks, so several parts still merge
+        monkeypatch.setattr(topk_mod, "CHUNK", 128)
+    x = logits(B, V, ties)
+    values, ids = top_candidates_triton(x, K)
+    want_values, want_ids = stable_top(x, K)
+    assert torch.equal(values, want_values)
+    assert torch.equal(ids, want_ids)
+    assert torch.equal(values, top_candidates_ref(x, K)[0])
+
+
+@kernel_test
+def test_top_candidates_keeps_negative_and_infinite_values_in_order(poisoned, monkeypatch):
+    if INTERPRET:
+        monkeypatch.setattr(topk_mod, "CHUNK", 128)
+    x = -logits(2, 700).abs() - 1  # all negative: the float-to-key flip matters
+    x[0, 100:200] = float("-inf")  # masked tokens
+    x[1, 5] = float("inf")
+    values, ids = top_candidates_triton(x, 16)
+    want_values, want_ids = stable_top(x, 16)
+    assert torch.equal(values, want_values) and torch.equal(ids, want_ids)
+
+
+@kernel_test
+def test_top_candidates_other_cases_take_the_reference():
+    x = logits(1, 100)
+    for k in (3, 100):  # not a power of two; the whole row
+        assert torch.equal(top_candidates_triton(x, k)[0], top_candidates_ref(x, k)[0])
+
+
+@pytest.mark.skipif(INTERPRET, reason="this is the child run")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the compiled kernels instead")
+@needs_triton
+def test_sampling_kernels_under_the_cpu_interpreter():
+    run_under_interpreter(__file__)
+
+
+# ---------------------------------------------------------------- the fused "topk" sampler variant
+
+
+def _settings(B: int, temperature, top_k, top_p, penalty, seed: int = 7):
+    def col(values, dtype):
+        return torch.tensor([values[i % len(values)] for i in range(B)], dtype=dtype, device=DEVICE)
+
+    return dict(
+        temperature=col(temperature, torch.float32),
+        top_k=col(top_k, torch.int64),
+        top_p=col(top_p, torch.float32),
+        repetition_penalty=col(penalty, torch.float32),
+        seed=seed + torch.arange(B, device=DEVICE),
+    )
+
+
+SAMPLE_CASES = cases(
+    full=[(1, 128256, 128), (1, 262144, 128), (4, 151936, 128), (3, 5000, 64)],
+    small=[(3, 300, 16)],
+)
+
+
+@kernel_test
+@pytest.mark.parametrize("B,V,K", SAMPLE_CASES)
+def test_sample_topk_matches_the_reference(poisoned, monkeypatch, B, V, K):
+    """Same tokens as sampler.sample_ref over many positions (each position draws new noise), for
+    rows mixing greedy, plain temperature, top-k, top-p and the repetition penalty."""
+    from runtime.engine.sampler import sample_ref
+
+    if INTERPRET:
+        monkeypatch.setattr(topk_mod, "CHUNK", 128)
+    x = logits(B, V)
+    seen = torch.rand(B, V, device=DEVICE) < 0.3
+    rows = _settings(B, [0.8, 0.0, 1.3], [K // 2, 0, 5], [0.9, 1.0, 0.5], [1.1, 1.0, 1.3])
+    rows["top_k"][rows["top_k"] == 0] = K  # the variant is exact for 0 < top_k <= K
+    picked, differ = [], 0
+    for pos in range(12 if INTERPRET else 200):
+        p = torch.full((B,), pos, device=DEVICE)
+        got = topk_mod.sample_topk_triton(x, p, seen=seen, candidates=K, **rows)
+        want = sample_ref(x, p, seen=seen, candidates=K, **rows)
+        differ += int((got != want).sum())  # a fp32 rounding at the top-p boundary may flip one
+        picked.append(got)
+    assert differ <= 1 + len(picked) * B // 100, differ
+    assert len({int(t) for t in torch.stack(picked)[:, 0]}) > 3  # row 0 samples, it is not stuck
+    assert (torch.stack(picked)[:, 1 % B] == torch.stack(picked)[0, 1 % B]).all() or B == 1  # greedy row
+
+
+@kernel_test
+def test_sample_topk_greedy_rows_take_the_penalised_argmax(poisoned, monkeypatch):
+    from runtime.engine.sampler import apply_repetition_penalty
+
+    if INTERPRET:
+        monkeypatch.setattr(topk_mod, "CHUNK", 128)
+    x = logits(2, 500)
+    seen = torch.zeros(2, 500, dtype=torch.bool, device=DEVICE)
+    seen[:, x[0].argmax()] = True
+    rows = _settings(2, [0.0], [16], [1.0], [50.0])
+    got = topk_mod.sample_topk_triton(x, torch.zeros(2, device=DEVICE, dtype=torch.int64), seen=seen,
+                                      candidates=16, **rows)  # fmt: skip
+    want = apply_repetition_penalty(x, seen, rows["repetition_penalty"]).argmax(-1)
+    assert torch.equal(got, want) and got[0] != x[0].argmax()
