@@ -116,16 +116,29 @@ def ab(model_id: str, prompt: int, steps: int) -> list[dict]:
     rows = []
     for name, off in SETTINGS.items():
         os.environ["RUNTIME_KERNELS_OFF"] = off  # read while the step is captured
-        runner = Runner(loaded, capacity=prompt + 2 * steps + 32, max_batch=1, mode="graph")
-        os.environ["RUNTIME_KERNELS_OFF"] = ""
-        row = {"model": model_id, "setting": name, "capture_s": round(runner.capture_s, 2)}
+        try:
+            runner = Runner(loaded, capacity=prompt + 2 * steps + 32, max_batch=1, mode="graph")
+        except Exception as e:  # a kernel that fails here must not cost the other settings
+            print(f"{model_id} / {name}: {type(e).__name__}: {e}")
+            continue
+        finally:
+            os.environ["RUNTIME_KERNELS_OFF"] = ""
+        row = {
+            "model": model_id,
+            "setting": name,
+            "capture_s": round(runner.capture_s, 2),
+            "mode": runner.mode,
+        }
         for variant, params in (("greedy", SamplingParams()), ("topk", SamplingParams(0.8, 50, 0.9, 1.0, 1))):
             runner.set_row(0, params)
             runner.prefill(0, ids, 0, variant)
             for _ in range(8):
                 runner.step(1, variant)
             row[variant] = round(step_ms(runner, steps, variant), 4)
-        rows.append(row)
+        if runner.mode == "graph":  # a failed capture falls back to eager: not comparable
+            rows.append(row)
+        else:
+            print(f"{model_id} / {name}: capture failed ({runner.capture_error})")
         runner.release()
     del loaded
     torch.cuda.empty_cache()
@@ -134,8 +147,11 @@ def ab(model_id: str, prompt: int, steps: int) -> list[dict]:
 
 def best_setting(rows: list[dict]) -> str:
     """The setting with the least greedy + topk step time summed over the models."""
-    total = {}
-    for r in rows:
+    total, models = {}, {r["model"] for r in rows}
+    complete = {
+        s for s in SETTINGS if all(any(r["setting"] == s and r["model"] == m for r in rows) for m in models)
+    }
+    for r in (r for r in rows if r["setting"] in complete):
         total[r["setting"]] = total.get(r["setting"], 0.0) + r["greedy"] + r["topk"]
     return min(total, key=total.get)
 
