@@ -22,7 +22,8 @@ for stage in $STAGES; do
     diag) python3 scripts/diag_loop.py 2>&1 | grep -v -i warn | tee "$OUT/diag_loop.log" ;;
     graph) RUNTIME_KERNELS=torch python3 scripts/bench_graph.py --out "$OUT/graph_torch.json" 2>&1 | tee "$OUT/graph_torch.log" | tail -5
            python3 scripts/bench_graph.py --out "$OUT/graph_triton.json" 2>&1 | tee "$OUT/graph_triton.log" | tail -5 ;;
-    newkernels) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_fused_linear.py tests/test_kernels_sampling.py 2>&1 | tee "$OUT/tests_new_kernels.log" | tail -8 ;;
+    newkernels) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_fused_linear.py tests/test_kernels_sampling.py \
+                  tests/test_kernels.py -k "not interpreter and (fused or sampl or argmax or top or model_logits or dispatch or norm or act)" 2>&1 | tee "$OUT/tests_new_kernels.log" | tail -8 ;;
     # same-process A/B of the kernel settings (greedy and topk step), then the goal rows under the fastest
     ab) python3 scripts/profile_step.py --ab --steps 150 --profiled 10 --out "$OUT/profile.json" 2>&1 | tee "$OUT/profile.log" | tail -40 ;;
     goals) off=$(python3 scripts/profile_step.py --best-from "$OUT/profile_ab.json" 2>/dev/null); echo "RUNTIME_KERNELS_OFF='$off'"
