@@ -273,6 +273,42 @@ def test_dispatcher_routes_the_fused_linears(monkeypatch):
     assert calls == [*_inputs(), "norm_linear"]  # mixed dtypes: the reference
 
 
+def test_more_rows_run_unfused_with_the_prologue_kernels(monkeypatch):
+    """A batch bucket (M > 1) must not fall back to the plain-torch prologue: it takes the norm /
+    activation kernels as dispatched, then cuBLAS, and gives the references' results."""
+    calls = []
+    for name in ("norm_linear", "act_linear", "linear"):
+        monkeypatch.setattr(ops, f"{name}_triton", lambda *a, _name=name: calls.append(_name))
+    for name in ("rms_norm", "add_rms_norm", "gated_act"):
+        ref = getattr(ops, f"{name}_ref")
+        monkeypatch.setattr(
+            ops, f"{name}_triton", lambda *a, _ref=ref, _name=name: calls.append(_name) or _ref(*a)
+        )
+    monkeypatch.setattr(_triton, "AVAILABLE", True)
+    monkeypatch.setenv("RUNTIME_KERNELS", "triton")
+    K, N = 24, 10
+    h, res, nw, pre, w = (
+        torch.randn(3, K),
+        torch.randn(3, K),
+        torch.randn(K),
+        torch.randn(K),
+        torch.randn(N, K),
+    )
+    y, new_res = ops.norm_linear(h, res, nw, EPS, 1.0, pre, w)
+    want_y, want_res = norm_linear_ref(h, res, nw, EPS, 1.0, pre, w)
+    assert torch.equal(y, want_y) and torch.equal(new_res, want_res)
+    ops.norm_linear(None, res, nw, EPS, 0.0, None, w)
+    gate_up = torch.randn(3, 2 * K)
+    assert torch.equal(ops.act_linear(gate_up, "silu", w), act_linear_ref(gate_up, "silu", w))
+    assert torch.equal(ops.linear(h, w), linear_ref(h, w))
+    assert calls == ["add_rms_norm", "rms_norm", "gated_act"]
+    monkeypatch.setenv("RUNTIME_KERNELS_OFF", "norm_linear")  # one row, the fused op turned off
+    calls.clear()
+    ops.norm_linear(h[:1], res[:1], nw, EPS, 1.0, pre, w)
+    ops.linear(h[:1], w)
+    assert calls == ["add_rms_norm", "linear"]
+
+
 # ---------------------------------------------------------------- the interpreter subset, from the parent
 
 

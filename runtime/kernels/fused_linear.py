@@ -190,7 +190,8 @@ def _row(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(0) == 1 else t.contiguous()
 
 
-def _one_row(t: torch.Tensor) -> bool:
+def one_row(t: torch.Tensor) -> bool:
+    """Whether t (..., K) holds a single row: what the kernels here take."""
     return math.prod(t.shape[:-1]) == 1
 
 
@@ -225,7 +226,7 @@ def norm_linear_triton(
     """Same contract as norm_linear_ref (one dtype throughout); one kernel for one row, the reference
     for more rows or K > MAX_NORM_K."""
     K = residual.shape[-1]
-    if not _one_row(residual) or K > MAX_NORM_K:
+    if not one_row(residual) or K > MAX_NORM_K:
         return norm_linear_ref(h, residual, norm_w, eps, offset, pre_w, weight)
     N = weight.shape[0]
     y = torch.empty((*residual.shape[:-1], N), dtype=weight.dtype, device=weight.device)
@@ -244,7 +245,7 @@ def act_linear_triton(gate_up: torch.Tensor, activation: str, weight: torch.Tens
     """Same contract as act_linear_ref; one kernel for one row, the reference for more."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
-    if not _one_row(gate_up):
+    if not one_row(gate_up):
         return act_linear_ref(gate_up, activation, weight)
     N, K = weight.shape
     assert gate_up.shape[-1] == 2 * K, (gate_up.shape, weight.shape)
@@ -258,7 +259,7 @@ def act_linear_triton(gate_up: torch.Tensor, activation: str, weight: torch.Tens
 
 def linear_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Same contract as linear_ref; one kernel for one row, the reference for more."""
-    if not _one_row(x):
+    if not one_row(x):
         return linear_ref(x, weight)
     N, K = weight.shape
     y = torch.empty((*x.shape[:-1], N), dtype=weight.dtype, device=weight.device)

@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from runtime.kernels import _triton
 
@@ -28,14 +29,7 @@ from runtime.kernels.activation import gated_act_ref, gated_act_triton
 from runtime.kernels.argmax import argmax_checked_ref, argmax_checked_triton
 from runtime.kernels.attention import prefill_attention_ref
 from runtime.kernels.decode_attention import decode_attention_ref, decode_attention_triton
-from runtime.kernels.fused_linear import (
-    act_linear_ref,
-    act_linear_triton,
-    linear_ref,
-    linear_triton,
-    norm_linear_ref,
-    norm_linear_triton,
-)
+from runtime.kernels.fused_linear import act_linear_triton, linear_triton, norm_linear_triton, one_row
 from runtime.kernels.qkv_attention import qkv_decode_attention_ref, qkv_decode_attention_triton
 from runtime.kernels.qkv_rope import (
     qkv_rope_ref,
@@ -88,9 +82,6 @@ decode_attention = _dispatch("decode_attention")
 qkv_decode_attention = _dispatch("qkv_decode_attention")
 argmax_checked = _dispatch("argmax_checked")
 top_candidates = _dispatch("top_candidates")
-# batch-1 GEMVs with their prologue folded in; more rows than one take the references (cuBLAS)
-act_linear = _dispatch("act_linear")
-linear = _dispatch("linear")
 
 
 def add_rms_norm(
@@ -108,6 +99,11 @@ def add_rms_norm(
     return fn(x, residual, weight, eps, offset, pre_weight)
 
 
+# The batch-1 GEMVs with their prologue folded in (runtime/kernels/fused_linear.py). Where the
+# fused kernel does not apply (more rows than one, the op turned off, mixed dtypes) they run
+# unfused: the prologue op as dispatched above (itself a Triton kernel on CUDA), then cuBLAS.
+
+
 def norm_linear(
     h: torch.Tensor | None,
     residual: torch.Tensor,
@@ -117,11 +113,30 @@ def norm_linear(
     pre_w: torch.Tensor | None,
     weight: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (linear(rms_norm(residual + h')), residual + h'), h' = h or rms_norm(h, pre_w); h None: no add.
-    Chosen on `residual` (h may be None); the kernel needs one dtype throughout, mixed dtypes take the reference."""
+    """-> (linear(rms_norm(residual + h')), residual + h'), h' = h or rms_norm(h, pre_w); h None:
+    no add (the residual comes back as it is). Chosen on `residual`, since h may be None."""
     same = all(t.dtype == weight.dtype for t in (h, residual, norm_w, pre_w) if t is not None)
-    fn = norm_linear_triton if same and enabled("norm_linear", residual) else norm_linear_ref
-    return fn(h, residual, norm_w, eps, offset, pre_w, weight)
+    if same and one_row(residual) and enabled("norm_linear", residual):
+        return norm_linear_triton(h, residual, norm_w, eps, offset, pre_w, weight)
+    if h is None:
+        normed, new_residual = rms_norm(residual, norm_w, eps, offset), residual
+    else:
+        normed, new_residual = add_rms_norm(h, residual, norm_w, eps, offset, pre_w)
+    return F.linear(normed, weight), new_residual
+
+
+def act_linear(gate_up: torch.Tensor, activation: str, weight: torch.Tensor) -> torch.Tensor:
+    """gate_up (..., 2I) -> down(act(gate) * up) with weight (N, I)."""
+    if gate_up.dtype == weight.dtype and one_row(gate_up) and enabled("act_linear", gate_up):
+        return act_linear_triton(gate_up, activation, weight)
+    return F.linear(gated_act(gate_up, activation), weight)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (..., K) @ weight (N, K).T."""
+    if x.dtype == weight.dtype and one_row(x) and enabled("linear", x):
+        return linear_triton(x, weight)
+    return F.linear(x, weight)
 
 
 apply_rope = apply_rope_ref
