@@ -97,6 +97,7 @@ def stable_top(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_top_candidates(poisoned, monkeypatch, B, V, K, ties):
     if INTERPRET:  # the interpreter sorts slowly: small chunks, so several parts still merge
         monkeypatch.setattr(topk_mod, "CHUNK", 128)
+        monkeypatch.setattr(topk_mod, "GROUP", 2)  # merge rounds on small rows too
     x = logits(B, V, ties)
     values, ids = top_candidates_triton(x, K)
     want_values, want_ids = stable_top(x, K)
@@ -109,6 +110,7 @@ def test_top_candidates(poisoned, monkeypatch, B, V, K, ties):
 def test_top_candidates_keeps_negative_and_infinite_values_in_order(poisoned, monkeypatch):
     if INTERPRET:
         monkeypatch.setattr(topk_mod, "CHUNK", 128)
+        monkeypatch.setattr(topk_mod, "GROUP", 2)  # merge rounds on small rows too
     x = -logits(2, 700).abs() - 1  # all negative: the float-to-key flip matters
     x[0, 100:200] = float("-inf")  # masked tokens
     x[1, 5] = float("inf")
@@ -162,6 +164,7 @@ def test_sample_topk_matches_the_reference(poisoned, monkeypatch, B, V, K):
 
     if INTERPRET:
         monkeypatch.setattr(topk_mod, "CHUNK", 128)
+        monkeypatch.setattr(topk_mod, "GROUP", 2)  # merge rounds on small rows too
     x = logits(B, V)
     seen = torch.rand(B, V, device=DEVICE) < 0.3
     rows = _settings(B, [0.8, 0.0, 1.3], [K // 2, 0, 5], [0.9, 1.0, 0.5], [1.1, 1.0, 1.3])
@@ -184,6 +187,7 @@ def test_sample_topk_greedy_rows_take_the_penalised_argmax(poisoned, monkeypatch
 
     if INTERPRET:
         monkeypatch.setattr(topk_mod, "CHUNK", 128)
+        monkeypatch.setattr(topk_mod, "GROUP", 2)  # merge rounds on small rows too
     x = logits(2, 500)
     seen = torch.zeros(2, 500, dtype=torch.bool, device=DEVICE)
     seen[:, x[0].argmax()] = True

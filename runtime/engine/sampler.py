@@ -97,7 +97,7 @@ def sample(
     positions: the position the sampled token will occupy (keys the noise).
     candidates: 0 sorts the whole vocabulary (any setting); K > 0 works on the K best logits only,
     exact when every sampled row has 0 < top_k <= K, and much cheaper than a full sort. With
-    candidates, Triton-capable tensors take the two-kernel version (runtime/kernels/topk.py)."""
+    candidates, Triton-capable tensors take the fused kernels (runtime/kernels/topk.py)."""
     args = (logits, positions, temperature, top_k, top_p, repetition_penalty, seed, seen, candidates)
     fused = ops.enabled("sample_topk", logits) and topk.supported(logits, candidates)
     if candidates and fused and logits.stride(-1) == 1:

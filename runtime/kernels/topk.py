@@ -1,5 +1,5 @@
-"""The K best logits of each row, for the sampler's candidate set: plain-torch reference and a
-two-stage Triton kernel.
+"""The K best logits of each row, for the sampler's candidate set: plain-torch reference and
+Triton kernels that sort in rounds.
 
 top_candidates(x (B, V) float32, K) -> (values (B, K) descending, ids (B, K) int64), the set
 torch.topk returns; ties are broken towards the smaller id (torch.topk leaves that order open).
@@ -8,13 +8,16 @@ step's overhead. Here each value becomes one int64 sort key (its float bits made
 in the high word, the complement of its id in the low word), so a plain descending sort of keys
 orders by value, then by smaller id:
   stage 1, grid (B, parts): sort a CHUNK of keys in registers and keep its K best;
-  stage 2, grid (B,): sort the parts x K survivors and keep the K best.
-The global K best are among the per-chunk K best, so the result is exact.
+  merge, grid (B, lists / GROUP): while more than GROUP lists of K remain, sort each GROUP of them
+    and keep the K best (one round for a 128k-262k vocabulary);
+  last, grid (B,): sort the last <= GROUP x K survivors and keep the K best.
+The global K best are among the per-chunk K best, so the result is exact. Sorting all of stage 1's
+survivors in one program instead (4k-8k keys) cost more than torch.topk on the H100.
 
-sample_topk_triton is the sampler's "topk" variant on the same two stages: stage 1 first applies
-the repetition penalty (the seen mask and the row's penalty), and stage 2, instead of writing the
+sample_topk_triton is the sampler's "topk" variant on the same stages: stage 1 first applies
+the repetition penalty (the seen mask and the row's penalty), and the last stage, instead of writing the
 K candidates, picks the token from them in registers (temperature, top-k, top-p, Gumbel noise,
-the greedy pick for temperature 0): two launches for what the reference does in about forty
+the greedy pick for temperature 0): three launches for what the reference does in about forty
 small ones. Contract and reference: runtime/engine/sampler.py (sample with candidates=K).
 """
 
@@ -25,6 +28,7 @@ import torch
 from runtime.kernels._triton import cdiv, jit, next_pow2, tl
 
 CHUNK = 4096  # keys per stage-1 program (sorted in registers)
+GROUP = 8  # lists of K keys a merge program sorts together (1024 keys for K = 128)
 # constexprs, so kernels may read them: the low word of a key holds _LOW - id; _LOWEST is the key
 # of a padded slot, which sorts after every real key
 _LOW = tl.constexpr(0xFFFFFFFF) if tl is not None else 0xFFFFFFFF
@@ -74,6 +78,18 @@ def _sorted_candidates(keys_ptr, row, n_keys, BLOCK: tl.constexpr):
     high = (keys >> 32).to(tl.int32)
     bits = high ^ ((high >> 31) & 0x7FFFFFFF)  # the flip is its own inverse
     return bits.to(tl.float32, bitcast=True), _LOW - (keys & _LOW)
+
+
+@jit
+def _group_kernel(keys_ptr, out_ptr, n_keys, K: tl.constexpr, GROUP: tl.constexpr):
+    # grid (B, groups): program (b, g) keeps the K best of lists [g * GROUP, (g + 1) * GROUP) of row b
+    row, group = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    j = tl.arange(0, GROUP * K)
+    at = group * GROUP * K + j
+    keys = tl.load(keys_ptr + row * n_keys + at, mask=at < n_keys, other=_LOWEST)
+    keys = tl.sort(keys, descending=True)
+    groups = tl.num_programs(1)
+    tl.store(out_ptr + (row * groups + group) * K + j, keys, mask=j < K)
 
 
 @jit
@@ -136,22 +152,28 @@ def _sample_kernel(
     tl.store(out_ptr + row, tl.where(temperature > 0, sampled, greedy))
 
 
-def _stage_one(x: torch.Tensor, k: int, seen=None, penalty=None) -> tuple[torch.Tensor, int]:
-    """Launch stage 1 over x (B, V) float32 -> (survivor keys (B, parts * k), parts * k)."""
+def _candidate_keys(x: torch.Tensor, k: int, seen=None, penalty=None) -> tuple[torch.Tensor, int]:
+    """Stage 1 and the merge rounds over x (B, V) float32 -> (keys (B, n), n): at most GROUP
+    lists of k keys per row, which hold the row's k best."""
     B, vocab = x.shape
     chunk = min(CHUNK, max(k, next_pow2(vocab)))
-    parts = cdiv(vocab, chunk)
-    keys = torch.empty((B, parts * k), dtype=torch.int64, device=x.device)
+    lists = cdiv(vocab, chunk)
+    keys = torch.empty((B, lists * k), dtype=torch.int64, device=x.device)
     with_penalty = seen is not None
-    _chunk_kernel[(B, parts)](
+    _chunk_kernel[(B, lists)](
         x, seen if with_penalty else x, penalty if with_penalty else x, keys, vocab, x.stride(0),
-        seen.stride(0) if with_penalty else 0, parts, K=k, CHUNK=chunk, PENALTY=with_penalty, num_warps=8,
+        seen.stride(0) if with_penalty else 0, lists, K=k, CHUNK=chunk, PENALTY=with_penalty, num_warps=8,
     )  # fmt: skip
-    return keys, parts * k
+    while lists > GROUP:
+        groups = cdiv(lists, GROUP)
+        merged = torch.empty((B, groups * k), dtype=torch.int64, device=x.device)
+        _group_kernel[(B, groups)](keys, merged, lists * k, K=k, GROUP=GROUP, num_warps=8)
+        keys, lists = merged, groups
+    return keys, lists * k
 
 
-def _merge_warps(n_keys: int) -> int:
-    return 16 if next_pow2(n_keys) > 4096 else 8
+def _last_warps(n_keys: int) -> int:
+    return 8 if next_pow2(n_keys) >= 1024 else 4
 
 
 def supported(x: torch.Tensor, k: int) -> bool:
@@ -165,11 +187,11 @@ def top_candidates_triton(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.
     if not supported(x, k):
         return top_candidates_ref(x, k)
     x = x if x.stride(-1) == 1 else x.contiguous()
-    keys, n_keys = _stage_one(x, k)
+    keys, n_keys = _candidate_keys(x, k)
     values = torch.empty((x.shape[0], k), dtype=torch.float32, device=x.device)
     ids = torch.empty((x.shape[0], k), dtype=torch.int64, device=x.device)
     _merge_kernel[(x.shape[0],)](
-        keys, values, ids, n_keys, K=k, BLOCK=next_pow2(n_keys), num_warps=_merge_warps(n_keys)
+        keys, values, ids, n_keys, K=k, BLOCK=next_pow2(n_keys), num_warps=_last_warps(n_keys)
     )
     return values, ids
 
@@ -185,13 +207,13 @@ def sample_topk_triton(
     seen: torch.Tensor,
     candidates: int,
 ) -> torch.Tensor:
-    """sampler.sample(..., candidates=K) in two launches, for float32 logits (B, V) with unit
+    """sampler.sample(..., candidates=K) in three launches (two for up to GROUP chunks), for float32 logits (B, V) with unit
     stride and K as `supported` requires; per-row settings (B,). -> next tokens (B,) int64."""
     B = logits.shape[0]
-    keys, n_keys = _stage_one(logits, candidates, seen, repetition_penalty)
+    keys, n_keys = _candidate_keys(logits, candidates, seen, repetition_penalty)
     out = torch.empty(B, dtype=torch.int64, device=logits.device)
     _sample_kernel[(B,)](
         keys, out, temperature, top_k, top_p, seed, positions, n_keys,
-        K=candidates, BLOCK=next_pow2(n_keys), num_warps=_merge_warps(n_keys),
+        K=candidates, BLOCK=next_pow2(n_keys), num_warps=_last_warps(n_keys),
     )  # fmt: skip
     return out
