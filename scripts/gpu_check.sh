@@ -23,11 +23,11 @@ for stage in $STAGES; do
     graph) RUNTIME_KERNELS=torch python3 scripts/bench_graph.py --out "$OUT/graph_torch.json" 2>&1 | tee "$OUT/graph_torch.log" | tail -5
            python3 scripts/bench_graph.py --out "$OUT/graph_triton.json" 2>&1 | tee "$OUT/graph_triton.log" | tail -5 ;;
     newkernels) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_fused_linear.py tests/test_kernels_sampling.py \
-                  tests/test_kernels.py -k "not interpreter and (fused or sampl or argmax or top or model_logits or dispatch or norm or act)" 2>&1 | tee "$OUT/tests_new_kernels.log" | tail -8 ;;
+                  tests/test_kernels.py -k "${NEW_K:-not interpreter and (fused or sampl or argmax or top or model_logits or dispatch or norm or act)}" 2>&1 | tee "$OUT/tests_new_kernels.log" | tail -8 ;;
     # same-process A/B of the kernel settings (greedy and topk step), then the goal rows under the fastest
-    ab) python3 scripts/profile_step.py --ab --steps 150 --profiled 10 --out "$OUT/profile.json" 2>&1 | tee "$OUT/profile.log" | tail -40 ;;
-    goals) off=$(python3 scripts/profile_step.py --best-from "$OUT/profile_ab.json" 2>/dev/null); echo "RUNTIME_KERNELS_OFF='$off'"
-           RUNTIME_KERNELS_OFF=$off timeout 300 python3 -m runtime.cli bench configs/goals.yaml --out "results/${GOALS_DIR:-goals}" 2>&1 \
+    ab) python3 scripts/profile_step.py --ab ${AB_FLAGS:-} --steps 150 --profiled 10 --out "$OUT/profile.json" 2>&1 | tee "$OUT/profile.log" | tail -40 ;;
+    goals) best=$(python3 scripts/profile_step.py --best-from "$OUT/profile_ab.json" 2>/dev/null); echo "fastest setting: $best"
+           env $best timeout 300 python3 -m runtime.cli bench configs/goals.yaml --out "results/${GOALS_DIR:-goals}" 2>&1 \
              | tee "$OUT/goals.log" | grep -v '^{' | tail -45
            mkdir -p "$OUT/goals" && cp "results/${GOALS_DIR:-goals}"/*.{json,jsonl,md,csv} "$OUT/goals/" 2>/dev/null ;;
     startup) timeout 120 python3 scripts/startup_check.py 2>&1 | tee "$OUT/startup.log" | tail -3 ;;

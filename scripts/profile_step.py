@@ -9,7 +9,8 @@ inside the graph. GEMM rows also give the achieved weight GB/s (all Linear weigh
 the GEMM kernels' time), against the copy bandwidth measured in the same process.
 --ab also times the greedy and the "topk" sampled step (temperature 0.8, top-k 50, top-p 0.9)
 under each kernel setting of SETTINGS, one runner after another in this process, so the
-settings compare on the same card (RUNTIME_KERNELS_OFF names ops forced to their references).
+settings compare on the same card (RUNTIME_KERNELS_OFF names ops forced to their references,
+RUNTIME_GEMV_TUNE=0 keeps the heuristic GEMV blocks).
 Prints one markdown table per model (top kernels) and the summary tables last; --out writes JSON.
 """
 
@@ -30,11 +31,13 @@ from runtime.engine.sampler import SamplingParams
 from runtime.models.loader import load_model
 
 ARCHS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
-SETTINGS = {  # name -> RUNTIME_KERNELS_OFF
-    "default": "",
-    "no fused GEMV": "norm_linear,act_linear,linear",
-    "no sampling kernels": "argmax_checked,sample_topk",
-    "previous session": "norm_linear,act_linear,linear,argmax_checked,sample_topk",
+_ALL_NEW = "norm_linear,act_linear,linear,argmax_checked,sample_topk"
+SETTINGS = {  # name -> the environment the runner is built (captured) under
+    "default": {},
+    "untuned GEMV blocks": {"RUNTIME_GEMV_TUNE": "0"},
+    "no fused GEMV": {"RUNTIME_KERNELS_OFF": "norm_linear,act_linear,linear"},
+    "no sampling kernels": {"RUNTIME_KERNELS_OFF": "argmax_checked,sample_topk"},
+    "previous session": {"RUNTIME_KERNELS_OFF": _ALL_NEW},
 }
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 
@@ -114,15 +117,16 @@ def ab(model_id: str, prompt: int, steps: int) -> list[dict]:
     loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
     ids = torch.randint(3, loaded.spec.vocab - 1, (prompt,)).tolist()
     rows = []
-    for name, off in SETTINGS.items():
-        os.environ["RUNTIME_KERNELS_OFF"] = off  # read while the step is captured
+    for name, env in SETTINGS.items():
+        os.environ.update(env)  # read while the step is captured
         try:
             runner = Runner(loaded, capacity=prompt + 2 * steps + 32, max_batch=1, mode="graph")
         except Exception as e:  # a kernel that fails here must not cost the other settings
             print(f"{model_id} / {name}: {type(e).__name__}: {e}")
             continue
         finally:
-            os.environ["RUNTIME_KERNELS_OFF"] = ""
+            for key in env:
+                del os.environ[key]
         row = {
             "model": model_id,
             "setting": name,
@@ -169,7 +173,8 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.best_from:
-        print(SETTINGS[best_setting(json.load(open(args.best_from)))])
+        env = SETTINGS[best_setting(json.load(open(args.best_from)))]
+        print(" ".join(f"{k}={v}" for k, v in env.items()) or "RUNTIME_KERNELS_OFF=")
         return
     if args.ab:
         table = [r for m in args.model or ARCHS for r in ab(m, args.prompt, args.steps)]
@@ -181,6 +186,8 @@ def main() -> None:
         if args.out:
             with open(args.out.replace(".json", "_ab.json"), "w") as f:
                 json.dump(table, f, indent=2)
+        if args.no_profile:
+            return
     copy_gbs = copy_bandwidth_gbs(torch.device("cuda"))
     rows = [run(m, args.prompt, args.steps, args.profiled, copy_gbs) for m in args.model or ARCHS]
     if args.out:

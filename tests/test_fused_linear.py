@@ -309,6 +309,34 @@ def test_more_rows_run_unfused_with_the_prologue_kernels(monkeypatch):
     assert calls == ["add_rms_norm", "linear"]
 
 
+def test_gemv_shapes_are_the_decoders_weights():
+    """What the runner tunes before capture is every weight the decode step's GEMVs read."""
+    from tiny_configs import tiny_config
+
+    from runtime.models.spec import ModelSpec
+    from runtime.models.weights import random_model
+
+    for family in ("llama", "qwen2", "qwen3", "gemma3"):
+        model = random_model(ModelSpec.from_hf(tiny_config(family)), "cpu", torch.float32)
+        layer = model.layers[0]
+        weights = [
+            layer.attn.qkv.weight,
+            layer.attn.o_proj.weight,
+            layer.mlp.gate_up.weight,
+            layer.mlp.down.weight,
+        ]
+        assert [(n, k) for _, n, k in model.gemv_shapes()] == [tuple(w.shape) for w in weights]
+
+
+def test_untuned_setting_ignores_tuned_blocks(monkeypatch):
+    monkeypatch.setitem(fl._TUNED, ("linear", 100, 64, torch.bfloat16), (2, 32, 4))
+    monkeypatch.setattr(fl, "INTERPRETING", False)
+    assert fl._config("linear", 100, 64, torch.bfloat16) == (2, 32, 4)
+    monkeypatch.setenv("RUNTIME_GEMV_TUNE", "0")
+    assert fl._config("linear", 100, 64, torch.bfloat16) == gemv_config(100, 64, 2, 0)
+    assert fl.tune_shapes([("linear", 100, 64)], torch.bfloat16, "cpu") < 1.0  # nothing to do off CUDA
+
+
 # ---------------------------------------------------------------- the interpreter subset, from the parent
 
 

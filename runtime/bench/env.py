@@ -59,7 +59,9 @@ def collect(device: torch.device, plan: Plan, bandwidth_gbs: float | None) -> di
         "cpu_count": os.cpu_count(),
         **git_commit(),
         # the kernel choice the numbers were taken with (runtime/kernels/ops.py)
-        "kernels": {k: os.environ.get(k, "") for k in ("RUNTIME_KERNELS", "RUNTIME_KERNELS_OFF")},
+        "kernels": {
+            k: os.environ.get(k, "") for k in ("RUNTIME_KERNELS", "RUNTIME_KERNELS_OFF", "RUNTIME_GEMV_TUNE")
+        },
         "dtype": sorted({m.dtype for m in plan.models}),
         "seed": plan.seed,
         "suite": plan.suite,

@@ -19,7 +19,10 @@ wins from then on (call it before graph capture: it allocates and synchronises).
 from __future__ import annotations
 
 import math
+import os
 import statistics
+import time
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +35,9 @@ MAX_NORM_K = 16384  # norm_linear holds a whole row in registers for its statist
 SMS = 132  # H100 SXM; the heuristic only needs the order of magnitude
 
 # (BLOCK_N, BLOCK_K, num_warps) that tune() times; each compiles once per op and dtype
-CANDIDATE_CONFIGS = [(1, 2048, 4), (2, 1024, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4)]
+CANDIDATE_CONFIGS = [
+    (1, 2048, 4), (2, 1024, 4), (4, 512, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4), (16, 512, 8),
+]  # fmt: skip
 # K-long vectors each op's prologue reloads per K step (norm: residual, h, norm_w; act: gate, up)
 _PROLOGUE_VECTORS = {"linear": 0, "norm_linear": 3, "act_linear": 2}
 _TUNED: dict[tuple[str, int, int, torch.dtype], tuple[int, int, int]] = {}
@@ -174,7 +179,7 @@ def gemv_config(N: int, K: int, elem_bytes: int, vectors: int = 0) -> tuple[int,
 
 def _config(op: str, N: int, K: int, dtype: torch.dtype) -> tuple[int, int, int]:
     """tune()'s choice for this shape, else the heuristic; BLOCK_K never past next_pow2(K)."""
-    config = _TUNED.get((op, N, K, dtype))
+    config = _TUNED.get((op, N, K, dtype)) if tuning_enabled() else None
     if config is None and INTERPRETING:
         # NumPy runs the programs one after another: a few big ones (the tests plant GPU-like blocks)
         return min(64, next_pow2(N)), max(16, min(512, next_pow2(K))), 4
@@ -270,6 +275,22 @@ def linear_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- tuning (GPU only)
+
+
+def tuning_enabled() -> bool:
+    """RUNTIME_GEMV_TUNE=0 launches the heuristic's blocks even where tune() chose others."""
+    return os.environ.get("RUNTIME_GEMV_TUNE", "1") != "0"
+
+
+def tune_shapes(shapes: Iterable[tuple[str, int, int]], dtype: torch.dtype, device) -> float:
+    """tune() each (op, N, K) of a model not tuned yet in this process (before its graphs are
+    captured: tuning allocates and synchronises). Returns the seconds spent."""
+    start = time.perf_counter()
+    if tuning_enabled():
+        for op, N, K in dict.fromkeys(shapes):
+            if (op, N, K, dtype) not in _TUNED:
+                tune(op, N, K, dtype, device)
+    return time.perf_counter() - start
 
 
 def _time_us(fn, warmup: int = 3, reps: int = 20) -> float:

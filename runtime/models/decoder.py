@@ -187,6 +187,16 @@ class DecoderLM(nn.Module):
         # Gemma's sqrt(hidden) is rounded to the weight dtype before it scales the embeddings
         self.embed_scale = torch.tensor(self.spec.embed_scale, dtype=self.dtype).item()
 
+    def gemv_shapes(self) -> list[tuple[str, int, int]]:
+        """(op, N, K) of each batch-1 GEMV a decode step runs (what fused_linear.tune_shapes takes)."""
+        s = self.spec
+        return [
+            ("norm_linear", s.q_size + 2 * s.kv_size, s.hidden),  # qkv
+            ("linear", s.hidden, s.q_size),  # o_proj
+            ("norm_linear", 2 * s.intermediate, s.hidden),  # gate_up
+            ("act_linear", s.hidden, s.intermediate),  # down
+        ]
+
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)
         return x * self.embed_scale if self.spec.embed_scale != 1.0 else x
