@@ -167,6 +167,7 @@ def main() -> None:
     ap.add_argument("--profiled", type=int, default=20)
     ap.add_argument("--model", action="append", help="repeatable; default: the three dev models")
     ap.add_argument("--ab", action="store_true", help="also compare the kernel settings (SETTINGS)")
+    ap.add_argument("--no-profile", action="store_true", help="with --ab: skip the per-kernel profile")
     ap.add_argument(
         "--best-from", help="print the RUNTIME_KERNELS_OFF of the fastest setting in an --ab JSON"
     )
