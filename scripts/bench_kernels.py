@@ -9,7 +9,7 @@ time of these ops on the decoder's path (layers x (2 add+norm, fused q/k-norm + 
 + attention, activation) + 1 norm), at each live length.
 At batch 1 the fused GEMVs (fused_linear.py) are timed too, against what the decoder runs today: the
 Triton add+norm / activation kernel, then cuBLAS F.linear (or F.linear alone); their GB/s is the
-weight's bytes / time (--tune runs fused_linear.tune first; the shape then names the chosen blocks).
+weight's bytes / time (--tune runs gemv_tuning.tune first; the shape then names the chosen blocks).
 Scope: not in the per-step estimate are the matrix products, the embedding, the LM head and sampling.
 Prints a markdown table last; --out writes the rows as JSON.
 """
@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from runtime.kernels.activation import gated_act_ref, gated_act_triton
 from runtime.kernels.decode_attention import decode_attention_ref, decode_attention_triton
-from runtime.kernels.fused_linear import act_linear_triton, linear_triton, norm_linear_triton, tune
+from runtime.kernels.fused_linear import act_linear_triton, linear_triton, norm_linear_triton
+from runtime.kernels.gemv_tuning import tune
 from runtime.kernels.qkv_attention import qkv_decode_attention_ref, qkv_decode_attention_triton
 from runtime.kernels.qkv_rope import qkv_rope_to_cache_ref, qkv_rope_to_cache_triton
 from runtime.kernels.rmsnorm import add_rms_norm_ref, add_rms_norm_triton, rms_norm_ref, rms_norm_triton

@@ -38,8 +38,8 @@ from runtime.kernels.fused_linear import (
     linear_triton,
     norm_linear_ref,
     norm_linear_triton,
-    tune,
 )
+from runtime.kernels.gemv_tuning import tune, tune_shapes
 from runtime.kernels.rmsnorm import rms_norm_ref
 
 # the interpreter evaluates sigmoid's exp(-x) in NumPy, which warns on overflow (the result is right)
@@ -334,7 +334,7 @@ def test_untuned_setting_ignores_tuned_blocks(monkeypatch):
     assert fl._config("linear", 100, 64, torch.bfloat16) == (2, 32, 4)
     monkeypatch.setenv("RUNTIME_GEMV_TUNE", "0")
     assert fl._config("linear", 100, 64, torch.bfloat16) == gemv_config(100, 64, 2, 0)
-    assert fl.tune_shapes([("linear", 100, 64)], torch.bfloat16, "cpu") < 1.0  # nothing to do off CUDA
+    assert tune_shapes([("linear", 100, 64)], torch.bfloat16, "cpu") < 1.0  # nothing to do off CUDA
 
 
 # ---------------------------------------------------------------- the interpreter subset, from the parent

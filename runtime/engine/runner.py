@@ -18,7 +18,7 @@ from graphs.pool import GraphPool
 from runtime.engine.sampler import SamplingParams, sample
 from runtime.engine.state import DecodeBuffers, KVCache, kv_cache_bytes
 from runtime.errors import RuntimeUserError
-from runtime.kernels import fused_linear, ops
+from runtime.kernels import gemv_tuning, ops
 from runtime.models.loader import LoadedModel, oom_message
 
 VARIANTS = ("greedy", "topk", "sample")
@@ -68,9 +68,7 @@ class Runner:
         self.tune_s = 0.0
         if self.mode == "graph":
             if ops.enabled("linear", self.model.embed.weight):  # pick the GEMV blocks on this card
-                self.tune_s = fused_linear.tune_shapes(
-                    self.model.gemv_shapes(), self.model.dtype, self.device
-                )
+                self.tune_s = gemv_tuning.tune_shapes(self.model.gemv_shapes(), self.model.dtype, self.device)
             self._capture()
 
     # graph: everything below `_step` is captured; it touches only fixed-address tensors

@@ -8,26 +8,24 @@ Three ops fold them into the product (W is nn.Linear's (N, K), row-major; no bia
 The kernel recomputes the prologue chunk by chunk in the references' rounding (see rmsnorm.py and
 activation.py, whose jit helpers it shares), so it differs from them only by the order of fp32 sums.
 The Triton entry points take one row (leading dims whose product is 1); more rows take the reference
-(prefill, batched decode: cuBLAS GEMM is the right tool there).
+here, and ops.py sends them to the prologue kernels and cuBLAS (prefill, batched decode: cuBLAS GEMM
+is the right tool there).
 
 Launch: grid (cdiv(N, BLOCK_N),); each program owns BLOCK_N output rows, streams their W rows in
 (BLOCK_N, BLOCK_K) tiles and keeps a (BLOCK_N, BLOCK_K) fp32 accumulator, reduced once at the end.
-gemv_config picks the blocks from the shape; tune() times CANDIDATE_CONFIGS on the GPU and its choice
-wins from then on (call it before graph capture: it allocates and synchronises).
+gemv_config picks the blocks from the shape; gemv_tuning.tune() times CANDIDATE_CONFIGS on the GPU
+and its choice wins from then on (call it before graph capture: it allocates and synchronises).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import statistics
-import time
-from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 
-from runtime.kernels._triton import AVAILABLE, INTERPRETING, cdiv, jit, next_pow2, tl
+from runtime.kernels._triton import INTERPRETING, cdiv, jit, next_pow2, tl
 from runtime.kernels.activation import ACTIVATIONS, _gated, gated_act_ref
 from runtime.kernels.rmsnorm import _apply_norm, _inv_rms, add_rms_norm_ref, rms_norm_ref
 
@@ -274,70 +272,9 @@ def linear_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y
 
 
-# ---------------------------------------------------------------- tuning (GPU only)
+# ---------------------------------------------------------------- which blocks to launch
 
 
 def tuning_enabled() -> bool:
     """RUNTIME_GEMV_TUNE=0 launches the heuristic's blocks even where tune() chose others."""
     return os.environ.get("RUNTIME_GEMV_TUNE", "1") != "0"
-
-
-def tune_shapes(shapes: Iterable[tuple[str, int, int]], dtype: torch.dtype, device) -> float:
-    """tune() each (op, N, K) of a model not tuned yet in this process (before its graphs are
-    captured: tuning allocates and synchronises). Returns the seconds spent."""
-    start = time.perf_counter()
-    if tuning_enabled():
-        for op, N, K in dict.fromkeys(shapes):
-            if (op, N, K, dtype) not in _TUNED:
-                tune(op, N, K, dtype, device)
-    return time.perf_counter() - start
-
-
-def _time_us(fn, warmup: int = 3, reps: int = 20) -> float:
-    """Median device microseconds of fn, L2 flushed before each call (a decode step's weights come
-    from HBM). The flush also keeps the GPU busy while the CPU enqueues fn, so launch cost is not timed."""
-    flush = torch.empty(64 << 20, dtype=torch.int32, device="cuda")  # 256 MB > L2
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        flush.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return 1000.0 * statistics.median(times)
-
-
-def tune(op_name: str, N: int, K: int, dtype: torch.dtype, device) -> tuple[int, int, int]:
-    """The fastest of CANDIDATE_CONFIGS and the heuristic for op_name at (N, K), remembered for the
-    launches. Off CUDA (or without compiled Triton) a no-op that returns the heuristic."""
-    heuristic = gemv_config(N, K, dtype.itemsize, _PROLOGUE_VECTORS[op_name])
-    if torch.device(device).type != "cuda" or not AVAILABLE or INTERPRETING:
-        return heuristic
-    key = (op_name, N, K, dtype)
-    weight = torch.randn(N, K, device=device, dtype=dtype) / math.sqrt(K)
-    vec = torch.randn(2 * K, device=device, dtype=dtype)
-    norm_w = torch.randn(K, device=device, dtype=dtype)
-    y = torch.empty(N, device=device, dtype=dtype)
-    res_out = torch.empty(K, device=device, dtype=dtype)
-    # the decoder's common case per op: norm with a residual add, offset 0
-    args = {
-        "linear": (_NONE, vec[:K], None, None, None),
-        "norm_linear": (_NORM, vec[:K], vec[K:], norm_w, res_out),
-        "act_linear": (_ACT, vec, None, None, None),
-    }[op_name]
-    prologue, x, res, nw, ro = args
-    timings = {}
-    for config in dict.fromkeys([heuristic, *CANDIDATE_CONFIGS]):
-        config = (config[0], max(16, min(config[1], next_pow2(K))), config[2])
-        if config in timings:
-            continue
-        timings[config] = _time_us(
-            lambda c=config: _launch(prologue, x, res, nw, None, weight, y, ro, 1e-6, 0.0, False, c)
-        )
-    best = min(timings, key=timings.get)
-    _TUNED[key] = best
-    return best

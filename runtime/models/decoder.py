@@ -188,7 +188,7 @@ class DecoderLM(nn.Module):
         self.embed_scale = torch.tensor(self.spec.embed_scale, dtype=self.dtype).item()
 
     def gemv_shapes(self) -> list[tuple[str, int, int]]:
-        """(op, N, K) of each batch-1 GEMV a decode step runs (what fused_linear.tune_shapes takes)."""
+        """(op, N, K) of each batch-1 GEMV a decode step runs (what gemv_tuning.tune_shapes takes)."""
         s = self.spec
         return [
             ("norm_linear", s.q_size + 2 * s.kv_size, s.hidden),  # qkv
