@@ -33,7 +33,8 @@ torch.cuda.synchronize(); t2 = time.perf_counter()
 runner = Runner(loaded, capacity=4096, max_batch=int(sys.argv[2]), mode="graph")
 torch.cuda.synchronize(); t3 = time.perf_counter()
 print(json.dumps({"torch_import_and_cuda_init_s": round(t1 - t0, 2), "runtime_imports_s": round(t1b - t1, 2),
-                  "load_s": round(t2 - t1b, 2), "capture_s": round(t3 - t2, 2), "graphs": len(runner.pool.stats),
+                  "load_s": round(t2 - t1b, 2), **loaded.load_parts, "capture_s": round(t3 - t2, 2),
+                  "tune_s": round(runner.tune_s, 2), "graphs": len(runner.pool.stats),
                   "load_plus_capture_s": round(t3 - t1, 2), "total_s": round(t3 - t0, 2)}))
 """
 

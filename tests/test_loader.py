@@ -42,6 +42,9 @@ def test_folder_matches_transformers(tmp_path, tied):
     hf = _save_hf(tmp_path, tied=tied)
     loaded = load_model(str(tmp_path), device="cpu", dtype="float32")
     assert loaded.weights == "checkpoint"
+    # the start-up breakdown covers the load: config, weights, tokenizer
+    assert set(loaded.load_parts) == {"config_s", "weights_s", "tokenizer_s"}
+    assert sum(loaded.load_parts.values()) == pytest.approx(loaded.load_s, abs=0.01)
     ids = torch.randint(3, 256, (1, 7))
     with torch.no_grad():
         assert (_logits(loaded, ids) - hf(ids).logits).abs().max() < 1e-4

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ class LoadedModel:
     stop_ids: tuple[int, ...]
     weights: str  # checkpoint | random: what was actually loaded
     load_s: float
+    # seconds per part of load_s (config, weights, tokenizer): where a slow start-up goes
+    load_parts: dict[str, float] = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -146,6 +148,7 @@ def load_model(
             warnings.warn(f"{e}\n-> using RANDOM weights for {model_id} (shape-only numbers)", stacklevel=2)
     config_path = folder if folder is not None else _random_config(model_id)
     spec = ModelSpec.from_hf(_hf_config(config_path))
+    parts = {"config_s": time.perf_counter() - start}
     if spec.family == "gemma3" and torch_dtype == torch.float16:
         raise RuntimeUserError("Gemma 3 overflows in float16; use --dtype bfloat16 (or float32)")
     try:
@@ -160,8 +163,10 @@ def load_model(
                 f"loading the weights of {model_id}", need, device, "free the GPU or use a smaller dtype"
             )
         ) from e
+    parts["weights_s"] = time.perf_counter() - start - parts["config_s"]
     # random weights keep the tokenizer of a config folder that has one (text in, shapes only)
     tokenizer = _tokenizer(folder if folder is not None else config_path if config_path.is_dir() else None)
+    parts["tokenizer_s"] = time.perf_counter() - start - parts["config_s"] - parts["weights_s"]
     return LoadedModel(
         model_id=model_id,
         model=model,
@@ -170,4 +175,5 @@ def load_model(
         stop_ids=_stop_ids(folder, spec),
         weights="checkpoint" if folder is not None else "random",
         load_s=time.perf_counter() - start,
+        load_parts={k: round(v, 3) for k, v in parts.items()},
     )
