@@ -8,8 +8,8 @@ passed in (runtime/engine/state.py), and sampling happens elsewhere. Two entry p
 Each residual add and norm is folded into the projection that follows it (ops.norm_linear: the
 add, the norm and the matrix product in one kernel at batch 1), the gated activation into the
 down projection (ops.act_linear), and in decode the q/k-norm, rope, KV-cache write and attention
-are one op (ops.qkv_decode_attention). With more rows than one the ops fall back to their
-references: add + norm, then cuBLAS.
+are one op (ops.qkv_decode_attention). With more rows than one (prefill, batch buckets) these
+ops run unfused: the norm or activation kernel, then cuBLAS.
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ class KVCacheLike(Protocol):
 
 
 class RMSNorm(nn.Module):
+    """One RMSNorm's weight (dim,), eps and offset; the ops that fold it into their work apply it."""
+
     def __init__(self, dim: int, eps: float, offset: float):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(dim), requires_grad=False)
         self.eps, self.offset = eps, offset
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.rms_norm(x, self.weight, self.eps, self.offset)
 
 
 class Attention(nn.Module):
