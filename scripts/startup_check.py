@@ -6,6 +6,7 @@
    them), load_model(folder) and a Runner capturing every bucket up to --max-batch (3 variants
    each). Prints one JSON line with each part's seconds; load_plus_capture_s counts from after
    the CUDA context (imports included).
+   One child per --loaders value (RUNTIME_LOADER: safetensors' reader, or the staged one).
 The files were just written, so they come from the page cache: a cold disk adds its read time.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -57,21 +59,23 @@ def main() -> None:
     ap.add_argument("--model", default="meta-llama/Llama-3.2-1B-Instruct")
     ap.add_argument("--folder", default="/tmp/startup-checkpoint")
     ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--loaders", default="safetensors,staged", help="RUNTIME_LOADER values, one child each")
     args = ap.parse_args()
     folder = Path(args.folder)
     if not list(folder.glob("*.safetensors")):
         print(f"wrote {folder} in {write_checkpoint(args.model, folder):.1f} s", file=sys.stderr)
-    child = subprocess.run(
-        [sys.executable, "-c", CHILD, str(folder), str(args.max_batch)], capture_output=True, text=True
-    )
-    if child.returncode:
-        sys.exit(child.stderr[-3000:])
-    row = {
-        "model": args.model,
-        "max_batch": args.max_batch,
-        **json.loads(child.stdout.strip().splitlines()[-1]),
-    }
-    print(json.dumps(row))
+    for loader in args.loaders.split(","):
+        env = dict(os.environ, RUNTIME_LOADER=loader)
+        child = subprocess.run(
+            [sys.executable, "-c", CHILD, str(folder), str(args.max_batch)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if child.returncode:
+            sys.exit(child.stderr[-3000:])
+        times = json.loads(child.stdout.strip().splitlines()[-1])
+        print(json.dumps({"model": args.model, "loader": loader, "max_batch": args.max_batch, **times}))
 
 
 if __name__ == "__main__":
