@@ -39,7 +39,6 @@ from runtime.kernels.qkv_rope import (
 )
 from runtime.kernels.rmsnorm import add_rms_norm_ref, add_rms_norm_triton, rms_norm_ref, rms_norm_triton
 from runtime.kernels.rope import apply_rope_ref
-from runtime.kernels.topk import top_candidates_ref, top_candidates_triton
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -81,7 +80,6 @@ qkv_rope_to_cache = _dispatch("qkv_rope_to_cache")
 decode_attention = _dispatch("decode_attention")
 qkv_decode_attention = _dispatch("qkv_decode_attention")
 argmax_checked = _dispatch("argmax_checked")
-top_candidates = _dispatch("top_candidates")
 
 
 def add_rms_norm(

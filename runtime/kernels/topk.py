@@ -183,7 +183,8 @@ def supported(x: torch.Tensor, k: int) -> bool:
 
 def top_candidates_triton(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as top_candidates_ref for float32 x and a power-of-two k <= CHUNK (other
-    cases take the reference)."""
+    cases take the reference). The decode step samples through sample_topk_triton; this entry
+    writes the candidates out, so tests can check the shared stages (keys, merge rounds) exactly."""
     if not supported(x, k):
         return top_candidates_ref(x, k)
     x = x if x.stride(-1) == 1 else x.contiguous()
