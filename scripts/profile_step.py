@@ -10,7 +10,8 @@ the GEMM kernels' time), against the copy bandwidth measured in the same process
 --ab also times the greedy and the "topk" sampled step (temperature 0.8, top-k 50, top-p 0.9)
 under each kernel setting of SETTINGS, one runner after another in this process, so the
 settings compare on the same card (RUNTIME_KERNELS_OFF names ops forced to their references,
-RUNTIME_GEMV_TUNE=0 keeps the heuristic GEMV blocks).
+RUNTIME_GEMV_TUNE=0 keeps the heuristic GEMV blocks, RUNTIME_PDL=0 launches without programmatic
+dependent launch, RUNTIME_ATTN_MERGE=separate merges attention partials in a second launch).
 Prints one markdown table per model (top kernels) and the summary tables last; --out writes JSON.
 """
 
@@ -31,13 +32,18 @@ from runtime.engine.sampler import SamplingParams
 from runtime.models.loader import load_model
 
 ARCHS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
-_ALL_NEW = "norm_linear,act_linear,linear,argmax_checked,sample_topk"
+_UNFUSED = "norm_linear,act_linear,linear,lm_head"
 SETTINGS = {  # name -> the environment the runner is built (captured) under
     "default": {},
-    "untuned GEMV blocks": {"RUNTIME_GEMV_TUNE": "0"},
-    "no fused GEMV": {"RUNTIME_KERNELS_OFF": "norm_linear,act_linear,linear"},
-    "no sampling kernels": {"RUNTIME_KERNELS_OFF": "argmax_checked,sample_topk"},
-    "previous session": {"RUNTIME_KERNELS_OFF": _ALL_NEW},
+    "no PDL": {"RUNTIME_PDL": "0"},
+    "attention merge in a second launch": {"RUNTIME_ATTN_MERGE": "separate"},
+    "cuBLAS LM head": {"RUNTIME_KERNELS_OFF": "lm_head"},
+    "previous session": {
+        "RUNTIME_PDL": "0",
+        "RUNTIME_ATTN_MERGE": "separate",
+        "RUNTIME_KERNELS_OFF": "lm_head",
+    },
+    "no fused GEMV": {"RUNTIME_KERNELS_OFF": _UNFUSED},
 }
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 

@@ -125,6 +125,25 @@ def test_norm_linear(poisoned, monkeypatch, lead, K, N, dtype, config, offset, m
     assert_gemv_close(y, rms_norm_ref(want_res, norm_w, EPS, offset), weight)
 
 
+@kernel_test
+@pytest.mark.parametrize("K,N,dtype,config", cases(
+    full=[(2048, 128256, BF16, None), (1152, 262144, BF16, None), (2048, 151936, BF16, (16, 512, 8)), (77, 1000, F16, None)],
+    small=[(1152, 300, BF16, (8, 128, 4)), (77, 100, F16, None)],
+))  # fmt: skip
+def test_norm_linear_float32_logits(poisoned, monkeypatch, K, N, dtype, config):
+    """The LM head: out_dtype float32 stores the product rounded to the weights' dtype, then widened,
+    as F.linear(...).float() does (sampling sees the same logits as the unfused path)."""
+    planted(monkeypatch, "lm_head", N, K, dtype, config)
+    h, residual = rand(1, K, dtype=dtype), rand(1, K, dtype=dtype, scale=4.0)
+    norm_w, weight = rand(K, dtype=dtype), rand(N, K, dtype=dtype, scale=K**-0.5)
+    y, _ = norm_linear_triton(h, residual, norm_w, EPS, 0.0, None, weight, torch.float32)
+    want, _ = norm_linear_ref(h, residual, norm_w, EPS, 0.0, None, weight, torch.float32)
+    assert y.dtype == want.dtype == torch.float32 and y.shape == want.shape
+    assert torch.equal(y, y.to(dtype).float())  # every value is one of the weights' dtype
+    _, want_res = norm_linear_ref(h, residual, norm_w, EPS, 0.0, None, weight)
+    assert_gemv_close(y.to(dtype), rms_norm_ref(want_res, norm_w, EPS, 0.0), weight)
+
+
 # (leading dims, I, N, dtype, config): gate_up is (..., 2I), W (N, I)
 ACT_CASES = cases(
     full=[((1, 1), 8192, 2048, BF16, None), ((1, 1), 6144, 2048, BF16, None), ((1, 1), 6912, 1152, BF16, None),
@@ -324,6 +343,7 @@ def test_gemv_shapes_are_the_decoders_weights():
             layer.attn.o_proj.weight,
             layer.mlp.gate_up.weight,
             layer.mlp.down.weight,
+            model.lm_head_weight,
         ]
         assert [(n, k) for _, n, k in model.gemv_shapes()] == [tuple(w.shape) for w in weights]
 

@@ -243,8 +243,13 @@ QKV_ATTN_CASES = cases(
 
 
 @kernel_test
+@pytest.mark.parametrize("merge", ["last", "separate"])
 @pytest.mark.parametrize("B,H,Hkv,D,S,ring,norm,offset,dtype,splits", QKV_ATTN_CASES)
-def test_qkv_decode_attention(poisoned, B, H, Hkv, D, S, ring, norm, offset, dtype, splits):
+def test_qkv_decode_attention(
+    poisoned, monkeypatch, merge, B, H, Hkv, D, S, ring, norm, offset, dtype, splits
+):
+    """merge: the last split program merges the partials (one launch), or a second launch does."""
+    monkeypatch.setenv("RUNTIME_ATTN_MERGE", merge)
     qkv = rand(B, 1, (H + 2 * Hkv) * D, dtype=dtype)
     # rows at the first position, at the last slot, and random (wrapped for a ring)
     positions = torch.randint(0, 3 * S if ring else S, (B,))
@@ -266,6 +271,10 @@ def test_qkv_decode_attention(poisoned, B, H, Hkv, D, S, ring, norm, offset, dty
     got = qkv_decode_attention_triton(*args, k_got, v_got, positions, D**-0.5, num_splits=splits)
     want = qkv_decode_attention_ref(*args, k_want, v_want, positions, D**-0.5)
     assert_matches(got, want, dtype, scale=3.0)  # softmax weights are rounded to the dtype before P @ V
+    if merge == "last":  # every launch leaves the arrival counters at zero, so the next one merges too
+        assert not qkv_attention_mod._COUNTERS[got.device].any()
+        again = qkv_decode_attention_triton(*args, k_got, v_got, positions, D**-0.5, num_splits=splits)
+        torch.testing.assert_close(again, got, atol=0, rtol=0)
     # the new token's k and v are in the cache; every other live slot is untouched
     live = ~(torch.arange(S, device=DEVICE)[None, :] >= lengths[:, None])
     for c_got, c_want in ((k_got, k_want), (v_got, v_want)):

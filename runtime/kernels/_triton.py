@@ -8,9 +8,12 @@ kernel files import Triton through here: without it `jit` leaves the function un
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
+
+import torch
 
 try:
     import triton
@@ -21,6 +24,11 @@ except ImportError:  # the references still work
     triton = None
     tl = None
     AVAILABLE = False
+
+try:  # griddepcontrol (programmatic dependent launch): sm_90 and later, Triton >= 3.3
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:
+    gdc_launch_dependents = gdc_wait = None
 
 
 def _index_fix_for_interpreter() -> None:
@@ -52,6 +60,45 @@ def jit(fn: Callable[..., Any]) -> Any:
     return triton.jit(fn) if AVAILABLE else fn
 
 
+# ---------------------------------------------------------------- programmatic dependent launch
+# A decode step is a chain of small kernels; between two of them the card idles while the first
+# drains and the second is launched and ramps up. Launched with PDL, a kernel's programs may start
+# while the kernel before it still runs: they load what no earlier kernel writes (weights) and
+# then wait (griddepcontrol.wait) until the previous kernel has finished and its writes are
+# visible. Each PDL kernel waits before it reads an activation or writes anything, and lets the
+# next kernel launch only after its own wait, so at most two kernels overlap and every kernel
+# still sees all earlier writes (the previous kernel itself waited for the one before). Kernels
+# launched without PDL (cuBLAS, torch) keep the usual full serialisation on both sides.
+
+
+@functools.lru_cache(maxsize=8)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def pdl(device: torch.device) -> dict[str, bool]:
+    """Launch arguments for a kernel that takes a `PDL: tl.constexpr` and calls pdl_wait: PDL on
+    CUDA cards of compute capability >= 9.0 (Hopper, Blackwell) unless RUNTIME_PDL=0 (read at
+    every call, so one process can A/B it); elsewhere (older cards, the CPU interpreter) off."""
+    on = (
+        gdc_wait is not None
+        and not INTERPRETING
+        and device.type == "cuda"
+        and os.environ.get("RUNTIME_PDL", "1") != "0"
+        and _capability(device.index if device.index is not None else torch.cuda.current_device()) >= (9, 0)
+    )
+    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
+
+
+@jit
+def pdl_wait(PDL: tl.constexpr):
+    """Wait for the previous kernel (its writes are visible after this), then let the next one
+    launch. Call before the first load of an activation and before any store."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -60,4 +107,4 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["AVAILABLE", "INTERPRETING", "cdiv", "jit", "next_pow2", "tl", "triton"]
+__all__ = ["AVAILABLE", "INTERPRETING", "cdiv", "jit", "next_pow2", "pdl", "pdl_wait", "tl", "triton"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from runtime.kernels._triton import cdiv, jit, next_pow2, tl
+from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
 
 ACTIVATIONS = ("silu", "gelu_tanh")
 
@@ -37,8 +37,11 @@ def _gated(gate, up, GELU: tl.constexpr):
 
 
 @jit
-def _gated_act_kernel(x_ptr, out_ptr, inter, x_stride, GELU: tl.constexpr, BLOCK: tl.constexpr):
+def _gated_act_kernel(
+    x_ptr, out_ptr, inter, x_stride, GELU: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr
+):
     # grid (rows, cdiv(I, BLOCK)): each program turns BLOCK gate and BLOCK up values into BLOCK outputs
+    pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inter
@@ -60,6 +63,13 @@ def gated_act_triton(gate_up: torch.Tensor, activation: str) -> torch.Tensor:
     block = 1024 if inter >= 1024 else max(16, next_pow2(inter))
     grid = (x2.shape[0], cdiv(inter, block))
     _gated_act_kernel[grid](
-        x2, out, inter, x2.stride(0), GELU=activation == "gelu_tanh", BLOCK=block, num_warps=4
+        x2,
+        out,
+        inter,
+        x2.stride(0),
+        GELU=activation == "gelu_tanh",
+        BLOCK=block,
+        num_warps=4,
+        **pdl(x2.device),
     )
     return out

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from runtime.kernels._triton import cdiv, jit, next_pow2, tl
+from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
 
 CHUNK = 4096  # logits per stage-1 program: 32 programs for a 128k vocabulary, 64 for 262k
 # larger than any index: the neutral element of the "first index" minimum (a constexpr, so kernels may read it)
@@ -26,8 +26,11 @@ def argmax_checked_ref(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 
 @jit
-def _partial_kernel(x_ptr, max_ptr, idx_ptr, nan_ptr, vocab, x_stride, parts, CHUNK: tl.constexpr):
+def _partial_kernel(
+    x_ptr, max_ptr, idx_ptr, nan_ptr, vocab, x_stride, parts, CHUNK: tl.constexpr, PDL: tl.constexpr
+):
     # grid (B, parts): program (b, p) reduces logits [p * CHUNK, (p + 1) * CHUNK) of row b
+    pdl_wait(PDL)
     row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)
     cols = part * CHUNK + tl.arange(0, CHUNK)
     x = tl.load(x_ptr + row * x_stride + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
@@ -42,9 +45,10 @@ def _partial_kernel(x_ptr, max_ptr, idx_ptr, nan_ptr, vocab, x_stride, parts, CH
 
 
 @jit
-def _merge_kernel(max_ptr, idx_ptr, nan_ptr, ids_ptr, bad_ptr, parts, BLOCK: tl.constexpr):
+def _merge_kernel(max_ptr, idx_ptr, nan_ptr, ids_ptr, bad_ptr, parts, BLOCK: tl.constexpr, PDL: tl.constexpr):
     # grid (B,): the partials of one row; parts are in index order, so the smallest index among
     # the parts holding the maximum is the row's first maximum
+    pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     p = tl.arange(0, BLOCK)
     live = p < parts
@@ -67,8 +71,12 @@ def argmax_checked_triton(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     maxes = torch.empty((B, parts), dtype=torch.float32, device=x.device)
     firsts = torch.empty((B, parts), dtype=torch.int64, device=x.device)
     nans = torch.empty((B, parts), dtype=torch.int32, device=x.device)
-    _partial_kernel[(B, parts)](x, maxes, firsts, nans, vocab, x.stride(0), parts, CHUNK=CHUNK, num_warps=8)
+    _partial_kernel[(B, parts)](
+        x, maxes, firsts, nans, vocab, x.stride(0), parts, CHUNK=CHUNK, num_warps=8, **pdl(x.device)
+    )
     ids = torch.empty(B, dtype=torch.int64, device=x.device)
     bad = torch.empty(B, dtype=torch.bool, device=x.device)
-    _merge_kernel[(B,)](maxes, firsts, nans, ids, bad, parts, BLOCK=max(16, next_pow2(parts)), num_warps=1)
+    _merge_kernel[(B,)](
+        maxes, firsts, nans, ids, bad, parts, BLOCK=max(16, next_pow2(parts)), num_warps=1, **pdl(x.device)
+    )
     return ids, bad

@@ -117,6 +117,39 @@ def _split_kernel(
 
 
 @jit
+def merge_head(
+    acc_ptr, ml_ptr, bh, n_live, n_splits, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr
+):
+    """The n_live partials of row-and-head bh (= b * H + head) merged -> (BLOCK_D,) fp32 output.
+    Loads skip L1 (.cg): other programs of the same launch may have written the partials."""
+    p = tl.arange(0, BLOCK_P)
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < D
+    m_run = tl.max(tl.full([BLOCK_P], float("-inf"), tl.float32), axis=0)
+    l_run = tl.sum(tl.zeros([BLOCK_P], tl.float32), axis=0)
+    o = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(0, n_live, BLOCK_P):
+        idx = start + p
+        ok = idx < n_live
+        row = bh.to(tl.int64) * n_splits + idx
+        m = tl.load(ml_ptr + row * 2, mask=ok, other=float("-inf"), cache_modifier=".cg")
+        part_l = tl.load(ml_ptr + row * 2 + 1, mask=ok, other=0.0, cache_modifier=".cg")
+        part = tl.load(
+            acc_ptr + row[:, None] * D + d[None, :],
+            mask=ok[:, None] & d_ok[None, :],
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        m_new = tl.maximum(m_run, tl.max(m, axis=0))
+        keep = tl.exp2(m_run - m_new)
+        w = tl.exp2(m - m_new)  # 0 for the masked rows (m = -inf)
+        l_run = l_run * keep + tl.sum(w * part_l, axis=0)
+        o = o * keep + tl.sum(w[:, None] * part, axis=0)
+        m_run = m_new
+    return o / l_run
+
+
+@jit
 def _combine_kernel(
     acc_ptr,
     ml_ptr,
@@ -141,27 +174,9 @@ def _combine_kernel(
     else:
         length = tl.load(len_ptr + b).to(tl.int32)
     n_live = tl.minimum(tl.cdiv(length, BLOCK_N), n_splits)  # splits that wrote a partial
-    p = tl.arange(0, BLOCK_P)
+    out = merge_head(acc_ptr, ml_ptr, bh, n_live, n_splits, D, BLOCK_D, BLOCK_P)
     d = tl.arange(0, BLOCK_D)
-    d_ok = d < D
-    m_run = tl.max(tl.full([BLOCK_P], float("-inf"), tl.float32), axis=0)
-    l_run = tl.sum(tl.zeros([BLOCK_P], tl.float32), axis=0)
-    o = tl.zeros([BLOCK_D], tl.float32)
-    for start in range(0, n_live, BLOCK_P):
-        idx = start + p
-        ok = idx < n_live
-        row = bh.to(tl.int64) * n_splits + idx
-        m = tl.load(ml_ptr + row * 2, mask=ok, other=float("-inf"))
-        part_l = tl.load(ml_ptr + row * 2 + 1, mask=ok, other=0.0)
-        part = tl.load(acc_ptr + row[:, None] * D + d[None, :], mask=ok[:, None] & d_ok[None, :], other=0.0)
-        m_new = tl.maximum(m_run, tl.max(m, axis=0))
-        keep = tl.exp2(m_run - m_new)
-        w = tl.exp2(m - m_new)  # 0 for the masked rows (m = -inf)
-        l_run = l_run * keep + tl.sum(w * part_l, axis=0)
-        o = o * keep + tl.sum(w[:, None] * part, axis=0)
-        m_run = m_new
-    out = o / l_run
-    tl.store(out_ptr + b.to(tl.int64) * o_sb + head * o_sh + d, out.to(out_ptr.dtype.element_ty), mask=d_ok)
+    tl.store(out_ptr + b.to(tl.int64) * o_sb + head * o_sh + d, out.to(out_ptr.dtype.element_ty), mask=d < D)
 
 
 @functools.lru_cache(maxsize=8)
@@ -225,6 +240,11 @@ def decode_attention_triton(
     return out
 
 
+def merge_block(head_dim: int, splits: int) -> int:
+    """Partials merged per step of merge_head: a (BLOCK_P, BLOCK_D) fp32 tile of <= 4096 values."""
+    return min(16 if head_dim > 128 else 32, max(16, next_pow2(splits)))
+
+
 def merge_partials(
     acc: torch.Tensor,
     ml: torch.Tensor,
@@ -240,6 +260,6 @@ def merge_partials(
     block_d = max(16, next_pow2(D))
     _combine_kernel[(B * H,)](
         acc, ml, lengths, out, H, splits, n_slots, out.stride(0), out.stride(1),
-        D=D, BLOCK_D=block_d, BLOCK_P=min(16 if D > 128 else 32, max(16, next_pow2(splits))), BLOCK_N=block_n,
+        D=D, BLOCK_D=block_d, BLOCK_P=merge_block(D, splits), BLOCK_N=block_n,
         FROM_POSITIONS=from_positions, num_warps=4,
     )  # fmt: skip

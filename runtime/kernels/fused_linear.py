@@ -25,7 +25,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from runtime.kernels._triton import INTERPRETING, cdiv, jit, next_pow2, tl
+from runtime.kernels._triton import INTERPRETING, cdiv, jit, next_pow2, pdl, pdl_wait, tl
 from runtime.kernels.activation import ACTIVATIONS, _gated, gated_act_ref
 from runtime.kernels.rmsnorm import _apply_norm, _inv_rms, add_rms_norm_ref, rms_norm_ref
 
@@ -37,7 +37,8 @@ CANDIDATE_CONFIGS = [
     (1, 2048, 4), (2, 1024, 4), (4, 512, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4), (16, 512, 8),
 ]  # fmt: skip
 # K-long vectors each op's prologue reloads per K step (norm: residual, h, norm_w; act: gate, up)
-_PROLOGUE_VECTORS = {"linear": 0, "norm_linear": 3, "act_linear": 2}
+# ("lm_head": norm_linear with a wider output dtype, the float32 logits, compiled and tuned apart)
+_PROLOGUE_VECTORS = {"linear": 0, "norm_linear": 3, "act_linear": 2, "lm_head": 3}
 _TUNED: dict[tuple[str, int, int, torch.dtype], tuple[int, int, int]] = {}
 
 _NONE, _NORM, _ACT = 0, 1, 2  # the kernel's PROLOGUE
@@ -54,14 +55,17 @@ def norm_linear_ref(
     offset: float,
     pre_w: torch.Tensor | None,
     weight: torch.Tensor,
+    out_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h, residual (..., K), weight (N, K) -> (linear(rms_norm(residual + h')), residual + h') with
-    h' = h or rms_norm(h, pre_w); h None (first layer): nothing to add, the residual comes back as is."""
+    h' = h or rms_norm(h, pre_w); h None (first layer): nothing to add, the residual comes back as is.
+    out_dtype (the LM head's float32): the product in the weights' dtype, then cast."""
     if h is None:
         normed, new_residual = rms_norm_ref(residual, norm_w, eps, offset), residual
     else:
         normed, new_residual = add_rms_norm_ref(h, residual, norm_w, eps, offset, pre_w)
-    return F.linear(normed, weight), new_residual
+    y = F.linear(normed, weight)
+    return (y if out_dtype is None else y.to(out_dtype)), new_residual
 
 
 def act_linear_ref(gate_up: torch.Tensor, activation: str, weight: torch.Tensor) -> torch.Tensor:
@@ -75,6 +79,30 @@ def linear_ref(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- the kernel
+
+
+@jit
+def _input_chunk(
+    x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre,
+    PROLOGUE: tl.constexpr, OFFSET: tl.constexpr, HAS_H: tl.constexpr, HAS_PRE: tl.constexpr, GELU: tl.constexpr,
+):  # fmt: skip
+    """The GEMV's input at columns `cols` (BLOCK_K,), in the dtype, with the prologue applied."""
+    if PROLOGUE == 1:
+        # the normed chunk again, from L2, in the reference's rounding
+        s = tl.load(res_ptr + cols, mask=mask, other=0.0)
+        if HAS_H:
+            h = tl.load(x_ptr + cols, mask=mask, other=0.0)
+            if HAS_PRE:
+                h = _apply_norm(h, inv_pre, pre_w_ptr, cols, mask, OFFSET).to(h.dtype)
+            s = (s.to(tl.float32) + h.to(tl.float32)).to(s.dtype)
+        x = _apply_norm(s, inv, norm_w_ptr, cols, mask, OFFSET).to(s.dtype)
+    elif PROLOGUE == 2:
+        gate = tl.load(x_ptr + cols, mask=mask, other=0.0)
+        up = tl.load(x_ptr + K + cols, mask=mask, other=0.0)
+        x = _gated(gate, up, GELU).to(gate.dtype)
+    else:
+        x = tl.load(x_ptr + cols, mask=mask, other=0.0)
+    return x
 
 
 @jit
@@ -97,6 +125,7 @@ def _gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     # x: the input row (K,) (norm: h; act: gate_up (2K,)); W (N, K); y (N,). Program p owns rows
     # [p * BLOCK_N, (p + 1) * BLOCK_N); int64 row offsets since N * K may pass 2^31
@@ -104,7 +133,21 @@ def _gemv_kernel(
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
     w_rows = w_ptr + rows.to(tl.int64)[:, None] * K  # (BLOCK_N, 1)
+    # W is read once per step: don't let it push the activations out of L2. The first tile is
+    # loaded before the wait: no kernel writes weights, so under PDL this load overlaps the
+    # previous kernel's tail (for the small projections, most of the weight is in flight then)
+    cols = tl.arange(0, BLOCK_K)
+    mask = cols < K
+    w = tl.load(
+        w_rows + cols[None, :],
+        mask=row_mask[:, None] & mask[None, :],
+        other=0.0,
+        eviction_policy="evict_first",
+    )
+    pdl_wait(PDL)
 
+    inv = 0.0
+    inv_pre = 0.0
     if PROLOGUE == 1:
         # row statistics over the whole of K (BLOCK >= K): s = residual + h' in the dtype, its 1 / rms,
         # and h's own 1 / rms for the sandwich norm (names differ from the loop's, which would be loop-carried)
@@ -121,26 +164,17 @@ def _gemv_kernel(
                 tl.store(res_out_ptr + row_cols, s_row, mask=row_mask_k)
         inv = _inv_rms(s_row, K, eps)
 
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)  # summed over K once, after the loop
-    for k0 in range(0, K, BLOCK_K):
+    x = _input_chunk(
+        x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU
+    )  # fmt: skip
+    # (BLOCK_N, BLOCK_K), summed over K once, after the loop
+    acc = w.to(tl.float32) * x.to(tl.float32)[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         mask = cols < K
-        if PROLOGUE == 1:
-            # the normed chunk again, from L2, in the reference's rounding
-            s = tl.load(res_ptr + cols, mask=mask, other=0.0)
-            if HAS_H:
-                h = tl.load(x_ptr + cols, mask=mask, other=0.0)
-                if HAS_PRE:
-                    h = _apply_norm(h, inv_pre, pre_w_ptr, cols, mask, OFFSET).to(h.dtype)
-                s = (s.to(tl.float32) + h.to(tl.float32)).to(s.dtype)
-            x = _apply_norm(s, inv, norm_w_ptr, cols, mask, OFFSET).to(s.dtype)
-        elif PROLOGUE == 2:
-            gate = tl.load(x_ptr + cols, mask=mask, other=0.0)
-            up = tl.load(x_ptr + K + cols, mask=mask, other=0.0)
-            x = _gated(gate, up, GELU).to(gate.dtype)
-        else:
-            x = tl.load(x_ptr + cols, mask=mask, other=0.0)
-        # W is read once per step: don't let it push the activations out of L2
+        x = _input_chunk(
+            x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU
+        )  # fmt: skip
         w = tl.load(
             w_rows + cols[None, :],
             mask=row_mask[:, None] & mask[None, :],
@@ -149,7 +183,8 @@ def _gemv_kernel(
         )
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     y = tl.sum(acc, axis=1)
-    tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_mask)
+    # rounded to the weights' dtype first, as F.linear(...).to(y's dtype) rounds (float32 logits)
+    tl.store(y_ptr + rows, y.to(w_ptr.dtype.element_ty).to(y_ptr.dtype.element_ty), mask=row_mask)
 
 
 # ---------------------------------------------------------------- launch configuration
@@ -210,7 +245,7 @@ def _launch(prologue, x, res, norm_w, pre_w, weight, y, res_out, eps, offset, ge
         norm_w if norm_w is not None else dummy, pre_w if pre_w is not None else dummy,
         weight, y, res_out if res_out is not None else y, N, K, eps,
         PROLOGUE=prologue, OFFSET=float(offset), HAS_H=x is not None, HAS_PRE=pre_w is not None, GELU=gelu,
-        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK=block, num_warps=num_warps,
+        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK=block, num_warps=num_warps, **pdl(weight.device),
     )  # fmt: skip
 
 
@@ -225,21 +260,22 @@ def norm_linear_triton(
     offset: float,
     pre_w: torch.Tensor | None,
     weight: torch.Tensor,
+    out_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as norm_linear_ref (one dtype throughout); one kernel for one row, the reference
     for more rows or K > MAX_NORM_K."""
     K = residual.shape[-1]
     if not one_row(residual) or K > MAX_NORM_K:
-        return norm_linear_ref(h, residual, norm_w, eps, offset, pre_w, weight)
+        return norm_linear_ref(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype)
     N = weight.shape[0]
-    y = torch.empty((*residual.shape[:-1], N), dtype=weight.dtype, device=weight.device)
+    y = torch.empty((*residual.shape[:-1], N), dtype=out_dtype or weight.dtype, device=weight.device)
     new_residual = (
         residual if h is None else torch.empty_like(residual, memory_format=torch.contiguous_format)
     )
     _launch(
         _NORM, _row(h) if h is not None else None, _row(residual), norm_w, pre_w, weight, y,
         new_residual if h is not None else None, eps, offset, False,
-        _config("norm_linear", N, K, weight.dtype),
+        _config("norm_linear" if y.dtype == weight.dtype else "lm_head", N, K, weight.dtype),
     )  # fmt: skip
     return y, new_residual
 

@@ -68,12 +68,13 @@ def tune(op_name: str, N: int, K: int, dtype: torch.dtype, device) -> tuple[int,
     weight = torch.randn(N, K, device=device, dtype=dtype) / math.sqrt(K)
     vec = torch.randn(2 * K, device=device, dtype=dtype)
     norm_w = torch.randn(K, device=device, dtype=dtype)
-    y = torch.empty(N, device=device, dtype=dtype)
+    y = torch.empty(N, device=device, dtype=torch.float32 if op_name == "lm_head" else dtype)
     res_out = torch.empty(K, device=device, dtype=dtype)
     # the decoder's common case per op: norm with a residual add, offset 0
     args = {
         "linear": (_NONE, vec[:K], None, None, None),
         "norm_linear": (_NORM, vec[:K], vec[K:], norm_w, res_out),
+        "lm_head": (_NORM, vec[:K], vec[K:], norm_w, res_out),
         "act_linear": (_ACT, vec, None, None, None),
     }[op_name]
     prologue, x, res, nw, ro = args

@@ -110,17 +110,22 @@ def norm_linear(
     offset: float,
     pre_w: torch.Tensor | None,
     weight: torch.Tensor,
+    out_dtype: torch.dtype | None = None,
+    name: str = "norm_linear",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (linear(rms_norm(residual + h')), residual + h'), h' = h or rms_norm(h, pre_w); h None:
-    no add (the residual comes back as it is). Chosen on `residual`, since h may be None."""
+    no add (the residual comes back as it is). Chosen on `residual`, since h may be None.
+    out_dtype: the product's dtype after rounding to the weights' (the LM head's float32 logits);
+    name: the op name RUNTIME_KERNELS_OFF knows this call by ("lm_head" for the LM head)."""
     same = all(t.dtype == weight.dtype for t in (h, residual, norm_w, pre_w) if t is not None)
-    if same and one_row(residual) and enabled("norm_linear", residual):
-        return norm_linear_triton(h, residual, norm_w, eps, offset, pre_w, weight)
+    if same and one_row(residual) and enabled(name, residual):
+        return norm_linear_triton(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype)
     if h is None:
         normed, new_residual = rms_norm(residual, norm_w, eps, offset), residual
     else:
         normed, new_residual = add_rms_norm(h, residual, norm_w, eps, offset, pre_w)
-    return F.linear(normed, weight), new_residual
+    y = F.linear(normed, weight)
+    return (y if out_dtype is None else y.to(out_dtype)), new_residual
 
 
 def act_linear(gate_up: torch.Tensor, activation: str, weight: torch.Tensor) -> torch.Tensor:

@@ -16,13 +16,16 @@ program reads what another writes. # graph: grid fixed by shapes, no host reads.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
-from runtime.kernels._triton import INTERPRETING, jit, next_pow2, tl
+from runtime.kernels._triton import INTERPRETING, jit, next_pow2, pdl, pdl_wait, tl
 from runtime.kernels.decode_attention import (
     block_dot,
     decode_attention_ref,
+    merge_block,
+    merge_head,
     merge_partials,
     split_plan,
     split_warps,
@@ -65,6 +68,8 @@ def _qkv_split_kernel(
     v_ptr,
     acc_ptr,
     ml_ptr,
+    out_ptr,
+    count_ptr,
     qk_scale,
     eps,
     n_heads,
@@ -79,6 +84,7 @@ def _qkv_split_kernel(
     v_sb,
     v_sh,
     v_ss,
+    o_sb,
     G: tl.constexpr,
     BLOCK_G: tl.constexpr,
     D: tl.constexpr,
@@ -88,7 +94,11 @@ def _qkv_split_kernel(
     QK_NORM: tl.constexpr,
     OFFSET: tl.constexpr,
     DOT_F32: tl.constexpr,
+    MERGE: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_wait(PDL)
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // n_kv_heads
@@ -166,6 +176,41 @@ def _qkv_split_kernel(
     tl.store(acc_ptr + out_row[:, None] * D + d[None, :], acc, mask=g_ok[:, None] & d_ok[None, :])
     tl.store(ml_ptr + out_row * 2, m_i, mask=g_ok)
     tl.store(ml_ptr + out_row * 2 + 1, l_i, mask=g_ok)
+    if MERGE:
+        # the last of the n_live programs of this (row, kv head) to finish merges the partials of
+        # its G heads; the barrier puts all of this program's stores before its release
+        tl.debug_barrier()
+        finished = tl.atomic_add(count_ptr + bh, 1, sem="acq_rel", scope="gpu")
+        if finished == tl.minimum(n_blocks, n_splits) - 1:
+            tl.store(count_ptr + bh, 0)  # ready for the next launch: every other program has counted
+            for gi in range(G):
+                head = (b * n_kv_heads + h) * G + gi  # b * H + the head's index
+                out = merge_head(
+                    acc_ptr, ml_ptr, head, tl.minimum(n_blocks, n_splits), n_splits, D, BLOCK_D, BLOCK_P
+                )
+                dst = out_ptr + b.to(tl.int64) * o_sb + (h * G + gi) * D + d
+                tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=d_ok)
+
+
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _arrival_counters(n: int, device: torch.device) -> torch.Tensor:
+    """n int32 zeros at a fixed address, shared by every launch on the device (each launch leaves
+    them at zero). First made in the warm-up before graph capture, so capture finds them."""
+    counters = _COUNTERS.get(device)
+    if counters is None or counters.numel() < n:
+        counters = _COUNTERS[device] = torch.zeros(max(n, 64), dtype=torch.int32, device=device)
+    return counters
+
+
+def merge_in_kernel() -> bool:
+    """RUNTIME_ATTN_MERGE=separate merges the split partials in a second launch (the A/B
+    baseline); by default the last split program to finish merges them."""
+    choice = os.environ.get("RUNTIME_ATTN_MERGE", "last") or "last"
+    if choice not in ("last", "separate"):
+        raise ValueError(f"RUNTIME_ATTN_MERGE={choice!r}: choose last or separate")
+    return choice == "last"
 
 
 def qkv_decode_attention_triton(
@@ -184,7 +229,8 @@ def qkv_decode_attention_triton(
     scale: float,
     num_splits: int | None = None,
 ) -> torch.Tensor:
-    """Same contract as qkv_decode_attention_ref; two launches (split + merge).
+    """Same contract as qkv_decode_attention_ref; one launch (the last program of each row and kv
+    head merges the partials), or two with RUNTIME_ATTN_MERGE=separate.
     num_splits overrides P (tests use it to force many partials on short caches)."""
     B, T, width = qkv.shape
     _, Hkv, S, D = k_cache.shape
@@ -205,15 +251,19 @@ def qkv_decode_attention_triton(
     acc = torch.empty((B, heads, splits, D), dtype=torch.float32, device=qkv.device)
     ml = torch.empty((B, heads, splits, 2), dtype=torch.float32, device=qkv.device)
     out = torch.empty((B, heads, D), dtype=qkv.dtype, device=qkv.device)
+    merge = merge_in_kernel()
+    counters = _arrival_counters(B * Hkv, qkv.device) if merge else ml
     norm = q_weight is not None
     _qkv_split_kernel[(B * Hkv, splits)](
         qkv2, q_weight if norm else qkv2, k_weight if norm else qkv2, cos2, sin2, positions, k_cache, v_cache,
-        acc, ml, scale * math.log2(math.e), eps, heads, Hkv, splits, S, qkv2.stride(0), D,
+        acc, ml, out, counters, scale * math.log2(math.e), eps, heads, Hkv, splits, S, qkv2.stride(0), D,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
-        v_cache.stride(2),
+        v_cache.stride(2), out.stride(0),
         G=G, BLOCK_G=max(16, next_pow2(G)), D=D, HALF_BLOCK=max(16, next_pow2(D // 2)),
         BLOCK_D=max(16, next_pow2(D)), BLOCK_N=block_n, QK_NORM=norm, OFFSET=float(offset),
-        DOT_F32=INTERPRETING, num_warps=split_warps(D, k_cache.element_size()), num_stages=2,
+        DOT_F32=INTERPRETING, MERGE=merge, BLOCK_P=merge_block(D, splits),
+        num_warps=split_warps(D, k_cache.element_size()), num_stages=2, **pdl(qkv.device),
     )  # fmt: skip
-    merge_partials(acc, ml, positions, out, block_n, S, from_positions=True)
+    if not merge:
+        merge_partials(acc, ml, positions, out, block_n, S, from_positions=True)
     return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from runtime.kernels._triton import jit, next_pow2, tl
+from runtime.kernels._triton import jit, next_pow2, pdl, pdl_wait, tl
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
@@ -84,8 +84,10 @@ def _rms_norm_kernel(
     HAS_RES: tl.constexpr,
     HAS_PRE: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     # one program per row; the whole row (N <= BLOCK) lives in registers
+    pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -118,7 +120,7 @@ def _launch(x, residual, weight, pre_weight, eps, offset, out_dtype):
         x2, res2, weight, pre_weight if pre_weight is not None else weight, out, res_out,
         n, eps, x2.stride(0), res2.stride(0), n, n,
         OFFSET=float(offset), HAS_RES=residual is not None, HAS_PRE=pre_weight is not None,
-        BLOCK=block, num_warps=min(max(block // 512, 1), 8),
+        BLOCK=block, num_warps=min(max(block // 512, 1), 8), **pdl(x.device),
     )  # fmt: skip
     return out, res_out
 

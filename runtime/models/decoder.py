@@ -7,7 +7,7 @@ passed in (runtime/engine/state.py), and sampling happens elsewhere. Two entry p
       positions read from a device tensor, no host sync.
 Each residual add and norm is folded into the projection that follows it (ops.norm_linear: the
 add, the norm and the matrix product in one kernel at batch 1), the gated activation into the
-down projection (ops.act_linear), and in decode the q/k-norm, rope, KV-cache write and attention
+down projection (ops.act_linear), the final norm into the LM head, and in decode the q/k-norm, rope, KV-cache write and attention
 are one op (ops.qkv_decode_attention). With more rows than one (prefill, batch buckets) these
 ops run unfused: the norm or activation kernel, then cuBLAS.
 """
@@ -147,13 +147,6 @@ def _norm_linear(
     return (y if linear.bias is None else y + linear.bias), x
 
 
-def _add_norm(
-    h: torch.Tensor, x: torch.Tensor, norm: RMSNorm, pre: RMSNorm | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """x + pre(h) -> (norm(x + pre(h)), x + pre(h)) in one op; pre is Gemma's sandwich norm, or None."""
-    return ops.add_rms_norm(h, x, norm.weight, norm.eps, norm.offset, None if pre is None else pre.weight)
-
-
 class DecoderLM(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -194,31 +187,35 @@ class DecoderLM(nn.Module):
             ("linear", s.hidden, s.q_size),  # o_proj
             ("norm_linear", 2 * s.intermediate, s.hidden),  # gate_up
             ("act_linear", s.hidden, s.intermediate),  # down
+            ("lm_head", s.vocab, s.hidden),  # the final norm + LM head, float32 logits
         ]
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)
         return x * self.embed_scale if self.spec.embed_scale != 1.0 else x
 
-    def _logits(self, normed: torch.Tensor) -> torch.Tensor:
-        """normed (..., hidden), after the final norm -> float32 logits (..., V)."""
-        logits = torch.nn.functional.linear(normed, self.lm_head_weight).float()
+    def _logits(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The last layer's MLP output h and the residual x (..., hidden) -> float32 logits (..., V):
+        the final add and norm ride in the LM head (one kernel for one row, like the projections)."""
+        pre = self.layers[-1].mlp_out_norm
+        logits, _ = ops.norm_linear(
+            h, x, self.norm.weight, self.norm.eps, self.norm.offset, None if pre is None else pre.weight,
+            self.lm_head_weight, out_dtype=torch.float32, name="lm_head",
+        )  # fmt: skip
         if self.spec.final_softcap:
             logits = torch.tanh(logits / self.spec.final_softcap) * self.spec.final_softcap
         return logits
 
-    def _run(self, x: torch.Tensor, positions: torch.Tensor, attend, last_only: bool = False) -> torch.Tensor:
-        """x (B, T, hidden) embeddings -> final-normed hidden states (B, T, hidden), or (B, 1,
-        hidden) of the last position only with last_only."""
+    def _run(self, x: torch.Tensor, positions: torch.Tensor, attend) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, hidden) embeddings -> (residual stream, last layer's MLP output), (B, T, hidden)
+        each, before the final add and norm (which _logits folds into the LM head)."""
         tables = [rope_cos_sin(positions, inv, x.dtype) for inv in self.inv_freqs]  # once per step
         h = None
         for i, layer in enumerate(self.layers):
             cos, sin = tables[self.rope_index[i]]
             prev = self.layers[i - 1].mlp_out_norm if i else None
             x, h = layer(x, h, prev, lambda attn, qkv, cos=cos, sin=sin: attend(attn, qkv, cos, sin))
-        if last_only:
-            x, h = x[:, -1:], h[:, -1:]
-        return _add_norm(h, x, self.norm, self.layers[-1].mlp_out_norm)[0]
+        return x, h
 
     @torch.inference_mode()
     def prefill(
@@ -228,20 +225,19 @@ class DecoderLM(nn.Module):
         Returns float32 logits (1, V) of the last position, or (1, T, V) with all_logits."""
         T = tokens.shape[1]
         positions = torch.arange(start, start + T, device=tokens.device)[None]
-        normed = self._run(
+        x, h = self._run(
             self._embed(tokens),
             positions,
             lambda attn, qkv, cos, sin: attn.prefill(qkv, cos, sin, cache, row, start),
-            last_only=not all_logits,
         )
-        return self._logits(normed if all_logits else normed[:, -1])
+        return self._logits(h, x) if all_logits else self._logits(h[:, -1], x[:, -1])
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCacheLike) -> torch.Tensor:
         """tokens (B,), positions (B,) -> float32 logits (B, V).  # graph: capture-safe"""
-        normed = self._run(
+        x, h = self._run(
             self._embed(tokens[:, None]),
             positions[:, None],
             lambda attn, qkv, cos, sin: attn.decode(qkv, cos, sin, cache, positions),
         )
-        return self._logits(normed[:, 0])
+        return self._logits(h[:, 0], x[:, 0])

@@ -1,0 +1,84 @@
+"""GPU: where the time to first token goes, per dev architecture (random weights, bf16).
+
+For each prompt length: the wall time of Runner.prefill (what the bench's TTFT measures: the
+prefill, the first pick and its host sync), median of --reps, then one profiled prefill: the sum
+of kernel device times (busy) and the top kernels. wall >> busy means the host (Python launches)
+is the bound; wall ~ busy means the kernels are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from runtime.engine.runner import Runner
+from runtime.models.loader import load_model
+
+ARCHS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
+
+
+def prefill_ms(runner: Runner, ids: list[int], reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        runner.prefill(0, ids, 0, "greedy")  # ends in a host sync (the first token)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def profiled(runner: Runner, ids: list[int]) -> tuple[float, list]:
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        runner.prefill(0, ids, 0, "greedy")
+        torch.cuda.synchronize()
+    us, calls = defaultdict(float), defaultdict(int)
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA and ev.device_time > 0:
+            us[ev.name] += ev.device_time
+            calls[ev.name] += 1
+    top = sorted(([k, round(t, 1), calls[k]] for k, t in us.items()), key=lambda r: -r[1])
+    return sum(us.values()) / 1e3, top
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", action="append", help="repeatable; default: the three dev models")
+    ap.add_argument("--lengths", default="128,1024")
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    lengths = [int(n) for n in args.lengths.split(",")]
+    rows = []
+    for model_id in args.model or ARCHS:
+        loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
+        runner = Runner(loaded, capacity=max(lengths) + 64, max_batch=1, mode="graph")
+        for n in lengths:
+            ids = torch.randint(3, loaded.spec.vocab - 1, (n,)).tolist()
+            prefill_ms(runner, ids, 2)  # warm-up: kernel compiles, allocator
+            wall = prefill_ms(runner, ids, args.reps)
+            busy, top = profiled(runner, ids)
+            rows.append({"model": model_id, "prompt": n, "wall_ms": round(wall, 3), "busy_ms": round(busy, 3),
+                         "launches": sum(c for _, _, c in top), "top": top[:12]})  # fmt: skip
+            print(f"\n### {model_id}, {n} tokens: wall {wall:.2f} ms, kernels {busy:.2f} ms")
+            print("| kernel | us | n |\n|---|---|---|")
+            for name, t, c in top[:12]:
+                print(f"| {name[:90]} | {t:.1f} | {c} |")
+        runner.release()
+        del runner, loaded
+        torch.cuda.empty_cache()
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=2)
+    print("\n| model | prompt | TTFT wall ms | kernel busy ms | launches |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['prompt']} | {r['wall_ms']:.2f} | {r['busy_ms']:.2f} | {r['launches']} |")
+
+
+if __name__ == "__main__":
+    main()
