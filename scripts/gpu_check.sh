@@ -17,13 +17,13 @@ for stage in $STAGES; do
     env) nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/env.txt"
          python3 -c "import torch, triton, transformers; print(torch.__version__, torch.version.cuda, triton.__version__, transformers.__version__)" | tee -a "$OUT/env.txt" ;;
     kernels) python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tee "$OUT/tests_kernels.log" | tail -8 ;;
-    tests) python3 -m pytest -q -m cuda -p no:cacheprovider tests/ --deselect tests/test_kernels.py 2>&1 | tee "$OUT/tests_cuda.log" | tail -12 ;;
+    tests) timeout "${TESTS_S:-300}" python3 -m pytest -q -m cuda -p no:cacheprovider tests/ --deselect tests/test_kernels.py 2>&1 | tee "$OUT/tests_cuda.log" | tail -12 ;;
     hf) python3 scripts/check_vs_transformers.py --out "$OUT/vs_transformers.json" 2>&1 | tee "$OUT/vs_transformers.log" | grep '^{' ;;
     diag) python3 scripts/diag_loop.py 2>&1 | grep -v -i warn | tee "$OUT/diag_loop.log" ;;
     graph) RUNTIME_KERNELS=torch python3 scripts/bench_graph.py --out "$OUT/graph_torch.json" 2>&1 | tee "$OUT/graph_torch.log" | tail -5
            python3 scripts/bench_graph.py --out "$OUT/graph_triton.json" 2>&1 | tee "$OUT/graph_triton.log" | tail -5 ;;
     newkernels) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_fused_linear.py tests/test_kernels_sampling.py \
-                  tests/test_kernels.py -k "${NEW_K:-not interpreter and (fused or sampl or argmax or top or model_logits or dispatch or norm or act)}" 2>&1 | tee "$OUT/tests_new_kernels.log" | tail -8 ;;
+                  tests/test_kernels.py -k "${NEW_K:-not interpreter and (fused or sampl or argmax or top or model_logits or dispatch or norm or act or qkv_decode)}" 2>&1 | tee "$OUT/tests_new_kernels.log" | tail -8 ;;
     # same-process A/B of the kernel settings (greedy and topk step), then the goal rows under the fastest
     ab) python3 scripts/profile_step.py --ab ${AB_FLAGS:-} --steps 150 --profiled 10 --out "$OUT/profile.json" 2>&1 | tee "$OUT/profile.log" | tail -40 ;;
     goals) best=$(python3 scripts/profile_step.py --best-from "$OUT/profile_ab.json" 2>/dev/null); echo "fastest setting: $best"
@@ -31,6 +31,7 @@ for stage in $STAGES; do
              | tee "$OUT/goals.log" | grep -v '^{' | tail -45
            mkdir -p "$OUT/goals" && cp "results/${GOALS_DIR:-goals}"/*.{json,jsonl,md,csv} "$OUT/goals/" 2>/dev/null ;;
     startup) timeout 120 python3 scripts/startup_check.py 2>&1 | tee "$OUT/startup.log" | tail -3 ;;
+    prefill) timeout 150 python3 scripts/profile_prefill.py --out "$OUT/profile_prefill.json" 2>&1 | tee "$OUT/profile_prefill.log" | tail -6 ;;
     profile) python3 scripts/profile_step.py --out "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile_step.log" | tail -60 ;;
     kbench) python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 | tee "$OUT/bench_kernels.log" | tail -30 ;;
     chat) python3 scripts/chat_gpu_check.py "${CHAT_ARGS[@]}" 2>&1 | tee "$OUT/chat.log" | tail -8 ;;
