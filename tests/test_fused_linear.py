@@ -190,7 +190,7 @@ def test_linear(poisoned, monkeypatch, lead, K, N, dtype, config):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(INTERPRET, reason="tune times compiled kernels on the GPU")
-@pytest.mark.parametrize("op", ["norm_linear", "act_linear", "linear"])
+@pytest.mark.parametrize("op", ["norm_linear", "act_linear", "linear", "lm_head"])
 def test_tune_on_the_gpu_picks_a_candidate_the_launch_then_uses(monkeypatch, op):
     monkeypatch.setattr(fl, "_TUNED", {})
     N, K, dtype = 1536, 1152, BF16
@@ -201,10 +201,10 @@ def test_tune_on_the_gpu_picks_a_candidate_the_launch_then_uses(monkeypatch, op)
         rand(1, 2 * K if op == "act_linear" else K, dtype=dtype),
         rand(N, K, dtype=dtype, scale=K**-0.5),
     )
-    if op == "norm_linear":
+    if op in ("norm_linear", "lm_head"):
         norm_w = rand(K, dtype=dtype)
-        y, _ = norm_linear_triton(None, x, norm_w, EPS, 0.0, None, weight)
-        assert_gemv_close(y, rms_norm_ref(x, norm_w, EPS), weight)
+        y, _ = norm_linear_triton(None, x, norm_w, EPS, 0.0, None, weight, F32 if op == "lm_head" else None)
+        assert_gemv_close(y.to(dtype), rms_norm_ref(x, norm_w, EPS), weight)
     elif op == "act_linear":
         assert_gemv_close(act_linear_triton(x, "silu", weight), gated_act_ref(x, "silu"), weight)
     else:
