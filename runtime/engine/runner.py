@@ -4,17 +4,21 @@ The decode step reads tokens and positions from the static buffers and writes th
 position back into them, so the host only enqueues replays. Three variants per batch bucket:
 "greedy" (argmax), "topk" (sampling among the best TOPK_CANDIDATES logits, exact for top-k
 settings up to that size) and "sample" (a full sort, any setting); all are captured at start-up,
-before any request, so capture never disturbs a live cache.
+before any request, so capture never disturbs a live cache. A prompt from position 0 replays a
+prefill graph of its length bucket (runtime/engine/prefill_graphs.py), captured on first use: its
+warm-up and capture write only the cache row being prefilled.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
 
 from graphs.buckets import bucket_for, make_buckets
 from graphs.pool import GraphPool
+from runtime.engine.prefill_graphs import PrefillGraphs
 from runtime.engine.sampler import SamplingParams, sample
 from runtime.engine.state import DecodeBuffers, KVCache, kv_cache_bytes
 from runtime.errors import RuntimeUserError
@@ -70,6 +74,10 @@ class Runner:
             if ops.enabled("linear", self.model.embed.weight):  # pick the GEMV blocks on this card
                 self.tune_s = gemv_tuning.tune_shapes(self.model.gemv_shapes(), self.model.dtype, self.device)
             self._capture()
+        # prompts from position 0 replay a graph per length bucket (RUNTIME_PREFILL_GRAPHS=0: eager)
+        self.prefill_graphs: PrefillGraphs | None = None
+        if self.mode == "graph" and os.environ.get("RUNTIME_PREFILL_GRAPHS", "1") != "0":
+            self.prefill_graphs = PrefillGraphs(self.model, self.cache, self.capacity, self.device)
 
     # graph: everything below `_step` is captured; it touches only fixed-address tensors
     def _step(self, key: tuple[int, str]) -> None:
@@ -147,7 +155,9 @@ class Runner:
         ids = torch.tensor(tokens, dtype=torch.int64, device=self.device)
         buf = self.buffers
         buf.seen[row].scatter_(0, ids, True)
-        logits = self.model.prefill(ids[None], self.cache, row=row, start=start)  # (1, V)
+        logits = self.prefill_graphs.run(row, ids) if start == 0 and self.prefill_graphs else None
+        if logits is None:
+            logits = self.model.prefill(ids[None], self.cache, row=row, start=start)  # (1, V)
         end = torch.tensor([start + len(tokens)], device=self.device)
         first = self._next_token(logits, end, slice(row, row + 1), variant)
         if not torch.isfinite(logits).all():
@@ -161,3 +171,6 @@ class Runner:
         if self.pool is not None:
             self.pool.release()
             self.pool = None
+        if self.prefill_graphs is not None:
+            self.prefill_graphs.release()
+            self.prefill_graphs = None

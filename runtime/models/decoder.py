@@ -1,8 +1,10 @@
 """DecoderLM: one decoder for every supported family, parametrised by ModelSpec.
 
 Q/K/V and gate/up are packed into one matrix each. The model owns weights only: the KV cache is
-passed in (runtime/engine/state.py), and sampling happens elsewhere. Two entry points:
+passed in (runtime/engine/state.py), and sampling happens elsewhere. Three entry points:
   prefill(tokens (1, T), cache, row, start) -> logits, eager, one cache row, variable T
+  prefill_padded(tokens (1, T), n, cache, row) -> logits, a fresh row from position 0, graph-safe:
+      T is the length bucket, n (device) the prompt's length, the rest padding
   decode(tokens (B,), positions (B,), cache) -> logits (B, V), graph-safe: shapes fixed by B,
       positions read from a device tensor, no host sync.
 Each residual add and norm is folded into the projection that follows it (ops.norm_linear: the
@@ -90,6 +92,22 @@ class Attention(nn.Module):
         )
         return ops.linear(out.transpose(1, 2).reshape(1, T, -1), self.o_proj.weight)
 
+    def prefill_padded(
+        self, qkv, cos, sin, cache: KVCacheLike, row: torch.Tensor, n: torch.Tensor
+    ) -> torch.Tensor:
+        """qkv (1, T, q + 2 kv) at positions [0, T), of which the first n[0] are the prompt and the
+        rest padding; row (1,) and n (1,) on the device.  # graph: no host reads, shapes fixed by T
+        Causal attention never lets a prompt token see the padding after it; the cache write keeps
+        the padding out of every slot the decode steps will read (write_prompt_kv)."""
+        T = qkv.shape[1]
+        q, k, v = ops.qkv_rope(qkv, self.heads, self.kv_heads, cos, sin, *self._qk_args())
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (1, H|Hkv, T, D)
+        write_prompt_kv(cache.k[self.layer], k, row, n)
+        write_prompt_kv(cache.v[self.layer], v, row, n)
+        pos = torch.arange(T, device=qkv.device)
+        out = ops.prefill_attention(q, k, v, pos, pos, self.scale, self.window, from_start=True)
+        return ops.linear(out.transpose(1, 2).reshape(1, T, -1), self.o_proj.weight)
+
     def decode(self, qkv, cos, sin, cache: KVCacheLike, positions: torch.Tensor) -> torch.Tensor:
         """qkv (B, 1, q + 2 kv); positions (B,) on the device.  # graph: no host reads
         One op from the packed qkv row: q/k-norm, rope, k and v into cache slot positions % S (the
@@ -101,6 +119,23 @@ class Attention(nn.Module):
             qkv, self.heads, self.kv_heads, cos, sin, *qk, k_cache, v_cache, positions, self.scale
         )  # (B, H, D)
         return ops.linear(out.reshape(B, 1, -1), self.o_proj.weight)
+
+
+def write_prompt_kv(cache: torch.Tensor, kv: torch.Tensor, row: torch.Tensor, n: torch.Tensor) -> None:
+    """kv (1, Hkv, T, D) of positions [0, T), the first n[0] real, into cache (B_max, Hkv, S, D)
+    row row[0], slot = position % S.  # graph: row and n stay on the device
+    T <= S: positions [0, T) go to slots [0, T); the padding's slots lie past the live length, and
+    each decode step writes its slot before reading it. T > S (a ring shorter than the prompt):
+    positions [n - S, n), the last S real ones; those below 0 land in slots [n, S), past the
+    live length too."""
+    _, Hkv, S, D = cache.shape
+    T = kv.shape[2]
+    pos = torch.arange(min(T, S), device=kv.device)
+    if T > S:
+        pos = pos + (n - S)
+    slots = torch.remainder(pos, S)
+    flat = (row * Hkv + torch.arange(Hkv, device=kv.device)[:, None]) * S + slots[None, :]  # (Hkv, L)
+    cache.view(-1, D).index_copy_(0, flat.reshape(-1), kv[0][:, pos.clamp(min=0)].reshape(-1, D))
 
 
 class MLP(nn.Module):
@@ -231,6 +266,22 @@ class DecoderLM(nn.Module):
             lambda attn, qkv, cos, sin: attn.prefill(qkv, cos, sin, cache, row, start),
         )
         return self._logits(h, x) if all_logits else self._logits(h[:, -1], x[:, -1])
+
+    @torch.inference_mode()
+    def prefill_padded(
+        self, tokens: torch.Tensor, n: torch.Tensor, cache: KVCacheLike, row: torch.Tensor
+    ) -> torch.Tensor:
+        """tokens (1, T) at positions [0, T) of cache row row[0], of which the first n[0] are the
+        prompt and the rest padding -> float32 logits (1, V) of position n[0] - 1. The same result
+        as prefill(tokens[:, :n], cache, row) for a fresh row.  # graph: capture-safe per T"""
+        T = tokens.shape[1]
+        x, h = self._run(
+            self._embed(tokens),
+            torch.arange(T, device=tokens.device)[None],
+            lambda attn, qkv, cos, sin: attn.prefill_padded(qkv, cos, sin, cache, row, n),
+        )
+        last = n - 1
+        return self._logits(h.index_select(1, last)[:, 0], x.index_select(1, last)[:, 0])
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCacheLike) -> torch.Tensor:
