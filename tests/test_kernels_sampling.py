@@ -10,6 +10,7 @@ from kernel_testing import INTERPRET, PoisonedTorch, cases, kernel_test, needs_t
 
 from runtime.kernels import argmax as argmax_mod
 from runtime.kernels import topk as topk_mod
+from runtime.kernels._triton import jit, tl
 from runtime.kernels.argmax import argmax_checked_ref, argmax_checked_triton
 from runtime.kernels.topk import top_candidates_ref, top_candidates_triton
 
@@ -95,9 +96,9 @@ def stable_top(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("B,V,K", TOPK_CASES)
 def test_top_candidates(poisoned, monkeypatch, B, V, K, ties):
-    if INTERPRET:  # the interpreter sorts slowly: small chunks, so several parts still merge
+    if INTERPRET:  # the interpreter is slow: small rows, small chunks, so several parts still merge
         monkeypatch.setattr(topk_mod, "CHUNK", 128)
-        monkeypatch.setattr(topk_mod, "GROUP", 2)  # merge rounds on small rows too
+        monkeypatch.setattr(topk_mod, "GROUP", 2)  # 2 lists a merge (the fewest): rounds on small rows
     x = logits(B, V, ties)
     values, ids = top_candidates_triton(x, K)
     want_values, want_ids = stable_top(x, K)
@@ -110,7 +111,7 @@ def test_top_candidates(poisoned, monkeypatch, B, V, K, ties):
 def test_top_candidates_keeps_negative_and_infinite_values_in_order(poisoned, monkeypatch):
     if INTERPRET:
         monkeypatch.setattr(topk_mod, "CHUNK", 128)
-        monkeypatch.setattr(topk_mod, "GROUP", 2)  # merge rounds on small rows too
+        monkeypatch.setattr(topk_mod, "GROUP", 2)  # 2 lists a merge (the fewest): rounds on small rows
     x = -logits(2, 700).abs() - 1  # all negative: the float-to-key flip matters
     x[0, 100:200] = float("-inf")  # masked tokens
     x[1, 5] = float("inf")
@@ -124,6 +125,87 @@ def test_top_candidates_other_cases_take_the_reference():
     x = logits(1, 100)
     for k in (3, 100):  # not a power of two; the whole row
         assert torch.equal(top_candidates_triton(x, k)[0], top_candidates_ref(x, k)[0])
+
+
+@jit
+def _select_kernel(word_ptr, take_ptr, slot_ptr, N: tl.constexpr, K: tl.constexpr):
+    j = tl.arange(0, N)
+    take, slot = topk_mod._select(tl.load(word_ptr + j), K)
+    tl.store(take_ptr + j, take.to(tl.int32))
+    tl.store(slot_ptr + j, tl.where(take, slot, -1))
+
+
+@kernel_test
+@pytest.mark.parametrize("K", [1, 5, 128])
+@pytest.mark.parametrize("pattern", ["random", "extremes", "equal", "tie_at_cut", "low_bits", "two_values"])
+def test_select_takes_exactly_the_k_best_in_order(pattern, K):
+    """The selection itself: exactly K taken, the K largest value words (ties: the first
+    positions), and their slots 0..K-1 in position order, so the scatter store is a compaction."""
+    N = 1024
+    word = torch.randint(-(2**31), 2**31, (N,), dtype=torch.int64)
+    if pattern == "extremes":  # the lowest and highest words, and the sign boundary
+        word[:300] = torch.tensor([-(2**31), 2**31 - 1, -1, 0]).repeat(75)
+    elif pattern == "equal":
+        word[:] = 7
+    elif pattern == "tie_at_cut":  # a few above, a large tie group where the K-th falls
+        word = torch.where(torch.rand(N) < 0.5, 1000, word.clamp(max=999))
+        word[torch.randperm(N)[: K // 2]] = 2000
+    elif pattern == "low_bits":  # words alike but for the lowest bits: all passes, the last one clamped
+        word = 0x3F800000 + torch.randint(0, 6, (N,))
+    elif pattern == "two_values":  # words that differ in the sign bit only
+        word = torch.where(torch.rand(N) < 0.3, 5, 5 - 2**31)
+    word = word.to(torch.int32)
+    take = torch.full((N,), -7, dtype=torch.int32, device=DEVICE)
+    slot = torch.full((N,), -7, dtype=torch.int32, device=DEVICE)
+    _select_kernel[(1,)](word.to(DEVICE), take, slot, N=N, K=K)
+    # the K largest, ties towards the first position: a stable descending sort
+    want = torch.zeros(N, dtype=torch.bool)
+    want[word.sort(descending=True, stable=True).indices[:K]] = True
+    assert torch.equal(take.cpu().bool(), want)
+    assert torch.equal(slot.cpu()[want], torch.arange(K, dtype=torch.int32))
+
+
+def hard_rows(V: int, k: int) -> torch.Tensor:
+    """Rows that a wrong threshold or compaction gets wrong (6, V), each a case of its own."""
+    x = torch.randn(6, V) * 4
+    x[0] = 0.5  # all equal: the K best are ids 0..K-1
+    x[1] = x[1].clamp(max=1.0)  # a tie group of ~V/4 at the K-th place, a few distinct keys above
+    x[1, torch.randperm(V)[: k // 2]] = 2.0 + torch.rand(k // 2)
+    # values that differ in the lowest mantissa bits only, each ~V/40 times: every radix pass runs
+    # (the clamped one at bit 0 too) and the cut falls inside a tie
+    x[2] = (torch.randint(0, 40, (V,), dtype=torch.int32) + 0x3F800000).view(torch.float32)
+    x[3] = float("-inf")  # masked tokens; the few finite ones last, where a chunk has padding
+    x[3, -3:] = torch.tensor([-1.0, 3.0, -1.0])
+    x[4] = -x[4].abs() - 1  # all negative, a third -inf, and two +inf tie at the top
+    x[4, : V // 3] = float("-inf")
+    x[4, 1] = x[4, V // 2] = float("inf")
+    x[5, : 2 * k] = x[5].max() + 1  # 2K equal best keys in the first chunk: ties won by the ids
+    return x.to(DEVICE)
+
+
+def check_top(x: torch.Tensor, k: int) -> None:
+    values, ids = top_candidates_triton(x, k)
+    want_values, want_ids = stable_top(x, k)
+    for row in range(x.shape[0]):
+        assert torch.equal(values[row], want_values[row]), row
+        assert torch.equal(ids[row], want_ids[row]), row
+
+
+@kernel_test
+@pytest.mark.parametrize("K", [1, 8, 128])
+@pytest.mark.parametrize("V", [200, 2 * 4096 + 77, 3 * 4096])
+def test_top_candidates_selects_exactly(poisoned, V, K):
+    """The kernels' own chunk and group sizes: a row under one chunk (200), a last chunk with
+    fewer than K live logits (77), whole chunks; ties at the cut, -inf, all-equal rows."""
+    check_top(hard_rows(V, K), K)
+
+
+@kernel_test
+@pytest.mark.parametrize("K", [1, 16, 128, 256])  # 256: the last stage sorts instead of ranking
+def test_top_candidates_selects_exactly_through_merge_rounds(poisoned, monkeypatch, K):
+    monkeypatch.setattr(topk_mod, "CHUNK", max(K, 128))
+    monkeypatch.setattr(topk_mod, "GROUP", 2)  # 2 lists a merge (the fewest): several rounds
+    check_top(hard_rows(1500, K), K)
 
 
 @pytest.mark.skipif(INTERPRET, reason="this is the child run")
@@ -164,7 +246,7 @@ def test_sample_topk_matches_the_reference(poisoned, monkeypatch, B, V, K):
 
     if INTERPRET:
         monkeypatch.setattr(topk_mod, "CHUNK", 128)
-        monkeypatch.setattr(topk_mod, "GROUP", 2)  # merge rounds on small rows too
+        monkeypatch.setattr(topk_mod, "GROUP", 2)  # 2 lists a merge (the fewest): rounds on small rows
     x = logits(B, V)
     seen = torch.rand(B, V, device=DEVICE) < 0.3
     rows = _settings(B, [0.8, 0.0, 1.3], [K // 2, 0, 5], [0.9, 1.0, 0.5], [1.1, 1.0, 1.3])
@@ -187,7 +269,7 @@ def test_sample_topk_greedy_rows_take_the_penalised_argmax(poisoned, monkeypatch
 
     if INTERPRET:
         monkeypatch.setattr(topk_mod, "CHUNK", 128)
-        monkeypatch.setattr(topk_mod, "GROUP", 2)  # merge rounds on small rows too
+        monkeypatch.setattr(topk_mod, "GROUP", 2)  # 2 lists a merge (the fewest): rounds on small rows
     x = logits(2, 500)
     seen = torch.zeros(2, 500, dtype=torch.bool, device=DEVICE)
     seen[:, x[0].argmax()] = True
@@ -196,3 +278,28 @@ def test_sample_topk_greedy_rows_take_the_penalised_argmax(poisoned, monkeypatch
                                       candidates=16, **rows)  # fmt: skip
     want = apply_repetition_penalty(x, seen, rows["repetition_penalty"]).argmax(-1)
     assert torch.equal(got, want) and got[0] != x[0].argmax()
+
+
+@kernel_test
+@pytest.mark.parametrize("K", [1, 128])
+def test_sample_topk_on_hard_rows(poisoned, K):
+    """Greedy rows take the first penalised maximum (ties, -inf, all equal); sampling rows over
+    rows without ties at the cut match the reference token for token."""
+    from runtime.engine.sampler import sample_ref
+
+    V = 2 * 4096 + 77
+    x = hard_rows(V, K)
+    seen = torch.zeros(x.shape, dtype=torch.bool, device=DEVICE)
+    seen[:, 1::7] = True
+    greedy = _settings(x.shape[0], [0.0], [K], [1.0], [1.5])
+    p = torch.full((x.shape[0],), 3, device=DEVICE)
+    got = topk_mod.sample_topk_triton(x, p, seen=seen, candidates=K, **greedy)
+    assert torch.equal(got, sample_ref(x, p, seen=seen, candidates=K, **greedy))
+    assert got[0] == 0  # all equal, and id 0 is not seen
+    x = logits(3, V)  # distinct values: the reference's candidate set is the same set
+    seen = seen[:3]
+    rows = _settings(3, [0.7, 1.0, 2.0], [K, max(1, K // 4), 1], [1.0, 0.8, 0.9], [1.2])
+    for pos in range(6):
+        p = torch.full((3,), pos, device=DEVICE)
+        got = topk_mod.sample_topk_triton(x, p, seen=seen, candidates=K, **rows)
+        assert torch.equal(got, sample_ref(x, p, seen=seen, candidates=K, **rows)), pos

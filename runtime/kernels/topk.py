@@ -1,38 +1,83 @@
 """The K best logits of each row, for the sampler's candidate set: plain-torch reference and
-Triton kernels that sort in rounds.
+Triton kernels that select by counting (a radix select) instead of sorting.
 
 top_candidates(x (B, V) float32, K) -> (values (B, K) descending, ids (B, K) int64), the set
 torch.topk returns; ties are broken towards the smaller id (torch.topk leaves that order open).
 At batch 1, torch.topk over a 128k-262k row runs on few thread blocks and dominated the sampled
-step's overhead. Here each value becomes one int64 sort key (its float bits made order-preserving
-in the high word, the complement of its id in the low word), so a plain descending sort of keys
-orders by value, then by smaller id:
-  stage 1, grid (B, parts): sort a CHUNK of keys in registers and keep its K best;
-  merge, grid (B, lists / GROUP): while more than GROUP lists of K remain, sort each GROUP of them
-    and keep the K best (one round for a 128k-262k vocabulary);
-  last, grid (B,): sort the last <= GROUP x K survivors and keep the K best.
-The global K best are among the per-chunk K best, so the result is exact. Sorting all of stage 1's
-survivors in one program instead (4k-8k keys) cost more than torch.topk on the H100.
+step's overhead. Here each value becomes one int64 key: its float bits made order-preserving in
+the high word (the "value word"), the complement of its id in the low word, so keys are unique
+within a row and a descending order of keys is by value, then by smaller id:
+  stage 1, grid (B, V / CHUNK): the keys of CHUNK logits; select the chunk's K best and store
+    them as one list of K;
+  merge, grid (B, groups): only while more than GROUP keys remain (K = 128: V > 262144): select
+    the K best of each group of GROUP / K lists;
+  last, grid (B,): select the K best of the <= GROUP survivors, then order only those K: rank
+    each by counting the keys above it (K x K compares; a K over 128 sorts its K keys).
+The row's K best are among the K best of each chunk (a key that K keys of its chunk beat is beaten
+by K keys of the row), and likewise of each group of lists, so the stages lose nothing.
+
+Why _select, the selection of every stage, is exact. It takes N >= K keys laid out in increasing-id
+order and counts on their value words read as unsigned (u): a radix select from the top bit, 5
+bits a pass (tl.histogram pads its bins to the 32 lanes of a warp, so 5 bits cost what 4 do). It
+carries scalars only: `need`, the keys still to take, and the bits of the need-th best key
+resolved so far, which define the bucket (the keys that agree with it on those bits). A pass takes
+the histogram of the next digit over the bucket and finds the digit d of the need-th best key;
+bucket keys with a digit above d beat it on the resolved bits, so they are taken (need drops by
+their count), those below are dropped, those of digit d stay. Invariant: every taken key beats
+every bucket key, every bucket key beats every dropped one, 1 <= need <= |bucket|. The loop ends
+when the whole bucket is needed (|bucket| == need: usually after 4-5 passes, once the K-th key is
+alone in its bucket) or after bit 0 (7 passes: the bucket keys then have equal value words, so
+key order among them is id order, smaller first). The K best are then the keys above the bucket
+and the first `need` bucket keys by position, which is id order because every stage keeps it:
+stage 1 reads ids in order, its compaction keeps the order, and lists go out chunk by chunk.
+One scan (the taken and the bucket flags packed in one int32) gives each chosen key its slot in
+0..K-1 and a masked scatter store writes them, still in id order. So every stage yields exactly
+the K largest keys, and ranking those K by counting gives the order of a full sort.
+Padded slots (past V in the last chunk, past the lists in a masked load) hold the lowest key
+(value word -2**31, low word 0) and lie after every real key, as key order has them; a row has
+V >= K real keys, so the last stage never takes one. The last stage hands the K keys between its
+threads through a (B, 2, K) scratch in global memory, ordered by a CTA barrier (tl.debug_barrier).
+
+Cost on an H100, batch 1, K = 128: a PREDICTION from the sm_90 SASS (compiled on the CPU, never
+run here) and a rough model, not a measurement. A pass is ~620 instructions a thread for 16 keys a
+thread (the histogram's 6 warp ballots and a popcount per key; 3 barriers; the 32-bin reductions
+stay inside a warp): 4096 keys in 8 warps ~1 us, 8192 keys in 16 warps ~1.7 us.
+  stage 1 (4096 keys): loads and keys ~1.5 us, 4-5 passes ~4-5 us (7 at worst, all-equal rows),
+    scan and scatter ~0.7 us: ~6-7 us, where the tl.sort of 4096 took ~20-30 us;
+  merge: no launch up to 262144 logits (GROUP = 8192 keys = 64 lists of 128);
+  last (4096-8192 keys): load ~1 us, 5 passes ~5-9 us, scan and scatter ~0.7 us, ranking and
+    the scratch round trips ~1 us, the sampling math ~1.5 us: ~9-13 us, where a merge round of
+    1024-key sorts and the last sort of <= 1024 took ~12-20 us of sorting.
+About 15-20 us of kernels in two launches (was three), against ~75 us for the sampler before.
+GROUP = 1024 instead gives three launches whose last two select from <= 1024 keys (~4 and
+~6 us): the same total by this model, so it is the first A/B to run on the GPU.
 
 sample_topk_triton is the sampler's "topk" variant on the same stages: stage 1 first applies
-the repetition penalty (the seen mask and the row's penalty), and the last stage, instead of writing the
-K candidates, picks the token from them in registers (temperature, top-k, top-p, Gumbel noise,
-the greedy pick for temperature 0): three launches for what the reference does in about forty
-small ones. Contract and reference: runtime/engine/sampler.py (sample with candidates=K).
+the repetition penalty (the seen mask and the row's penalty), and the last stage, instead of
+writing the K candidates, picks the token from them (temperature, top-k, top-p, Gumbel noise,
+the greedy pick for temperature 0): two launches (three above 262144 logits) for what the
+reference does in about forty small ones. Contract and reference: runtime/engine/sampler.py
+(sample with candidates=K).
 """
 
 from __future__ import annotations
 
 import torch
 
-from runtime.kernels._triton import cdiv, jit, next_pow2, tl
+from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
 
-CHUNK = 4096  # keys per stage-1 program (sorted in registers)
-GROUP = 8  # lists of K keys a merge program sorts together (1024 keys for K = 128)
+CHUNK = 4096  # logits per stage-1 program
+GROUP = 8192  # keys a merge or last-stage program selects from (64 lists of K = 128)
+# (CHUNK and GROUP stay below 2**16: _select packs two counts of keys in one int32)
 # constexprs, so kernels may read them: the low word of a key holds _LOW - id; _LOWEST is the key
-# of a padded slot, which sorts after every real key
+# of a padded slot, which sorts after every real key; _PAD_WORD is its value word
 _LOW = tl.constexpr(0xFFFFFFFF) if tl is not None else 0xFFFFFFFF
 _LOWEST = tl.constexpr(-(2**63)) if tl is not None else -(2**63)
+_PAD_WORD = tl.constexpr(-(2**31)) if tl is not None else -(2**31)
+# a radix pass reads a 5-bit digit (32 bins), from bit 27 (the top digit) down
+_BITS = tl.constexpr(5) if tl is not None else 5
+_BINS = tl.constexpr(32) if tl is not None else 32
+_FIRST = tl.constexpr(27) if tl is not None else 27
 
 
 def top_candidates_ref(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,20 +86,55 @@ def top_candidates_ref(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 
 
 @jit
-def _to_key(x, ids):
-    """fp32 values and int64 ids -> int64 keys in (value, -id) order."""
+def _value_word(x):
+    """fp32 -> int32 whose signed order is the float order (the high word of a key)."""
     bits = x.to(tl.int32, bitcast=True)
-    ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: flip the magnitude bits
-    return (ordered.to(tl.int64) << 32) + (_LOW - ids)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: flip the magnitude bits
+
+
+@jit
+def _select(word, K: tl.constexpr):
+    """word (N,) int32: the value words of N >= K keys in increasing-id order (padded slots
+    last) -> (take (N,) bool, marking the K largest keys; slot (N,) int32, each taken key's place
+    in 0..K-1, in id order). A radix select; the module docstring says why it is exact."""
+    u = word.to(tl.uint32, bitcast=True) ^ 0x80000000  # unsigned order = the value order
+    bins = tl.arange(0, _BINS)
+    # scalars carried through the loop: the bits resolved so far are those of `high` (from the
+    # top down); the bucket is the keys with u & high == prefix (the need-th best key's bits)
+    high = tl.full((), 0, tl.uint32)
+    prefix = tl.full((), 0, tl.uint32)
+    need = tl.full((), K, tl.int32)
+    size = tl.full((), word.shape[0], tl.int32)
+    shift = tl.full((), _FIRST, tl.int32)  # the digit's lowest bit: 27, 22, 17, 12, 7, 2, then 0
+    while (size > need) & (shift >= 0):
+        digit = ((u >> shift.to(tl.uint32)) & (_BINS - 1)).to(tl.int32)
+        count = tl.histogram(digit, _BINS, mask=(u & high) == prefix)  # (32,) the bucket's digits
+        at_least = tl.cumsum(count, axis=0, reverse=True)  # bucket keys with a digit >= each bin
+        d = tl.sum((at_least >= need).to(tl.int32), axis=0) - 1  # the need-th best key's digit
+        need -= tl.sum(tl.where(bins > d, count, 0), axis=0)
+        size = tl.sum(tl.where(bins == d, count, 0), axis=0)
+        # the last pass re-reads bits 2-4, which the bucket shares (harmless), to end on bit 0
+        prefix |= d.to(tl.uint32) << shift.to(tl.uint32)
+        high = tl.full((), 0xFFFFFFFF, tl.uint32) << shift.to(tl.uint32)
+        shift = tl.where(shift == 0, -1, tl.maximum(shift - _BITS, 0))
+    # the taken keys, then the first `need` of the bucket by position (it ties, or is all needed)
+    taken = (u & high) > prefix
+    bucket = (u & high) == prefix
+    flags = tl.where(taken, 1 << 16, 0) + bucket.to(tl.int32)  # two counts < 2**16 in one scan
+    before = tl.cumsum(flags, axis=0) - flags
+    bucket_before = before & 0xFFFF
+    take = taken | (bucket & (bucket_before < need))
+    return take, (before >> 16) + tl.minimum(bucket_before, need)
 
 
 @jit
 def _chunk_kernel(
     x_ptr, seen_ptr, penalty_ptr, keys_ptr, vocab, x_stride, seen_stride, parts,
-    K: tl.constexpr, CHUNK: tl.constexpr, PENALTY: tl.constexpr,
+    K: tl.constexpr, CHUNK: tl.constexpr, PENALTY: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     # grid (B, parts): program (b, p) keeps the K best keys of logits [p * CHUNK, (p + 1) * CHUNK),
-    # after the repetition penalty of row b when PENALTY
+    # after the repetition penalty of row b when PENALTY; they go out in id order
+    pdl_wait(PDL)
     row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)
     cols = (part * CHUNK + tl.arange(0, CHUNK)).to(tl.int64)
     live = cols < vocab
@@ -63,43 +143,71 @@ def _chunk_kernel(
         seen = tl.load(seen_ptr + row * seen_stride + cols, mask=live, other=0) != 0
         p = tl.load(penalty_ptr + row)
         x = tl.where(seen, tl.where(x > 0, x / p, x * p), x)
-    keys = tl.where(live, _to_key(x, cols), _LOWEST)
-    keys = tl.sort(keys, descending=True)
-    j = tl.arange(0, CHUNK)
-    tl.store(keys_ptr + (row * parts + part) * K + j, keys, mask=j < K)
+    word = tl.where(live, _value_word(x), _PAD_WORD)
+    keys = (word.to(tl.int64) << 32) + tl.where(live, _LOW - cols, 0)  # padded: _LOWEST
+    take, slot = _select(word, K)
+    tl.store(keys_ptr + (row * parts + part) * K + slot, keys, mask=take)
 
 
 @jit
-def _sorted_candidates(keys_ptr, row, n_keys, BLOCK: tl.constexpr):
-    """The row's n_keys survivors, sorted -> (values, ids), (BLOCK,) each, best first."""
+def _group_kernel(keys_ptr, out_ptr, n_keys, K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    # grid (B, groups): program (b, g) keeps the K best of keys [g * BLOCK, (g + 1) * BLOCK) of
+    # row b (BLOCK / K whole lists, in id order; so is what it writes)
+    pdl_wait(PDL)
+    row, group = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    at = group * BLOCK + tl.arange(0, BLOCK)
+    keys = tl.load(keys_ptr + row * n_keys + at, mask=at < n_keys, other=_LOWEST)
+    take, slot = _select((keys >> 32).to(tl.int32), K)
+    tl.store(out_ptr + (row * tl.num_programs(1) + group) * K + slot, keys, mask=take)
+
+
+@jit
+def _value(keys):
+    """Keys -> their fp32 values."""
+    high = (keys >> 32).to(tl.int32)
+    bits = high ^ ((high >> 31) & 0x7FFFFFFF)  # the flip of _value_word is its own inverse
+    return bits.to(tl.float32, bitcast=True)
+
+
+@jit
+def _id(keys):
+    """Keys -> their int64 ids."""
+    return _LOW - (keys & _LOW)
+
+
+@jit
+def _best_sorted(keys_ptr, best_ptr, row, n_keys, K: tl.constexpr, BLOCK: tl.constexpr):
+    """The row's K best of its n_keys survivors -> (ranked, keys): `ranked` points at them, best
+    first, in the row's part of best_ptr, where any thread of the program may read one; keys (K,)
+    the same keys. best_ptr: a (B, 2, K) int64 scratch that carries keys between the threads."""
     j = tl.arange(0, BLOCK)
     keys = tl.load(keys_ptr + row * n_keys + j, mask=j < n_keys, other=_LOWEST)
-    keys = tl.sort(keys, descending=True)
-    high = (keys >> 32).to(tl.int32)
-    bits = high ^ ((high >> 31) & 0x7FFFFFFF)  # the flip is its own inverse
-    return bits.to(tl.float32, bitcast=True), _LOW - (keys & _LOW)
+    take, slot = _select((keys >> 32).to(tl.int32), K)
+    chosen = best_ptr + row * 2 * K  # the K best in id order; then, at `ranked`, best first
+    tl.store(chosen + slot, keys, mask=take)
+    tl.debug_barrier()  # threads read back what others stored (a CTA barrier orders memory)
+    r = tl.arange(0, K)
+    keys = tl.load(chosen + r)
+    ranked = chosen + K
+    if K <= 128:  # rank by counting: the K keys are unique, so the ranks permute 0..K-1
+        tl.store(ranked + tl.sum((keys[None, :] > keys[:, None]).to(tl.int32), axis=1), keys)
+    else:  # K x K compares would not fit in registers: sort the K keys
+        tl.store(ranked + r, tl.sort(keys, descending=True))
+    tl.debug_barrier()
+    return ranked, tl.load(ranked + r)
 
 
 @jit
-def _group_kernel(keys_ptr, out_ptr, n_keys, K: tl.constexpr, GROUP: tl.constexpr):
-    # grid (B, groups): program (b, g) keeps the K best of lists [g * GROUP, (g + 1) * GROUP) of row b
-    row, group = tl.program_id(0).to(tl.int64), tl.program_id(1)
-    j = tl.arange(0, GROUP * K)
-    at = group * GROUP * K + j
-    keys = tl.load(keys_ptr + row * n_keys + at, mask=at < n_keys, other=_LOWEST)
-    keys = tl.sort(keys, descending=True)
-    groups = tl.num_programs(1)
-    tl.store(out_ptr + (row * groups + group) * K + j, keys, mask=j < K)
-
-
-@jit
-def _merge_kernel(keys_ptr, vals_ptr, ids_ptr, n_keys, K: tl.constexpr, BLOCK: tl.constexpr):
+def _merge_kernel(
+    keys_ptr, best_ptr, vals_ptr, ids_ptr, n_keys, K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr
+):
     # grid (B,): the K best of the row's survivors
+    pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
-    values, ids = _sorted_candidates(keys_ptr, row, n_keys, BLOCK)
-    j = tl.arange(0, BLOCK)
-    tl.store(vals_ptr + row * K + j, values, mask=j < K)
-    tl.store(ids_ptr + row * K + j, ids, mask=j < K)
+    _, keys = _best_sorted(keys_ptr, best_ptr, row, n_keys, K, BLOCK)
+    j = tl.arange(0, K)
+    tl.store(vals_ptr + row * K + j, _value(keys))
+    tl.store(ids_ptr + row * K + j, _id(keys))
 
 
 @jit
@@ -124,37 +232,45 @@ def _gumbel(seed, position, ids):
 
 @jit
 def _sample_kernel(
-    keys_ptr, out_ptr, temp_ptr, top_k_ptr, top_p_ptr, seed_ptr, pos_ptr, n_keys,
-    K: tl.constexpr, BLOCK: tl.constexpr,
+    keys_ptr, best_ptr, out_ptr, temp_ptr, top_k_ptr, top_p_ptr, seed_ptr, pos_ptr, n_keys,
+    K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     # grid (B,): sampler.sample's steps after the candidate set, on the row's K best (penalised)
+    pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
-    values, ids = _sorted_candidates(keys_ptr, row, n_keys, BLOCK)
-    rank = tl.arange(0, BLOCK)
+    ranked, keys = _best_sorted(keys_ptr, best_ptr, row, n_keys, K, BLOCK)
+    # single keys by rank come from the scratch (scalar loads), which spares block-wide reductions
+    rank = tl.arange(0, K)
     temperature = tl.load(temp_ptr + row)
-    scaled = values / tl.maximum(temperature, 1e-5)
+    t = tl.maximum(temperature, 1e-5)
+    scaled = _value(keys) / t
     # top_k_top_p_cutoff: keep the n best, n = min(k, smallest prefix whose mass reaches p)
     top_k = tl.load(top_k_ptr + row)
     k = tl.where(top_k > 0, tl.minimum(top_k, K), K)
     in_k = rank < k
-    e = tl.where(in_k, tl.exp(scaled - tl.max(tl.where(in_k, scaled, float("-inf")), axis=0)), 0.0)
+    top = tl.load(ranked)  # the best key: the largest scaled value, and the greedy pick
+    e = tl.where(in_k, tl.exp(scaled - _value(top) / t), 0.0)
     probs = e / tl.sum(e, axis=0)
     mass_before = tl.cumsum(probs, axis=0) - probs
     n_keep = tl.sum((in_k & (mass_before < tl.load(top_p_ptr + row))).to(tl.int32), axis=0)
     n_keep = tl.maximum(tl.minimum(n_keep, k), 1)
-    cutoff = tl.max(tl.where(rank == n_keep - 1, scaled, float("-inf")), axis=0)
-    noise = _gumbel(tl.load(seed_ptr + row), tl.load(pos_ptr + row), ids)
-    kept = tl.where((rank < K) & (scaled >= cutoff), scaled + noise, float("-inf"))
-    best = tl.max(kept, axis=0)
-    choice = tl.min(tl.where(kept == best, rank, BLOCK), axis=0)
-    sampled = tl.sum(tl.where(rank == choice, ids, 0), axis=0)
-    greedy = tl.sum(tl.where(rank == 0, ids, 0), axis=0)  # the penalised argmax, first index
+    cutoff = _value(tl.load(ranked + n_keep - 1)) / t
+    noise = _gumbel(tl.load(seed_ptr + row), tl.load(pos_ptr + row), _id(keys))
+    kept = tl.where(scaled >= cutoff, scaled + noise, float("-inf"))
+    choice = tl.argmax(kept, axis=0, tie_break_left=True)  # the first best rank, as torch.argmax
+    sampled = _id(tl.load(ranked + choice))
+    greedy = _id(top)  # the penalised argmax, first index
     tl.store(out_ptr + row, tl.where(temperature > 0, sampled, greedy))
 
 
+def _warps(n_keys: int) -> int:
+    """Warps for a program that selects from n_keys keys: 16 keys a thread, 4 to 16 warps."""
+    return min(16, max(4, next_pow2(n_keys) // 512))
+
+
 def _candidate_keys(x: torch.Tensor, k: int, seen=None, penalty=None) -> tuple[torch.Tensor, int]:
-    """Stage 1 and the merge rounds over x (B, V) float32 -> (keys (B, n), n): at most GROUP
-    lists of k keys per row, which hold the row's k best."""
+    """Stage 1 and the merge rounds over x (B, V) float32 -> (keys (B, n), n): at most
+    max(GROUP, 2 k) keys per row, in lists of k, which hold the row's k best."""
     B, vocab = x.shape
     chunk = min(CHUNK, max(k, next_pow2(vocab)))
     lists = cdiv(vocab, chunk)
@@ -162,18 +278,25 @@ def _candidate_keys(x: torch.Tensor, k: int, seen=None, penalty=None) -> tuple[t
     with_penalty = seen is not None
     _chunk_kernel[(B, lists)](
         x, seen if with_penalty else x, penalty if with_penalty else x, keys, vocab, x.stride(0),
-        seen.stride(0) if with_penalty else 0, lists, K=k, CHUNK=chunk, PENALTY=with_penalty, num_warps=8,
+        seen.stride(0) if with_penalty else 0, lists, K=k, CHUNK=chunk, PENALTY=with_penalty,
+        num_warps=_warps(chunk), **pdl(x.device),
     )  # fmt: skip
-    while lists > GROUP:
-        groups = cdiv(lists, GROUP)
+    # graph: grids, buffers and rounds follow from shapes only; pass counts stay on the device
+    per_group = max(2, GROUP // k)  # lists a merge program takes (a power of two)
+    while lists > per_group:
+        groups = cdiv(lists, per_group)
         merged = torch.empty((B, groups * k), dtype=torch.int64, device=x.device)
-        _group_kernel[(B, groups)](keys, merged, lists * k, K=k, GROUP=GROUP, num_warps=8)
+        _group_kernel[(B, groups)](
+            keys,
+            merged,
+            lists * k,
+            K=k,
+            BLOCK=per_group * k,
+            num_warps=_warps(per_group * k),
+            **pdl(x.device),
+        )
         keys, lists = merged, groups
     return keys, lists * k
-
-
-def _last_warps(n_keys: int) -> int:
-    return 8 if next_pow2(n_keys) >= 1024 else 4
 
 
 def supported(x: torch.Tensor, k: int) -> bool:
@@ -188,11 +311,21 @@ def top_candidates_triton(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.
     if not supported(x, k):
         return top_candidates_ref(x, k)
     x = x if x.stride(-1) == 1 else x.contiguous()
+    B = x.shape[0]
     keys, n_keys = _candidate_keys(x, k)
-    values = torch.empty((x.shape[0], k), dtype=torch.float32, device=x.device)
-    ids = torch.empty((x.shape[0], k), dtype=torch.int64, device=x.device)
-    _merge_kernel[(x.shape[0],)](
-        keys, values, ids, n_keys, K=k, BLOCK=next_pow2(n_keys), num_warps=_last_warps(n_keys)
+    best = torch.empty((B, 2, k), dtype=torch.int64, device=x.device)  # scratch of the last stage
+    values = torch.empty((B, k), dtype=torch.float32, device=x.device)
+    ids = torch.empty((B, k), dtype=torch.int64, device=x.device)
+    _merge_kernel[(B,)](
+        keys,
+        best,
+        values,
+        ids,
+        n_keys,
+        K=k,
+        BLOCK=next_pow2(n_keys),
+        num_warps=_warps(n_keys),
+        **pdl(x.device),
     )
     return values, ids
 
@@ -208,13 +341,15 @@ def sample_topk_triton(
     seen: torch.Tensor,
     candidates: int,
 ) -> torch.Tensor:
-    """sampler.sample(..., candidates=K) in three launches (two for up to GROUP chunks), for float32 logits (B, V) with unit
-    stride and K as `supported` requires; per-row settings (B,). -> next tokens (B,) int64."""
+    """sampler.sample(..., candidates=K) in two launches (three above GROUP / K chunks), for float32
+    logits (B, V) with unit stride and K as `supported` requires; per-row settings (B,).
+    -> next tokens (B,) int64."""
     B = logits.shape[0]
     keys, n_keys = _candidate_keys(logits, candidates, seen, repetition_penalty)
+    best = torch.empty((B, 2, candidates), dtype=torch.int64, device=logits.device)  # scratch
     out = torch.empty(B, dtype=torch.int64, device=logits.device)
     _sample_kernel[(B,)](
-        keys, out, temperature, top_k, top_p, seed, positions, n_keys,
-        K=candidates, BLOCK=next_pow2(n_keys), num_warps=_last_warps(n_keys),
+        keys, best, out, temperature, top_k, top_p, seed, positions, n_keys,
+        K=candidates, BLOCK=next_pow2(n_keys), num_warps=_warps(n_keys), **pdl(logits.device),
     )  # fmt: skip
     return out
