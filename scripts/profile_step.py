@@ -32,18 +32,12 @@ from runtime.engine.sampler import SamplingParams
 from runtime.models.loader import load_model
 
 ARCHS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
-_UNFUSED = "norm_linear,act_linear,linear,lm_head"
 SETTINGS = {  # name -> the environment the runner is built (captured) under
     "default": {},
     "no PDL": {"RUNTIME_PDL": "0"},
     "attention merge in a second launch": {"RUNTIME_ATTN_MERGE": "separate"},
+    "no PDL, merge in a second launch": {"RUNTIME_PDL": "0", "RUNTIME_ATTN_MERGE": "separate"},
     "cuBLAS LM head": {"RUNTIME_KERNELS_OFF": "lm_head"},
-    "previous session": {
-        "RUNTIME_PDL": "0",
-        "RUNTIME_ATTN_MERGE": "separate",
-        "RUNTIME_KERNELS_OFF": "lm_head",
-    },
-    "no fused GEMV": {"RUNTIME_KERNELS_OFF": _UNFUSED},
 }
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 
@@ -118,12 +112,13 @@ def run(model_id: str, prompt: int, steps: int, profiled: int, copy_gbs: float) 
     return row
 
 
-def ab(model_id: str, prompt: int, steps: int) -> list[dict]:
-    """Greedy and topk step ms under each of SETTINGS, same process, same weights."""
+def ab(model_id: str, prompt: int, steps: int, repeat: int = 1) -> list[dict]:
+    """Greedy and topk step ms under each of SETTINGS, same process, same weights; the whole list
+    `repeat` times over (trial 0, 1, ...), so the spread between trials shows the noise."""
     loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
     ids = torch.randint(3, loaded.spec.vocab - 1, (prompt,)).tolist()
     rows = []
-    for name, env in SETTINGS.items():
+    for trial, (name, env) in ((t, item) for t in range(repeat) for item in SETTINGS.items()):
         os.environ.update(env)  # read while the step is captured
         try:
             runner = Runner(loaded, capacity=prompt + 2 * steps + 32, max_batch=1, mode="graph")
@@ -136,6 +131,7 @@ def ab(model_id: str, prompt: int, steps: int) -> list[dict]:
         row = {
             "model": model_id,
             "setting": name,
+            "trial": trial,
             "capture_s": round(runner.capture_s, 2),
             "mode": runner.mode,
         }
@@ -156,13 +152,16 @@ def ab(model_id: str, prompt: int, steps: int) -> list[dict]:
 
 
 def best_setting(rows: list[dict]) -> str:
-    """The setting with the least greedy + topk step time summed over the models."""
-    total, models = {}, {r["model"] for r in rows}
+    """The setting with the least greedy + topk step time (mean over trials) summed over the models."""
+    models = {r["model"] for r in rows}
     complete = {
         s for s in SETTINGS if all(any(r["setting"] == s and r["model"] == m for r in rows) for m in models)
     }
-    for r in (r for r in rows if r["setting"] in complete):
-        total[r["setting"]] = total.get(r["setting"], 0.0) + r["greedy"] + r["topk"]
+    total = {}
+    for s in complete:
+        for m in models:
+            trials = [r["greedy"] + r["topk"] for r in rows if r["setting"] == s and r["model"] == m]
+            total[s] = total.get(s, 0.0) + sum(trials) / len(trials)
     return min(total, key=total.get)
 
 
@@ -174,6 +173,7 @@ def main() -> None:
     ap.add_argument("--model", action="append", help="repeatable; default: the three dev models")
     ap.add_argument("--ab", action="store_true", help="also compare the kernel settings (SETTINGS)")
     ap.add_argument("--no-profile", action="store_true", help="with --ab: skip the per-kernel profile")
+    ap.add_argument("--repeat", type=int, default=1, help="with --ab: run the settings list this many times")
     ap.add_argument(
         "--best-from", help="print the RUNTIME_KERNELS_OFF of the fastest setting in an --ab JSON"
     )
@@ -184,11 +184,11 @@ def main() -> None:
         print(" ".join(f"{k}={v}" for k, v in env.items()) or "RUNTIME_KERNELS_OFF=")
         return
     if args.ab:
-        table = [r for m in args.model or ARCHS for r in ab(m, args.prompt, args.steps)]
-        print("| model | setting | greedy step ms | topk step ms | topk / greedy | capture s |")
-        print("|---|---|---|---|---|---|")
+        table = [r for m in args.model or ARCHS for r in ab(m, args.prompt, args.steps, args.repeat)]
+        print("| model | setting | trial | greedy step ms | topk step ms | topk / greedy | capture s |")
+        print("|---|---|---|---|---|---|---|")
         for r in table:
-            print(f"| {r['model']} | {r['setting']} | {r['greedy']:.3f} | {r['topk']:.3f} | "
+            print(f"| {r['model']} | {r['setting']} | {r['trial']} | {r['greedy']:.3f} | {r['topk']:.3f} | "
                   f"{r['topk'] / r['greedy']:.3f} | {r['capture_s']} |")  # fmt: skip
         if args.out:
             with open(args.out.replace(".json", "_ab.json"), "w") as f:
