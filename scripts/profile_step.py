@@ -29,14 +29,17 @@ from torch.profiler import ProfilerActivity, profile
 from runtime.bench.bandwidth import copy_bandwidth_gbs
 from runtime.engine.runner import Runner
 from runtime.engine.sampler import SamplingParams
+from runtime.kernels import gemv_tuning
+from runtime.kernels.fused_linear import _PROLOGUE_VECTORS, gemv_config
 from runtime.models.loader import load_model
 
 ARCHS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
 SETTINGS = {  # name -> the environment the runner is built (captured) under
     "default": {},
-    "no PDL": {"RUNTIME_PDL": "0"},
-    "attention merge in a second launch": {"RUNTIME_ATTN_MERGE": "separate"},
-    "no PDL, merge in a second launch": {"RUNTIME_PDL": "0", "RUNTIME_ATTN_MERGE": "separate"},
+    "PDL early": {"RUNTIME_PDL": "early"},
+    "PDL late": {"RUNTIME_PDL": "late"},
+    "merge in the last program": {"RUNTIME_ATTN_MERGE": "last"},
+    "PDL late, merge in the last program": {"RUNTIME_PDL": "late", "RUNTIME_ATTN_MERGE": "last"},
     "cuBLAS LM head": {"RUNTIME_KERNELS_OFF": "lm_head"},
 }
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
@@ -165,6 +168,20 @@ def best_setting(rows: list[dict]) -> str:
     return min(total, key=total.get)
 
 
+def tuning_rows() -> list[dict]:
+    """Each GEMV shape tune() timed in this process: the chosen blocks, their time and GB/s (weight
+    bytes / time, L2 flushed), and the heuristic's, for the notes."""
+    rows = []
+    for (op, N, K, dtype), timings in gemv_tuning.TIMINGS.items():
+        best = min(timings, key=timings.get)
+        heuristic = gemv_config(N, K, dtype.itemsize, _PROLOGUE_VECTORS[op])
+        weight = N * K * dtype.itemsize
+        rows.append({"op": op, "N": N, "K": K, "best": best, "best_us": round(timings[best], 2),
+                     "best_gbs": round(weight / timings[best] / 1e3, 1),
+                     "heuristic": heuristic, "heuristic_us": round(timings.get(heuristic, float("nan")), 2)})  # fmt: skip
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompt", type=int, default=256)
@@ -197,9 +214,18 @@ def main() -> None:
             return
     copy_gbs = copy_bandwidth_gbs(torch.device("cuda"))
     rows = [run(m, args.prompt, args.steps, args.profiled, copy_gbs) for m in args.model or ARCHS]
+    tuned = tuning_rows()
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=2)
+        with open(args.out.replace(".json", "_gemv.json"), "w") as f:
+            json.dump(tuned, f, indent=2, default=str)
+    print(
+        "\n| op | N | K | tuned blocks | us | GB/s | heuristic blocks | us |\n|---|---|---|---|---|---|---|---|"
+    )
+    for t in tuned:
+        print(f"| {t['op']} | {t['N']} | {t['K']} | {t['best']} | {t['best_us']} | {t['best_gbs']} | "
+              f"{t['heuristic']} | {t['heuristic_us']} |")  # fmt: skip
     for r in rows:
         print(f"\n### {r['model']}: top kernels (us per step, launches per step)")
         print("| kernel | us | n |\n|---|---|---|")

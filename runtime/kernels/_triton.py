@@ -69,6 +69,10 @@ def jit(fn: Callable[..., Any]) -> Any:
 # next kernel launch only after its own wait, so at most two kernels overlap and every kernel
 # still sees all earlier writes (the previous kernel itself waited for the one before). Kernels
 # launched without PDL (cuBLAS, torch) keep the usual full serialisation on both sides.
+# RUNTIME_PDL picks when a kernel lets the next one launch: "early" (right after its wait),
+# "late" (after its main loop: pdl_release), or "0" (no PDL). The H100 A/B decides the default.
+PDL_MODES = {"0": 0, "early": 1, "late": 2}
+PDL_DEFAULT = "0"
 
 
 @functools.lru_cache(maxsize=8)
@@ -76,26 +80,41 @@ def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
-def pdl(device: torch.device) -> dict[str, bool]:
-    """Launch arguments for a kernel that takes a `PDL: tl.constexpr` and calls pdl_wait: PDL on
-    CUDA cards of compute capability >= 9.0 (Hopper, Blackwell) unless RUNTIME_PDL=0 (read at
-    every call, so one process can A/B it); elsewhere (older cards, the CPU interpreter) off."""
-    on = (
-        gdc_wait is not None
-        and not INTERPRETING
-        and device.type == "cuda"
-        and os.environ.get("RUNTIME_PDL", "1") != "0"
-        and _capability(device.index if device.index is not None else torch.cuda.current_device()) >= (9, 0)
-    )
-    return {"PDL": True, "launch_pdl": True} if on else {"PDL": False}
+def pdl(device: torch.device) -> dict[str, int | bool]:
+    """Launch arguments for a kernel that takes a `PDL: tl.constexpr` and calls pdl_wait (and
+    pdl_release): the RUNTIME_PDL mode (read at every call, so one process can A/B it) on CUDA
+    cards of compute capability >= 9.0 (Hopper, Blackwell); elsewhere (older cards, the CPU
+    interpreter) off."""
+    choice = os.environ.get("RUNTIME_PDL", PDL_DEFAULT) or PDL_DEFAULT
+    if choice not in PDL_MODES:
+        raise ValueError(f"RUNTIME_PDL={choice!r}: choose one of {', '.join(PDL_MODES)}")
+    mode = PDL_MODES[choice]
+    if (
+        mode == 0
+        or gdc_wait is None
+        or INTERPRETING
+        or device.type != "cuda"
+        or _capability(device.index if device.index is not None else torch.cuda.current_device()) < (9, 0)
+    ):
+        return {"PDL": 0}
+    return {"PDL": mode, "launch_pdl": True}
 
 
 @jit
 def pdl_wait(PDL: tl.constexpr):
-    """Wait for the previous kernel (its writes are visible after this), then let the next one
-    launch. Call before the first load of an activation and before any store."""
+    """Wait for the previous kernel (its writes are visible after this); in the early mode, then let
+    the next one launch. Call before the first load of an activation and before any store."""
     if PDL:
         gdc_wait()
+        if PDL == 1:
+            gdc_launch_dependents()
+
+
+@jit
+def pdl_release(PDL: tl.constexpr):
+    """The late mode: let the next kernel launch (after the main loop, before the last stores).
+    A kernel that never calls it releases the next one when it exits."""
+    if PDL == 2:
         gdc_launch_dependents()
 
 
@@ -107,4 +126,15 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-__all__ = ["AVAILABLE", "INTERPRETING", "cdiv", "jit", "next_pow2", "pdl", "pdl_wait", "tl", "triton"]
+__all__ = [
+    "AVAILABLE",
+    "INTERPRETING",
+    "cdiv",
+    "jit",
+    "next_pow2",
+    "pdl",
+    "pdl_release",
+    "pdl_wait",
+    "tl",
+    "triton",
+]

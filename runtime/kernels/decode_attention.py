@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from runtime.kernels._triton import INTERPRETING, cdiv, jit, next_pow2, tl
+from runtime.kernels._triton import INTERPRETING, cdiv, jit, next_pow2, pdl_release, pdl_wait, tl
 
 
 def decode_attention_ref(
@@ -165,7 +165,9 @@ def _combine_kernel(
     BLOCK_P: tl.constexpr,
     BLOCK_N: tl.constexpr,
     FROM_POSITIONS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_wait(PDL)
     bh = tl.program_id(0)  # b * H + head
     b = bh // n_heads
     head = bh % n_heads
@@ -175,6 +177,7 @@ def _combine_kernel(
         length = tl.load(len_ptr + b).to(tl.int32)
     n_live = tl.minimum(tl.cdiv(length, BLOCK_N), n_splits)  # splits that wrote a partial
     out = merge_head(acc_ptr, ml_ptr, bh, n_live, n_splits, D, BLOCK_D, BLOCK_P)
+    pdl_release(PDL)
     d = tl.arange(0, BLOCK_D)
     tl.store(out_ptr + b.to(tl.int64) * o_sb + head * o_sh + d, out.to(out_ptr.dtype.element_ty), mask=d < D)
 
@@ -253,6 +256,7 @@ def merge_partials(
     block_n: int,
     n_slots: int,
     from_positions: bool,
+    launch: dict | None = None,
 ) -> None:
     """acc (B, H, P, D), ml (B, H, P, 2) partials of the live splits -> out (B, H, D).
     lengths (B,): live lengths, or with from_positions the positions (length = min(pos + 1, S))."""
@@ -261,5 +265,5 @@ def merge_partials(
     _combine_kernel[(B * H,)](
         acc, ml, lengths, out, H, splits, n_slots, out.stride(0), out.stride(1),
         D=D, BLOCK_D=block_d, BLOCK_P=merge_block(D, splits), BLOCK_N=block_n,
-        FROM_POSITIONS=from_positions, num_warps=4,
+        FROM_POSITIONS=from_positions, num_warps=4, **(launch or {"PDL": 0}),
     )  # fmt: skip

@@ -25,7 +25,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from runtime.kernels._triton import INTERPRETING, cdiv, jit, next_pow2, pdl, pdl_wait, tl
+from runtime.kernels._triton import INTERPRETING, cdiv, jit, next_pow2, pdl, pdl_release, pdl_wait, tl
 from runtime.kernels.activation import ACTIVATIONS, _gated, gated_act_ref
 from runtime.kernels.rmsnorm import _apply_norm, _inv_rms, add_rms_norm_ref, rms_norm_ref
 
@@ -33,8 +33,10 @@ MAX_NORM_K = 16384  # norm_linear holds a whole row in registers for its statist
 SMS = 132  # H100 SXM; the heuristic only needs the order of magnitude
 
 # (BLOCK_N, BLOCK_K, num_warps) that tune() times; each compiles once per op and dtype
+# (short BLOCK_K tiles waste no lanes on K = 1152 = 9 x 128, Gemma's hidden size)
 CANDIDATE_CONFIGS = [
     (1, 2048, 4), (2, 1024, 4), (4, 512, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4), (16, 512, 8),
+    (16, 128, 4), (32, 128, 4), (32, 256, 8), (2, 2048, 8), (1, 4096, 8),
 ]  # fmt: skip
 # K-long vectors each op's prologue reloads per K step (norm: residual, h, norm_w; act: gate, up)
 # ("lm_head": norm_linear with a wider output dtype, the float32 logits, compiled and tuned apart)
@@ -182,6 +184,7 @@ def _gemv_kernel(
             eviction_policy="evict_first",
         )
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    pdl_release(PDL)
     y = tl.sum(acc, axis=1)
     # rounded to the weights' dtype first, as F.linear(...).to(y's dtype) rounds (float32 logits)
     tl.store(y_ptr + rows, y.to(w_ptr.dtype.element_ty).to(y_ptr.dtype.element_ty), mask=row_mask)

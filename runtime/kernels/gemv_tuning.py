@@ -28,6 +28,9 @@ from runtime.kernels.fused_linear import (
     tuning_enabled,
 )
 
+# every timing tune() took: (op, N, K, dtype) -> {(BLOCK_N, BLOCK_K, num_warps): device us}
+TIMINGS: dict[tuple[str, int, int, torch.dtype], dict[tuple[int, int, int], float]] = {}
+
 
 def tune_shapes(shapes: Iterable[tuple[str, int, int]], dtype: torch.dtype, device) -> float:
     """tune() each (op, N, K) of a model not tuned yet in this process (before its graphs are
@@ -87,5 +90,6 @@ def tune(op_name: str, N: int, K: int, dtype: torch.dtype, device) -> tuple[int,
             lambda c=config: _launch(prologue, x, res, nw, None, weight, y, ro, 1e-6, 0.0, False, c)
         )
     best = min(timings, key=timings.get)
+    TIMINGS[key] = timings
     fused_linear._TUNED[key] = best  # looked up on the module, so a test may swap the table
     return best

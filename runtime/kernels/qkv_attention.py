@@ -20,7 +20,7 @@ import os
 
 import torch
 
-from runtime.kernels._triton import INTERPRETING, jit, next_pow2, pdl, pdl_wait, tl
+from runtime.kernels._triton import INTERPRETING, jit, next_pow2, pdl, pdl_release, pdl_wait, tl
 from runtime.kernels.decode_attention import (
     block_dot,
     decode_attention_ref,
@@ -54,6 +54,38 @@ def qkv_decode_attention_ref(
     )
     lengths = torch.clamp(positions + 1, max=k_cache.shape[2])
     return decode_attention_ref(q[:, 0], k_cache, v_cache, lengths, scale)
+
+
+@jit
+def _cache_block(
+    k_base, v_base, blk, BLOCK_N: tl.constexpr, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
+):
+    """Cache block blk: K's two halves (BLOCK_N, HALF_BLOCK), V (BLOCK_N, BLOCK_D) and which of its
+    slots are live (below the length, and not the new token's slot, which may still hold an older one)."""
+    slots = blk * BLOCK_N + n
+    live = (slots < length) & (slots != new_slot)
+    at = slots.to(tl.int64)[:, None]
+    k_ok = live[:, None] & c_ok[None, :]
+    k1 = tl.load(k_base + at * k_ss + c[None, :], mask=k_ok, other=0.0)
+    k2 = tl.load(k_base + at * k_ss + half + c[None, :], mask=k_ok, other=0.0)
+    v = tl.load(v_base + at * v_ss + d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0)
+    return k1, k2, v, live
+
+
+@jit
+def _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32: tl.constexpr):
+    """One block of the running softmax: scores of the query group against k, then the rescaled
+    update of (m_i, l_i, acc) with v."""
+    s = block_dot(q1, tl.trans(k1), DOT_F32) + block_dot(q2, tl.trans(k2), DOT_F32)
+    s = tl.where(live[None, :], s * qk_scale, float("-inf"))  # (BLOCK_G, BLOCK_N)
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    # a block whose only live slot is the new one leaves m at -inf: subtract 0 there, not -inf
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_safe)
+    p = tl.exp2(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + block_dot(p.to(v.dtype), v, DOT_F32)
+    return m_new, l_i, acc
 
 
 @jit
@@ -116,10 +148,17 @@ def _qkv_split_kernel(
     d = tl.arange(0, BLOCK_D)
     d_ok = d < D
     n = tl.arange(0, BLOCK_N)
+    k_base = k_ptr + b.to(tl.int64) * k_sb + h.to(tl.int64) * k_sh
+    v_base = v_ptr + b.to(tl.int64) * v_sb + h.to(tl.int64) * v_sh
+    # the first cache block's K and V are loaded before the query is built, so their latency
+    # overlaps the qkv row's load, norm and rope (at short lengths a program has one block only)
+    k1, k2, v, live = _cache_block(
+        k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
+    )
+
     row = qkv_ptr + b.to(tl.int64) * qkv_stride
     cs = cos_ptr + b.to(tl.int64) * cos_stride
     sn = sin_ptr + b.to(tl.int64) * cos_stride
-
     # the query group (BLOCK_G, D/2) x 2 halves and the new key (1, D/2) x 2, normed and rotated
     q_src = row + (h * G + g)[:, None] * D
     q_ok = g_ok[:, None] & c_ok[None, :]
@@ -134,8 +173,6 @@ def _qkv_split_kernel(
         row + (n_heads + n_kv_heads + h) * D + d[None, :], mask=d_ok[None, :], other=0.0
     )  # (1, BLOCK_D)
 
-    k_base = k_ptr + b.to(tl.int64) * k_sb + h.to(tl.int64) * k_sh
-    v_base = v_ptr + b.to(tl.int64) * v_sb + h.to(tl.int64) * v_sh
     if split == 0:
         # program 0 owns the new token: it writes it and starts the softmax from it (p = 1)
         k_new = k_base + new_slot * k_ss + c[None, :]
@@ -152,25 +189,14 @@ def _qkv_split_kernel(
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
 
-    for blk in range(split, n_blocks, n_splits):
-        slots = blk * BLOCK_N + n
-        live = (slots < length) & (slots != new_slot)  # the new slot may still hold an old token
-        at = slots.to(tl.int64)[:, None]
-        k_ok = live[:, None] & c_ok[None, :]
-        k1 = tl.load(k_base + at * k_ss + c[None, :], mask=k_ok, other=0.0)
-        k2 = tl.load(k_base + at * k_ss + half + c[None, :], mask=k_ok, other=0.0)
-        s = block_dot(q1, tl.trans(k1), DOT_F32) + block_dot(q2, tl.trans(k2), DOT_F32)
-        s = tl.where(live[None, :], s * qk_scale, float("-inf"))  # (BLOCK_G, BLOCK_N)
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        # a block whose only live slot is the new one leaves m at -inf: subtract 0 there, not -inf
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_safe)
-        p = tl.exp2(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + at * v_ss + d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + block_dot(p.to(v.dtype), v, DOT_F32)
-        m_i = m_new
+    m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
+    for blk in range(split + n_splits, n_blocks, n_splits):
+        k1, k2, v, live = _cache_block(
+            k_base, v_base, blk, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
+        )
+        m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
 
+    pdl_release(PDL)
     # partials (B, H, P, D) and (B, H, P, 2), unnormalised; rows past G are padding
     out_row = ((b * n_kv_heads + h) * G + g).to(tl.int64) * n_splits + split
     tl.store(acc_ptr + out_row[:, None] * D + d[None, :], acc, mask=g_ok[:, None] & d_ok[None, :])
@@ -205,9 +231,11 @@ def _arrival_counters(n: int, device: torch.device) -> torch.Tensor:
 
 
 def merge_in_kernel() -> bool:
-    """RUNTIME_ATTN_MERGE=separate merges the split partials in a second launch (the A/B
-    baseline); by default the last split program to finish merges them."""
-    choice = os.environ.get("RUNTIME_ATTN_MERGE", "last") or "last"
+    """RUNTIME_ATTN_MERGE=last: the last split program of each (row, kv head) to finish merges the
+    partials (one launch); by default ("separate") a second launch merges them, one program per
+    head. On the H100 the second launch was as fast or faster (notes/kernels.md): the last
+    program merges its G heads one after another."""
+    choice = os.environ.get("RUNTIME_ATTN_MERGE", "separate") or "separate"
     if choice not in ("last", "separate"):
         raise ValueError(f"RUNTIME_ATTN_MERGE={choice!r}: choose last or separate")
     return choice == "last"
@@ -229,8 +257,8 @@ def qkv_decode_attention_triton(
     scale: float,
     num_splits: int | None = None,
 ) -> torch.Tensor:
-    """Same contract as qkv_decode_attention_ref; one launch (the last program of each row and kv
-    head merges the partials), or two with RUNTIME_ATTN_MERGE=separate.
+    """Same contract as qkv_decode_attention_ref; two launches (split + merge), or one with
+    RUNTIME_ATTN_MERGE=last (the last program of each row and kv head merges the partials).
     num_splits overrides P (tests use it to force many partials on short caches)."""
     B, T, width = qkv.shape
     _, Hkv, S, D = k_cache.shape
@@ -252,6 +280,7 @@ def qkv_decode_attention_triton(
     ml = torch.empty((B, heads, splits, 2), dtype=torch.float32, device=qkv.device)
     out = torch.empty((B, heads, D), dtype=qkv.dtype, device=qkv.device)
     merge = merge_in_kernel()
+    launch = pdl(qkv.device)
     counters = _arrival_counters(B * Hkv, qkv.device) if merge else ml
     norm = q_weight is not None
     _qkv_split_kernel[(B * Hkv, splits)](
@@ -262,8 +291,8 @@ def qkv_decode_attention_triton(
         G=G, BLOCK_G=max(16, next_pow2(G)), D=D, HALF_BLOCK=max(16, next_pow2(D // 2)),
         BLOCK_D=max(16, next_pow2(D)), BLOCK_N=block_n, QK_NORM=norm, OFFSET=float(offset),
         DOT_F32=INTERPRETING, MERGE=merge, BLOCK_P=merge_block(D, splits),
-        num_warps=split_warps(D, k_cache.element_size()), num_stages=2, **pdl(qkv.device),
+        num_warps=split_warps(D, k_cache.element_size()), num_stages=2, **launch,
     )  # fmt: skip
     if not merge:
-        merge_partials(acc, ml, positions, out, block_n, S, from_positions=True)
+        merge_partials(acc, ml, positions, out, block_n, S, from_positions=True, launch=launch)
     return out

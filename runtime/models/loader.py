@@ -85,8 +85,7 @@ def parse_device(name: str | None) -> torch.device:
 
 def _hf_config(path: Path):
     """The transformers config of a model folder (its config.json) or of a config file, built from
-    the file directly: on the offline GPU machine the load's config step took 8 s through
-    AutoConfig.from_pretrained (scripts/startup_check.py times both)."""
+    the file directly (AutoConfig.from_pretrained would also look for the folder's other files)."""
     from transformers import AutoConfig
 
     data = json.loads((path / "config.json" if path.is_dir() else path).read_text())
