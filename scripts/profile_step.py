@@ -7,11 +7,12 @@ tokens, then:
 busy = the sum of kernel times per step; gap = step - busy is what launches and drains cost
 inside the graph. GEMM rows also give the achieved weight GB/s (all Linear weights + LM head /
 the GEMM kernels' time), against the copy bandwidth measured in the same process.
---ab also times the greedy and the "topk" sampled step (temperature 0.8, top-k 50, top-p 0.9)
-under each kernel setting of SETTINGS, one runner after another in this process, so the
-settings compare on the same card (RUNTIME_KERNELS_OFF names ops forced to their references,
-RUNTIME_GEMV_TUNE=0 keeps the heuristic GEMV blocks, RUNTIME_PDL=0 launches without programmatic
-dependent launch, RUNTIME_ATTN_MERGE=separate merges attention partials in a second launch).
+--ab also times the greedy and the "topk" sampled step (temperature 0.8, top-k 50, top-p 0.9) and
+the batch-16 greedy step under each kernel setting of SETTINGS, one runner after another in this
+process, so the settings compare on the same card and the same tuned GEMV blocks
+(RUNTIME_KERNELS_OFF names ops forced to their references, RUNTIME_GEMV_TUNE=0 keeps the heuristic
+GEMV blocks, RUNTIME_PDL picks the programmatic-dependent-launch mode, RUNTIME_ATTN_MERGE=last
+merges attention partials in the split kernel, RUNTIME_ROWS_TUNE=1 tunes the batch-bucket kernel).
 Prints one markdown table per model (top kernels) and the summary tables last; --out writes JSON.
 """
 
@@ -34,13 +35,13 @@ from runtime.kernels.fused_linear import _PROLOGUE_VECTORS, gemv_config
 from runtime.models.loader import load_model
 
 ARCHS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
+BATCH = 16  # --ab also times the greedy step of this batch bucket
 SETTINGS = {  # name -> the environment the runner is built (captured) under
     "default": {},
+    "no PDL": {"RUNTIME_PDL": "0"},
     "PDL early": {"RUNTIME_PDL": "early"},
-    "PDL late": {"RUNTIME_PDL": "late"},
-    "merge in the last program": {"RUNTIME_ATTN_MERGE": "last"},
-    "PDL late, merge in the last program": {"RUNTIME_PDL": "late", "RUNTIME_ATTN_MERGE": "last"},
-    "cuBLAS LM head": {"RUNTIME_KERNELS_OFF": "lm_head"},
+    "batch rows unfused": {"RUNTIME_KERNELS_OFF": "norm_linear_rows,act_linear_rows,linear_rows"},
+    "batch rows tuned": {"RUNTIME_ROWS_TUNE": "1"},
 }
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 
@@ -57,12 +58,12 @@ def linear_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-def step_ms(runner: Runner, steps: int, variant: str = "greedy") -> float:
+def step_ms(runner: Runner, steps: int, variant: str = "greedy", batch: int = 1) -> float:
     times = []
     for _ in range(steps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        runner.step(1, variant)
+        runner.step(batch, variant)
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end))
@@ -124,7 +125,7 @@ def ab(model_id: str, prompt: int, steps: int, repeat: int = 1) -> list[dict]:
     for trial, (name, env) in ((t, item) for t in range(repeat) for item in SETTINGS.items()):
         os.environ.update(env)  # read while the step is captured
         try:
-            runner = Runner(loaded, capacity=prompt + 2 * steps + 32, max_batch=1, mode="graph")
+            runner = Runner(loaded, capacity=prompt + 2 * steps + 32, max_batch=BATCH, mode="graph")
         except Exception as e:  # a kernel that fails here must not cost the other settings
             print(f"{model_id} / {name}: {type(e).__name__}: {e}")
             continue
@@ -144,6 +145,10 @@ def ab(model_id: str, prompt: int, steps: int, repeat: int = 1) -> list[dict]:
             for _ in range(8):
                 runner.step(1, variant)
             row[variant] = round(step_ms(runner, steps, variant), 4)
+        for r in range(BATCH):  # every row from the same prompt: the batch-16 greedy step
+            runner.set_row(r, SamplingParams())
+            runner.prefill(r, ids, 0, "greedy")
+        row[f"greedy_b{BATCH}"] = round(step_ms(runner, steps // 2, "greedy", BATCH), 4)
         if runner.mode == "graph":  # a failed capture falls back to eager: not comparable
             rows.append(row)
         else:
@@ -202,11 +207,13 @@ def main() -> None:
         return
     if args.ab:
         table = [r for m in args.model or ARCHS for r in ab(m, args.prompt, args.steps, args.repeat)]
-        print("| model | setting | trial | greedy step ms | topk step ms | topk / greedy | capture s |")
-        print("|---|---|---|---|---|---|---|")
+        print(f"| model | setting | trial | greedy step ms | topk step ms | topk / greedy | b{BATCH} ms | "
+              f"b{BATCH} / b1 | capture s |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|")
         for r in table:
+            b = r[f"greedy_b{BATCH}"]
             print(f"| {r['model']} | {r['setting']} | {r['trial']} | {r['greedy']:.3f} | {r['topk']:.3f} | "
-                  f"{r['topk'] / r['greedy']:.3f} | {r['capture_s']} |")  # fmt: skip
+                  f"{r['topk'] / r['greedy']:.3f} | {b:.3f} | {b / r['greedy']:.3f} | {r['capture_s']} |")  # fmt: skip
         if args.out:
             with open(args.out.replace(".json", "_ab.json"), "w") as f:
                 json.dump(table, f, indent=2)

@@ -106,6 +106,23 @@ def test_graph_prefill_matches_eager(gpu_runner, n):
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("n", [1, 16, 300, 700])
+def test_graph_prefill_replays_the_eager_padded_prefill_exactly(gpu_runner, n):
+    """The replay computes what DecoderLM.prefill_padded computes eagerly on the same padded tokens:
+    the same logits bit for bit, and the same cache row."""
+    loaded, runner = gpu_runner
+    graphs = runner.prefill_graphs
+    ids = torch.randint(3, loaded.spec.vocab - 1, (n,), device="cuda")
+    graphed = graphs.run(3, ids).clone()
+    T = bucket_for(n, graphs.lengths)
+    replay_rows = [(k[3].clone(), v[3].clone()) for k, v in zip(runner.cache.k, runner.cache.v)]
+    eager = loaded.model.prefill_padded(graphs.tokens[:T][None], graphs.n, runner.cache, graphs.row)
+    assert torch.equal(graphed, eager)
+    for (k, v), (k_cache, v_cache) in zip(replay_rows, zip(runner.cache.k, runner.cache.v)):
+        assert torch.equal(k, k_cache[3]) and torch.equal(v, v_cache[3])
+
+
+@pytest.mark.cuda
 def test_continued_rows_and_the_switch_prefill_eagerly(gpu_runner, monkeypatch):
     from runtime.engine.runner import Runner
 

@@ -72,7 +72,9 @@ class Runner:
         self.tune_s = 0.0
         if self.mode == "graph":
             if ops.enabled("linear", self.model.embed.weight):  # pick the GEMV blocks on this card
-                self.tune_s = gemv_tuning.tune_shapes(self.model.gemv_shapes(), self.model.dtype, self.device)
+                self.tune_s = gemv_tuning.tune_shapes(
+                    self.model.gemv_shapes(), self.model.dtype, self.device, self.buckets
+                )
             self._capture()
         # prompts from position 0 replay a graph per length bucket (RUNTIME_PREFILL_GRAPHS=0: eager)
         self.prefill_graphs: PrefillGraphs | None = None

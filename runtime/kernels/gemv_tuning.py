@@ -9,13 +9,14 @@ model's GEMVs before it captures (tuning allocates and synchronises). GPU only: 
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from collections.abc import Iterable
 
 import torch
 
-from runtime.kernels import fused_linear
+from runtime.kernels import fused_linear, fused_rows
 from runtime.kernels._triton import AVAILABLE, INTERPRETING, next_pow2
 from runtime.kernels.fused_linear import (
     _ACT,
@@ -32,14 +33,24 @@ from runtime.kernels.fused_linear import (
 TIMINGS: dict[tuple[str, int, int, torch.dtype], dict[tuple[int, int, int], float]] = {}
 
 
-def tune_shapes(shapes: Iterable[tuple[str, int, int]], dtype: torch.dtype, device) -> float:
+def tune_shapes(
+    shapes: Iterable[tuple[str, int, int]], dtype: torch.dtype, device, row_buckets: Iterable[int] = ()
+) -> float:
     """tune() each (op, N, K) of a model not tuned yet in this process (before its graphs are
-    captured: tuning allocates and synchronises). Returns the seconds spent."""
+    captured: tuning allocates and synchronises), and with RUNTIME_ROWS_TUNE=1 fused_rows.tune_rows
+    each of them but the LM head for each batch bucket of 2..16 rows in row_buckets (off by
+    default: the heuristic's blocks otherwise). Returns the seconds spent."""
     start = time.perf_counter()
     if tuning_enabled():
-        for op, N, K in dict.fromkeys(shapes):
+        shapes = list(dict.fromkeys(shapes))
+        for op, N, K in shapes:
             if (op, N, K, dtype) not in fused_linear._TUNED:
                 tune(op, N, K, dtype, device)
+        if os.environ.get("RUNTIME_ROWS_TUNE", "0") == "1":
+            for M in (b for b in row_buckets if fused_rows.MIN_ROWS <= b <= fused_rows.MAX_ROWS):
+                for op, N, K in (s for s in shapes if s[0] != "lm_head"):
+                    if (op, M, N, K, dtype) not in fused_rows._TUNED_ROWS:
+                        fused_rows.tune_rows(op, M, N, K, dtype, device)
     return time.perf_counter() - start
 
 

@@ -30,6 +30,12 @@ from runtime.kernels.argmax import argmax_checked_ref, argmax_checked_triton
 from runtime.kernels.attention import prefill_attention_ref
 from runtime.kernels.decode_attention import decode_attention_ref, decode_attention_triton
 from runtime.kernels.fused_linear import act_linear_triton, linear_triton, norm_linear_triton, one_row
+from runtime.kernels.fused_rows import (
+    act_linear_rows_triton,
+    fits_rows,
+    linear_rows_triton,
+    norm_linear_rows_triton,
+)
 from runtime.kernels.qkv_attention import qkv_decode_attention_ref, qkv_decode_attention_triton
 from runtime.kernels.qkv_rope import (
     qkv_rope_ref,
@@ -97,9 +103,11 @@ def add_rms_norm(
     return fn(x, residual, weight, eps, offset, pre_weight)
 
 
-# The batch-1 GEMVs with their prologue folded in (runtime/kernels/fused_linear.py). Where the
-# fused kernel does not apply (more rows than one, the op turned off, mixed dtypes) they run
-# unfused: the prologue op as dispatched above (itself a Triton kernel on CUDA), then cuBLAS.
+# The decode projections with their prologue folded in: one row (batch 1) takes the GEMV of
+# runtime/kernels/fused_linear.py, 2..16 rows (the batch buckets) the tl.dot kernel of
+# fused_rows.py (op names "<op>_rows" for RUNTIME_KERNELS_OFF). Elsewhere (prefill, more rows,
+# the op turned off, mixed dtypes) they run unfused: the prologue op as dispatched above (itself
+# a Triton kernel on CUDA), then cuBLAS. The LM head keeps cuBLAS past one row.
 
 
 def norm_linear(
@@ -120,6 +128,8 @@ def norm_linear(
     same = all(t.dtype == weight.dtype for t in (h, residual, norm_w, pre_w) if t is not None)
     if same and one_row(residual) and enabled(name, residual):
         return norm_linear_triton(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype)
+    if same and name != "lm_head" and fits_rows(residual) and enabled(f"{name}_rows", residual):
+        return norm_linear_rows_triton(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype)
     if h is None:
         normed, new_residual = rms_norm(residual, norm_w, eps, offset), residual
     else:
@@ -132,6 +142,8 @@ def act_linear(gate_up: torch.Tensor, activation: str, weight: torch.Tensor) -> 
     """gate_up (..., 2I) -> down(act(gate) * up) with weight (N, I)."""
     if gate_up.dtype == weight.dtype and one_row(gate_up) and enabled("act_linear", gate_up):
         return act_linear_triton(gate_up, activation, weight)
+    if gate_up.dtype == weight.dtype and fits_rows(gate_up) and enabled("act_linear_rows", gate_up):
+        return act_linear_rows_triton(gate_up, activation, weight)
     return F.linear(gated_act(gate_up, activation), weight)
 
 
@@ -139,6 +151,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (..., K) @ weight (N, K).T."""
     if x.dtype == weight.dtype and one_row(x) and enabled("linear", x):
         return linear_triton(x, weight)
+    if x.dtype == weight.dtype and fits_rows(x) and enabled("linear_rows", x):
+        return linear_rows_triton(x, weight)
     return F.linear(x, weight)
 
 

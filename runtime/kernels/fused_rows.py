@@ -1,0 +1,490 @@
+"""Batched-decode GEMM y = x @ W.T for 2..MAX_ROWS rows with the small op before it folded in: one Triton kernel.
+
+fused_linear.py's three ops (norm_linear, act_linear, linear; its references are the contract here)
+for a batch bucket of M = 2..16 rows. At M <= 16 the product is still bound by reading W once per
+step, so one kernel streams W once for all M rows and recomputes the prologue (residual add + RMSNorm,
+or the gated activation) tile by tile in the references' rounding, where the unfused path launches
+the prologue kernel, then cuBLAS (and often its split-K reduce).
+
+Kernel: program (n, k) owns output columns [n * BLOCK_N, (n + 1) * BLOCK_N) and K slice k of SPLIT.
+It walks its slice in BLOCK_K steps: the prologue builds the input tile (BLOCK_M = 16 rows, rows past
+M masked to zero) in the dtype, and tl.dot multiplies it with the (BLOCK_N, BLOCK_K) weight tile into
+a (BLOCK_M, BLOCK_N) fp32 accumulator. norm first takes each row's statistics over the whole of K in
+one or two passes over K chunks (the rows come from L2), and program (0, 0) writes residual + h' to a
+separate buffer during them (the others still read the old residual). With SPLIT > 1 each program
+stores its fp32 partial, and the last of a column block's SPLIT programs to arrive (an arrival counter
+per column block, left at zero for the next launch) sums the partials in split order, so the result
+does not depend on which program finished last. Results are rounded to the weights' dtype, then to
+the output dtype, as F.linear(...).to(out_dtype) rounds.
+
+Why split K at all: at 16 rows every program recomputes the prologue for 16 x (its K) elements, so
+the activation's two MUFU ops per element (16 per clock per SM) cost ~7 us per program at K = 6144:
+as long as the down projection's whole weight read. Splitting K divides that by SPLIT; rows_config
+weighs it against the extra partial traffic with a rough model (predict_us), and tune_rows() times
+CANDIDATE_CONFIGS on the card and wins from then on (call it before graph capture).
+
+# graph: grid fixed by the shapes; the split path's partials are a per-call buffer and its counters
+# are made on the device's first split launch (the warm-up before capture), then reused.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from runtime.kernels._triton import INTERPRETING, cdiv, jit, next_pow2, pdl, pdl_wait, tl
+from runtime.kernels.activation import ACTIVATIONS, _gated
+from runtime.kernels.fused_linear import act_linear_ref, linear_ref, norm_linear_ref, tuning_enabled
+from runtime.kernels.rmsnorm import _apply_norm
+
+MIN_ROWS, MAX_ROWS = 2, 16  # one row is fused_linear's; BLOCK_M = 16 is tl.dot's smallest tile
+BLOCK_M = 16
+
+# ---------------------------------------------------------------- launch model (rough H100 SXM figures)
+SMS = 132
+CLOCK_GHZ = 1.75
+HBM_GBPS = 3000.0  # achievable HBM read bandwidth
+SM_GBPS = 50.0  # what one SM pulls from L2 with a few tiles in flight
+SPLIT_US = 1.0  # the split path's tail: partial stores, the arrival atomic, the last program's sum
+L1_BYTES = 128 << 10  # a program's activation rows up to this size are read again from L1, not L2
+# per prologue: (K-long activation vectors it reads, passes over the whole K for the row statistics
+# before the product, issue cycles per row element over those passes, and in the product's prologue);
+# the cycles are guessed from instruction counts (act: two MUFU ops per element at 16 per clock per SM)
+_PROLOGUE_COST = {
+    "linear": (1, 0, 0.0, 0.01),
+    "act": (2, 0, 0.0, 0.15),
+    "norm_first": (1, 1, 0.03, 0.07),
+    "norm_add": (2, 1, 0.06, 0.10),
+    "norm_sandwich": (2, 2, 0.12, 0.15),
+}
+# what predict_us says of rows_config's choice at 16 bf16 rows (a model, not measured; launch gaps not
+# included): Qwen3-1.7B qkv 5.6 us, o 2.8, gate_up 16.8, down 9.4 (split 2); Llama 3.2 1B qkv 5.2, o 2.8,
+# gate_up 22.4, down 12.2 (split 2); Gemma 3 1B qkv 2.9, o 1.3, gate_up 10.6, down 6.7 (split 8)
+_OP_COST = {"linear": "linear", "act_linear": "act", "norm_linear": "norm_add", "lm_head": "norm_add"}
+
+# (BLOCK_N, BLOCK_K, SPLIT, num_warps, num_stages) that tune_rows times (SPLIT is capped by K at launch)
+CANDIDATE_CONFIGS = [
+    (16, 256, 1, 4, 4), (32, 256, 1, 4, 4), (64, 128, 1, 8, 4), (128, 64, 1, 8, 4), (64, 128, 2, 8, 4),
+    (64, 128, 4, 8, 4), (128, 64, 4, 8, 4), (32, 256, 4, 4, 4), (128, 64, 8, 8, 4),
+]  # fmt: skip
+_TUNED_ROWS: dict[tuple[str, int, int, int, torch.dtype], tuple[int, int, int, int, int]] = {}
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+_NONE, _NORM, _ACT = 0, 1, 2  # the kernel's PROLOGUE
+
+
+# ---------------------------------------------------------------- the kernel
+
+
+@jit
+def _tile(ptr, stride, rows, row_mask, cols, col_mask):
+    """The (BLOCK_M, BLOCK_K) tile of a row-major (M, stride) activation at `cols`, zero where masked."""
+    return tl.load(
+        ptr + rows[:, None] * stride + cols[None, :], mask=row_mask[:, None] & col_mask[None, :], other=0.0
+    )
+
+
+@jit
+def _sum_tile(
+    h_ptr, h_stride, res_ptr, res_stride, pre_w_ptr, rows, row_mask, cols, col_mask, inv_pre,
+    OFFSET: tl.constexpr, HAS_H: tl.constexpr, HAS_PRE: tl.constexpr,
+):  # fmt: skip
+    """residual + h' at `cols` in the dtype (h' = h, or h normed by pre_w; inv_pre (BLOCK_M,) h's 1 / rms)."""
+    s = _tile(res_ptr, res_stride, rows, row_mask, cols, col_mask)
+    if HAS_H:
+        h = _tile(h_ptr, h_stride, rows, row_mask, cols, col_mask)
+        if HAS_PRE:
+            h = _apply_norm(h, inv_pre[:, None], pre_w_ptr, cols, col_mask, OFFSET).to(h.dtype)
+        s = (s.to(tl.float32) + h.to(tl.float32)).to(s.dtype)
+    return s
+
+
+@jit
+def _input_tile(
+    x_ptr, x_stride, res_ptr, res_stride, norm_w_ptr, pre_w_ptr, rows, row_mask, cols, col_mask, K, inv, inv_pre,
+    PROLOGUE: tl.constexpr, OFFSET: tl.constexpr, HAS_H: tl.constexpr, HAS_PRE: tl.constexpr, GELU: tl.constexpr,
+):  # fmt: skip
+    """The product's input (BLOCK_M, BLOCK_K) at `cols`, in the dtype, with the prologue applied."""
+    if PROLOGUE == 1:
+        s = _sum_tile(
+            x_ptr, x_stride, res_ptr, res_stride, pre_w_ptr, rows, row_mask, cols, col_mask, inv_pre,
+            OFFSET, HAS_H, HAS_PRE,
+        )  # fmt: skip
+        x = _apply_norm(s, inv[:, None], norm_w_ptr, cols, col_mask, OFFSET).to(s.dtype)
+    elif PROLOGUE == 2:
+        gate = _tile(x_ptr, x_stride, rows, row_mask, cols, col_mask)
+        up = _tile(x_ptr + K, x_stride, rows, row_mask, cols, col_mask)
+        x = _gated(gate, up, GELU).to(gate.dtype)
+    else:
+        x = _tile(x_ptr, x_stride, rows, row_mask, cols, col_mask)
+    return x
+
+
+@jit
+def _dot(x, w, acc, DOT_F32: tl.constexpr):
+    """acc + x (BLOCK_M, BLOCK_K) @ w (BLOCK_N, BLOCK_K).T in fp32; DOT_F32 upcasts first (the CPU
+    interpreter cannot multiply bf16; on the GPU fp32 inputs take the exact, not the tf32, product)."""
+    if DOT_F32:
+        return tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), acc, input_precision="ieee")
+    return tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+
+
+@jit
+def _rows_kernel(
+    x_ptr,
+    x_stride,
+    res_ptr,
+    res_stride,
+    norm_w_ptr,
+    pre_w_ptr,
+    w_ptr,
+    y_ptr,
+    res_out_ptr,
+    part_ptr,
+    count_ptr,
+    M,
+    N,
+    K,
+    k_split,
+    eps,
+    PROLOGUE: tl.constexpr,
+    OFFSET: tl.constexpr,
+    HAS_H: tl.constexpr,
+    HAS_PRE: tl.constexpr,
+    GELU: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    # x (M, K) rows of stride x_stride (norm: h; act: gate_up (M, 2K)); res (M, K); W (N, K); y, part
+    # (M, N) and (SPLIT, M, N), res_out (M, K), all contiguous. int64 W offsets: N * K may pass 2^31
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    n_idx = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = n_idx < N
+    w_rows = w_ptr + n_idx.to(tl.int64)[:, None] * K  # (BLOCK_N, 1)
+    k_start = pid_k * k_split
+    k_end = tl.minimum(K, k_start + k_split)
+    # no kernel writes weights: under PDL the first tile's load overlaps the previous kernel's tail.
+    # W is read once per step: don't let it push the activations out of L2
+    cols = k_start + tl.arange(0, BLOCK_K)
+    col_mask = cols < k_end
+    w = tl.load(
+        w_rows + cols[None, :],
+        mask=n_mask[:, None] & col_mask[None, :],
+        other=0.0,
+        eviction_policy="evict_first",
+    )
+    pdl_wait(PDL)
+
+    inv = tl.zeros([BLOCK_M], tl.float32)
+    inv_pre = tl.zeros([BLOCK_M], tl.float32)
+    if PROLOGUE == 1:
+        # each row's statistics over the whole of K, chunk by chunk (names differ from the main loop's,
+        # which would be loop-carried): h's own 1 / rms for the sandwich norm, then s = residual + h'
+        if HAS_PRE:
+            sum_sq_pre = tl.zeros([BLOCK_M], tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                c_pre = k0 + tl.arange(0, BLOCK_K)
+                hf = _tile(x_ptr, x_stride, rows, row_mask, c_pre, c_pre < K).to(tl.float32)
+                sum_sq_pre += tl.sum(hf * hf, axis=1)
+            inv_pre = tl.rsqrt(sum_sq_pre / K + eps)
+        writer = (pid_n == 0) & (pid_k == 0)
+        sum_sq = tl.zeros([BLOCK_M], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            c_s = k0 + tl.arange(0, BLOCK_K)
+            s = _sum_tile(
+                x_ptr, x_stride, res_ptr, res_stride, pre_w_ptr, rows, row_mask, c_s, c_s < K, inv_pre,
+                OFFSET, HAS_H, HAS_PRE,
+            )  # fmt: skip
+            if HAS_H:
+                if writer:  # a separate buffer, written once: the other programs still read the old residual
+                    out_mask = row_mask[:, None] & (c_s < K)[None, :]
+                    tl.store(res_out_ptr + rows[:, None] * K + c_s[None, :], s, mask=out_mask)
+            sf = s.to(tl.float32)
+            sum_sq += tl.sum(sf * sf, axis=1)
+        inv = tl.rsqrt(sum_sq / K + eps)
+
+    x = _input_tile(
+        x_ptr, x_stride, res_ptr, res_stride, norm_w_ptr, pre_w_ptr, rows, row_mask, cols, col_mask, K, inv, inv_pre,
+        PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU,
+    )  # fmt: skip
+    acc = _dot(x, w, tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_F32)
+    for k0 in range(k_start + BLOCK_K, k_end, BLOCK_K):
+        c = k0 + tl.arange(0, BLOCK_K)
+        c_mask = c < k_end
+        x_c = _input_tile(
+            x_ptr, x_stride, res_ptr, res_stride, norm_w_ptr, pre_w_ptr, rows, row_mask, c, c_mask, K, inv, inv_pre,
+            PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU,
+        )  # fmt: skip
+        w_c = tl.load(
+            w_rows + c[None, :],
+            mask=n_mask[:, None] & c_mask[None, :],
+            other=0.0,
+            eviction_policy="evict_first",
+        )
+        acc = _dot(x_c, w_c, acc, DOT_F32)
+
+    y_off = rows[:, None] * N + n_idx[None, :]
+    y_mask = row_mask[:, None] & n_mask[None, :]
+    if SPLIT == 1:
+        # rounded to the weights' dtype first, as F.linear(...).to(y's dtype) rounds (float32 logits)
+        tl.store(y_ptr + y_off, acc.to(w_ptr.dtype.element_ty).to(y_ptr.dtype.element_ty), mask=y_mask)
+    else:
+        tl.store(part_ptr + pid_k * M * N + y_off, acc, mask=y_mask)
+        # the last of this column block's SPLIT programs sums the partials; the barrier puts all of
+        # this program's stores before its release
+        tl.debug_barrier()
+        arrived = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT - 1:
+            tl.store(count_ptr + pid_n, 0)  # ready for the next launch: every other program has counted
+            total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            for p in range(SPLIT):  # in split order: the sum does not depend on who came last
+                total += tl.load(part_ptr + p * M * N + y_off, mask=y_mask, other=0.0, cache_modifier=".cg")
+            tl.store(y_ptr + y_off, total.to(w_ptr.dtype.element_ty).to(y_ptr.dtype.element_ty), mask=y_mask)
+
+
+# ---------------------------------------------------------------- launch configuration
+
+
+def _block_k(block_n: int, K: int, elem_bytes: int) -> int:
+    """A ~16 KB weight tile, 64..256 columns (each W row chunk >= 128 B), never past next_pow2(K)."""
+    return max(16, min(next_pow2(K), 256, max(64, 16384 // (block_n * elem_bytes))))
+
+
+def _slices(K: int, block_k: int, split: int) -> tuple[int, int]:
+    """(splits, columns per split): whole BLOCK_K chunks per slice and no empty slice."""
+    chunks = cdiv(K, block_k)
+    per = cdiv(chunks, max(1, min(split, chunks)))
+    return cdiv(chunks, per), per * block_k
+
+
+def predict_us(N: int, K: int, elem_bytes: int, cost: str, block_n: int, block_k: int, split: int) -> float:
+    """A rough model of the kernel's microseconds at 16 rows (a prediction, not a measurement): the busiest
+    SM runs ceil(programs / SMS) programs, each limited by its prologue's issue cycles or by the bytes it
+    pulls at SM_GBPS (its W slice, and the activation rows: the statistics read them over the whole K, once
+    if they fit L1_BYTES, else once a pass), and the whole never beats W / HBM bandwidth."""
+    vectors, passes, stats_cycles, main_cycles = _PROLOGUE_COST[cost]
+    splits, k_split = _slices(K, block_k, split)
+    k_len = min(K, k_split)
+    programs = cdiv(N, block_n) * splits
+    row_bytes = BLOCK_M * vectors * elem_bytes  # per column of K
+    if passes == 0:
+        activations = row_bytes * k_len
+    elif row_bytes * K <= L1_BYTES:
+        activations = row_bytes * K  # the later passes hit L1
+    else:
+        activations = row_bytes * (passes * K + k_len)
+    issue_us = BLOCK_M * (stats_cycles * K + main_cycles * k_len) / (CLOCK_GHZ * 1e3)
+    program_us = max(issue_us, (block_n * k_len * elem_bytes + activations) / (SM_GBPS * 1e3))
+    t = max(cdiv(programs, SMS) * program_us, N * K * elem_bytes / (HBM_GBPS * 1e3))
+    return t + (SPLIT_US if splits > 1 else 0.0)
+
+
+def rows_config(N: int, K: int, elem_bytes: int, cost: str = "linear") -> tuple[int, int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, SPLIT, num_warps, num_stages) for an (N, K) weight at up to 16 rows.
+
+    BLOCK_N and SPLIT minimise predict_us over BLOCK_N 16..128 and SPLIT 1, 2, 4, 8 (each slice keeps
+    >= 4 chunks for the pipeline); within 5% of the best, the fewest splits, then the widest BLOCK_N
+    (fewer programs reread the activations). BLOCK_K: a ~16 KB weight tile. 8 warps where the prologue
+    has real work per element (more warps to hide the MUFU / ALU latency), else 4; 4 stages of
+    (W tile + input tile) within 96 KB of shared memory, else 3 or 2.
+    """
+    scored = []
+    for block_n in (16, 32, 64, 128):
+        block_k = _block_k(block_n, K, elem_bytes)
+        for split in (1, 2, 4, 8):
+            if split > 1 and cdiv(K, block_k) < 4 * split:
+                break
+            scored.append(
+                (predict_us(N, K, elem_bytes, cost, block_n, block_k, split), split, block_n, block_k)
+            )
+    best = min(t for t, *_ in scored)
+    near = [c for c in scored if c[0] <= 1.05 * best]
+    _, split, block_n, block_k = min(near, key=lambda c: (c[1], -c[2]))
+    num_warps = 8 if _PROLOGUE_COST[cost][3] >= 0.05 else 4
+    stage_bytes = (block_n + BLOCK_M) * block_k * elem_bytes
+    num_stages = 4 if 4 * stage_bytes <= 96 << 10 else 3 if 3 * stage_bytes <= 144 << 10 else 2
+    return block_n, block_k, split, num_warps, num_stages
+
+
+def _config(op: str, M: int, N: int, K: int, dtype: torch.dtype, cost: str) -> tuple[int, int, int, int, int]:
+    """tune_rows()'s choice for this shape, else the heuristic; BLOCK_K never past next_pow2(K)."""
+    config = _TUNED_ROWS.get((op, M, N, K, dtype)) if tuning_enabled() else None
+    if config is None and INTERPRETING:
+        # NumPy runs the programs one after another: a few big ones (the tests plant GPU-like blocks)
+        return min(64, max(16, next_pow2(N))), max(16, min(256, next_pow2(K))), 1, 4, 1
+    if config is None:
+        return rows_config(N, K, dtype.itemsize, cost)
+    block_n, block_k, split, num_warps, num_stages = config
+    return block_n, max(16, min(block_k, next_pow2(K))), split, num_warps, num_stages
+
+
+def _arrival_counters(n: int, device: torch.device) -> torch.Tensor:
+    """n int32 zeros at a fixed address, shared by every split launch on the device (each leaves them
+    at zero). Made on the first split launch (the warm-up before graph capture), so capture finds them;
+    64k of them (one per column block: N up to 1M at BLOCK_N 16) so that they never have to grow, which
+    would free the buffer under a captured graph."""
+    counters = _COUNTERS.get(device)
+    if counters is None or counters.numel() < n:
+        counters = _COUNTERS[device] = torch.zeros(max(n, 1 << 16), dtype=torch.int32, device=device)
+    return counters
+
+
+def rows_of(t: torch.Tensor) -> int:
+    """The rows t (..., K) holds: the product of its leading dims."""
+    return math.prod(t.shape[:-1])
+
+
+def fits_rows(t: torch.Tensor) -> bool:
+    """Whether t (..., K) holds 2..MAX_ROWS rows: what the kernel here takes."""
+    return MIN_ROWS <= rows_of(t) <= MAX_ROWS
+
+
+def _one_dtype(weight: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
+    """Whether every tensor given shares the weights' dtype (the kernel's tl.dot needs one dtype)."""
+    return all(t.dtype == weight.dtype for t in tensors if t is not None)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(..., K) -> (M, K) with unit stride along K (a view when the layout allows)."""
+    t2 = t.reshape(rows_of(t), t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def _launch(prologue, x, res, norm_w, pre_w, weight, y, res_out, eps, offset, gelu, config) -> None:
+    """x, res: (M, K) rows of unit column stride (x is (M, 2K) for act); y (M, N) and res_out (M, K)
+    contiguous (res_out None: nothing to write)."""
+    assert weight.dim() == 2 and weight.is_contiguous(), "W must be a contiguous (N, K) nn.Linear weight"
+    N, K = weight.shape
+    M = (x if x is not None else res).shape[0]
+    block_n, block_k, split, num_warps, num_stages = config
+    splits, k_split = _slices(K, block_k, split)
+    n_blocks = cdiv(N, block_n)
+    part, counters = y, y  # unused pointer arguments unless K is split
+    if splits > 1:
+        part = torch.empty((splits, M, N), dtype=torch.float32, device=weight.device)
+        counters = _arrival_counters(n_blocks, weight.device)
+    dummy = weight
+    _rows_kernel[(n_blocks, splits)](
+        x if x is not None else dummy, x.stride(0) if x is not None else 0,
+        res if res is not None else dummy, res.stride(0) if res is not None else 0,
+        norm_w if norm_w is not None else dummy, pre_w if pre_w is not None else dummy,
+        weight, y, res_out if res_out is not None else y, part, counters, M, N, K, k_split, eps,
+        PROLOGUE=prologue, OFFSET=float(offset), HAS_H=prologue == _NORM and x is not None,
+        HAS_PRE=prologue == _NORM and x is not None and pre_w is not None, GELU=gelu, SPLIT=splits,
+        BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, DOT_F32=INTERPRETING,
+        num_warps=num_warps, num_stages=num_stages, **pdl(weight.device),
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- Triton entry points (2..16 rows)
+
+
+def norm_linear_rows_triton(
+    h: torch.Tensor | None,
+    residual: torch.Tensor,
+    norm_w: torch.Tensor,
+    eps: float,
+    offset: float,
+    pre_w: torch.Tensor | None,
+    weight: torch.Tensor,
+    out_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as norm_linear_ref (one dtype throughout); one kernel for 2..MAX_ROWS rows, the
+    reference for other row counts or mixed dtypes."""
+    if not fits_rows(residual) or not _one_dtype(weight, h, residual, norm_w, pre_w):
+        return norm_linear_ref(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype)
+    N, K = weight.shape
+    assert residual.shape[-1] == K and (h is None or h.shape == residual.shape), (
+        residual.shape,
+        weight.shape,
+    )
+    y = torch.empty((*residual.shape[:-1], N), dtype=out_dtype or weight.dtype, device=weight.device)
+    new_residual = (
+        residual if h is None else torch.empty(residual.shape, dtype=residual.dtype, device=weight.device)
+    )
+    cost = "norm_first" if h is None else "norm_add" if pre_w is None else "norm_sandwich"
+    op = "norm_linear" if y.dtype == weight.dtype else "lm_head"
+    _launch(
+        _NORM, _rows(h) if h is not None else None, _rows(residual), norm_w, pre_w, weight, y,
+        new_residual if h is not None else None, eps, offset, False,
+        _config(op, rows_of(residual), N, K, weight.dtype, cost),
+    )  # fmt: skip
+    return y, new_residual
+
+
+def act_linear_rows_triton(gate_up: torch.Tensor, activation: str, weight: torch.Tensor) -> torch.Tensor:
+    """Same contract as act_linear_ref; one kernel for 2..MAX_ROWS rows, else (or mixed dtypes) the reference."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
+    if not fits_rows(gate_up) or not _one_dtype(weight, gate_up):
+        return act_linear_ref(gate_up, activation, weight)
+    N, K = weight.shape
+    assert gate_up.shape[-1] == 2 * K, (gate_up.shape, weight.shape)
+    y = torch.empty((*gate_up.shape[:-1], N), dtype=weight.dtype, device=weight.device)
+    _launch(
+        _ACT, _rows(gate_up), None, None, None, weight, y, None, 0.0, 0.0, activation == "gelu_tanh",
+        _config("act_linear", rows_of(gate_up), N, K, weight.dtype, "act"),
+    )  # fmt: skip
+    return y
+
+
+def linear_rows_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Same contract as linear_ref; one kernel for 2..MAX_ROWS rows, else (or mixed dtypes) the reference."""
+    if not fits_rows(x) or not _one_dtype(weight, x):
+        return linear_ref(x, weight)
+    N, K = weight.shape
+    assert x.shape[-1] == K, (x.shape, weight.shape)
+    y = torch.empty((*x.shape[:-1], N), dtype=weight.dtype, device=weight.device)
+    _launch(
+        _NONE, _rows(x), None, None, None, weight, y, None, 0.0, 0.0, False,
+        _config("linear", rows_of(x), N, K, weight.dtype, "linear"),
+    )  # fmt: skip
+    return y
+
+
+# ---------------------------------------------------------------- choosing the blocks on the card
+
+
+def tune_rows(
+    op: str, M_bucket: int, N: int, K: int, dtype: torch.dtype, device
+) -> tuple[int, int, int, int, int]:
+    """The fastest of rows_config's choice and CANDIDATE_CONFIGS for op ("norm_linear", "lm_head",
+    "act_linear", "linear") at M_bucket rows and an (N, K) weight, remembered for the launches (timed
+    as gemv_tuning times the batch-1 kernel: L2 flushed, median). Before graph capture: it allocates
+    and synchronises. Off CUDA a no-op that returns the heuristic."""
+    heuristic = rows_config(N, K, dtype.itemsize, _OP_COST[op])
+    if torch.device(device).type != "cuda" or INTERPRETING:
+        return heuristic
+    from runtime.kernels.gemv_tuning import _time_us
+
+    weight = torch.randn(N, K, device=device, dtype=dtype) / math.sqrt(K)
+    vec = torch.randn(M_bucket, 2 * K, device=device, dtype=dtype)  # gate_up, or h | residual
+    norm_w = torch.randn(K, device=device, dtype=dtype)
+    y = torch.empty(M_bucket, N, device=device, dtype=torch.float32 if op == "lm_head" else dtype)
+    res_out = torch.empty(M_bucket, K, device=device, dtype=dtype)
+    # the decoder's common case per op: norm with a residual add, offset 0
+    prologue, x, res, nw, ro = {
+        "linear": (_NONE, vec[:, :K], None, None, None),
+        "norm_linear": (_NORM, vec[:, :K], vec[:, K:], norm_w, res_out),
+        "lm_head": (_NORM, vec[:, :K], vec[:, K:], norm_w, res_out),
+        "act_linear": (_ACT, vec, None, None, None),
+    }[op]
+    timings = {}
+    for block_n, block_k, split, num_warps, num_stages in dict.fromkeys([heuristic, *CANDIDATE_CONFIGS]):
+        block_k = max(16, min(block_k, next_pow2(K)))
+        config = (block_n, block_k, _slices(K, block_k, split)[0], num_warps, num_stages)
+        if config not in timings:
+            timings[config] = _time_us(
+                lambda c=config: _launch(prologue, x, res, nw, None, weight, y, ro, 1e-6, 0.0, False, c)
+            )
+    best = min(timings, key=timings.get)
+    _TUNED_ROWS[(op, M_bucket, N, K, dtype)] = best
+    return best
