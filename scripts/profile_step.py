@@ -12,7 +12,8 @@ the batch-16 greedy step under each kernel setting of SETTINGS, one runner after
 process, so the settings compare on the same card and the same tuned GEMV blocks
 (RUNTIME_KERNELS_OFF names ops forced to their references, RUNTIME_GEMV_TUNE=0 keeps the heuristic
 GEMV blocks, RUNTIME_PDL picks the programmatic-dependent-launch mode, RUNTIME_ATTN_MERGE=last
-merges attention partials in the split kernel, RUNTIME_ROWS_TUNE=1 tunes the batch-bucket kernel).
+merges attention partials in the split kernel, RUNTIME_BATCH_ROWS=fused sends batch buckets to the
+fused_rows kernel and RUNTIME_ROWS_TUNE=1 tunes it).
 Prints one markdown table per model (top kernels) and the summary tables last; --out writes JSON.
 """
 
@@ -40,8 +41,8 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "default": {},
     "no PDL": {"RUNTIME_PDL": "0"},
     "PDL early": {"RUNTIME_PDL": "early"},
-    "batch rows unfused": {"RUNTIME_KERNELS_OFF": "norm_linear_rows,act_linear_rows,linear_rows"},
-    "batch rows tuned": {"RUNTIME_ROWS_TUNE": "1"},
+    "batch rows fused": {"RUNTIME_BATCH_ROWS": "fused"},
+    "batch rows fused, tuned": {"RUNTIME_BATCH_ROWS": "fused", "RUNTIME_ROWS_TUNE": "1"},
 }
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 

@@ -342,3 +342,37 @@ def test_tune_rows_on_the_gpu_picks_a_candidate_the_launch_then_uses(monkeypatch
 def test_fused_rows_under_the_cpu_interpreter():
     """Runs this file's kernel tests on the CPU through the Triton interpreter (small cases)."""
     run_under_interpreter(__file__)
+
+
+def test_ops_send_batch_buckets_to_the_rows_kernel_only_when_asked(monkeypatch):
+    """RUNTIME_BATCH_ROWS=fused routes 2..16 rows of each projection here; by default (and for one
+    row, or 17) they stay on the unfused path."""
+    from runtime.kernels import _triton, ops
+
+    monkeypatch.setattr(_triton, "AVAILABLE", True)
+    monkeypatch.setenv("RUNTIME_KERNELS", "triton")
+    calls = []
+    for name in ("norm_linear_rows_triton", "act_linear_rows_triton", "linear_rows_triton"):
+        monkeypatch.setattr(ops, name, lambda *a, name=name, **k: calls.append(name) or "fused")
+    K, N = 8, 5
+    w, nw = torch.randn(N, K), torch.randn(K)
+
+    def run(rows: int) -> None:
+        x, gu = torch.randn(rows, K), torch.randn(rows, 2 * K)
+        ops.norm_linear(x, x, nw, 1e-6, 0.0, None, w)
+        ops.act_linear(gu, "silu", w)
+        ops.linear(x, w)
+
+    monkeypatch.setattr(ops, "norm_linear_triton", lambda *a, **k: (torch.zeros(1, N), torch.zeros(1, K)))
+    monkeypatch.setattr(ops, "act_linear_triton", lambda *a, **k: torch.zeros(1, N))
+    monkeypatch.setattr(ops, "linear_triton", lambda *a, **k: torch.zeros(1, N))
+    monkeypatch.setattr(ops, "add_rms_norm", lambda x, r, *a: (x + r, x + r))
+    monkeypatch.setattr(ops, "gated_act", lambda gu, act: gu[..., :K])
+    run(16)
+    assert calls == []
+    monkeypatch.setenv("RUNTIME_BATCH_ROWS", "fused")
+    run(1)
+    run(17)
+    assert calls == []
+    run(16)
+    assert calls == ["norm_linear_rows_triton", "act_linear_rows_triton", "linear_rows_triton"]

@@ -104,10 +104,15 @@ def add_rms_norm(
 
 
 # The decode projections with their prologue folded in: one row (batch 1) takes the GEMV of
-# runtime/kernels/fused_linear.py, 2..16 rows (the batch buckets) the tl.dot kernel of
-# fused_rows.py (op names "<op>_rows" for RUNTIME_KERNELS_OFF). Elsewhere (prefill, more rows,
-# the op turned off, mixed dtypes) they run unfused: the prologue op as dispatched above (itself
-# a Triton kernel on CUDA), then cuBLAS. The LM head keeps cuBLAS past one row.
+# runtime/kernels/fused_linear.py. Elsewhere (prefill, batch buckets, the op turned off, mixed
+# dtypes) they run unfused: the prologue op as dispatched above (itself a Triton kernel on CUDA),
+# then cuBLAS. RUNTIME_BATCH_ROWS=fused sends 2..16 rows to the tl.dot kernel of fused_rows.py
+# instead (op names "<op>_rows" for RUNTIME_KERNELS_OFF): opt-in, since on the H100 its batch-16
+# step was slower than norm kernel + cuBLAS (notes/kernels.md). The LM head keeps cuBLAS past one row.
+
+
+def _fused_rows(t: torch.Tensor, name: str) -> bool:
+    return os.environ.get("RUNTIME_BATCH_ROWS", "cublas") == "fused" and fits_rows(t) and enabled(name, t)
 
 
 def norm_linear(
@@ -128,7 +133,7 @@ def norm_linear(
     same = all(t.dtype == weight.dtype for t in (h, residual, norm_w, pre_w) if t is not None)
     if same and one_row(residual) and enabled(name, residual):
         return norm_linear_triton(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype)
-    if same and name != "lm_head" and fits_rows(residual) and enabled(f"{name}_rows", residual):
+    if same and name != "lm_head" and _fused_rows(residual, f"{name}_rows"):
         return norm_linear_rows_triton(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype)
     if h is None:
         normed, new_residual = rms_norm(residual, norm_w, eps, offset), residual
@@ -142,7 +147,7 @@ def act_linear(gate_up: torch.Tensor, activation: str, weight: torch.Tensor) -> 
     """gate_up (..., 2I) -> down(act(gate) * up) with weight (N, I)."""
     if gate_up.dtype == weight.dtype and one_row(gate_up) and enabled("act_linear", gate_up):
         return act_linear_triton(gate_up, activation, weight)
-    if gate_up.dtype == weight.dtype and fits_rows(gate_up) and enabled("act_linear_rows", gate_up):
+    if gate_up.dtype == weight.dtype and _fused_rows(gate_up, "act_linear_rows"):
         return act_linear_rows_triton(gate_up, activation, weight)
     return F.linear(gated_act(gate_up, activation), weight)
 
@@ -151,7 +156,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (..., K) @ weight (N, K).T."""
     if x.dtype == weight.dtype and one_row(x) and enabled("linear", x):
         return linear_triton(x, weight)
-    if x.dtype == weight.dtype and fits_rows(x) and enabled("linear_rows", x):
+    if x.dtype == weight.dtype and _fused_rows(x, "linear_rows"):
         return linear_rows_triton(x, weight)
     return F.linear(x, weight)
 
