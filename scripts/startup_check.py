@@ -102,3 +102,7 @@ def main() -> None:
                     }
                 )
             )
+
+
+if __name__ == "__main__":
+    main()
