@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -46,14 +47,51 @@ def profiled(runner: Runner, ids: list[int]) -> tuple[float, list]:
     return sum(us.values()) / 1e3, top
 
 
+SETTINGS = {  # --ab: name -> the environment a runner is built and prefilled under
+    "default": {},
+    "eager prefill": {"RUNTIME_PREFILL_GRAPHS": "0"},
+    "SDPA native GQA": {"RUNTIME_SDPA_GQA": "native"},
+}
+
+
+def ab(model_id: str, lengths: list[int], reps: int) -> list[dict]:
+    """TTFT wall ms per prompt length under each of SETTINGS, same process and weights."""
+    loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
+    rows = []
+    for name, env in SETTINGS.items():
+        os.environ.update(env)
+        try:
+            runner = Runner(loaded, capacity=max(lengths) + 64, max_batch=1, mode="graph")
+            for n in lengths:
+                ids = torch.randint(3, loaded.spec.vocab - 1, (n,)).tolist()
+                prefill_ms(runner, ids, 2)
+                rows.append({"model": model_id, "setting": name, "prompt": n,
+                             "wall_ms": round(prefill_ms(runner, ids, reps), 3)})  # fmt: skip
+            runner.release()
+        finally:
+            for key in env:
+                del os.environ[key]
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", action="append", help="repeatable; default: the three dev models")
     ap.add_argument("--lengths", default="128,1024")
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--ab", action="store_true", help="TTFT under each of SETTINGS instead of the profile")
     ap.add_argument("--out")
     args = ap.parse_args()
     lengths = [int(n) for n in args.lengths.split(",")]
+    if args.ab:
+        table = [r for m in args.model or ARCHS for r in ab(m, lengths, args.reps)]
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(table, f, indent=2)
+        print("| model | setting | prompt | TTFT wall ms |\n|---|---|---|---|")
+        for r in table:
+            print(f"| {r['model']} | {r['setting']} | {r['prompt']} | {r['wall_ms']:.2f} |")
+        return
     rows = []
     for model_id in args.model or ARCHS:
         loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")

@@ -130,18 +130,24 @@ def _qkv_rope_kernel(
     QK_NORM: tl.constexpr,
     OFFSET: tl.constexpr,
     TO_CACHE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
-    # grid (B * T, H + 2 Hkv): one program per (token, head); heads [0, H) are q, then k, then v
+    # grid (B * T, 3): program (token, part) builds all heads of one part of the token's qkv row
+    # (0: the H q heads, 1: the Hkv k heads, 2: the Hkv v heads), heads as the rows of a tile
     row = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1)
+    part = tl.program_id(1)
     b = row // T
     t = row % T
     half = D // 2
     c = tl.arange(0, HALF_BLOCK)
     ok = c < half
-    src = qkv_ptr + row * qkv_stride + j * D
-    x1 = tl.load(src + c[None, :], mask=ok[None, :], other=0.0)  # (1, D/2): the head's first half
-    x2 = tl.load(src + half + c[None, :], mask=ok[None, :], other=0.0)
+    r = tl.arange(0, BLOCK_R)
+    count = tl.where(part == 0, n_heads, n_kv_heads)
+    first = tl.where(part == 0, 0, tl.where(part == 1, n_heads, n_heads + n_kv_heads))
+    live = (r < count)[:, None] & ok[None, :]
+    src = qkv_ptr + row * qkv_stride + (first + r)[:, None] * D + c[None, :]
+    x1 = tl.load(src, mask=live, other=0.0)  # (BLOCK_R, D/2): the heads' first halves
+    x2 = tl.load(src + half, mask=live, other=0.0)
     # where k and v land: (B, T, Hkv, D) outputs, or cache slot positions[b] % S (T == 1)
     if TO_CACHE:
         place = b * kv_sb + cache_slot(pos_ptr, b, n_slots) * kv_st
@@ -149,17 +155,17 @@ def _qkv_rope_kernel(
         place = b * kv_sb + t * kv_st
     cs = cos_ptr + row * cos_stride
     sn = sin_ptr + row * cos_stride
-    if j < n_heads:
+    if part == 0:
         o1, o2 = norm_rope_rows(x1, x2, q_w_ptr, cs, sn, c, ok, eps, D, QK_NORM, OFFSET)
-        dst = q_ptr + row * n_heads * D + j * D
-    elif j < n_heads + n_kv_heads:
+        dst = q_ptr + row * n_heads * D + r[:, None] * D + c[None, :]
+    elif part == 1:
         o1, o2 = norm_rope_rows(x1, x2, k_w_ptr, cs, sn, c, ok, eps, D, QK_NORM, OFFSET)
-        dst = k_ptr + place + (j - n_heads) * kv_sh
+        dst = k_ptr + place + r[:, None] * kv_sh + c[None, :]
     else:
         o1, o2 = x1, x2
-        dst = v_ptr + place + (j - n_heads - n_kv_heads) * kv_sh
-    tl.store(dst + c[None, :], o1.to(dst.dtype.element_ty), mask=ok[None, :])
-    tl.store(dst + half + c[None, :], o2.to(dst.dtype.element_ty), mask=ok[None, :])
+        dst = v_ptr + place + r[:, None] * kv_sh + c[None, :]
+    tl.store(dst, o1.to(dst.dtype.element_ty), mask=live)
+    tl.store(dst + half, o2.to(dst.dtype.element_ty), mask=live)
 
 
 def _launch(qkv, heads, kv_heads, cos, sin, norm_args, outs, positions, kv_strides) -> None:
@@ -175,12 +181,13 @@ def _launch(qkv, heads, kv_heads, cos, sin, norm_args, outs, positions, kv_strid
         qkv2 = qkv2.contiguous()
     cos2, sin2 = cos.reshape(B * T, D).contiguous(), sin.reshape(B * T, D).contiguous()
     norm = q_weight is not None
-    _qkv_rope_kernel[(B * T, heads + 2 * kv_heads)](
+    block_r = next_pow2(heads)  # the q part has the most heads
+    _qkv_rope_kernel[(B * T, 3)](
         qkv2, q_weight if norm else qkv2, k_weight if norm else qkv2, cos2, sin2,
         positions if positions is not None else cos2, q, k, v,
         T, heads, kv_heads, k.shape[2] if positions is not None else 1, eps, qkv2.stride(0), D, *kv_strides,
         D=D, HALF_BLOCK=next_pow2(D // 2), QK_NORM=norm, OFFSET=float(offset), TO_CACHE=positions is not None,
-        num_warps=1 if D <= 128 else 2,
+        BLOCK_R=block_r, num_warps=max(1, min(8, block_r * next_pow2(D // 2) // 256)),
     )  # fmt: skip
 
 
