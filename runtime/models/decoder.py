@@ -130,11 +130,12 @@ def write_prompt_kv(cache: torch.Tensor, kv: torch.Tensor, row: torch.Tensor, n:
     live length too."""
     _, Hkv, S, D = cache.shape
     T = kv.shape[2]
-    pos = torch.arange(min(T, S), device=kv.device)
-    if T > S:
-        pos = pos + (n - S)
+    if T <= S:  # one indexed copy into the row's first T slots
+        cache[:, :, :T].index_copy_(0, row, kv)
+        return
+    pos = torch.arange(S, device=kv.device) + (n - S)
     slots = torch.remainder(pos, S)
-    flat = (row * Hkv + torch.arange(Hkv, device=kv.device)[:, None]) * S + slots[None, :]  # (Hkv, L)
+    flat = (row * Hkv + torch.arange(Hkv, device=kv.device)[:, None]) * S + slots[None, :]  # (Hkv, S)
     cache.view(-1, D).index_copy_(0, flat.reshape(-1), kv[0][:, pos.clamp(min=0)].reshape(-1, D))
 
 
