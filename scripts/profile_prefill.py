@@ -13,11 +13,10 @@ import json
 import os
 import statistics
 import time
-from collections import defaultdict
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
+from runtime.bench.kernel_times import kernel_times
 from runtime.engine.runner import Runner
 from runtime.models.loader import load_model
 
@@ -35,16 +34,9 @@ def prefill_ms(runner: Runner, ids: list[int], reps: int) -> float:
 
 
 def profiled(runner: Runner, ids: list[int]) -> tuple[float, list]:
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        runner.prefill(0, ids, 0, "greedy")
-        torch.cuda.synchronize()
-    us, calls = defaultdict(float), defaultdict(int)
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA and ev.device_time > 0:
-            us[ev.name] += ev.device_time
-            calls[ev.name] += 1
-    top = sorted(([k, round(t, 1), calls[k]] for k, t in us.items()), key=lambda r: -r[1])
-    return sum(us.values()) / 1e3, top
+    times = kernel_times(lambda: runner.prefill(0, ids, 0, "greedy"))
+    top = sorted(([k, round(t, 1), c] for k, (t, c) in times.items()), key=lambda r: -r[1])
+    return sum(t for t, _ in times.values()) / 1e3, top
 
 
 SETTINGS = {  # --ab: name -> the environment a runner is built and prefilled under

@@ -23,12 +23,11 @@ import argparse
 import json
 import os
 import re
-from collections import defaultdict
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from runtime.bench.bandwidth import copy_bandwidth_gbs
+from runtime.bench.kernel_times import kernel_times
 from runtime.engine.runner import Runner
 from runtime.engine.sampler import SamplingParams
 from runtime.kernels import gemv_tuning
@@ -73,16 +72,12 @@ def step_ms(runner: Runner, steps: int, variant: str = "greedy", batch: int = 1)
 
 def kernel_table(runner: Runner, replays: int) -> dict[str, tuple[float, float]]:
     """kernel name -> (us per step, launches per step), from `replays` profiled replays."""
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+
+    def replay() -> None:
         for _ in range(replays):
             runner.step(1, "greedy")
-        torch.cuda.synchronize()
-    us, calls = defaultdict(float), defaultdict(int)
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA and ev.device_time > 0:
-            us[ev.name] += ev.device_time
-            calls[ev.name] += 1
-    return {k: (us[k] / replays, calls[k] / replays) for k in us}
+
+    return {k: (t / replays, c / replays) for k, (t, c) in kernel_times(replay).items()}
 
 
 def run(model_id: str, prompt: int, steps: int, profiled: int, copy_gbs: float) -> dict:

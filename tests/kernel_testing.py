@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from runtime.kernels import _triton
 
@@ -84,3 +85,25 @@ def run_under_interpreter(test_file: str) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert " passed" in out and " failed" not in out, out[-3000:]
+
+
+def assert_linear_close(got: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
+    """got (..., N) against x (..., K) @ W.T in fp64, x the reference's rounded prologue. Allowed: the
+    output's rounding (rtol), and, growing with sqrt(K) as the typical |y| does, prologue elements an
+    ulp apart (the kernel's fp32 statistics sum in another order; the interpreter truncates to bf16)
+    and the fp32 sum order (what bounds fp32 outputs)."""
+    want = F.linear(x.double(), weight.double())
+    assert got.shape == want.shape and got.dtype == weight.dtype, (got.shape, want.shape, got.dtype)
+    eps = torch.finfo(weight.dtype).eps * (2 if INTERPRET and weight.dtype == BF16 else 1)
+    typical = (x.double().pow(2).mean() * weight.double().pow(2).mean() * x.shape[-1]).sqrt().item()
+    atol = (4 * eps + 64 * torch.finfo(F32).eps) * typical
+    torch.testing.assert_close(got.double(), want, rtol=2 * eps, atol=atol)
+
+
+def assert_same_bits(got: torch.Tensor, want: torch.Tensor) -> None:
+    """Bitwise equal; under the interpreter bf16 rounds by truncation, so there one ulp is allowed."""
+    assert got.shape == want.shape and got.dtype == want.dtype
+    if INTERPRET and got.dtype == BF16:
+        torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=0.0)
+    else:
+        assert torch.equal(got, want)

@@ -12,14 +12,15 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from kernel_testing import (
     BF16,
     F16,
     F32,
     INTERPRET,
     PoisonedTorch,
+    assert_linear_close,
     assert_matches,
+    assert_same_bits,
     cases,
     kernel_test,
     needs_triton,
@@ -58,28 +59,6 @@ def poisoned(monkeypatch):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
-
-
-def assert_gemv_close(got: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> None:
-    """got (..., N) against x (..., K) @ W.T in fp64, x the reference's rounded prologue. Allowed: the
-    output's rounding (rtol), and, growing with sqrt(K) as the typical |y| does, prologue elements an
-    ulp apart (the kernel's fp32 statistics sum in another order; the interpreter truncates to bf16)
-    and the fp32 sum order (what bounds fp32 outputs)."""
-    want = F.linear(x.double(), weight.double())
-    assert got.shape == want.shape and got.dtype == weight.dtype, (got.shape, want.shape, got.dtype)
-    eps = torch.finfo(weight.dtype).eps * (2 if INTERPRET and weight.dtype == BF16 else 1)
-    typical = (x.double().pow(2).mean() * weight.double().pow(2).mean() * x.shape[-1]).sqrt().item()
-    atol = (4 * eps + 64 * torch.finfo(F32).eps) * typical
-    torch.testing.assert_close(got.double(), want, rtol=2 * eps, atol=atol)
-
-
-def assert_same_bits(got: torch.Tensor, want: torch.Tensor) -> None:
-    """Bitwise equal; under the interpreter bf16 rounds by truncation, so there one ulp is allowed."""
-    assert got.shape == want.shape and got.dtype == want.dtype
-    if INTERPRET and got.dtype == BF16:
-        torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=0.0)
-    else:
-        assert torch.equal(got, want)
 
 
 def planted(monkeypatch, op: str, N: int, K: int, dtype: torch.dtype, config) -> None:
@@ -122,7 +101,7 @@ def test_norm_linear(poisoned, monkeypatch, lead, K, N, dtype, config, offset, m
             assert_same_bits(new_res, want_res)  # one fp32 add, rounded once, as torch's add
         else:
             assert_matches(new_res, want_res, dtype)  # through h's own rms, an fp32 sum
-    assert_gemv_close(y, rms_norm_ref(want_res, norm_w, EPS, offset), weight)
+    assert_linear_close(y, rms_norm_ref(want_res, norm_w, EPS, offset), weight)
 
 
 @kernel_test
@@ -141,7 +120,7 @@ def test_norm_linear_float32_logits(poisoned, monkeypatch, K, N, dtype, config):
     assert y.dtype == want.dtype == torch.float32 and y.shape == want.shape
     assert torch.equal(y, y.to(dtype).float())  # every value is one of the weights' dtype
     _, want_res = norm_linear_ref(h, residual, norm_w, EPS, 0.0, None, weight)
-    assert_gemv_close(y.to(dtype), rms_norm_ref(want_res, norm_w, EPS, 0.0), weight)
+    assert_linear_close(y.to(dtype), rms_norm_ref(want_res, norm_w, EPS, 0.0), weight)
 
 
 # (leading dims, I, N, dtype, config): gate_up is (..., 2I), W (N, I)
@@ -162,7 +141,7 @@ def test_act_linear(poisoned, monkeypatch, lead, K, N, dtype, config, activation
     weight = rand(N, K, dtype=dtype, scale=K**-0.5)
     y = act_linear_triton(gate_up, activation, weight)
     assert y.shape == act_linear_ref(gate_up, activation, weight).shape
-    assert_gemv_close(y, gated_act_ref(gate_up, activation), weight)
+    assert_linear_close(y, gated_act_ref(gate_up, activation), weight)
 
 
 # (leading dims, K, N, dtype, config); the GPU list holds every dev projection shape, and the Gemma
@@ -185,7 +164,7 @@ def test_linear(poisoned, monkeypatch, lead, K, N, dtype, config):
     x, weight = rand(*lead, K, dtype=dtype), rand(N, K, dtype=dtype, scale=K**-0.5)
     y = linear_triton(x, weight)
     assert y.shape == linear_ref(x, weight).shape
-    assert_gemv_close(y, x, weight)
+    assert_linear_close(y, x, weight)
 
 
 @pytest.mark.cuda
@@ -204,11 +183,11 @@ def test_tune_on_the_gpu_picks_a_candidate_the_launch_then_uses(monkeypatch, op)
     if op in ("norm_linear", "lm_head"):
         norm_w = rand(K, dtype=dtype)
         y, _ = norm_linear_triton(None, x, norm_w, EPS, 0.0, None, weight, F32 if op == "lm_head" else None)
-        assert_gemv_close(y.to(dtype), rms_norm_ref(x, norm_w, EPS), weight)
+        assert_linear_close(y.to(dtype), rms_norm_ref(x, norm_w, EPS), weight)
     elif op == "act_linear":
-        assert_gemv_close(act_linear_triton(x, "silu", weight), gated_act_ref(x, "silu"), weight)
+        assert_linear_close(act_linear_triton(x, "silu", weight), gated_act_ref(x, "silu"), weight)
     else:
-        assert_gemv_close(linear_triton(x, weight), x, weight)
+        assert_linear_close(linear_triton(x, weight), x, weight)
 
 
 # ---------------------------------------------------------------- CPU: fallbacks, config, dispatch
