@@ -28,16 +28,13 @@ from kernel_testing import (
     run_under_interpreter,
 )
 
-from runtime.kernels import _triton
+from runtime.kernels import _triton, arrival, gemv_tuning
 from runtime.kernels import fused_rows as fr
+from runtime.kernels import fused_rows_config as frc
 from runtime.kernels.activation import gated_act_ref
 from runtime.kernels.fused_linear import act_linear_ref, linear_ref, norm_linear_ref
-from runtime.kernels.fused_rows import (
-    act_linear_rows_triton,
-    linear_rows_triton,
-    norm_linear_rows_triton,
-    rows_config,
-)
+from runtime.kernels.fused_rows import act_linear_rows_triton, linear_rows_triton, norm_linear_rows_triton
+from runtime.kernels.fused_rows_config import rows_config
 from runtime.kernels.rmsnorm import rms_norm_ref
 
 # the interpreter evaluates sigmoid's exp(-x) in NumPy, which warns on overflow (the result is right)
@@ -62,12 +59,12 @@ def planted(monkeypatch, op: str, lead: tuple, N: int, K: int, dtype: torch.dtyp
     """Makes the launch use `config` (as if tune_rows() had chosen it); None keeps the heuristic."""
     if config is not None:
         rows = fr.rows_of(torch.empty(*lead, 1))
-        monkeypatch.setitem(fr._TUNED_ROWS, (op, rows, N, K, dtype), config)
+        monkeypatch.setitem(frc._TUNED_ROWS, (op, rows, N, K, dtype), config)
 
 
 def assert_counters_clear() -> None:
     """Every split launch leaves its arrival counters at zero for the next launch (and graph replay)."""
-    for counters in fr._COUNTERS.values():
+    for counters in arrival._COUNTERS.values():
         assert int(counters.abs().sum()) == 0
 
 
@@ -186,7 +183,7 @@ def test_linear_rows(poisoned, monkeypatch, lead, K, N, dtype, config):
 def test_strided_rows(poisoned, monkeypatch, dtype):
     """Rows that are views with a row stride wider than K (slices of a wider buffer) are read in place."""
     M, K, N = 3, 96, 40
-    monkeypatch.setitem(fr._TUNED_ROWS, ("norm_linear", M, N, K, dtype), (16, 32, 2, 4, 1))
+    monkeypatch.setitem(frc._TUNED_ROWS, ("norm_linear", M, N, K, dtype), (16, 32, 2, 4, 1))
     wide = rand(M, 3 * K, dtype=dtype)
     h, residual, gate_up = wide[:, :K], wide[:, K : 2 * K], wide[:, K:]
     norm_w, weight = rand(K, dtype=dtype), rand(N, K, dtype=dtype, scale=K**-0.5)
@@ -247,14 +244,14 @@ def test_rows_config_is_a_sane_launch(cost, N, K, elem_bytes):
     assert 16 <= block_n <= 128 and 16 <= block_k <= max(16, _triton.next_pow2(K)) and block_k <= 256
     assert num_warps in (4, 8) and 2 <= num_stages <= 4
     assert (
-        num_stages * (block_n + fr.BLOCK_M) * block_k * elem_bytes <= 144 << 10
+        num_stages * (block_n + frc.BLOCK_M) * block_k * elem_bytes <= 144 << 10
     )  # fits sm_80's shared memory
     if split > 1:
         assert _triton.cdiv(K, block_k) >= 4 * split  # every slice keeps a few chunks to pipeline
     if K * elem_bytes >= 128:
         assert block_k * elem_bytes >= 128  # each W row chunk a whole cache line
-    t = fr.predict_us(N, K, elem_bytes, cost, block_n, block_k, split)
-    assert N * K * elem_bytes / (fr.HBM_GBPS * 1e3) <= t < 1e4
+    t = frc.predict_us(N, K, elem_bytes, cost, block_n, block_k, split)
+    assert N * K * elem_bytes / (frc.HBM_GBPS * 1e3) <= t < 1e4
 
 
 def test_rows_config_splits_the_activations_k_and_not_the_wide_projections():
@@ -270,35 +267,35 @@ def test_slices_cover_k_with_no_empty_slice():
     for K in (16, 77, 300, 1000, 2048, 6144, 6912):
         for block_k in (16, 64, 256):
             for split in (1, 2, 3, 4, 8):
-                splits, k_split = fr._slices(K, block_k, split)
+                splits, k_split = frc._slices(K, block_k, split)
                 assert 1 <= splits <= split and k_split % block_k == 0
                 assert (splits - 1) * k_split < K <= splits * k_split
 
 
 def test_tune_rows_is_the_heuristic_off_cuda(monkeypatch):
-    monkeypatch.setattr(fr, "_TUNED_ROWS", {})
-    for op, cost in fr._OP_COST.items():
-        assert fr.tune_rows(op, 16, 3072, 2048, BF16, "cpu") == rows_config(3072, 2048, 2, cost)
-    assert fr._TUNED_ROWS == {}
+    monkeypatch.setattr(frc, "_TUNED_ROWS", {})
+    for op, cost in frc._OP_COST.items():
+        assert gemv_tuning.tune_rows(op, 16, 3072, 2048, BF16, "cpu") == rows_config(3072, 2048, 2, cost)
+    assert frc._TUNED_ROWS == {}
 
 
 def test_untuned_setting_ignores_tuned_blocks(monkeypatch):
-    monkeypatch.setitem(fr._TUNED_ROWS, ("linear", 4, 100, 64, BF16), (32, 128, 2, 4, 3))
-    monkeypatch.setattr(fr, "INTERPRETING", False)
-    assert fr._config("linear", 4, 100, 64, BF16, "linear") == (32, 64, 2, 4, 3)  # BLOCK_K capped by K
-    assert fr._config("linear", 5, 100, 64, BF16, "linear") == rows_config(100, 64, 2, "linear")
+    monkeypatch.setitem(frc._TUNED_ROWS, ("linear", 4, 100, 64, BF16), (32, 128, 2, 4, 3))
+    monkeypatch.setattr(frc, "INTERPRETING", False)
+    assert frc.config_for("linear", 4, 100, 64, BF16, "linear") == (32, 64, 2, 4, 3)  # BLOCK_K capped by K
+    assert frc.config_for("linear", 5, 100, 64, BF16, "linear") == rows_config(100, 64, 2, "linear")
     monkeypatch.setenv("RUNTIME_GEMV_TUNE", "0")
-    assert fr._config("linear", 4, 100, 64, BF16, "linear") == rows_config(100, 64, 2, "linear")
+    assert frc.config_for("linear", 4, 100, 64, BF16, "linear") == rows_config(100, 64, 2, "linear")
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(INTERPRET, reason="tune_rows times compiled kernels on the GPU")
 @pytest.mark.parametrize("op", ["norm_linear", "act_linear", "linear", "lm_head"])
 def test_tune_rows_on_the_gpu_picks_a_candidate_the_launch_then_uses(monkeypatch, op):
-    monkeypatch.setattr(fr, "_TUNED_ROWS", {})
+    monkeypatch.setattr(frc, "_TUNED_ROWS", {})
     M, N, K, dtype = 16, 1536, 1152, BF16
-    best = fr.tune_rows(op, M, N, K, dtype, "cuda")
-    assert fr._config(op, M, N, K, dtype, fr._OP_COST[op]) == best
+    best = gemv_tuning.tune_rows(op, M, N, K, dtype, "cuda")
+    assert frc.config_for(op, M, N, K, dtype, frc._OP_COST[op]) == best
     x = rand(M, 2 * K if op == "act_linear" else K, dtype=dtype)
     weight = rand(N, K, dtype=dtype, scale=K**-0.5)
     if op in ("norm_linear", "lm_head"):

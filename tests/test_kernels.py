@@ -33,7 +33,7 @@ from kernel_testing import (
     tol,
 )
 
-from runtime.kernels import _triton, ops
+from runtime.kernels import _triton, arrival, ops
 from runtime.kernels import activation as activation_mod
 from runtime.kernels import decode_attention as attention_mod
 from runtime.kernels import qkv_attention as qkv_attention_mod
@@ -272,7 +272,7 @@ def test_qkv_decode_attention(
     want = qkv_decode_attention_ref(*args, k_want, v_want, positions, D**-0.5)
     assert_matches(got, want, dtype, scale=3.0)  # softmax weights are rounded to the dtype before P @ V
     if merge == "last":  # every launch leaves the arrival counters at zero, so the next one merges too
-        assert not qkv_attention_mod._COUNTERS[got.device].any()
+        assert not arrival._COUNTERS[got.device].any()
         again = qkv_decode_attention_triton(*args, k_got, v_got, positions, D**-0.5, num_splits=splits)
         torch.testing.assert_close(again, got, atol=0, rtol=0)
     # the new token's k and v are in the cache; every other live slot is untouched

@@ -19,12 +19,14 @@ the output dtype, as F.linear(...).to(out_dtype) rounds.
 
 Why split K at all: at 16 rows every program recomputes the prologue for 16 x (its K) elements, so
 the activation's two MUFU ops per element (16 per clock per SM) cost ~7 us per program at K = 6144:
-as long as the down projection's whole weight read. Splitting K divides that by SPLIT; rows_config
-weighs it against the extra partial traffic with a rough model (predict_us), and tune_rows() times
-CANDIDATE_CONFIGS on the card and wins from then on (call it before graph capture).
+as long as the down projection's whole weight read. Splitting K divides that by SPLIT;
+fused_rows_config.rows_config weighs it against the extra partial traffic with a rough model, and
+gemv_tuning.tune_rows() times the candidates on the card and wins from then on (before capture).
+Opt-in (ops.py: RUNTIME_BATCH_ROWS=fused): on the H100 the batch-16 step was slower this way than
+the norm kernel + cuBLAS (notes/kernels.md).
 
 # graph: grid fixed by the shapes; the split path's partials are a per-call buffer and its counters
-# are made on the device's first split launch (the warm-up before capture), then reused.
+# (arrival.py) are made on the device's first split launch (the warm-up before capture).
 """
 
 from __future__ import annotations
@@ -33,43 +35,12 @@ import math
 
 import torch
 
-from runtime.kernels._triton import INTERPRETING, cdiv, jit, next_pow2, pdl, pdl_wait, tl
+from runtime.kernels._triton import INTERPRETING, cdiv, jit, pdl, pdl_wait, tl
 from runtime.kernels.activation import ACTIVATIONS, _gated
-from runtime.kernels.fused_linear import act_linear_ref, linear_ref, norm_linear_ref, tuning_enabled
+from runtime.kernels.arrival import arrival_counters
+from runtime.kernels.fused_linear import act_linear_ref, linear_ref, norm_linear_ref
+from runtime.kernels.fused_rows_config import BLOCK_M, MAX_ROWS, MIN_ROWS, _slices, config_for
 from runtime.kernels.rmsnorm import _apply_norm
-
-MIN_ROWS, MAX_ROWS = 2, 16  # one row is fused_linear's; BLOCK_M = 16 is tl.dot's smallest tile
-BLOCK_M = 16
-
-# ---------------------------------------------------------------- launch model (rough H100 SXM figures)
-SMS = 132
-CLOCK_GHZ = 1.75
-HBM_GBPS = 3000.0  # achievable HBM read bandwidth
-SM_GBPS = 50.0  # what one SM pulls from L2 with a few tiles in flight
-SPLIT_US = 1.0  # the split path's tail: partial stores, the arrival atomic, the last program's sum
-L1_BYTES = 128 << 10  # a program's activation rows up to this size are read again from L1, not L2
-# per prologue: (K-long activation vectors it reads, passes over the whole K for the row statistics
-# before the product, issue cycles per row element over those passes, and in the product's prologue);
-# the cycles are guessed from instruction counts (act: two MUFU ops per element at 16 per clock per SM)
-_PROLOGUE_COST = {
-    "linear": (1, 0, 0.0, 0.01),
-    "act": (2, 0, 0.0, 0.15),
-    "norm_first": (1, 1, 0.03, 0.07),
-    "norm_add": (2, 1, 0.06, 0.10),
-    "norm_sandwich": (2, 2, 0.12, 0.15),
-}
-# what predict_us says of rows_config's choice at 16 bf16 rows (a model, not measured; launch gaps not
-# included): Qwen3-1.7B qkv 5.6 us, o 2.8, gate_up 16.8, down 9.4 (split 2); Llama 3.2 1B qkv 5.2, o 2.8,
-# gate_up 22.4, down 12.2 (split 2); Gemma 3 1B qkv 2.9, o 1.3, gate_up 10.6, down 6.7 (split 8)
-_OP_COST = {"linear": "linear", "act_linear": "act", "norm_linear": "norm_add", "lm_head": "norm_add"}
-
-# (BLOCK_N, BLOCK_K, SPLIT, num_warps, num_stages) that tune_rows times (SPLIT is capped by K at launch)
-CANDIDATE_CONFIGS = [
-    (16, 256, 1, 4, 4), (32, 256, 1, 4, 4), (64, 128, 1, 8, 4), (128, 64, 1, 8, 4), (64, 128, 2, 8, 4),
-    (64, 128, 4, 8, 4), (128, 64, 4, 8, 4), (32, 256, 4, 4, 4), (128, 64, 8, 8, 4),
-]  # fmt: skip
-_TUNED_ROWS: dict[tuple[str, int, int, int, torch.dtype], tuple[int, int, int, int, int]] = {}
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
 
 _NONE, _NORM, _ACT = 0, 1, 2  # the kernel's PROLOGUE
 
@@ -253,90 +224,6 @@ def _rows_kernel(
 # ---------------------------------------------------------------- launch configuration
 
 
-def _block_k(block_n: int, K: int, elem_bytes: int) -> int:
-    """A ~16 KB weight tile, 64..256 columns (each W row chunk >= 128 B), never past next_pow2(K)."""
-    return max(16, min(next_pow2(K), 256, max(64, 16384 // (block_n * elem_bytes))))
-
-
-def _slices(K: int, block_k: int, split: int) -> tuple[int, int]:
-    """(splits, columns per split): whole BLOCK_K chunks per slice and no empty slice."""
-    chunks = cdiv(K, block_k)
-    per = cdiv(chunks, max(1, min(split, chunks)))
-    return cdiv(chunks, per), per * block_k
-
-
-def predict_us(N: int, K: int, elem_bytes: int, cost: str, block_n: int, block_k: int, split: int) -> float:
-    """A rough model of the kernel's microseconds at 16 rows (a prediction, not a measurement): the busiest
-    SM runs ceil(programs / SMS) programs, each limited by its prologue's issue cycles or by the bytes it
-    pulls at SM_GBPS (its W slice, and the activation rows: the statistics read them over the whole K, once
-    if they fit L1_BYTES, else once a pass), and the whole never beats W / HBM bandwidth."""
-    vectors, passes, stats_cycles, main_cycles = _PROLOGUE_COST[cost]
-    splits, k_split = _slices(K, block_k, split)
-    k_len = min(K, k_split)
-    programs = cdiv(N, block_n) * splits
-    row_bytes = BLOCK_M * vectors * elem_bytes  # per column of K
-    if passes == 0:
-        activations = row_bytes * k_len
-    elif row_bytes * K <= L1_BYTES:
-        activations = row_bytes * K  # the later passes hit L1
-    else:
-        activations = row_bytes * (passes * K + k_len)
-    issue_us = BLOCK_M * (stats_cycles * K + main_cycles * k_len) / (CLOCK_GHZ * 1e3)
-    program_us = max(issue_us, (block_n * k_len * elem_bytes + activations) / (SM_GBPS * 1e3))
-    t = max(cdiv(programs, SMS) * program_us, N * K * elem_bytes / (HBM_GBPS * 1e3))
-    return t + (SPLIT_US if splits > 1 else 0.0)
-
-
-def rows_config(N: int, K: int, elem_bytes: int, cost: str = "linear") -> tuple[int, int, int, int, int]:
-    """(BLOCK_N, BLOCK_K, SPLIT, num_warps, num_stages) for an (N, K) weight at up to 16 rows.
-
-    BLOCK_N and SPLIT minimise predict_us over BLOCK_N 16..128 and SPLIT 1, 2, 4, 8 (each slice keeps
-    >= 4 chunks for the pipeline); within 5% of the best, the fewest splits, then the widest BLOCK_N
-    (fewer programs reread the activations). BLOCK_K: a ~16 KB weight tile. 8 warps where the prologue
-    has real work per element (more warps to hide the MUFU / ALU latency), else 4; 4 stages of
-    (W tile + input tile) within 96 KB of shared memory, else 3 or 2.
-    """
-    scored = []
-    for block_n in (16, 32, 64, 128):
-        block_k = _block_k(block_n, K, elem_bytes)
-        for split in (1, 2, 4, 8):
-            if split > 1 and cdiv(K, block_k) < 4 * split:
-                break
-            scored.append(
-                (predict_us(N, K, elem_bytes, cost, block_n, block_k, split), split, block_n, block_k)
-            )
-    best = min(t for t, *_ in scored)
-    near = [c for c in scored if c[0] <= 1.05 * best]
-    _, split, block_n, block_k = min(near, key=lambda c: (c[1], -c[2]))
-    num_warps = 8 if _PROLOGUE_COST[cost][3] >= 0.05 else 4
-    stage_bytes = (block_n + BLOCK_M) * block_k * elem_bytes
-    num_stages = 4 if 4 * stage_bytes <= 96 << 10 else 3 if 3 * stage_bytes <= 144 << 10 else 2
-    return block_n, block_k, split, num_warps, num_stages
-
-
-def _config(op: str, M: int, N: int, K: int, dtype: torch.dtype, cost: str) -> tuple[int, int, int, int, int]:
-    """tune_rows()'s choice for this shape, else the heuristic; BLOCK_K never past next_pow2(K)."""
-    config = _TUNED_ROWS.get((op, M, N, K, dtype)) if tuning_enabled() else None
-    if config is None and INTERPRETING:
-        # NumPy runs the programs one after another: a few big ones (the tests plant GPU-like blocks)
-        return min(64, max(16, next_pow2(N))), max(16, min(256, next_pow2(K))), 1, 4, 1
-    if config is None:
-        return rows_config(N, K, dtype.itemsize, cost)
-    block_n, block_k, split, num_warps, num_stages = config
-    return block_n, max(16, min(block_k, next_pow2(K))), split, num_warps, num_stages
-
-
-def _arrival_counters(n: int, device: torch.device) -> torch.Tensor:
-    """n int32 zeros at a fixed address, shared by every split launch on the device (each leaves them
-    at zero). Made on the first split launch (the warm-up before graph capture), so capture finds them;
-    64k of them (one per column block: N up to 1M at BLOCK_N 16) so that they never have to grow, which
-    would free the buffer under a captured graph."""
-    counters = _COUNTERS.get(device)
-    if counters is None or counters.numel() < n:
-        counters = _COUNTERS[device] = torch.zeros(max(n, 1 << 16), dtype=torch.int32, device=device)
-    return counters
-
-
 def rows_of(t: torch.Tensor) -> int:
     """The rows t (..., K) holds: the product of its leading dims."""
     return math.prod(t.shape[:-1])
@@ -370,7 +257,7 @@ def _launch(prologue, x, res, norm_w, pre_w, weight, y, res_out, eps, offset, ge
     part, counters = y, y  # unused pointer arguments unless K is split
     if splits > 1:
         part = torch.empty((splits, M, N), dtype=torch.float32, device=weight.device)
-        counters = _arrival_counters(n_blocks, weight.device)
+        counters = arrival_counters(n_blocks, weight.device)
     dummy = weight
     _rows_kernel[(n_blocks, splits)](
         x if x is not None else dummy, x.stride(0) if x is not None else 0,
@@ -415,7 +302,7 @@ def norm_linear_rows_triton(
     _launch(
         _NORM, _rows(h) if h is not None else None, _rows(residual), norm_w, pre_w, weight, y,
         new_residual if h is not None else None, eps, offset, False,
-        _config(op, rows_of(residual), N, K, weight.dtype, cost),
+        config_for(op, rows_of(residual), N, K, weight.dtype, cost),
     )  # fmt: skip
     return y, new_residual
 
@@ -431,7 +318,7 @@ def act_linear_rows_triton(gate_up: torch.Tensor, activation: str, weight: torch
     y = torch.empty((*gate_up.shape[:-1], N), dtype=weight.dtype, device=weight.device)
     _launch(
         _ACT, _rows(gate_up), None, None, None, weight, y, None, 0.0, 0.0, activation == "gelu_tanh",
-        _config("act_linear", rows_of(gate_up), N, K, weight.dtype, "act"),
+        config_for("act_linear", rows_of(gate_up), N, K, weight.dtype, "act"),
     )  # fmt: skip
     return y
 
@@ -445,46 +332,6 @@ def linear_rows_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     y = torch.empty((*x.shape[:-1], N), dtype=weight.dtype, device=weight.device)
     _launch(
         _NONE, _rows(x), None, None, None, weight, y, None, 0.0, 0.0, False,
-        _config("linear", rows_of(x), N, K, weight.dtype, "linear"),
+        config_for("linear", rows_of(x), N, K, weight.dtype, "linear"),
     )  # fmt: skip
     return y
-
-
-# ---------------------------------------------------------------- choosing the blocks on the card
-
-
-def tune_rows(
-    op: str, M_bucket: int, N: int, K: int, dtype: torch.dtype, device
-) -> tuple[int, int, int, int, int]:
-    """The fastest of rows_config's choice and CANDIDATE_CONFIGS for op ("norm_linear", "lm_head",
-    "act_linear", "linear") at M_bucket rows and an (N, K) weight, remembered for the launches (timed
-    as gemv_tuning times the batch-1 kernel: L2 flushed, median). Before graph capture: it allocates
-    and synchronises. Off CUDA a no-op that returns the heuristic."""
-    heuristic = rows_config(N, K, dtype.itemsize, _OP_COST[op])
-    if torch.device(device).type != "cuda" or INTERPRETING:
-        return heuristic
-    from runtime.kernels.gemv_tuning import _time_us
-
-    weight = torch.randn(N, K, device=device, dtype=dtype) / math.sqrt(K)
-    vec = torch.randn(M_bucket, 2 * K, device=device, dtype=dtype)  # gate_up, or h | residual
-    norm_w = torch.randn(K, device=device, dtype=dtype)
-    y = torch.empty(M_bucket, N, device=device, dtype=torch.float32 if op == "lm_head" else dtype)
-    res_out = torch.empty(M_bucket, K, device=device, dtype=dtype)
-    # the decoder's common case per op: norm with a residual add, offset 0
-    prologue, x, res, nw, ro = {
-        "linear": (_NONE, vec[:, :K], None, None, None),
-        "norm_linear": (_NORM, vec[:, :K], vec[:, K:], norm_w, res_out),
-        "lm_head": (_NORM, vec[:, :K], vec[:, K:], norm_w, res_out),
-        "act_linear": (_ACT, vec, None, None, None),
-    }[op]
-    timings = {}
-    for block_n, block_k, split, num_warps, num_stages in dict.fromkeys([heuristic, *CANDIDATE_CONFIGS]):
-        block_k = max(16, min(block_k, next_pow2(K)))
-        config = (block_n, block_k, _slices(K, block_k, split)[0], num_warps, num_stages)
-        if config not in timings:
-            timings[config] = _time_us(
-                lambda c=config: _launch(prologue, x, res, nw, None, weight, y, ro, 1e-6, 0.0, False, c)
-            )
-    best = min(timings, key=timings.get)
-    _TUNED_ROWS[(op, M_bucket, N, K, dtype)] = best
-    return best

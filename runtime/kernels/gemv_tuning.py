@@ -16,7 +16,7 @@ from collections.abc import Iterable
 
 import torch
 
-from runtime.kernels import fused_linear, fused_rows
+from runtime.kernels import fused_linear, fused_rows, fused_rows_config
 from runtime.kernels._triton import AVAILABLE, INTERPRETING, next_pow2
 from runtime.kernels.fused_linear import (
     _ACT,
@@ -28,6 +28,14 @@ from runtime.kernels.fused_linear import (
     gemv_config,
     tuning_enabled,
 )
+from runtime.kernels.fused_rows_config import (
+    _OP_COST,
+    MAX_ROWS,
+    MIN_ROWS,
+    _slices,
+    rows_config,
+)
+from runtime.kernels.fused_rows_config import CANDIDATE_CONFIGS as ROWS_CANDIDATES
 
 # every timing tune() took: (op, N, K, dtype) -> {(BLOCK_N, BLOCK_K, num_warps): device us}
 TIMINGS: dict[tuple[str, int, int, torch.dtype], dict[tuple[int, int, int], float]] = {}
@@ -37,7 +45,7 @@ def tune_shapes(
     shapes: Iterable[tuple[str, int, int]], dtype: torch.dtype, device, row_buckets: Iterable[int] = ()
 ) -> float:
     """tune() each (op, N, K) of a model not tuned yet in this process (before its graphs are
-    captured: tuning allocates and synchronises), and with RUNTIME_ROWS_TUNE=1 fused_rows.tune_rows
+    captured: tuning allocates and synchronises), and with RUNTIME_ROWS_TUNE=1 tune_rows
     each of them but the LM head for each batch bucket of 2..16 rows in row_buckets (off by
     default: the heuristic's blocks otherwise). Returns the seconds spent."""
     start = time.perf_counter()
@@ -47,10 +55,10 @@ def tune_shapes(
             if (op, N, K, dtype) not in fused_linear._TUNED:
                 tune(op, N, K, dtype, device)
         if os.environ.get("RUNTIME_ROWS_TUNE", "0") == "1":
-            for M in (b for b in row_buckets if fused_rows.MIN_ROWS <= b <= fused_rows.MAX_ROWS):
+            for M in (b for b in row_buckets if MIN_ROWS <= b <= MAX_ROWS):
                 for op, N, K in (s for s in shapes if s[0] != "lm_head"):
-                    if (op, M, N, K, dtype) not in fused_rows._TUNED_ROWS:
-                        fused_rows.tune_rows(op, M, N, K, dtype, device)
+                    if (op, M, N, K, dtype) not in fused_rows_config._TUNED_ROWS:
+                        tune_rows(op, M, N, K, dtype, device)
     return time.perf_counter() - start
 
 
@@ -103,4 +111,44 @@ def tune(op_name: str, N: int, K: int, dtype: torch.dtype, device) -> tuple[int,
     best = min(timings, key=timings.get)
     TIMINGS[key] = timings
     fused_linear._TUNED[key] = best  # looked up on the module, so a test may swap the table
+    return best
+
+
+# ---------------------------------------------------------------- the batch-rows kernel (fused_rows.py)
+
+
+def tune_rows(
+    op: str, M_bucket: int, N: int, K: int, dtype: torch.dtype, device
+) -> tuple[int, int, int, int, int]:
+    """The fastest of rows_config's choice and CANDIDATE_CONFIGS for op ("norm_linear", "lm_head",
+    "act_linear", "linear") at M_bucket rows and an (N, K) weight, remembered for the launches (timed
+    as gemv_tuning times the batch-1 kernel: L2 flushed, median). Before graph capture: it allocates
+    and synchronises. Off CUDA a no-op that returns the heuristic."""
+    heuristic = rows_config(N, K, dtype.itemsize, _OP_COST[op])
+    if torch.device(device).type != "cuda" or not AVAILABLE or INTERPRETING:
+        return heuristic
+    weight = torch.randn(N, K, device=device, dtype=dtype) / math.sqrt(K)
+    vec = torch.randn(M_bucket, 2 * K, device=device, dtype=dtype)  # gate_up, or h | residual
+    norm_w = torch.randn(K, device=device, dtype=dtype)
+    y = torch.empty(M_bucket, N, device=device, dtype=torch.float32 if op == "lm_head" else dtype)
+    res_out = torch.empty(M_bucket, K, device=device, dtype=dtype)
+    # the decoder's common case per op: norm with a residual add, offset 0
+    prologue, x, res, nw, ro = {
+        "linear": (fused_rows._NONE, vec[:, :K], None, None, None),
+        "norm_linear": (fused_rows._NORM, vec[:, :K], vec[:, K:], norm_w, res_out),
+        "lm_head": (fused_rows._NORM, vec[:, :K], vec[:, K:], norm_w, res_out),
+        "act_linear": (fused_rows._ACT, vec, None, None, None),
+    }[op]
+    timings = {}
+    for block_n, block_k, split, num_warps, num_stages in dict.fromkeys([heuristic, *ROWS_CANDIDATES]):
+        block_k = max(16, min(block_k, next_pow2(K)))
+        config = (block_n, block_k, _slices(K, block_k, split)[0], num_warps, num_stages)
+        if config not in timings:
+            timings[config] = _time_us(
+                lambda c=config: fused_rows._launch(
+                    prologue, x, res, nw, None, weight, y, ro, 1e-6, 0.0, False, c
+                )
+            )
+    best = min(timings, key=timings.get)
+    fused_rows_config._TUNED_ROWS[(op, M_bucket, N, K, dtype)] = best
     return best

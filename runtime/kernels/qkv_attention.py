@@ -21,6 +21,7 @@ import os
 import torch
 
 from runtime.kernels._triton import INTERPRETING, jit, next_pow2, pdl, pdl_release, pdl_wait, tl
+from runtime.kernels.arrival import arrival_counters
 from runtime.kernels.decode_attention import (
     block_dot,
     decode_attention_ref,
@@ -218,18 +219,6 @@ def _qkv_split_kernel(
                 tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
-_COUNTERS: dict[torch.device, torch.Tensor] = {}
-
-
-def _arrival_counters(n: int, device: torch.device) -> torch.Tensor:
-    """n int32 zeros at a fixed address, shared by every launch on the device (each launch leaves
-    them at zero). First made in the warm-up before graph capture, so capture finds them."""
-    counters = _COUNTERS.get(device)
-    if counters is None or counters.numel() < n:
-        counters = _COUNTERS[device] = torch.zeros(max(n, 64), dtype=torch.int32, device=device)
-    return counters
-
-
 def merge_in_kernel() -> bool:
     """RUNTIME_ATTN_MERGE=last: the last split program of each (row, kv head) to finish merges the
     partials (one launch); by default ("separate") a second launch merges them, one program per
@@ -281,7 +270,7 @@ def qkv_decode_attention_triton(
     out = torch.empty((B, heads, D), dtype=qkv.dtype, device=qkv.device)
     merge = merge_in_kernel()
     launch = pdl(qkv.device)
-    counters = _arrival_counters(B * Hkv, qkv.device) if merge else ml
+    counters = arrival_counters(B * Hkv, qkv.device) if merge else ml
     norm = q_weight is not None
     _qkv_split_kernel[(B * Hkv, splits)](
         qkv2, q_weight if norm else qkv2, k_weight if norm else qkv2, cos2, sin2, positions, k_cache, v_cache,
