@@ -38,12 +38,9 @@ import torch
 from runtime.kernels._triton import INTERPRETING, cdiv, jit, pdl, pdl_wait, tl
 from runtime.kernels.activation import ACTIVATIONS, _gated
 from runtime.kernels.arrival import arrival_counters
-from runtime.kernels.fused_linear import act_linear_ref, linear_ref, norm_linear_ref
+from runtime.kernels.fused_linear import _ACT, _NONE, _NORM, act_linear_ref, linear_ref, norm_linear_ref
 from runtime.kernels.fused_rows_config import BLOCK_M, MAX_ROWS, MIN_ROWS, _slices, config_for
-from runtime.kernels.rmsnorm import _apply_norm
-
-_NONE, _NORM, _ACT = 0, 1, 2  # the kernel's PROLOGUE
-
+from runtime.kernels.rmsnorm import _apply_norm, _rows
 
 # ---------------------------------------------------------------- the kernel
 
@@ -237,12 +234,6 @@ def fits_rows(t: torch.Tensor) -> bool:
 def _one_dtype(weight: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
     """Whether every tensor given shares the weights' dtype (the kernel's tl.dot needs one dtype)."""
     return all(t.dtype == weight.dtype for t in tensors if t is not None)
-
-
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    """(..., K) -> (M, K) with unit stride along K (a view when the layout allows)."""
-    t2 = t.reshape(rows_of(t), t.shape[-1])
-    return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
 def _launch(prologue, x, res, norm_w, pre_w, weight, y, res_out, eps, offset, gelu, config) -> None:

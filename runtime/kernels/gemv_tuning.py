@@ -134,10 +134,10 @@ def tune_rows(
     res_out = torch.empty(M_bucket, K, device=device, dtype=dtype)
     # the decoder's common case per op: norm with a residual add, offset 0
     prologue, x, res, nw, ro = {
-        "linear": (fused_rows._NONE, vec[:, :K], None, None, None),
-        "norm_linear": (fused_rows._NORM, vec[:, :K], vec[:, K:], norm_w, res_out),
-        "lm_head": (fused_rows._NORM, vec[:, :K], vec[:, K:], norm_w, res_out),
-        "act_linear": (fused_rows._ACT, vec, None, None, None),
+        "linear": (_NONE, vec[:, :K], None, None, None),
+        "norm_linear": (_NORM, vec[:, :K], vec[:, K:], norm_w, res_out),
+        "lm_head": (_NORM, vec[:, :K], vec[:, K:], norm_w, res_out),
+        "act_linear": (_ACT, vec, None, None, None),
     }[op]
     timings = {}
     for block_n, block_k, split, num_warps, num_stages in dict.fromkeys([heuristic, *ROWS_CANDIDATES]):
