@@ -7,13 +7,14 @@ tokens, then:
 busy = the sum of kernel times per step; gap = step - busy is what launches and drains cost
 inside the graph. GEMM rows also give the achieved weight GB/s (all Linear weights + LM head /
 the GEMM kernels' time), against the copy bandwidth measured in the same process.
+It also times and profiles the batch-16 greedy step (every row from the same prompt).
 --ab also times the greedy and the "topk" sampled step (temperature 0.8, top-k 50, top-p 0.9) and
 the batch-16 greedy step under each kernel setting of SETTINGS, one runner after another in this
 process, so the settings compare on the same card and the same tuned GEMV blocks
-(RUNTIME_KERNELS_OFF names ops forced to their references, RUNTIME_GEMV_TUNE=0 keeps the heuristic
-GEMV blocks, RUNTIME_PDL picks the programmatic-dependent-launch mode, RUNTIME_ATTN_MERGE=last
-merges attention partials in the split kernel, RUNTIME_BATCH_ROWS=fused sends batch buckets to the
-fused_rows kernel and RUNTIME_ROWS_TUNE=1 tunes it).
+(RUNTIME_KERNELS_OFF names ops forced to their references: embed_rope, the step's inputs in one
+kernel, and step_tail, the argmax / sampler writing the next token; RUNTIME_ATTN_PREFETCH=0 makes
+the attention kernel wait before it reads its first cache block; RUNTIME_PDL picks the
+programmatic-dependent-launch mode).
 Prints one markdown table per model (top kernels) and the summary tables last; --out writes JSON.
 """
 
@@ -38,10 +39,11 @@ ARCHS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-
 BATCH = 16  # --ab also times the greedy step of this batch bucket
 SETTINGS = {  # name -> the environment the runner is built (captured) under
     "default": {},
+    "no attention prefetch": {"RUNTIME_ATTN_PREFETCH": "0"},
+    "no fused step inputs": {"RUNTIME_KERNELS_OFF": "embed_rope"},
+    "no fused step tail": {"RUNTIME_KERNELS_OFF": "step_tail"},
+    "none of the three": {"RUNTIME_ATTN_PREFETCH": "0", "RUNTIME_KERNELS_OFF": "embed_rope,step_tail"},
     "no PDL": {"RUNTIME_PDL": "0"},
-    "PDL early": {"RUNTIME_PDL": "early"},
-    "batch rows fused": {"RUNTIME_BATCH_ROWS": "fused"},
-    "batch rows fused, tuned": {"RUNTIME_BATCH_ROWS": "fused", "RUNTIME_ROWS_TUNE": "1"},
 }
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 
@@ -70,25 +72,29 @@ def step_ms(runner: Runner, steps: int, variant: str = "greedy", batch: int = 1)
     return sorted(times)[len(times) // 2]
 
 
-def kernel_table(runner: Runner, replays: int) -> dict[str, tuple[float, float]]:
+def kernel_table(runner: Runner, replays: int, batch: int = 1) -> dict[str, tuple[float, float]]:
     """kernel name -> (us per step, launches per step), from `replays` profiled replays."""
 
     def replay() -> None:
         for _ in range(replays):
-            runner.step(1, "greedy")
+            runner.step(batch, "greedy")
 
     return {k: (t / replays, c / replays) for k, (t, c) in kernel_times(replay).items()}
 
 
 def run(model_id: str, prompt: int, steps: int, profiled: int, copy_gbs: float) -> dict:
     loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
-    runner = Runner(loaded, capacity=prompt + steps + profiled + 16, max_batch=1, mode="graph")
+    runner = Runner(loaded, capacity=prompt + 2 * (steps + profiled) + 32, max_batch=BATCH, mode="graph")
     ids = torch.randint(3, loaded.spec.vocab - 1, (prompt,)).tolist()
     runner.prefill(0, ids, 0, "greedy")
     for _ in range(8):
         runner.step(1, "greedy")
     ms = step_ms(runner, steps)
     table = kernel_table(runner, profiled)
+    for r in range(BATCH):  # the batch bucket's step: every row from the same prompt
+        runner.prefill(r, ids, 0, "greedy")
+    batch_ms = step_ms(runner, steps // 2, "greedy", BATCH)
+    batch_table = kernel_table(runner, profiled, BATCH)
     busy = sum(t for t, _ in table.values()) / 1e3
     gemm_us = sum(t for k, (t, _) in table.items() if GEMM.search(k))
     weights = linear_bytes(loaded.model)
@@ -104,6 +110,10 @@ def run(model_id: str, prompt: int, steps: int, profiled: int, copy_gbs: float) 
         "weight_floor_ms": round(weights / copy_gbs / 1e6, 4),
         "kernels": sorted(
             ([k, round(t, 2), round(c, 1)] for k, (t, c) in table.items()), key=lambda r: -r[1]
+        ),
+        f"step_b{BATCH}_ms": round(batch_ms, 4),
+        f"kernels_b{BATCH}": sorted(
+            ([k, round(t, 2), round(c, 1)] for k, (t, c) in batch_table.items()), key=lambda r: -r[1]
         ),
     }
     runner.release()
@@ -230,18 +240,21 @@ def main() -> None:
         print(f"| {t['op']} | {t['N']} | {t['K']} | {t['best']} | {t['best_us']} | {t['best_gbs']} | "
               f"{t['heuristic']} | {t['heuristic_us']} |")  # fmt: skip
     for r in rows:
-        print(f"\n### {r['model']}: top kernels (us per step, launches per step)")
-        print("| kernel | us | n |\n|---|---|---|")
-        for name, t, c in r["kernels"][:14]:
-            print(f"| {name[:90]} | {t:.1f} | {c:g} |")
+        for key, label in (("kernels", "batch 1"), (f"kernels_b{BATCH}", f"batch {BATCH}")):
+            print(f"\n### {r['model']}, {label}: top kernels (us per step, launches per step)")
+            print("| kernel | us | n |\n|---|---|---|")
+            for name, t, c in r[key][:16]:
+                print(f"| {name[:90]} | {t:.1f} | {c:g} |")
+            print(f"| all {sum(c for _, _, c in r[key]):g} kernels | {sum(t for _, t, _ in r[key]):.1f} | |")
     print(
-        "\n| model | step ms | busy ms | gap ms | kernels/step | GEMM ms | GEMM GB/s | copy GB/s | weight floor ms |"
+        "\n| model | step ms | busy ms | gap ms | kernels/step | GEMM ms | GEMM GB/s | copy GB/s | weight floor ms "
+        f"| b{BATCH} step ms |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['step_ms']:.3f} | {r['busy_ms']:.3f} | {r['gap_ms']:.3f} | "
               f"{r['kernels_per_step']:g} | {r['gemm_ms']:.3f} | {r['gemm_gbs']} | {r['copy_gbs']} | "
-              f"{r['weight_floor_ms']:.3f} |")  # fmt: skip
+              f"{r['weight_floor_ms']:.3f} | {r[f'step_b{BATCH}_ms']:.3f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -167,15 +167,16 @@ def _combine_kernel(
     FROM_POSITIONS: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    pdl_wait(PDL)
     bh = tl.program_id(0)  # b * H + head
     b = bh // n_heads
     head = bh % n_heads
+    # the lengths are read before the wait: the split kernel before this one does not write them
     if FROM_POSITIONS:  # len_ptr holds positions: the live length is min(pos + 1, S)
         length = tl.minimum(tl.load(len_ptr + b) + 1, n_slots).to(tl.int32)
     else:
         length = tl.load(len_ptr + b).to(tl.int32)
     n_live = tl.minimum(tl.cdiv(length, BLOCK_N), n_splits)  # splits that wrote a partial
+    pdl_wait(PDL)
     out = merge_head(acc_ptr, ml_ptr, bh, n_live, n_splits, D, BLOCK_D, BLOCK_P)
     pdl_release(PDL)
     d = tl.arange(0, BLOCK_D)

@@ -129,9 +129,13 @@ def _qkv_split_kernel(
     DOT_F32: tl.constexpr,
     MERGE: tl.constexpr,
     BLOCK_P: tl.constexpr,
+    PREFETCH: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    pdl_wait(PDL)
+    # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
+    # what no kernel of this step writes: the positions, and the cache slots but the new one
+    if not PREFETCH:
+        pdl_wait(PDL)
     bh = tl.program_id(0)
     split = tl.program_id(1)
     b = bh // n_kv_heads
@@ -151,11 +155,13 @@ def _qkv_split_kernel(
     n = tl.arange(0, BLOCK_N)
     k_base = k_ptr + b.to(tl.int64) * k_sb + h.to(tl.int64) * k_sh
     v_base = v_ptr + b.to(tl.int64) * v_sb + h.to(tl.int64) * v_sh
-    # the first cache block's K and V are loaded before the query is built, so their latency
-    # overlaps the qkv row's load, norm and rope (at short lengths a program has one block only)
+    # the first cache block's K and V are loaded before the wait, so their latency overlaps the
+    # qkv GEMV's tail (at short lengths a program has one block only)
     k1, k2, v, live = _cache_block(
         k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
     )
+    if PREFETCH:
+        pdl_wait(PDL)
 
     row = qkv_ptr + b.to(tl.int64) * qkv_stride
     cs = cos_ptr + b.to(tl.int64) * cos_stride
@@ -230,6 +236,12 @@ def merge_in_kernel() -> bool:
     return choice == "last"
 
 
+def prefetch_enabled() -> bool:
+    """RUNTIME_ATTN_PREFETCH=0 makes the split kernel wait for the previous kernel before it reads
+    the positions and its first cache block (same-process A/B of the prefetch; default on)."""
+    return os.environ.get("RUNTIME_ATTN_PREFETCH", "1") != "0"
+
+
 def qkv_decode_attention_triton(
     qkv: torch.Tensor,
     heads: int,
@@ -280,6 +292,7 @@ def qkv_decode_attention_triton(
         G=G, BLOCK_G=max(16, next_pow2(G)), D=D, HALF_BLOCK=max(16, next_pow2(D // 2)),
         BLOCK_D=max(16, next_pow2(D)), BLOCK_N=block_n, QK_NORM=norm, OFFSET=float(offset),
         DOT_F32=INTERPRETING, MERGE=merge, BLOCK_P=merge_block(D, splits),
+        PREFETCH=prefetch_enabled(),
         num_warps=split_warps(D, k_cache.element_size()), num_stages=2, **launch,
     )  # fmt: skip
     if not merge:
