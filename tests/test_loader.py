@@ -181,7 +181,7 @@ def test_gguf_of_an_unsupported_architecture(tmp_path, monkeypatch):
     import numpy as np
     from gguf import GGUFWriter
 
-    monkeypatch.setenv("RUNTIME_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RUNTIME_CACHE_DIR", str(tmp_path / "cache"))
     path = tmp_path / "odd.gguf"
     writer = GGUFWriter(str(path), "nosucharch")
     writer.add_block_count(1)

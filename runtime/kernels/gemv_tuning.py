@@ -3,7 +3,8 @@
 tune() times the heuristic's blocks and CANDIDATE_CONFIGS for one (op, N, K) on random tensors,
 with L2 flushed before every call (a decode step's weights come from HBM), and remembers the
 fastest in fused_linear._TUNED, which the launches consult. The runner calls tune_shapes for a
-model's GEMVs before it captures (tuning allocates and synchronises). GPU only: elsewhere a no-op.
+model's GEMVs before it captures (tuning allocates and synchronises); it takes a choice already
+made for this card from tuning_store.py before it times anything. GPU only: elsewhere a no-op.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Iterable
 
 import torch
 
-from runtime.kernels import fused_linear, fused_rows, fused_rows_config
+from runtime.kernels import fused_linear, fused_rows, fused_rows_config, tuning_store
 from runtime.kernels._triton import AVAILABLE, INTERPRETING, next_pow2
 from runtime.kernels.fused_linear import (
     _ACT,
@@ -39,27 +40,66 @@ from runtime.kernels.fused_rows_config import CANDIDATE_CONFIGS as ROWS_CANDIDAT
 
 # every timing tune() took: (op, N, K, dtype) -> {(BLOCK_N, BLOCK_K, num_warps): device us}
 TIMINGS: dict[tuple[str, int, int, torch.dtype], dict[tuple[int, int, int], float]] = {}
+# where tune_shapes found each choice in _TUNED: "tuned", "stored" (the user's cache), "shipped"
+SOURCES: dict[tuple[str, int, int, torch.dtype], str] = {}
 
 
 def tune_shapes(
     shapes: Iterable[tuple[str, int, int]], dtype: torch.dtype, device, row_buckets: Iterable[int] = ()
 ) -> float:
-    """tune() each (op, N, K) of a model not tuned yet in this process (before its graphs are
-    captured: tuning allocates and synchronises), and with RUNTIME_ROWS_TUNE=1 tune_rows
-    each of them but the LM head for each batch bucket of 2..16 rows in row_buckets (off by
-    default: the heuristic's blocks otherwise). Returns the seconds spent."""
+    """Choose the blocks of each (op, N, K) of a model (before its graphs are captured: tuning
+    allocates and synchronises), from the first of: this process's choice, the user's store for
+    this card, the choices shipped for it, tune() (then saved to the store). RUNTIME_GEMV_TUNE=fresh
+    skips store and shipped choices and overwrites the store; =0 leaves the heuristic's blocks.
+    With RUNTIME_ROWS_TUNE=1 also tune_rows each shape but the LM head for each batch bucket of
+    2..16 rows in row_buckets (off by default: the heuristic's blocks otherwise). Returns the
+    seconds spent."""
     start = time.perf_counter()
     if tuning_enabled():
         shapes = list(dict.fromkeys(shapes))
+        fresh = os.environ.get("RUNTIME_GEMV_TUNE") == "fresh"
+        card = tuning_store.card(device)
+        # stale entries (a config no longer among the candidates) are dropped: that shape re-tunes
+        stored = {} if card is None else {k: v for k, v in tuning_store.load(card).items() if _valid(k, v[0])}
+        sources = (
+            [] if card is None or fresh else [("stored", stored), ("shipped", tuning_store.shipped(card))]
+        )
+        measured = {}
         for op, N, K in shapes:
-            if (op, N, K, dtype) not in fused_linear._TUNED:
-                tune(op, N, K, dtype, device)
+            key = (op, N, K, dtype)
+            if key in fused_linear._TUNED and not (fresh and SOURCES.get(key) in ("stored", "shipped")):
+                continue
+            for source, table in sources:
+                if key in table and _valid(key, table[key][0]):
+                    fused_linear._TUNED[key], SOURCES[key] = table[key][0], source
+                    break
+            else:
+                best = tune(op, N, K, dtype, device)
+                if card is not None:  # tune() timed the candidates: keep the result for the next start
+                    SOURCES[key] = "tuned"
+                    measured[key] = (best, TIMINGS.get(key, {}).get(best))
+        if measured:
+            tuning_store.save(card, {**stored, **measured})
         if os.environ.get("RUNTIME_ROWS_TUNE", "0") == "1":
             for M in (b for b in row_buckets if MIN_ROWS <= b <= MAX_ROWS):
                 for op, N, K in (s for s in shapes if s[0] != "lm_head"):
                     if (op, M, N, K, dtype) not in fused_rows_config._TUNED_ROWS:
                         tune_rows(op, M, N, K, dtype, device)
     return time.perf_counter() - start
+
+
+def candidates(op: str, N: int, K: int, dtype: torch.dtype) -> list[tuple[int, int, int]]:
+    """The blocks tune() times for op at (N, K): the heuristic's, then CANDIDATE_CONFIGS, with
+    BLOCK_K never past next_pow2(K) (as the launch clamps it), duplicates dropped."""
+    heuristic = gemv_config(N, K, dtype.itemsize, _PROLOGUE_VECTORS[op])
+    return list(
+        dict.fromkeys((n, max(16, min(k, next_pow2(K))), w) for n, k, w in [heuristic, *CANDIDATE_CONFIGS])
+    )
+
+
+def _valid(key: tuple[str, int, int, torch.dtype], config: tuple[int, int, int]) -> bool:
+    """Whether a remembered config is one tune() could choose today (files outlive candidate lists)."""
+    return tuple(config) in candidates(*key)
 
 
 def _time_us(fn, warmup: int = 3, reps: int = 20) -> float:
@@ -101,10 +141,7 @@ def tune(op_name: str, N: int, K: int, dtype: torch.dtype, device) -> tuple[int,
     }[op_name]
     prologue, x, res, nw, ro = args
     timings = {}
-    for config in dict.fromkeys([heuristic, *CANDIDATE_CONFIGS]):
-        config = (config[0], max(16, min(config[1], next_pow2(K))), config[2])
-        if config in timings:
-            continue
+    for config in candidates(op_name, N, K, dtype):
         timings[config] = _time_us(
             lambda c=config: _launch(prologue, x, res, nw, None, weight, y, ro, 1e-6, 0.0, False, c)
         )

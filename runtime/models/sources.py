@@ -31,8 +31,10 @@ HUB_PATTERNS = [
 
 
 def cache_root() -> Path:
-    if os.environ.get("RUNTIME_CACHE"):
-        return Path(os.environ["RUNTIME_CACHE"])
+    """Where converted GGUF weights and the GEMV tuning choices live: RUNTIME_CACHE_DIR, else
+    $XDG_CACHE_HOME/runtime, else ~/.cache/runtime."""
+    if os.environ.get("RUNTIME_CACHE_DIR"):
+        return Path(os.environ["RUNTIME_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "runtime"
 
 

@@ -1,0 +1,168 @@
+"""GEMV block choices kept on disk, so a start on a known card neither compiles nor times candidates.
+
+Two JSON sources, read by gemv_tuning.tune_shapes:
+  the user's store  one file per card key (GPU name, compute capability, triton, torch, FORMAT) under
+                    cache_dir(), written after tune() measured; any change of the key re-tunes
+  shipped choices   runtime/kernels/tuned/*.json, applied where GPU name and capability match whatever
+                    the triton and torch versions: blocks that won stay valid, only maybe not the fastest
+A file maps (op, N, K, dtype name) to [BLOCK_N, BLOCK_K, num_warps] and the measured us (for the
+record). Nothing here is fatal: an unreadable file is ignored and an unwritable folder skipped, each
+with a one-line warning. Whether a config is still a candidate is gemv_tuning's check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from runtime.kernels import _triton
+from runtime.kernels.fused_linear import _PROLOGUE_VECTORS
+from runtime.models.sources import cache_root
+
+FORMAT = 1  # bump when the file layout or the meaning of a config changes
+SHIPPED_DIR = Path(__file__).parent / "tuned"
+
+Key = tuple[str, int, int, torch.dtype]  # (op, N, K, dtype), as fused_linear._TUNED
+Config = tuple[int, int, int]  # (BLOCK_N, BLOCK_K, num_warps)
+Choices = dict[Key, tuple[Config, float | None]]  # -> (config, measured us or None)
+
+
+@dataclass(frozen=True)
+class Card:
+    """What a tuned choice depends on; the store keeps one file per key."""
+
+    name: str  # torch.cuda.get_device_name
+    capability: tuple[int, int]
+    triton: str
+    torch: str
+
+    @property
+    def key(self) -> str:
+        sm = "".join(map(str, self.capability))
+        return f"{slug(self.name)}-sm{sm}-triton{self.triton}-torch{self.torch}-v{FORMAT}"
+
+    def as_json(self) -> dict:
+        return {**asdict(self), "capability": list(self.capability)}
+
+
+def slug(name: str) -> str:
+    """A GPU name as a file name: NVIDIA H100 80GB HBM3 -> nvidia-h100-80gb-hbm3."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def card(device) -> Card | None:
+    """The card tune() would time on, or None where it times nothing (not CUDA, no compiled Triton)."""
+    if torch.device(device).type != "cuda" or not _triton.AVAILABLE or _triton.INTERPRETING:
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return Card(
+        torch.cuda.get_device_name(device), (major, minor), _triton.triton.__version__, torch.__version__
+    )
+
+
+def cache_dir() -> Path:
+    """The folder the GGUF conversions use too (sources.cache_root): RUNTIME_CACHE_DIR, else
+    $XDG_CACHE_HOME/runtime, else ~/.cache/runtime."""
+    return cache_root()
+
+
+def store_path(card: Card) -> Path:
+    return cache_dir() / "gemv" / f"{card.key}.json"
+
+
+# ---------------------------------------------------------------- reading
+
+
+def load(card: Card) -> Choices:
+    """The user's stored choices for exactly this card; {} if none, unreadable or another card's."""
+    path = store_path(card)
+    got = _read(path)
+    if got is None:
+        return {}
+    if got[0] != card.as_json():
+        warnings.warn(f"{path}: written for another card or version, ignored", stacklevel=2)
+        return {}
+    return got[1]
+
+
+def shipped(card: Card) -> Choices:
+    """The choices shipped for this card's GPU name and capability; {} if none."""
+    for path in sorted(SHIPPED_DIR.glob("*.json")):
+        got = _read(path)
+        if got is not None and (got[0]["name"], tuple(got[0]["capability"])) == (card.name, card.capability):
+            return got[1]
+    return {}
+
+
+def _read(path: Path) -> tuple[dict, Choices] | None:
+    """(the file's card fields, its choices); None (a warning unless missing) if it cannot be used."""
+    try:
+        doc = json.loads(path.read_text())
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ValueError(f"not a format-{FORMAT} tuning file")
+        fields = doc["card"]
+        if not isinstance(fields["name"], str) or len(fields["capability"]) != 2:
+            raise ValueError(f"bad card {fields}")
+        return fields, dict(_entry(e) for e in doc["choices"])
+    except (FileNotFoundError, NotADirectoryError):  # nothing stored yet
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        warnings.warn(f"{path}: unreadable tuning file ignored ({type(e).__name__}: {e})", stacklevel=3)
+        return None
+
+
+def _entry(e: dict) -> tuple[Key, tuple[Config, float | None]]:
+    dtype = getattr(torch, e["dtype"], None)
+    config = tuple(e["config"])
+    if (
+        e["op"] not in _PROLOGUE_VECTORS
+        or not isinstance(dtype, torch.dtype)
+        or not all(type(v) is int and v > 0 for v in (e["N"], e["K"], *config))
+        or len(config) != 3
+    ):
+        raise ValueError(f"bad entry {e}")
+    us = e.get("us")
+    return (e["op"], e["N"], e["K"], dtype), (config, None if us is None else float(us))
+
+
+# ---------------------------------------------------------------- writing
+
+
+def save(card: Card, choices: Choices) -> bool:
+    """Replace this card's store with choices, atomically; False (a warning) if it cannot be written."""
+    path = store_path(card)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # a temp file in the same folder, so os.replace is a rename: readers see the old or the new file
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(dumps({"format": FORMAT, "card": card.as_json()}, choices))
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as e:
+        warnings.warn(f"GEMV tuning not saved to {path.parent} ({e.strerror or e})", stacklevel=2)
+        return False
+    return True
+
+
+def dumps(head: dict, choices: Choices) -> str:
+    """head's fields and "choices", one line each (readable diffs of the shipped file), sorted by shape."""
+    rows = [
+        {"op": op, "N": N, "K": K, "dtype": str(dtype).removeprefix("torch."), "config": list(c), "us": us}
+        for (op, N, K, dtype), (c, us) in sorted(choices.items(), key=lambda kv: (*kv[0][:3], str(kv[0][3])))
+    ]
+    lines = [f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()]
+    lines.append('  "choices": [\n' + ",\n".join("    " + json.dumps(r) for r in rows) + "\n  ]")
+    return "{\n" + ",\n".join(lines) + "\n}\n"

@@ -1,0 +1,64 @@
+"""Write the GEMV block choices shipped for one card (runtime/kernels/tuned/) from a tuning JSON.
+
+The input is what `scripts/profile_step.py --out X.json` writes as X_gemv.json: a list of
+{op, N, K, best: [BLOCK_N, BLOCK_K, num_warps], best_us, ...}, one per shape tune() timed in that
+process. Run profile_step with RUNTIME_GEMV_TUNE=fresh so every shape is timed, not read from a store.
+  python scripts/ship_tuning.py results/2026-11-27-gpu-checks/gemv_tuning_h100.json \\
+      --gpu "NVIDIA H100 80GB HBM3" --capability 9.0 --measured-with "triton 3.6.0, torch 2.11.0+cu130"
+Without --gpu or --capability: this machine's card, and its triton and torch as --measured-with.
+Refuses a config tune() would no longer time (the candidate list changed since the measurement).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from runtime.kernels import tuning_store
+from runtime.kernels.gemv_tuning import candidates
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("tuning_json")
+    ap.add_argument("--gpu", help="torch.cuda.get_device_name of the card that measured")
+    ap.add_argument("--capability", help="its compute capability, e.g. 9.0")
+    ap.add_argument("--dtype", default="bfloat16", help="the weights' dtype when measured")
+    ap.add_argument("--measured-with", default="", help="versions, for the record")
+    ap.add_argument("--out", help="default: runtime/kernels/tuned/<gpu name>.json")
+    args = ap.parse_args()
+    if args.gpu is None or args.capability is None:  # measured on this machine
+        if not torch.cuda.is_available():
+            sys.exit("no CUDA card here: pass --gpu and --capability")
+        here = tuning_store.card("cuda")
+        args.gpu = args.gpu or here.name
+        args.capability = args.capability or "{}.{}".format(*here.capability)
+        args.measured_with = args.measured_with or f"triton {here.triton}, torch {here.torch}"
+    dtype = getattr(torch, args.dtype)
+
+    choices = {}
+    for row in json.loads(Path(args.tuning_json).read_text()):
+        key, config = (row["op"], row["N"], row["K"], dtype), tuple(row["best"])
+        if config not in candidates(*key):
+            sys.exit(f"{key[:3]}: {config} is not among today's candidates; re-tune")
+        if key not in choices or row["best_us"] < choices[key][1]:  # a shape timed twice: the faster
+            choices[key] = (config, row["best_us"])
+
+    head = {
+        "format": tuning_store.FORMAT,
+        "card": {"name": args.gpu, "capability": [int(v) for v in args.capability.split(".")]},
+        "measured_with": args.measured_with,
+        "source": args.tuning_json,
+    }
+    out = Path(args.out or tuning_store.SHIPPED_DIR / f"{tuning_store.slug(args.gpu)}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(tuning_store.dumps(head, choices))
+    print(f"{out}: {len(choices)} shapes for {args.gpu} (sm {args.capability})")
+
+
+if __name__ == "__main__":
+    main()

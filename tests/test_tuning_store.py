@@ -1,0 +1,337 @@
+"""Remembered GEMV block choices (tuning_store.py) and tune_shapes' lookup order, on the CPU.
+
+The card lookup and tune() are the only parts that need a GPU; both are replaced here: `card` returns
+a made-up Card and FakeTune picks a candidate without timing. RUNTIME_CACHE_DIR points at tmp_path,
+and fused_linear._TUNED, TIMINGS and SOURCES start empty in each test (a fresh process).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from runtime.kernels import fused_linear as fl
+from runtime.kernels import gemv_tuning, tuning_store
+from runtime.kernels.tuning_store import Card
+
+BF16 = torch.bfloat16
+H100 = Card("NVIDIA H100 80GB HBM3", (9, 0), "9.9.9", "9.9.9+test")  # not the measuring versions
+A100 = Card("NVIDIA A100-SXM4-80GB", (8, 0), "3.6.0", "2.11.0")
+LLAMA = [("norm_linear", 3072, 2048), ("linear", 2048, 2048), ("norm_linear", 16384, 2048),
+         ("act_linear", 2048, 8192), ("lm_head", 128256, 2048)]  # fmt: skip
+UNSHIPPED = ("linear", 4096, 4096)
+
+
+class FakeTune:
+    """Stands in for tune(): chooses candidates()[pick] as if it had timed them all, records the call."""
+
+    def __init__(self, pick: int = -1):
+        self.pick, self.calls = pick, []
+
+    def __call__(self, op, N, K, dtype, device):
+        self.calls.append((op, N, K))
+        candidates = gemv_tuning.candidates(op, N, K, dtype)
+        best = candidates[self.pick]
+        gemv_tuning.TIMINGS[(op, N, K, dtype)] = {c: 1.0 if c == best else 2.0 for c in candidates}
+        fl._TUNED[(op, N, K, dtype)] = best
+        return best
+
+
+@pytest.fixture
+def fresh_process(tmp_path, monkeypatch):
+    """An empty cache folder and no choice made yet in this 'process'."""
+    monkeypatch.setenv("RUNTIME_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("RUNTIME_GEMV_TUNE", raising=False)
+    restart(monkeypatch)
+    return tmp_path
+
+
+def restart(monkeypatch) -> None:
+    monkeypatch.setattr(fl, "_TUNED", {})
+    monkeypatch.setattr(gemv_tuning, "TIMINGS", {})
+    monkeypatch.setattr(gemv_tuning, "SOURCES", {})
+
+
+def on(monkeypatch, card: Card, pick: int = -1) -> FakeTune:
+    monkeypatch.setattr(tuning_store, "card", lambda device: card)
+    fake = FakeTune(pick)
+    monkeypatch.setattr(gemv_tuning, "tune", fake)
+    return fake
+
+
+def keyed(shapes, dtype=BF16):
+    return [(*s, dtype) for s in shapes]
+
+
+def write_store(card: Card, entries: list[dict]) -> None:
+    path = tuning_store.store_path(card)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": tuning_store.FORMAT, "card": card.as_json(), "choices": entries}))
+
+
+def stored_configs(card: Card) -> dict:
+    return {k: c for k, (c, _) in tuning_store.load(card).items()}
+
+
+# ---------------------------------------------------------------- (a) the store across starts
+
+
+@pytest.mark.filterwarnings("error")
+def test_first_start_tunes_and_saves_a_later_start_reads_the_store(fresh_process, monkeypatch):
+    fake = on(monkeypatch, A100)
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    assert fake.calls == LLAMA
+    chosen = dict(fl._TUNED)
+    assert stored_configs(A100) == chosen
+    assert {k: us for k, (_, us) in tuning_store.load(A100).items()} == dict.fromkeys(chosen, 1.0)
+    assert set(gemv_tuning.SOURCES.values()) == {"tuned"}
+
+    restart(monkeypatch)
+    fake = on(monkeypatch, A100)
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    assert fake.calls == []
+    assert fl._TUNED == chosen
+    assert gemv_tuning.SOURCES == dict.fromkeys(keyed(LLAMA), "stored")
+    assert gemv_tuning.TIMINGS == {}
+
+
+def test_the_card_key_changes_with_everything_a_choice_depends_on(fresh_process, monkeypatch):
+    variants = [
+        A100,
+        Card("NVIDIA A100-PCIE-40GB", (8, 0), "3.6.0", "2.11.0"),
+        Card(A100.name, (8, 6), "3.6.0", "2.11.0"),
+        Card(A100.name, (8, 0), "3.5.1", "2.11.0"),
+        Card(A100.name, (8, 0), "3.6.0", "2.10.0"),
+    ]
+    keys = {c.key for c in variants}
+    assert len(keys) == len(variants)
+    with monkeypatch.context() as m:
+        m.setattr(tuning_store, "FORMAT", tuning_store.FORMAT + 1)
+        assert A100.key not in keys
+
+    on(monkeypatch, A100)
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    restart(monkeypatch)
+    newer_triton = on(monkeypatch, variants[3])
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    assert newer_triton.calls == LLAMA  # another triton may compile another winner
+
+
+def test_the_cache_folder(monkeypatch, tmp_path):
+    for name in ("RUNTIME_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert tuning_store.cache_dir() == tmp_path / "home" / ".cache" / "runtime"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert tuning_store.cache_dir() == tmp_path / "xdg" / "runtime"
+    monkeypatch.setenv("RUNTIME_CACHE_DIR", str(tmp_path / "mine"))
+    assert tuning_store.cache_dir() == tmp_path / "mine"
+
+
+def test_off_cuda_there_is_no_card_and_nothing_is_stored(fresh_process):
+    assert tuning_store.card("cpu") is None
+    gemv_tuning.tune_shapes(LLAMA, torch.float32, "cpu")
+    assert fl._TUNED == {} and gemv_tuning.SOURCES == {}
+    assert not (fresh_process / "cache").exists()
+
+
+# ---------------------------------------------------------------- (b) shipped choices
+
+
+def shipped_h100() -> dict:
+    return {k: c for k, (c, _) in tuning_store.shipped(H100).items()}
+
+
+@pytest.mark.filterwarnings("error")
+def test_shipped_choices_apply_to_their_card_whatever_the_versions(fresh_process, monkeypatch):
+    fake = on(monkeypatch, H100)
+    gemv_tuning.tune_shapes([*LLAMA, UNSHIPPED], BF16, "cuda")
+    assert fake.calls == [UNSHIPPED]  # only the shape the file lacks is timed
+    for key in keyed(LLAMA):
+        assert fl._TUNED[key] == shipped_h100()[key]
+        assert gemv_tuning.SOURCES[key] == "shipped"
+    assert gemv_tuning.SOURCES[(*UNSHIPPED, BF16)] == "tuned"
+    assert stored_configs(H100) == {(*UNSHIPPED, BF16): fl._TUNED[(*UNSHIPPED, BF16)]}  # tuned only
+
+
+@pytest.mark.filterwarnings("error")
+def test_shipped_choices_are_not_another_cards(fresh_process, monkeypatch):
+    for card in (A100, Card(H100.name, (8, 0), H100.triton, H100.torch)):
+        restart(monkeypatch)
+        fake = on(monkeypatch, card)
+        gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+        assert fake.calls == LLAMA
+    assert tuning_store.shipped(A100) == {}
+    fake = on(monkeypatch, H100)
+    gemv_tuning.tune_shapes(LLAMA, torch.float16, "cuda")  # measured in bf16 only
+    assert fake.calls == LLAMA
+
+
+def test_the_users_store_comes_before_shipped_choices(fresh_process, monkeypatch):
+    key = ("norm_linear", 3072, 2048, BF16)
+    other = next(c for c in gemv_tuning.candidates(*key) if c != shipped_h100()[key])
+    write_store(
+        H100, [{"op": "norm_linear", "N": 3072, "K": 2048, "dtype": "bfloat16", "config": list(other)}]
+    )
+    fake = on(monkeypatch, H100)
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    assert fake.calls == []
+    assert fl._TUNED[key] == other and gemv_tuning.SOURCES[key] == "stored"
+    assert gemv_tuning.SOURCES[("linear", 2048, 2048, BF16)] == "shipped"
+
+
+# ---------------------------------------------------------------- (c) fresh, (d) off
+
+
+def test_fresh_retunes_and_overwrites_the_store(fresh_process, monkeypatch):
+    on(monkeypatch, A100, pick=0)
+    gemv_tuning.tune_shapes([*LLAMA, UNSHIPPED], BF16, "cuda")
+    first = stored_configs(A100)
+
+    restart(monkeypatch)
+    monkeypatch.setenv("RUNTIME_GEMV_TUNE", "fresh")
+    fake = on(monkeypatch, A100, pick=-1)
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    assert fake.calls == LLAMA
+    now = stored_configs(A100)
+    for key in keyed(LLAMA):
+        assert now[key] == fl._TUNED[key] == gemv_tuning.candidates(*key)[-1] != first[key]
+    assert now[(*UNSHIPPED, BF16)] == first[(*UNSHIPPED, BF16)]  # another model's shape stays
+
+    restart(monkeypatch)
+    fake = on(monkeypatch, H100)  # shipped choices are skipped too
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    assert fake.calls == LLAMA
+
+
+def test_fresh_retimes_a_choice_this_process_read_from_a_file(fresh_process, monkeypatch):
+    fake = on(monkeypatch, H100)
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    monkeypatch.setenv("RUNTIME_GEMV_TUNE", "fresh")
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    assert fake.calls == LLAMA
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")  # what it timed, it keeps
+    assert fake.calls == LLAMA
+
+
+def test_tune_0_chooses_nothing_and_touches_no_file(fresh_process, monkeypatch):
+    write_store(A100, [{"op": "linear", "N": 2048, "K": 2048, "dtype": "bfloat16", "config": [1, 2048, 8]}])
+    before = tuning_store.store_path(A100).read_text()
+    monkeypatch.setenv("RUNTIME_GEMV_TUNE", "0")
+    for card in (A100, H100):
+        fake = on(monkeypatch, card)
+        gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+        assert fake.calls == []
+    assert fl._TUNED == {} and gemv_tuning.SOURCES == {}
+    assert tuning_store.store_path(A100).read_text() == before
+    assert not tuning_store.store_path(H100).exists()
+
+
+# ---------------------------------------------------------------- (e) (f) (g) bad files, bad folders
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("{not json", "unreadable"),
+        ('{"format": 1, "card": {"name": "x"}, "choices": []}', "unreadable"),
+        ('{"format": 1, "card": {}, "choices": [{"op": "conv", "N": 1}]}', "unreadable"),
+        ('[1, 2, 3]', "unreadable"),
+        (json.dumps({"format": 1, "card": H100.as_json(), "choices": []}), "another card"),
+    ],
+)  # fmt: skip
+def test_a_corrupt_or_foreign_store_warns_and_tunes(fresh_process, monkeypatch, text, match):
+    path = tuning_store.store_path(A100)
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    fake = on(monkeypatch, A100)
+    with pytest.warns(UserWarning, match=match):
+        gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    assert fake.calls == LLAMA
+    assert stored_configs(A100) == fl._TUNED  # replaced by a good file
+
+
+def test_a_config_no_longer_among_the_candidates_is_ignored(fresh_process, monkeypatch, tmp_path):
+    stale = [3, 100, 4]  # not a candidate (nor the heuristic) of any shape
+    good = gemv_tuning.candidates("linear", 2048, 2048, BF16)[2]
+    write_store(A100, [
+        {"op": "norm_linear", "N": 3072, "K": 2048, "dtype": "bfloat16", "config": stale, "us": 1.0},
+        {"op": "linear", "N": 2048, "K": 2048, "dtype": "bfloat16", "config": list(good), "us": 1.0},
+    ])  # fmt: skip
+    fake = on(monkeypatch, A100)
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    assert ("norm_linear", 3072, 2048) in fake.calls and ("linear", 2048, 2048) not in fake.calls
+    assert fl._TUNED[("linear", 2048, 2048, BF16)] == good
+    assert list(stale) not in [list(c) for c in stored_configs(A100).values()]
+
+    # the same in a shipped file
+    shipped_dir = tmp_path / "shipped"
+    shipped_dir.mkdir()
+    (shipped_dir / "h100.json").write_text(
+        tuning_store.dumps(
+            {"format": tuning_store.FORMAT, "card": {"name": H100.name, "capability": [9, 0]}},
+            {
+                ("linear", 2048, 2048, BF16): (tuple(stale), None),
+                ("norm_linear", 3072, 2048, BF16): (good, None),
+            },
+        )
+    )
+    monkeypatch.setattr(tuning_store, "SHIPPED_DIR", shipped_dir)
+    restart(monkeypatch)
+    fake = on(monkeypatch, H100)
+    gemv_tuning.tune_shapes(LLAMA[:2], BF16, "cuda")
+    assert fake.calls == [("linear", 2048, 2048)]
+
+
+def test_an_unwritable_cache_warns_and_the_choices_still_apply(fresh_process, monkeypatch):
+    blocker = fresh_process / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("RUNTIME_CACHE_DIR", str(blocker / "cache"))  # a folder under a file: even root fails
+    fake = on(monkeypatch, A100)
+    with pytest.warns(UserWarning, match="not saved"):
+        gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    assert fake.calls == LLAMA and set(fl._TUNED) == set(keyed(LLAMA))
+
+
+def test_a_failed_write_leaves_no_file_behind(fresh_process, monkeypatch):
+    def disk_full(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tuning_store.os, "replace", disk_full)
+    on(monkeypatch, A100)
+    with pytest.warns(UserWarning, match="No space left"):
+        gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    assert set(fl._TUNED) == set(keyed(LLAMA))
+    assert list(tuning_store.store_path(A100).parent.iterdir()) == []
+
+
+# ---------------------------------------------------------------- (h) the shipped files
+
+
+@pytest.mark.filterwarnings("error")
+def test_the_shipped_files_parse_and_hold_only_candidates():
+    files = sorted(tuning_store.SHIPPED_DIR.glob("*.json"))
+    assert files, "no shipped choices"
+    for path in files:
+        got = tuning_store._read(path)
+        assert got is not None, path
+        fields, choices = got
+        assert choices, path
+        for key, (config, _) in choices.items():
+            assert config in gemv_tuning.candidates(*key), (path.name, key, config)
+    assert set(keyed(LLAMA)) <= set(tuning_store.shipped(H100))
+
+
+def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_path):
+    repo = Path(__file__).parent.parent
+    source = "results/2026-11-27-gpu-checks/gemv_tuning_h100.json"
+    out = tmp_path / "h100.json"
+    cmd = [sys.executable, "scripts/ship_tuning.py", source, "--out", str(out), "--gpu", H100.name,
+           "--capability", "9.0", "--measured-with", "triton 3.6.0, torch 2.11.0+cu130"]  # fmt: skip
+    subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
+    assert out.read_text() == (tuning_store.SHIPPED_DIR / "nvidia-h100-80gb-hbm3.json").read_text()
