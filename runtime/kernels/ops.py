@@ -45,6 +45,7 @@ from runtime.kernels.qkv_rope import (
 )
 from runtime.kernels.rmsnorm import add_rms_norm_ref, add_rms_norm_triton, rms_norm_ref, rms_norm_triton
 from runtime.kernels.rope import apply_rope_ref
+from runtime.kernels.step_inputs import embed_rope_ref, embed_rope_triton
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -86,6 +87,7 @@ qkv_rope_to_cache = _dispatch("qkv_rope_to_cache")
 decode_attention = _dispatch("decode_attention")
 qkv_decode_attention = _dispatch("qkv_decode_attention")
 argmax_checked = _dispatch("argmax_checked")
+embed_rope = _dispatch("embed_rope")
 
 
 def add_rms_norm(

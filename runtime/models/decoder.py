@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from runtime.kernels import ops
-from runtime.kernels.rope import inverse_frequencies, rope_cos_sin
+from runtime.kernels.rope import inverse_frequencies
 from runtime.models.spec import ModelSpec
 
 
@@ -194,7 +194,7 @@ class DecoderLM(nn.Module):
         # one inverse-frequency table per distinct rope spec; layer i uses table rope_index[i]
         self._ropes = list(dict.fromkeys(spec.rope))
         self.rope_index = [self._ropes.index(r) for r in spec.rope]
-        self.inv_freqs: list[torch.Tensor] = []
+        self.inv_freqs = torch.empty(0)  # (n_tables, D/2) fp32 once prepared
         self.embed_scale = spec.embed_scale
 
     @property
@@ -211,7 +211,9 @@ class DecoderLM(nn.Module):
 
     def prepare(self) -> None:
         """Build what derives from the weights' device and dtype, once they are materialised."""
-        self.inv_freqs = [inverse_frequencies(r, self.spec.head_dim, self.device) for r in self._ropes]
+        self.inv_freqs = torch.stack(
+            [inverse_frequencies(r, self.spec.head_dim, self.device) for r in self._ropes]
+        )
         # Gemma's sqrt(hidden) is rounded to the weight dtype before it scales the embeddings
         self.embed_scale = torch.tensor(self.spec.embed_scale, dtype=self.dtype).item()
 
@@ -226,9 +228,11 @@ class DecoderLM(nn.Module):
             ("lm_head", s.vocab, s.hidden),  # the final norm + LM head, float32 logits
         ]
 
-    def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens)
-        return x * self.embed_scale if self.spec.embed_scale != 1.0 else x
+    def _inputs(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """tokens, positions (B, T) -> embeddings x (B, T, hidden) and [(cos, sin) (B, T, D)] per
+        rope table (indexed by rope_index), from one op (one kernel when it runs on Triton)."""
+        scale = self.embed_scale if self.spec.embed_scale != 1.0 else 1.0
+        return ops.embed_rope(tokens, positions, self.embed.weight, scale, self.inv_freqs, self.dtype)
 
     def _logits(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The last layer's MLP output h and the residual x (..., hidden) -> float32 logits (..., V):
@@ -242,10 +246,12 @@ class DecoderLM(nn.Module):
             logits = torch.tanh(logits / self.spec.final_softcap) * self.spec.final_softcap
         return logits
 
-    def _run(self, x: torch.Tensor, positions: torch.Tensor, attend) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, T, hidden) embeddings -> (residual stream, last layer's MLP output), (B, T, hidden)
+    def _run(
+        self, tokens: torch.Tensor, positions: torch.Tensor, attend
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """tokens, positions (B, T) -> (residual stream, last layer's MLP output), (B, T, hidden)
         each, before the final add and norm (which _logits folds into the LM head)."""
-        tables = [rope_cos_sin(positions, inv, x.dtype) for inv in self.inv_freqs]  # once per step
+        x, tables = self._inputs(tokens, positions)  # once per step
         h = None
         for i, layer in enumerate(self.layers):
             cos, sin = tables[self.rope_index[i]]
@@ -262,7 +268,7 @@ class DecoderLM(nn.Module):
         T = tokens.shape[1]
         positions = torch.arange(start, start + T, device=tokens.device)[None]
         x, h = self._run(
-            self._embed(tokens),
+            tokens,
             positions,
             lambda attn, qkv, cos, sin: attn.prefill(qkv, cos, sin, cache, row, start),
         )
@@ -277,7 +283,7 @@ class DecoderLM(nn.Module):
         as prefill(tokens[:, :n], cache, row) for a fresh row.  # graph: capture-safe per T"""
         T = tokens.shape[1]
         x, h = self._run(
-            self._embed(tokens),
+            tokens,
             torch.arange(T, device=tokens.device)[None],
             lambda attn, qkv, cos, sin: attn.prefill_padded(qkv, cos, sin, cache, row, n),
         )
@@ -288,7 +294,7 @@ class DecoderLM(nn.Module):
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCacheLike) -> torch.Tensor:
         """tokens (B,), positions (B,) -> float32 logits (B, V).  # graph: capture-safe"""
         x, h = self._run(
-            self._embed(tokens[:, None]),
+            tokens[:, None],
             positions[:, None],
             lambda attn, qkv, cos, sin: attn.decode(qkv, cos, sin, cache, positions),
         )
