@@ -22,6 +22,10 @@ for stage in $STAGES; do
     diag) python3 scripts/diag_loop.py 2>&1 | grep -v -i warn | tee "$OUT/diag_loop.log" ;;
     graph) RUNTIME_KERNELS=torch python3 scripts/bench_graph.py --out "$OUT/graph_torch.json" 2>&1 | tee "$OUT/graph_torch.log" | tail -5
            python3 scripts/bench_graph.py --out "$OUT/graph_triton.json" 2>&1 | tee "$OUT/graph_triton.log" | tail -5 ;;
+    # the step's kernels and the model and graph checks that cover them
+    steptests) timeout "${TESTS_S:-300}" python3 -m pytest -q -p no:cacheprovider tests/test_step_inputs.py tests/test_step_tail.py \
+                 tests/test_kernels_sampling.py tests/test_graphs_cuda.py tests/test_prefill_graphs.py tests/test_model_vs_hf.py \
+                 tests/test_kernels.py -k "${STEP_K:-not interpreter}" 2>&1 | tee "$OUT/tests_step.log" | tail -8 ;;
     newkernels) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_fused_linear.py tests/test_kernels_sampling.py \
                   tests/test_kernels.py -k "${NEW_K:-not interpreter and (fused or sampl or argmax or top or model_logits or dispatch or norm or act or qkv_decode)}" 2>&1 | tee "$OUT/tests_new_kernels.log" | tail -8 ;;
     # same-process A/B of the kernel settings (greedy and topk step), then the goal rows under the fastest

@@ -19,10 +19,10 @@ import torch
 from graphs.buckets import bucket_for, make_buckets
 from graphs.pool import GraphPool
 from runtime.engine.prefill_graphs import PrefillGraphs
-from runtime.engine.sampler import SamplingParams, sample
+from runtime.engine.sampler import SamplingParams, sample, sample_step
 from runtime.engine.state import DecodeBuffers, KVCache, kv_cache_bytes
 from runtime.errors import RuntimeUserError
-from runtime.kernels import gemv_tuning, ops
+from runtime.kernels import argmax, gemv_tuning, ops
 from runtime.models.loader import LoadedModel, oom_message
 
 VARIANTS = ("greedy", "topk", "sample")
@@ -37,6 +37,60 @@ def variant_for(params: SamplingParams) -> str:
     if params.temperature == 0 or 0 < params.top_k <= TOPK_CANDIDATES:
         return "topk"
     return "sample"
+
+
+def _candidates(logits: torch.Tensor, variant: str) -> int:
+    """The sampler's candidate set for logits (B, V): TOPK_CANDIDATES for topk, 0 (a full sort) else."""
+    return min(TOPK_CANDIDATES, logits.shape[-1]) if variant == "topk" else 0
+
+
+def next_token(
+    logits: torch.Tensor, positions: torch.Tensor, buf: DecodeBuffers, rows: slice, variant: str
+) -> torch.Tensor:
+    """logits (B, V) of `rows` -> next tokens (B,), by the variant's sampler; positions (B,): where
+    the tokens go (keys the noise).  # graph: safe"""
+    if variant == "greedy":
+        return ops.argmax_checked(logits)[0]
+    return sample(
+        logits, positions, buf.temperature[rows], buf.top_k[rows], buf.top_p[rows],
+        buf.repetition_penalty[rows], buf.seed[rows], buf.seen[rows],
+        candidates=_candidates(logits, variant),
+    )  # fmt: skip
+
+
+def step_tail_ref(logits: torch.Tensor, buf: DecodeBuffers, nonfinite_at: torch.Tensor, variant: str) -> None:
+    """The decode step after the LM head, in place for rows [0, B): logits (B, V) float32 were
+    computed at buf.positions[:B]; nonfinite_at (B_max,) int64 takes that position in a row whose
+    logits are not finite, unless it holds one (>= 0); the row's next token goes into buf.tokens
+    and buf.seen, and its position advances. Plain torch ops (the reference): 9 launches greedy,
+    12 topk (the argmax's 2, 4 for the record, `positions + 1`, the sampler's 2, 3 to finish)."""
+    B = logits.shape[0]
+    tokens, positions = buf.tokens[:B], buf.positions[:B]
+    best, bad = ops.argmax_checked(logits)  # one pass: the greedy pick and the finite check
+    nonfinite_at[:B] = torch.where(bad & (nonfinite_at[:B] < 0), positions, nonfinite_at[:B])
+    nxt = best if variant == "greedy" else next_token(logits, positions + 1, buf, slice(0, B), variant)
+    tokens.copy_(nxt)
+    positions.add_(1)
+    buf.seen[:B].scatter_(1, nxt[:, None], True)
+
+
+def step_tail(logits: torch.Tensor, buf: DecodeBuffers, nonfinite_at: torch.Tensor, variant: str) -> None:
+    """step_tail_ref folded into the kernels: greedy in the argmax's 2 launches; topk in the
+    argmax's 2 (the record only) and the sampler's 2, whose last writes token, position and seen.
+    The reference runs where the op "step_tail" or "argmax_checked" is off.  # graph: safe"""
+    if not (ops.enabled("step_tail", logits) and ops.enabled("argmax_checked", logits)):
+        return step_tail_ref(logits, buf, nonfinite_at, variant)
+    B = logits.shape[0]
+    tokens, positions, seen = buf.tokens[:B], buf.positions[:B], buf.seen[:B]
+    if variant == "greedy":
+        argmax.argmax_step_triton(logits, positions, nonfinite_at[:B], tokens, seen)
+        return
+    argmax.argmax_step_triton(logits, positions, nonfinite_at[:B])  # the record only
+    sample_step(
+        logits, tokens, positions, buf.temperature[:B], buf.top_k[:B], buf.top_p[:B],
+        buf.repetition_penalty[:B], buf.seed[:B], seen,
+        candidates=_candidates(logits, variant),
+    )  # fmt: skip
 
 
 class Runner:
@@ -87,14 +141,7 @@ class Runner:
         buf = self.buffers
         tokens, positions = buf.tokens[:B], buf.positions[:B]
         logits = self.model.decode(tokens, positions, self.cache)  # (B, V) float32
-        best, bad = ops.argmax_checked(logits)  # one pass: the greedy pick and the finite check
-        self.nonfinite_at[:B] = torch.where(
-            bad & (self.nonfinite_at[:B] < 0), positions, self.nonfinite_at[:B]
-        )
-        nxt = best if variant == "greedy" else self._next_token(logits, positions + 1, slice(0, B), variant)
-        tokens.copy_(nxt)
-        positions.add_(1)
-        buf.seen[:B].scatter_(1, nxt[:, None], True)
+        step_tail(logits, buf, self.nonfinite_at, variant)  # next token, position, seen, the record
 
     def _capture(self) -> None:
         self.pool = GraphPool(self._step)
@@ -140,14 +187,7 @@ class Runner:
         self, logits: torch.Tensor, positions: torch.Tensor, rows: slice, variant: str
     ) -> torch.Tensor:
         """logits (B, V) of `rows` -> next tokens (B,), by the variant's sampler.  # graph: safe"""
-        if variant == "greedy":
-            return ops.argmax_checked(logits)[0]
-        buf = self.buffers
-        return sample(
-            logits, positions, buf.temperature[rows], buf.top_k[rows], buf.top_p[rows],
-            buf.repetition_penalty[rows], buf.seed[rows], buf.seen[rows],
-            candidates=min(TOPK_CANDIDATES, self.spec.vocab) if variant == "topk" else 0,
-        )  # fmt: skip
+        return next_token(logits, positions, self.buffers, rows, variant)
 
     @torch.inference_mode()
     def prefill(self, row: int, tokens: list[int], start: int, variant: str = "sample") -> int:

@@ -99,10 +99,42 @@ def sample(
     exact when every sampled row has 0 < top_k <= K, and much cheaper than a full sort. With
     candidates, Triton-capable tensors take the fused kernels (runtime/kernels/topk.py)."""
     args = (logits, positions, temperature, top_k, top_p, repetition_penalty, seed, seen, candidates)
-    fused = ops.enabled("sample_topk", logits) and topk.supported(logits, candidates)
-    if candidates and fused and logits.stride(-1) == 1:
+    if _fused(logits, candidates):
         return topk.sample_topk_triton(*args)
     return sample_ref(*args)
+
+
+def _fused(logits: torch.Tensor, candidates: int) -> bool:
+    """Whether sample(..., candidates) takes the fused kernels."""
+    if not candidates or logits.stride(-1) != 1:
+        return False
+    return ops.enabled("sample_topk", logits) and topk.supported(logits, candidates)
+
+
+def sample_step(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    repetition_penalty: torch.Tensor,
+    seed: torch.Tensor,
+    seen: torch.Tensor,
+    candidates: int = 0,
+) -> None:
+    """The decode step's pick, in place on the runner's buffers.  # graph: safe
+    sample's token for each row at position positions + 1 goes into tokens (B,); positions (B,)
+    advance by one; seen (B, V) marks the token. The fused kernels do it in their last launch;
+    otherwise sample, then three torch kernels."""
+    settings = (temperature, top_k, top_p, repetition_penalty, seed, seen, candidates)
+    if _fused(logits, candidates):
+        topk.sample_topk_triton(logits, positions, *settings, tokens=tokens)
+        return
+    nxt = sample(logits, positions + 1, *settings)
+    tokens.copy_(nxt)
+    positions.add_(1)
+    seen.scatter_(1, nxt[:, None], True)
 
 
 def sample_ref(

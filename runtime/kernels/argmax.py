@@ -7,6 +7,11 @@ The reference is two full-vocabulary reductions; on an H100 they cost 14 to 40 u
 batch 1 (one thread block walks a 128k-262k row). The kernel splits the row over CHUNK-wide
 programs (stage 1: partial max, its first index, a NaN flag) and merges the partials in one
 program per row (stage 2): two launches, each reading its inputs once.
+
+argmax_step_triton runs the decode step's tail after the LM head in those same two launches: the
+merge also records a non-finite row's position on the runner's fixed buffers and, in the greedy
+step, writes the token, advances the position and marks the token seen, where the step used to
+spend seven small torch kernels on it. The reference is runner.step_tail_ref.
 """
 
 from __future__ import annotations
@@ -45,7 +50,10 @@ def _partial_kernel(
 
 
 @jit
-def _merge_kernel(max_ptr, idx_ptr, nan_ptr, ids_ptr, bad_ptr, parts, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _merge_kernel(
+    max_ptr, idx_ptr, nan_ptr, ids_ptr, bad_ptr, pos_ptr, nonfinite_ptr, seen_ptr, parts, seen_stride,
+    BLOCK: tl.constexpr, STEP: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
     # grid (B,): the partials of one row; parts are in index order, so the smallest index among
     # the parts holding the maximum is the row's first maximum
     pdl_wait(PDL)
@@ -58,15 +66,23 @@ def _merge_kernel(max_ptr, idx_ptr, nan_ptr, ids_ptr, bad_ptr, parts, BLOCK: tl.
     best = tl.max(best_parts, axis=0)
     first = tl.min(tl.where(best_parts == best, first_parts, _BIG), axis=0)
     # a row of -inf only: torch.argmax answers 0, and so does this (part 0 holds -inf at index 0)
-    tl.store(ids_ptr + row, first)
-    tl.store(bad_ptr + row, (nan > 0) | (best == float("inf")) | (best == float("-inf")))
+    bad = (nan > 0) | (best == float("inf")) | (best == float("-inf"))
+    if STEP == 0:  # argmax_checked: ids and bad out
+        tl.store(ids_ptr + row, first)
+        tl.store(bad_ptr + row, bad)
+    else:  # the step's tail: the position these logits are for, recorded once per row (the first)
+        position = tl.load(pos_ptr + row)
+        recorded = tl.load(nonfinite_ptr + row)
+        tl.store(nonfinite_ptr + row, position, mask=bad & (recorded < 0))
+        if STEP == 2:  # greedy: ids_ptr is the tokens buffer
+            tl.store(ids_ptr + row, first)
+            tl.store(pos_ptr + row, position + 1)
+            tl.store(seen_ptr + row * seen_stride + first, 1)
 
 
-def argmax_checked_triton(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as argmax_checked_ref; two kernels. NaN rows: bad is set and the id is the
-    first maximum of the row's other values (the reference answers the NaN's index)."""
-    B, vocab = logits.shape
-    x = logits if logits.stride(-1) == 1 else logits.contiguous()
+def _partials(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Stage 1 over x (B, V), unit stride -> (max, its first index, a NaN flag), each (B, parts)."""
+    B, vocab = x.shape
     parts = cdiv(vocab, CHUNK)
     maxes = torch.empty((B, parts), dtype=torch.float32, device=x.device)
     firsts = torch.empty((B, parts), dtype=torch.int64, device=x.device)
@@ -74,9 +90,46 @@ def argmax_checked_triton(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     _partial_kernel[(B, parts)](
         x, maxes, firsts, nans, vocab, x.stride(0), parts, CHUNK=CHUNK, num_warps=8, **pdl(x.device)
     )
+    return maxes, firsts, nans, parts
+
+
+def argmax_checked_triton(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as argmax_checked_ref; two kernels. NaN rows: bad is set and the id is the
+    first maximum of the row's other values (the reference answers the NaN's index)."""
+    B = logits.shape[0]
+    x = logits if logits.stride(-1) == 1 else logits.contiguous()
+    maxes, firsts, nans, parts = _partials(x)
     ids = torch.empty(B, dtype=torch.int64, device=x.device)
     bad = torch.empty(B, dtype=torch.bool, device=x.device)
     _merge_kernel[(B,)](
-        maxes, firsts, nans, ids, bad, parts, BLOCK=max(16, next_pow2(parts)), num_warps=1, **pdl(x.device)
-    )
+        maxes, firsts, nans, ids, bad, ids, ids, bad, parts, 0,
+        BLOCK=max(16, next_pow2(parts)), STEP=0, num_warps=1, **pdl(x.device),
+    )  # fmt: skip
     return ids, bad
+
+
+def argmax_step_triton(
+    logits: torch.Tensor,
+    positions: torch.Tensor,
+    nonfinite_at: torch.Tensor,
+    tokens: torch.Tensor | None = None,
+    seen: torch.Tensor | None = None,
+) -> None:
+    """The step's tail in argmax_checked's two launches, in place.  # graph: safe
+    logits (B, V); positions (B,) int64: the position these logits are for; nonfinite_at (B,)
+    int64 takes it where the row's maximum is not finite and nothing is recorded yet (< 0).
+    Greedy step (tokens (B,) int64 and seen (B, V) bool given): the argmax (NaN rows: as in
+    argmax_checked_triton) becomes the row's token and is marked seen; positions advance by one.
+    positions, nonfinite_at and tokens need unit stride (slices of the runner's buffers)."""
+    B = logits.shape[0]
+    x = logits if logits.stride(-1) == 1 else logits.contiguous()
+    greedy = tokens is not None
+    assert positions.stride(0) == nonfinite_at.stride(0) == 1 and (not greedy or tokens.stride(0) == 1)
+    assert not greedy or seen.stride(-1) == 1
+    maxes, firsts, nans, parts = _partials(x)
+    # pointers this STEP never touches get any tensor (ids and bad; tokens and seen when checking only)
+    _merge_kernel[(B,)](
+        maxes, firsts, nans, tokens if greedy else positions, nans, positions, nonfinite_at,
+        seen if greedy else nans, parts, seen.stride(0) if greedy else 0,
+        BLOCK=max(16, next_pow2(parts)), STEP=2 if greedy else 1, num_warps=1, **pdl(x.device),
+    )  # fmt: skip

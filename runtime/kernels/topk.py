@@ -57,7 +57,8 @@ the repetition penalty (the seen mask and the row's penalty), and the last stage
 writing the K candidates, picks the token from them (temperature, top-k, top-p, Gumbel noise,
 the greedy pick for temperature 0): two launches (three above 262144 logits) for what the
 reference does in about forty small ones. Contract and reference: runtime/engine/sampler.py
-(sample with candidates=K).
+(sample with candidates=K). Given the runner's tokens buffer, the last stage also finishes the
+decode step (sampler.sample_step): token out, position advanced, token marked seen.
 """
 
 from __future__ import annotations
@@ -232,10 +233,11 @@ def _gumbel(seed, position, ids):
 
 @jit
 def _sample_kernel(
-    keys_ptr, best_ptr, out_ptr, temp_ptr, top_k_ptr, top_p_ptr, seed_ptr, pos_ptr, n_keys,
-    K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+    keys_ptr, best_ptr, out_ptr, temp_ptr, top_k_ptr, top_p_ptr, seed_ptr, pos_ptr, seen_ptr, n_keys,
+    seen_stride, K: tl.constexpr, BLOCK: tl.constexpr, STEP: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    # grid (B,): sampler.sample's steps after the candidate set, on the row's K best (penalised)
+    # grid (B,): sampler.sample's steps after the candidate set, on the row's K best (penalised).
+    # STEP: out_ptr is the tokens buffer and pos_ptr the rows' current positions, which advance
     pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     ranked, keys = _best_sorted(keys_ptr, best_ptr, row, n_keys, K, BLOCK)
@@ -255,12 +257,17 @@ def _sample_kernel(
     n_keep = tl.sum((in_k & (mass_before < tl.load(top_p_ptr + row))).to(tl.int32), axis=0)
     n_keep = tl.maximum(tl.minimum(n_keep, k), 1)
     cutoff = _value(tl.load(ranked + n_keep - 1)) / t
-    noise = _gumbel(tl.load(seed_ptr + row), tl.load(pos_ptr + row), _id(keys))
+    position = tl.load(pos_ptr + row) + STEP  # where the token goes: keys the noise
+    noise = _gumbel(tl.load(seed_ptr + row), position, _id(keys))
     kept = tl.where(scaled >= cutoff, scaled + noise, float("-inf"))
     choice = tl.argmax(kept, axis=0, tie_break_left=True)  # the first best rank, as torch.argmax
     sampled = _id(tl.load(ranked + choice))
     greedy = _id(top)  # the penalised argmax, first index
-    tl.store(out_ptr + row, tl.where(temperature > 0, sampled, greedy))
+    token = tl.where(temperature > 0, sampled, greedy)
+    tl.store(out_ptr + row, token)
+    if STEP:  # stage 1 has read the seen row already (an earlier launch)
+        tl.store(pos_ptr + row, position)
+        tl.store(seen_ptr + row * seen_stride + token, 1)
 
 
 def _warps(n_keys: int) -> int:
@@ -340,16 +347,23 @@ def sample_topk_triton(
     seed: torch.Tensor,
     seen: torch.Tensor,
     candidates: int,
+    tokens: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """sampler.sample(..., candidates=K) in two launches (three above GROUP / K chunks), for float32
     logits (B, V) with unit stride and K as `supported` requires; per-row settings (B,).
-    -> next tokens (B,) int64."""
+    -> next tokens (B,) int64.
+    tokens (B,) int64 given (sampler.sample_step, in place): `positions` are the rows' current
+    positions, the token goes at positions + 1; the last launch writes it into tokens, advances
+    positions and marks it in seen (B, V) bool, and tokens comes back."""
     B = logits.shape[0]
+    step = tokens is not None
+    assert not step or tokens.stride(0) == positions.stride(0) == seen.stride(-1) == 1
     keys, n_keys = _candidate_keys(logits, candidates, seen, repetition_penalty)
     best = torch.empty((B, 2, candidates), dtype=torch.int64, device=logits.device)  # scratch
-    out = torch.empty(B, dtype=torch.int64, device=logits.device)
+    out = tokens if step else torch.empty(B, dtype=torch.int64, device=logits.device)
     _sample_kernel[(B,)](
-        keys, best, out, temperature, top_k, top_p, seed, positions, n_keys,
-        K=candidates, BLOCK=next_pow2(n_keys), num_warps=_warps(n_keys), **pdl(logits.device),
+        keys, best, out, temperature, top_k, top_p, seed, positions, seen, n_keys, seen.stride(0),
+        K=candidates, BLOCK=next_pow2(n_keys), STEP=int(step), num_warps=_warps(n_keys),
+        **pdl(logits.device),
     )  # fmt: skip
     return out

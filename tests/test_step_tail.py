@@ -1,0 +1,202 @@
+"""The decode step's tail after the LM head (runner.step_tail): the kernels against today's torch
+ops (runner.step_tail_ref) on fresh random logits, and a tiny model generating the same tokens with
+the op on and off. Conventions of kernel_testing.py: `cuda` on a GPU, a small list under the CPU
+interpreter in a child process, scratch poisoned."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_testing import INTERPRET, PoisonedTorch, cases, kernel_test, needs_triton, run_under_interpreter
+from tiny_configs import tiny_config
+
+from runtime.engine.runner import step_tail, step_tail_ref
+from runtime.engine.state import DecodeBuffers
+from runtime.kernels import argmax as argmax_mod
+from runtime.kernels import topk as topk_mod
+
+# an all -inf row: the interpreter's NumPy warns on -inf - -inf in the sampler (NaN, as on the GPU)
+pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")]
+if INTERPRET:
+    pytestmark.append(needs_triton)
+DEVICE = "cpu" if INTERPRET else "cuda"
+# the tail as folded into the kernels; today's ops with the kernels they call; plain torch
+FUSED = {"RUNTIME_KERNELS": "triton", "RUNTIME_KERNELS_OFF": ""}
+UNFUSED = {"RUNTIME_KERNELS": "triton", "RUNTIME_KERNELS_OFF": "step_tail"}
+TORCH = {"RUNTIME_KERNELS": "torch", "RUNTIME_KERNELS_OFF": ""}
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    for module in (argmax_mod, topk_mod):
+        monkeypatch.setattr(module, "torch", PoisonedTorch())
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(2468)
+
+
+def _state(B: int, V: int) -> tuple[DecodeBuffers, torch.Tensor]:
+    """Buffers of B + 1 rows (row B lies outside the bucket: nothing may touch it) with mixed
+    per-row settings, and nonfinite_at (B + 1,) where row 0 holds an earlier record."""
+    buf = DecodeBuffers.allocate(B + 1, V, DEVICE)
+    n = B + 1
+
+    def col(values):
+        return torch.tensor([values[i % len(values)] for i in range(n)], device=DEVICE)
+
+    buf.tokens.copy_(torch.randint(0, V, (n,)))
+    buf.positions.copy_(torch.randint(0, 500, (n,)))
+    buf.seen.copy_(torch.rand(n, V) < 0.05)
+    buf.temperature.copy_(col([0.8, 0.0, 1.3]))  # row 1: greedy with the penalty
+    buf.top_k.copy_(col([64, 128, 5]))  # the topk variant is exact for 0 < top_k <= 128
+    buf.top_p.copy_(col([0.9, 1.0, 0.5]))
+    buf.repetition_penalty.copy_(col([1.1, 1.3, 1.0]))
+    buf.seed.copy_(7 + torch.arange(n))
+    nonfinite_at = torch.full((n,), -1, dtype=torch.int64, device=DEVICE)
+    nonfinite_at[0] = 3
+    return buf, nonfinite_at
+
+
+def _logits(B: int, V: int) -> torch.Tensor:
+    """(B, V) float32; with three rows: row 1 holds a NaN, row 2 is all -inf (both non-finite)."""
+    x = torch.randn(B, V) * 4
+    if B >= 3:
+        x[1, V // 2] = float("nan")
+        x[2] = float("-inf")
+    return x.to(DEVICE)
+
+
+def _run(monkeypatch, env: dict, fn, logits, buf, nonfinite_at, variant) -> None:
+    with monkeypatch.context() as m:
+        for name, value in env.items():
+            m.setenv(name, value)
+        fn(logits, buf, nonfinite_at, variant)
+
+
+def _snapshot(buf: DecodeBuffers, nonfinite_at: torch.Tensor) -> dict:
+    return dict(tokens=buf.tokens, positions=buf.positions, seen=buf.seen, nonfinite_at=nonfinite_at)
+
+
+def _clone(buf: DecodeBuffers, nonfinite_at: torch.Tensor) -> tuple[DecodeBuffers, torch.Tensor]:
+    return DecodeBuffers(**{k: v.clone() for k, v in vars(buf).items()}), nonfinite_at.clone()
+
+
+TAIL_CASES = cases(
+    full=[(1, 1000), (3, 1000), (1, 32003), (3, 32003), (1, 151936), (3, 151936), (3, 262147)],
+    small=[(1, 1000), (3, 1000), (3, 32003), (1, 151936)],
+)
+
+
+@kernel_test
+@pytest.mark.parametrize("variant", ["greedy", "topk", "sample"])
+@pytest.mark.parametrize("B,V", TAIL_CASES)
+def test_step_tail_matches_the_reference(poisoned, monkeypatch, B, V, variant):
+    """Two steps on the same rows: ids, tokens, positions, seen and nonfinite_at equal today's ops
+    (same kernels) in every row, NaN and -inf rows included, and plain torch on the finite rows;
+    a row's record keeps its first position."""
+    fused, nonfinite_at = _state(B, V)
+    start = fused.positions.clone()
+    unfused, unfused_nf = _clone(fused, nonfinite_at)
+    plain, plain_nf = _clone(fused, nonfinite_at)
+    for _ in range(2):
+        x = _logits(B, V)
+        _run(monkeypatch, FUSED, step_tail, x, fused, nonfinite_at, variant)
+        _run(monkeypatch, UNFUSED, step_tail, x, unfused, unfused_nf, variant)
+        _run(monkeypatch, TORCH, step_tail_ref, x, plain, plain_nf, variant)
+        got, same = _snapshot(fused, nonfinite_at), _snapshot(unfused, unfused_nf)
+        want = _snapshot(plain, plain_nf)
+        for name in got:
+            assert torch.equal(got[name], same[name]), name
+        finite = torch.isfinite(x).all(-1).tolist() + [True]  # row B: untouched in all three
+        for row in (r for r, ok in enumerate(finite) if ok):
+            assert torch.equal(got["tokens"][row], want["tokens"][row]), row
+            assert torch.equal(got["seen"][row], want["seen"][row]), row
+        assert torch.equal(got["positions"], want["positions"])
+        assert torch.equal(got["nonfinite_at"], want["nonfinite_at"])
+        if B >= 3 and variant == "greedy":  # the NaN row: the first maximum of its other values
+            assert got["tokens"][1] == x[1].nan_to_num(nan=float("-inf")).argmax()
+            assert got["tokens"][2] == 0  # all -inf: torch.argmax answers 0
+        assert all(got["seen"][r, got["tokens"][r]] for r in range(B))
+    assert torch.equal(fused.positions, start + torch.tensor([2] * B + [0], device=DEVICE))
+    want_nf = [3] + ([start[1].item(), start[2].item()] if B >= 3 else []) + [-1]
+    assert nonfinite_at.tolist() == want_nf  # steps 1 and 2 were bad: the first position stays
+
+
+# ---------------------------------------------------------------- a tiny model through the runner
+
+
+def _runner(mode: str):
+    from runtime.engine.runner import Runner
+    from runtime.models.loader import LoadedModel
+    from runtime.models.spec import ModelSpec
+    from runtime.models.weights import random_model
+
+    spec = ModelSpec.from_hf(tiny_config("llama"))
+    torch.manual_seed(0)
+    model = random_model(spec, DEVICE, torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    loaded = LoadedModel("llama", model, spec, None, (), "random", 0.0)
+    return Runner(loaded, capacity=48, max_batch=4, mode=mode)
+
+
+@kernel_test
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "topk"])
+def test_generation_is_the_same_with_the_op_on_and_off(monkeypatch, sampled):
+    """Three rows (a bucket of 4), 12 tokens: the same tokens and the same buffers afterwards with
+    the tail folded into the kernels (on the GPU: replayed from captured graphs) and with today's
+    ops (eager)."""
+    from runtime.engine.generate import generate
+    from runtime.engine.runner import variant_for
+    from runtime.engine.sampler import SamplingParams
+
+    params = SamplingParams(temperature=0.9, top_k=20, top_p=0.9, repetition_penalty=1.2, seed=5)
+    params = params if sampled else SamplingParams()
+    assert variant_for(params) == ("topk" if sampled else "greedy")
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(3, 256, (n,), generator=g).tolist() for n in (5, 11, 2)]
+    results = []
+    for env, mode in ((FUSED, "eager" if INTERPRET else "graph"), (UNFUSED, "eager")):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        runner = _runner(mode)
+        assert runner.mode == mode, runner.capture_error
+        tokens = generate(runner, prompts, params, 12).tokens
+        buf = runner.buffers
+        results.append((tokens, buf.positions.clone(), buf.seen.clone()))
+        runner.release()
+    (on_tokens, *on_state), (off_tokens, *off_state) = results
+    assert on_tokens == off_tokens and all(len(t) == 12 for t in on_tokens)
+    assert all(torch.equal(a, b) for a, b in zip(on_state, off_state))
+
+
+@kernel_test
+def test_nonfinite_logits_reach_generate_with_the_op_on(monkeypatch):
+    """NaN logits from decode position 9 on: the record holds 9 (the first), as with today's ops."""
+    from runtime.engine.generate import generate
+    from runtime.engine.sampler import SamplingParams
+    from runtime.errors import RuntimeFailure
+
+    for name, value in FUSED.items():
+        monkeypatch.setenv(name, value)
+    runner = _runner("eager")
+    real_decode = runner.model.decode
+
+    def decode_going_bad(tokens, positions, cache):
+        logits = real_decode(tokens, positions, cache)
+        return torch.where(positions[:, None] >= 9, torch.nan, logits)
+
+    monkeypatch.setattr(runner.model, "decode", decode_going_bad)
+    for params in (SamplingParams(), SamplingParams(temperature=0.7, top_k=8, seed=1)):
+        with pytest.raises(RuntimeFailure, match="row 0 at position 9"):
+            generate(runner, [[1, 2, 3, 4, 5]], params, 10)
+
+
+@pytest.mark.skipif(INTERPRET, reason="this is the child run")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the compiled kernels instead")
+@needs_triton
+def test_step_tail_under_the_cpu_interpreter():
+    run_under_interpreter(__file__)
