@@ -29,12 +29,13 @@ for stage in $STAGES; do
     newkernels) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/test_fused_linear.py tests/test_kernels_sampling.py \
                   tests/test_kernels.py -k "${NEW_K:-not interpreter and (fused or sampl or argmax or top or model_logits or dispatch or norm or act or qkv_decode)}" 2>&1 | tee "$OUT/tests_new_kernels.log" | tail -8 ;;
     # same-process A/B of the kernel settings (greedy and topk step), then the goal rows under the fastest
-    ab) python3 scripts/profile_step.py --ab ${AB_FLAGS:-} --steps 150 --profiled 10 --out "$OUT/profile.json" 2>&1 | tee "$OUT/profile.log" | tail -40 ;;
+    ab) python3 scripts/profile_step.py --ab ${AB_FLAGS:-} ${AB_SETTINGS:+--settings "$AB_SETTINGS"} --steps 150 --profiled 10 --out "$OUT/profile.json" 2>&1 | tee "$OUT/profile.log" | tail -40 ;;
     goals) best=$(python3 scripts/profile_step.py --best-from "$OUT/profile_ab.json" 2>/dev/null); echo "fastest setting: $best"
            env $best timeout 300 python3 -m runtime.cli bench configs/goals.yaml --out "results/${GOALS_DIR:-goals}" 2>&1 \
              | tee "$OUT/goals.log" | grep -v '^{' | tail -45
            mkdir -p "$OUT/goals" && cp "results/${GOALS_DIR:-goals}"/*.{json,jsonl,md,csv} "$OUT/goals/" 2>/dev/null ;;
-    startup) timeout 120 python3 scripts/startup_check.py 2>&1 | tee "$OUT/startup.log" | tail -3 ;;
+    # bytecode caching allowed, as in an installed environment (this machine sets PYTHONDONTWRITEBYTECODE=1)
+    startup) timeout 150 env -u PYTHONDONTWRITEBYTECODE python3 scripts/startup_check.py 2>&1 | tee "$OUT/startup.log" | tail -3 ;;
     prefill) timeout 150 python3 scripts/profile_prefill.py --out "$OUT/profile_prefill.json" 2>&1 | tee "$OUT/profile_prefill.log" | tail -6 ;;
     profile) python3 scripts/profile_step.py --out "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile_step.log" | tail -60 ;;
     kbench) python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 | tee "$OUT/bench_kernels.log" | tail -30 ;;

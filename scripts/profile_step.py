@@ -44,6 +44,7 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "no fused step tail": {"RUNTIME_KERNELS_OFF": "step_tail"},
     "none of the three": {"RUNTIME_ATTN_PREFETCH": "0", "RUNTIME_KERNELS_OFF": "embed_rope,step_tail"},
     "no PDL": {"RUNTIME_PDL": "0"},
+    "attention 4 programs per SM": {"RUNTIME_ATTN_PER_SM": "4"},
 }
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 
@@ -122,13 +123,16 @@ def run(model_id: str, prompt: int, steps: int, profiled: int, copy_gbs: float) 
     return row
 
 
-def ab(model_id: str, prompt: int, steps: int, repeat: int = 1) -> list[dict]:
+def ab(
+    model_id: str, prompt: int, steps: int, repeat: int = 1, settings: list[str] | None = None
+) -> list[dict]:
     """Greedy and topk step ms under each of SETTINGS, same process, same weights; the whole list
     `repeat` times over (trial 0, 1, ...), so the spread between trials shows the noise."""
     loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
     ids = torch.randint(3, loaded.spec.vocab - 1, (prompt,)).tolist()
     rows = []
-    for trial, (name, env) in ((t, item) for t in range(repeat) for item in SETTINGS.items()):
+    chosen = [(name, env) for name, env in SETTINGS.items() if not settings or name in settings]
+    for trial, (name, env) in ((t, item) for t in range(repeat) for item in chosen):
         os.environ.update(env)  # read while the step is captured
         try:
             runner = Runner(loaded, capacity=prompt + 2 * steps + 32, max_batch=BATCH, mode="graph")
@@ -166,15 +170,23 @@ def ab(model_id: str, prompt: int, steps: int, repeat: int = 1) -> list[dict]:
 
 
 def best_setting(rows: list[dict]) -> str:
-    """The setting with the least greedy + topk step time (mean over trials) summed over the models."""
+    """The setting with the least greedy + topk + batch-16 step time (mean over trials) summed over
+    the models: the step kinds the goal rows time."""
     models = {r["model"] for r in rows}
     complete = {
-        s for s in SETTINGS if all(any(r["setting"] == s and r["model"] == m for r in rows) for m in models)
+        s
+        for s in SETTINGS
+        if any(r["setting"] == s for r in rows)
+        and all(any(r["setting"] == s and r["model"] == m for r in rows) for m in models)
     }
     total = {}
     for s in complete:
         for m in models:
-            trials = [r["greedy"] + r["topk"] for r in rows if r["setting"] == s and r["model"] == m]
+            trials = [
+                r["greedy"] + r["topk"] + r[f"greedy_b{BATCH}"]
+                for r in rows
+                if r["setting"] == s and r["model"] == m
+            ]
             total[s] = total.get(s, 0.0) + sum(trials) / len(trials)
     return min(total, key=total.get)
 
@@ -202,6 +214,7 @@ def main() -> None:
     ap.add_argument("--ab", action="store_true", help="also compare the kernel settings (SETTINGS)")
     ap.add_argument("--no-profile", action="store_true", help="with --ab: skip the per-kernel profile")
     ap.add_argument("--repeat", type=int, default=1, help="with --ab: run the settings list this many times")
+    ap.add_argument("--settings", help="with --ab: a comma-separated subset of SETTINGS' names")
     ap.add_argument(
         "--best-from", help="print the RUNTIME_KERNELS_OFF of the fastest setting in an --ab JSON"
     )
@@ -212,7 +225,11 @@ def main() -> None:
         print(" ".join(f"{k}={v}" for k, v in env.items()) or "RUNTIME_KERNELS_OFF=")
         return
     if args.ab:
-        table = [r for m in args.model or ARCHS for r in ab(m, args.prompt, args.steps, args.repeat)]
+        table = [
+            r
+            for m in args.model or ARCHS
+            for r in ab(m, args.prompt, args.steps, args.repeat, args.settings and args.settings.split(","))
+        ]
         print(f"| model | setting | trial | greedy step ms | topk step ms | topk / greedy | b{BATCH} ms | "
               f"b{BATCH} / b1 | capture s |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|---|")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -195,12 +196,15 @@ def split_plan(
 ) -> tuple[int, int]:
     """(BLOCK_N, P) from shapes and the device only, so a captured graph keeps its grid.
 
-    P programs per (row, kv head) aim for about two programs per SM once the live length has
-    P blocks; a longer sequence makes each program loop over more blocks instead of growing the grid."""
+    P programs per (row, kv head) aim for about RUNTIME_ATTN_PER_SM (default 2) programs per SM
+    once the live length has P blocks; a longer sequence makes each program loop over more blocks
+    instead of growing the grid. The setting matters for batch buckets only: at batch 1 P is
+    capped by the cache's blocks."""
     # 16 KB K/V tiles at most: larger ones spill registers (checked in the sm_80 / sm_90 builds)
     row_bytes = head_dim * elem_bytes
     block_n = 64 if row_bytes <= 256 else 32 if row_bytes <= 512 else 16
-    splits = max(1, cdiv(2 * _sm_count(device), batch * kv_heads))
+    per_sm = int(os.environ.get("RUNTIME_ATTN_PER_SM", "2") or 2)
+    splits = max(1, cdiv(per_sm * _sm_count(device), batch * kv_heads))
     return block_n, min(splits, cdiv(slots, block_n))
 
 
