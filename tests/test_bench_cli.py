@@ -97,8 +97,9 @@ def test_adhoc_run_with_no_save_prints_only(cli, tmp_path, tiny_model, monkeypat
     assert not (tmp_path / "results").exists()
 
 
-def test_run_folder_resume_and_report(cli, tmp_path, tiny_yaml):
+def test_run_folder_resume_and_report(cli, tmp_path, tiny_yaml, monkeypatch):
     out = tmp_path / "run"
+    monkeypatch.setenv("RUNTIME_PDL", "early")  # every kernel switch set goes on the record
     result = cli.invoke(app, ["bench", str(tiny_yaml), "--out", str(out)])
     assert result.exit_code == 0, result.output
     files = {p.name for p in out.iterdir()}
@@ -114,6 +115,7 @@ def test_run_folder_resume_and_report(cli, tmp_path, tiny_yaml):
     env = json.loads((out / "env.json").read_text())
     assert (env["suite"], env["seed"], env["trials"], env["device"]) == ("quick", 42, 2, "cpu")
     assert {"gpu", "driver", "cuda", "torch", "transformers", "commit", "dtype"} <= set(env)
+    assert env["kernels"]["RUNTIME_PDL"] == "early" and env["kernels"]["RUNTIME_KERNELS_OFF"] == ""
     assert result.stdout.rstrip().splitlines()[-1] == json.dumps(last_json(result.stdout))
     assert (out / "summary.md").read_text() in result.stdout
     rows = (out / "rows.jsonl").read_text()

@@ -335,3 +335,22 @@ def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_p
            "--capability", "9.0", "--measured-with", "triton 3.6.0, torch 2.11.0+cu130"]  # fmt: skip
     subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
     assert out.read_text() == (tuning_store.SHIPPED_DIR / "nvidia-h100-80gb-hbm3.json").read_text()
+
+
+# ---------------------------------------------------------------- what a benchmark row records
+
+
+def test_describe_names_each_shapes_blocks_and_their_source(fresh_process, monkeypatch):
+    on(monkeypatch, H100)
+    gemv_tuning.tune_shapes(LLAMA[:2], BF16, "cuda")
+    assert gemv_tuning.describe(LLAMA[:2] + [UNSHIPPED], BF16) == "; ".join(
+        [
+            f"norm_linear 3072x2048 {'/'.join(map(str, fl._TUNED[('norm_linear', 3072, 2048, BF16)]))} shipped",
+            f"linear 2048x2048 {'/'.join(map(str, fl._TUNED[('linear', 2048, 2048, BF16)]))} shipped",
+            f"linear 4096x4096 {'/'.join(map(str, fl.gemv_config(4096, 4096, 2)))} heuristic",
+        ]
+    )
+    monkeypatch.setenv("RUNTIME_GEMV_TUNE", "0")  # the launches ignore the choices then: so does the record
+    assert gemv_tuning.describe(LLAMA[:1], BF16) == (
+        f"norm_linear 3072x2048 {'/'.join(map(str, fl.gemv_config(3072, 2048, 2, 3)))} heuristic"
+    )

@@ -54,6 +54,7 @@ class RuntimeEngine:
         self.runner = Runner(loaded, capacity=capacity, max_batch=max_batch, mode=RUNNER_MODES[engine])
         self.mode = self.runner.mode
         self.capture_s = self.runner.capture_s
+        self.gemv_blocks = self.runner.gemv_blocks
         self.kv_cache_mb = self.runner.cache.nbytes / 2**20
         error = self.runner.capture_error
         self.note = f"graph capture failed ({error}); ran eager" if error else None

@@ -58,9 +58,14 @@ def collect(device: torch.device, plan: Plan, bandwidth_gbs: float | None) -> di
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         **git_commit(),
-        # the kernel choice the numbers were taken with (runtime/kernels/ops.py)
+        # the kernel choice the numbers were taken with (runtime/kernels/ops.py; README's table):
+        # the three main switches always, and every other RUNTIME_* variable that is set
         "kernels": {
-            k: os.environ.get(k, "") for k in ("RUNTIME_KERNELS", "RUNTIME_KERNELS_OFF", "RUNTIME_GEMV_TUNE")
+            **{
+                k: os.environ.get(k, "")
+                for k in ("RUNTIME_KERNELS", "RUNTIME_KERNELS_OFF", "RUNTIME_GEMV_TUNE")
+            },
+            **{k: v for k, v in sorted(os.environ.items()) if k.startswith("RUNTIME_")},
         },
         "dtype": sorted({m.dtype for m in plan.models}),
         "seed": plan.seed,

@@ -204,6 +204,7 @@ class BenchRun:
                     "peak_gb": peak,
                     "load_s": loaded.load_s,
                     "capture_s": engine.capture_s,
+                    "gemv_blocks": getattr(engine, "gemv_blocks", None),
                     "bandwidth_gbs": self.outcome.bandwidth_gbs,
                     "weight_bytes": weight_bytes,
                     **metrics,

@@ -76,7 +76,9 @@ def step_tail_ref(logits: torch.Tensor, buf: DecodeBuffers, nonfinite_at: torch.
 
 def step_tail(logits: torch.Tensor, buf: DecodeBuffers, nonfinite_at: torch.Tensor, variant: str) -> None:
     """step_tail_ref folded into the kernels: greedy in the argmax's 2 launches; topk in the
-    argmax's 2 (the record only) and the sampler's 2, whose last writes token, position and seen.
+    sampler's 2 (3 above 262144 logits): the first also checks the logits, the last records and
+    writes token, position and seen. sample, and topk where the fused sampler cannot run
+    (sampler.sample_step): the argmax's 2 (the record only), the sampler, 3 torch kernels.
     The reference runs where the op "step_tail" or "argmax_checked" is off.  # graph: safe"""
     if not (ops.enabled("step_tail", logits) and ops.enabled("argmax_checked", logits)):
         return step_tail_ref(logits, buf, nonfinite_at, variant)
@@ -85,11 +87,10 @@ def step_tail(logits: torch.Tensor, buf: DecodeBuffers, nonfinite_at: torch.Tens
     if variant == "greedy":
         argmax.argmax_step_triton(logits, positions, nonfinite_at[:B], tokens, seen)
         return
-    argmax.argmax_step_triton(logits, positions, nonfinite_at[:B])  # the record only
     sample_step(
         logits, tokens, positions, buf.temperature[:B], buf.top_k[:B], buf.top_p[:B],
         buf.repetition_penalty[:B], buf.seed[:B], seen,
-        candidates=_candidates(logits, variant),
+        candidates=_candidates(logits, variant), nonfinite_at=nonfinite_at[:B],
     )  # fmt: skip
 
 
@@ -124,11 +125,13 @@ class Runner:
         self.pool: GraphPool | None = None
         self.capture_error: str | None = None
         self.tune_s = 0.0
+        self.gemv_blocks: str | None = None  # the batch-1 GEMVs' blocks and their source, for the record
         if self.mode == "graph":
             if ops.enabled("linear", self.model.embed.weight):  # pick the GEMV blocks on this card
                 self.tune_s = gemv_tuning.tune_shapes(
                     self.model.gemv_shapes(), self.model.dtype, self.device, self.buckets
                 )
+                self.gemv_blocks = gemv_tuning.describe(self.model.gemv_shapes(), self.model.dtype)
             self._capture()
         # prompts from position 0 replay a graph per length bucket (RUNTIME_PREFILL_GRAPHS=0: eager)
         self.prefill_graphs: PrefillGraphs | None = None

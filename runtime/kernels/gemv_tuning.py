@@ -44,6 +44,17 @@ TIMINGS: dict[tuple[str, int, int, torch.dtype], dict[tuple[int, int, int], floa
 SOURCES: dict[tuple[str, int, int, torch.dtype], str] = {}
 
 
+def describe(shapes: Iterable[tuple[str, int, int]], dtype: torch.dtype) -> str:
+    """The blocks a model's GEMVs launch with and where each came from, for a benchmark row:
+    "norm_linear 3072x2048 2/1024/4 shipped; ..." (heuristic: nothing chosen for the shape)."""
+    parts = []
+    for op, N, K in dict.fromkeys(shapes):
+        config = fused_linear._config(op, N, K, dtype)
+        source = SOURCES.get((op, N, K, dtype), "heuristic") if tuning_enabled() else "heuristic"
+        parts.append(f"{op} {N}x{K} {'/'.join(map(str, config))} {source}")
+    return "; ".join(parts)
+
+
 def tune_shapes(
     shapes: Iterable[tuple[str, int, int]], dtype: torch.dtype, device, row_buckets: Iterable[int] = ()
 ) -> float:
