@@ -303,3 +303,41 @@ def test_sample_topk_on_hard_rows(poisoned, K):
         p = torch.full((3,), pos, device=DEVICE)
         got = topk_mod.sample_topk_triton(x, p, seen=seen, candidates=K, **rows)
         assert torch.equal(got, sample_ref(x, p, seen=seen, candidates=K, **rows)), pos
+
+
+@kernel_test
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the -inf row, interpreted
+@pytest.mark.parametrize("merge", [False, True], ids=["two_launches", "merge_rounds"])
+def test_sample_topk_step_records_non_finite_rows(poisoned, monkeypatch, merge):
+    """Step mode with nonfinite_at (runner.step_tail's topk tail): argmax_checked_ref's bad rows
+    take their current position unless one is recorded, from the flags of every chunk (the bad
+    value in a later chunk; padding in the last one is no finite value); tokens as the plain call,
+    positions advance, the tokens are marked seen."""
+    if merge:  # small chunks, 4 lists of K a merge: 33 flags a row, two merge rounds between
+        monkeypatch.setattr(topk_mod, "CHUNK", 256)
+        monkeypatch.setattr(topk_mod, "GROUP", 64)
+    V, K = 2 * 4096 + 77, 16
+    x = logits(8, V)
+    x[1, V - 1] = float("nan")  # the last live logit
+    x[2, 5000] = float("inf")
+    x[3] = float("-inf")  # nothing but -inf
+    x[4] = float("-inf")
+    x[4, V - 1] = -3.0  # one finite logit: fine
+    x[5, 17] = float("-inf")  # one -inf among finite values: fine
+    x[6, 4096] = float("nan")  # bad, but a record stands
+    recorded = torch.tensor([-1, -1, -1, -1, -1, -1, 3, 11], device=DEVICE)  # row 7: fine now
+    start = torch.arange(100, 108, device=DEVICE)
+    seen = torch.rand(8, V, device=DEVICE) < 0.1
+    rows = _settings(8, [0.8, 0.0, 1.3], [K, 4, 1], [0.9, 1.0, 0.5], [1.1, 1.0, 1.3])
+    want_tokens = topk_mod.sample_topk_triton(x, start + 1, seen=seen, candidates=K, **rows)
+    positions, nonfinite_at, step_seen = start.clone(), recorded.clone(), seen.clone()
+    tokens = torch.full_like(start, -1)
+    topk_mod.sample_topk_triton(x, positions, seen=step_seen, candidates=K, tokens=tokens,
+                                nonfinite_at=nonfinite_at, **rows)  # fmt: skip
+    bad = argmax_checked_ref(x)[1]
+    assert bad.tolist() == [False, True, True, True, False, False, True, False]
+    assert torch.equal(nonfinite_at, torch.where(bad & (recorded < 0), start, recorded))
+    assert nonfinite_at.tolist() == [-1, 101, 102, 103, -1, -1, 3, 11]
+    assert torch.equal(positions, start + 1)
+    assert torch.equal(tokens, want_tokens)
+    assert torch.equal(step_seen, seen.scatter(1, tokens[:, None], True))

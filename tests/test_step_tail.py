@@ -83,9 +83,10 @@ def _clone(buf: DecodeBuffers, nonfinite_at: torch.Tensor) -> tuple[DecodeBuffer
     return DecodeBuffers(**{k: v.clone() for k, v in vars(buf).items()}), nonfinite_at.clone()
 
 
+# 262147: above 262144 logits the topk sampler takes a merge launch (65 lists of 128 > 64)
 TAIL_CASES = cases(
     full=[(1, 1000), (3, 1000), (1, 32003), (3, 32003), (1, 151936), (3, 151936), (3, 262147)],
-    small=[(1, 1000), (3, 1000), (3, 32003), (1, 151936)],
+    small=[(1, 1000), (3, 1000), (3, 32003), (1, 151936), (3, 262147)],
 )
 
 
@@ -95,14 +96,26 @@ TAIL_CASES = cases(
 def test_step_tail_matches_the_reference(poisoned, monkeypatch, B, V, variant):
     """Two steps on the same rows: ids, tokens, positions, seen and nonfinite_at equal today's ops
     (same kernels) in every row, NaN and -inf rows included, and plain torch on the finite rows;
-    a row's record keeps its first position."""
+    a row's record keeps its first position. The folded topk step records in the sampler's own
+    launches: no argmax call."""
     fused, nonfinite_at = _state(B, V)
     start = fused.positions.clone()
     unfused, unfused_nf = _clone(fused, nonfinite_at)
     plain, plain_nf = _clone(fused, nonfinite_at)
+    argmax_calls = []
+    real_step = argmax_mod.argmax_step_triton
+
+    def counted_step(logits, positions, nonfinite_at, tokens=None, seen=None):
+        argmax_calls.append("record" if tokens is None else "step")
+        return real_step(logits, positions, nonfinite_at, tokens, seen)
+
+    monkeypatch.setattr(argmax_mod, "argmax_step_triton", counted_step)
     for _ in range(2):
         x = _logits(B, V)
         _run(monkeypatch, FUSED, step_tail, x, fused, nonfinite_at, variant)
+        # greedy: the whole step in argmax; sample: its record only; topk: none (the sampler records)
+        assert argmax_calls == {"greedy": ["step"], "topk": [], "sample": ["record"]}[variant]
+        argmax_calls.clear()
         _run(monkeypatch, UNFUSED, step_tail, x, unfused, unfused_nf, variant)
         _run(monkeypatch, TORCH, step_tail_ref, x, plain, plain_nf, variant)
         got, same = _snapshot(fused, nonfinite_at), _snapshot(unfused, unfused_nf)

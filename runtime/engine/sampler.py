@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from runtime.errors import RuntimeUserError
-from runtime.kernels import ops, topk
+from runtime.kernels import argmax, ops, topk
 
 _MASK32 = 0xFFFFFFFF
 
@@ -122,15 +122,21 @@ def sample_step(
     seed: torch.Tensor,
     seen: torch.Tensor,
     candidates: int = 0,
+    nonfinite_at: torch.Tensor | None = None,
 ) -> None:
     """The decode step's pick, in place on the runner's buffers.  # graph: safe
     sample's token for each row at position positions + 1 goes into tokens (B,); positions (B,)
-    advance by one; seen (B, V) marks the token. The fused kernels do it in their last launch;
-    otherwise sample, then three torch kernels."""
+    advance by one; seen (B, V) marks the token. nonfinite_at (B,) int64 given (unit stride):
+    runner.step_tail_ref's record too, a row's current position where its logits are not finite
+    and nothing is recorded yet (< 0). The fused kernels do it all in their own launches (two,
+    three above 262144 logits); otherwise argmax_step_triton's two launches record (Triton must
+    be on), then sample, then three torch kernels."""
     settings = (temperature, top_k, top_p, repetition_penalty, seed, seen, candidates)
     if _fused(logits, candidates):
-        topk.sample_topk_triton(logits, positions, *settings, tokens=tokens)
+        topk.sample_topk_triton(logits, positions, *settings, tokens=tokens, nonfinite_at=nonfinite_at)
         return
+    if nonfinite_at is not None:  # before positions advance: the record wants the current ones
+        argmax.argmax_step_triton(logits, positions, nonfinite_at)
     nxt = sample(logits, positions + 1, *settings)
     tokens.copy_(nxt)
     positions.add_(1)

@@ -11,7 +11,9 @@ program per row (stage 2): two launches, each reading its inputs once.
 argmax_step_triton runs the decode step's tail after the LM head in those same two launches: the
 merge also records a non-finite row's position on the runner's fixed buffers and, in the greedy
 step, writes the token, advances the position and marks the token seen, where the step used to
-spend seven small torch kernels on it. The reference is runner.step_tail_ref.
+spend seven small torch kernels on it. The reference is runner.step_tail_ref. The record alone
+(two launches) serves the steps whose sampler cannot record: the "sample" variant, and "topk"
+where the fused sampler does not run; the fused topk sampler records in its own launches.
 """
 
 from __future__ import annotations

@@ -58,7 +58,10 @@ writing the K candidates, picks the token from them (temperature, top-k, top-p, 
 the greedy pick for temperature 0): two launches (three above 262144 logits) for what the
 reference does in about forty small ones. Contract and reference: runtime/engine/sampler.py
 (sample with candidates=K). Given the runner's tokens buffer, the last stage also finishes the
-decode step (sampler.sample_step): token out, position advanced, token marked seen.
+decode step (sampler.sample_step): token out, position advanced, token marked seen. Given its
+nonfinite_at too, stage 1 also checks the raw logits it reads (one flag a program: a NaN or +inf,
+else a value above -inf, else none) and the last stage reduces the row's flags into the step's
+non-finite record (runner.step_tail_ref's), so the topk step's tail needs no argmax launches.
 """
 
 from __future__ import annotations
@@ -130,8 +133,8 @@ def _select(word, K: tl.constexpr):
 
 @jit
 def _chunk_kernel(
-    x_ptr, seen_ptr, penalty_ptr, keys_ptr, vocab, x_stride, seen_stride, parts,
-    K: tl.constexpr, CHUNK: tl.constexpr, PENALTY: tl.constexpr, PDL: tl.constexpr,
+    x_ptr, seen_ptr, penalty_ptr, keys_ptr, flags_ptr, vocab, x_stride, seen_stride, parts,
+    K: tl.constexpr, CHUNK: tl.constexpr, PENALTY: tl.constexpr, CHECK: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     # grid (B, parts): program (b, p) keeps the K best keys of logits [p * CHUNK, (p + 1) * CHUNK),
     # after the repetition penalty of row b when PENALTY; they go out in id order
@@ -140,6 +143,10 @@ def _chunk_kernel(
     cols = (part * CHUNK + tl.arange(0, CHUNK)).to(tl.int64)
     live = cols < vocab
     x = tl.load(x_ptr + row * x_stride + cols, mask=live, other=0.0).to(tl.float32)
+    if CHECK:  # flags (B, parts) int32 of the raw logits: 2 a NaN or +inf, else 1 a value > -inf, else 0
+        odd = (x != x) | (x == float("inf"))
+        flag = tl.where(odd, 2, tl.where(live & (x > float("-inf")), 1, 0))
+        tl.store(flags_ptr + row * parts + part, tl.max(flag, axis=0))
     if PENALTY:  # as apply_repetition_penalty: seen logits divided (if > 0) or multiplied
         seen = tl.load(seen_ptr + row * seen_stride + cols, mask=live, other=0) != 0
         p = tl.load(penalty_ptr + row)
@@ -233,11 +240,13 @@ def _gumbel(seed, position, ids):
 
 @jit
 def _sample_kernel(
-    keys_ptr, best_ptr, out_ptr, temp_ptr, top_k_ptr, top_p_ptr, seed_ptr, pos_ptr, seen_ptr, n_keys,
-    seen_stride, K: tl.constexpr, BLOCK: tl.constexpr, STEP: tl.constexpr, PDL: tl.constexpr,
+    keys_ptr, best_ptr, out_ptr, temp_ptr, top_k_ptr, top_p_ptr, seed_ptr, pos_ptr, seen_ptr,
+    flags_ptr, nonfinite_ptr, n_keys, seen_stride, parts, K: tl.constexpr, BLOCK: tl.constexpr,
+    PARTS: tl.constexpr, STEP: tl.constexpr, CHECK: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     # grid (B,): sampler.sample's steps after the candidate set, on the row's K best (penalised).
-    # STEP: out_ptr is the tokens buffer and pos_ptr the rows' current positions, which advance
+    # STEP: out_ptr is the tokens buffer and pos_ptr the rows' current positions, which advance.
+    # CHECK (with STEP): stage 1's flags (B, parts) give the row's non-finite record in nonfinite_ptr
     pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     ranked, keys = _best_sorted(keys_ptr, best_ptr, row, n_keys, K, BLOCK)
@@ -266,6 +275,11 @@ def _sample_kernel(
     token = tl.where(temperature > 0, sampled, greedy)
     tl.store(out_ptr + row, token)
     if STEP:  # stage 1 has read the seen row already (an earlier launch)
+        if CHECK:  # argmax_checked_ref's bad row: a NaN or +inf anywhere (2), or nothing above -inf (0)
+            p = tl.arange(0, PARTS)
+            flag = tl.max(tl.load(flags_ptr + row * parts + p, mask=p < parts, other=0), axis=0)
+            recorded = tl.load(nonfinite_ptr + row)  # the first bad position stays
+            tl.store(nonfinite_ptr + row, position - 1, mask=(flag != 1) & (recorded < 0))
         tl.store(pos_ptr + row, position)
         tl.store(seen_ptr + row * seen_stride + token, 1)
 
@@ -275,18 +289,22 @@ def _warps(n_keys: int) -> int:
     return min(16, max(4, next_pow2(n_keys) // 512))
 
 
-def _candidate_keys(x: torch.Tensor, k: int, seen=None, penalty=None) -> tuple[torch.Tensor, int]:
-    """Stage 1 and the merge rounds over x (B, V) float32 -> (keys (B, n), n): at most
-    max(GROUP, 2 k) keys per row, in lists of k, which hold the row's k best."""
+def _candidate_keys(
+    x: torch.Tensor, k: int, seen=None, penalty=None, check: bool = False
+) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    """Stage 1 and the merge rounds over x (B, V) float32 -> (keys (B, n), n, flags): at most
+    max(GROUP, 2 k) keys per row, in lists of k, which hold the row's k best. check: flags
+    (B, V / chunk) int32, stage 1's finite check of its raw logits (_chunk_kernel); else None."""
     B, vocab = x.shape
     chunk = min(CHUNK, max(k, next_pow2(vocab)))
     lists = cdiv(vocab, chunk)
     keys = torch.empty((B, lists * k), dtype=torch.int64, device=x.device)
+    flags = torch.empty((B, lists), dtype=torch.int32, device=x.device) if check else None
     with_penalty = seen is not None
     _chunk_kernel[(B, lists)](
-        x, seen if with_penalty else x, penalty if with_penalty else x, keys, vocab, x.stride(0),
-        seen.stride(0) if with_penalty else 0, lists, K=k, CHUNK=chunk, PENALTY=with_penalty,
-        num_warps=_warps(chunk), **pdl(x.device),
+        x, seen if with_penalty else x, penalty if with_penalty else x, keys, flags if check else x,
+        vocab, x.stride(0), seen.stride(0) if with_penalty else 0, lists, K=k, CHUNK=chunk,
+        PENALTY=with_penalty, CHECK=check, num_warps=_warps(chunk), **pdl(x.device),
     )  # fmt: skip
     # graph: grids, buffers and rounds follow from shapes only; pass counts stay on the device
     per_group = max(2, GROUP // k)  # lists a merge program takes (a power of two)
@@ -303,7 +321,7 @@ def _candidate_keys(x: torch.Tensor, k: int, seen=None, penalty=None) -> tuple[t
             **pdl(x.device),
         )
         keys, lists = merged, groups
-    return keys, lists * k
+    return keys, lists * k, flags
 
 
 def supported(x: torch.Tensor, k: int) -> bool:
@@ -319,7 +337,7 @@ def top_candidates_triton(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.
         return top_candidates_ref(x, k)
     x = x if x.stride(-1) == 1 else x.contiguous()
     B = x.shape[0]
-    keys, n_keys = _candidate_keys(x, k)
+    keys, n_keys, _ = _candidate_keys(x, k)
     best = torch.empty((B, 2, k), dtype=torch.int64, device=x.device)  # scratch of the last stage
     values = torch.empty((B, k), dtype=torch.float32, device=x.device)
     ids = torch.empty((B, k), dtype=torch.int64, device=x.device)
@@ -348,22 +366,30 @@ def sample_topk_triton(
     seen: torch.Tensor,
     candidates: int,
     tokens: torch.Tensor | None = None,
+    nonfinite_at: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """sampler.sample(..., candidates=K) in two launches (three above GROUP / K chunks), for float32
     logits (B, V) with unit stride and K as `supported` requires; per-row settings (B,).
     -> next tokens (B,) int64.
     tokens (B,) int64 given (sampler.sample_step, in place): `positions` are the rows' current
     positions, the token goes at positions + 1; the last launch writes it into tokens, advances
-    positions and marks it in seen (B, V) bool, and tokens comes back."""
+    positions and marks it in seen (B, V) bool, and tokens comes back.
+    nonfinite_at (B,) int64 given too: the step's non-finite record in the same launches (no
+    argmax): where a row's raw logits have no finite maximum (argmax.argmax_checked_ref) and
+    nonfinite_at < 0, it takes the row's current position (before the advance)."""
     B = logits.shape[0]
-    step = tokens is not None
+    step, check = tokens is not None, nonfinite_at is not None
     assert not step or tokens.stride(0) == positions.stride(0) == seen.stride(-1) == 1
-    keys, n_keys = _candidate_keys(logits, candidates, seen, repetition_penalty)
+    assert not check or (step and nonfinite_at.stride(0) == 1)
+    keys, n_keys, flags = _candidate_keys(logits, candidates, seen, repetition_penalty, check)
     best = torch.empty((B, 2, candidates), dtype=torch.int64, device=logits.device)  # scratch
     out = tokens if step else torch.empty(B, dtype=torch.int64, device=logits.device)
+    parts = flags.shape[1] if check else 1
+    # pointers this launch never touches get any tensor (flags and nonfinite_at when not checking)
     _sample_kernel[(B,)](
-        keys, best, out, temperature, top_k, top_p, seed, positions, seen, n_keys, seen.stride(0),
-        K=candidates, BLOCK=next_pow2(n_keys), STEP=int(step), num_warps=_warps(n_keys),
-        **pdl(logits.device),
+        keys, best, out, temperature, top_k, top_p, seed, positions, seen, flags if check else keys,
+        nonfinite_at if check else positions, n_keys, seen.stride(0), parts, K=candidates,
+        BLOCK=next_pow2(n_keys), PARTS=max(16, next_pow2(parts)), STEP=int(step), CHECK=check,
+        num_warps=_warps(n_keys), **pdl(logits.device),
     )  # fmt: skip
     return out
