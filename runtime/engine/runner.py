@@ -19,7 +19,7 @@ import torch
 from graphs.buckets import bucket_for, make_buckets
 from graphs.pool import GraphPool
 from runtime.engine.prefill_graphs import PrefillGraphs
-from runtime.engine.sampler import SamplingParams, sample, sample_step
+from runtime.engine.sampler import SamplingParams, advance, sample, sample_step
 from runtime.engine.state import DecodeBuffers, KVCache, kv_cache_bytes
 from runtime.errors import RuntimeUserError
 from runtime.kernels import argmax, gemv_tuning, ops
@@ -69,9 +69,7 @@ def step_tail_ref(logits: torch.Tensor, buf: DecodeBuffers, nonfinite_at: torch.
     best, bad = ops.argmax_checked(logits)  # one pass: the greedy pick and the finite check
     nonfinite_at[:B] = torch.where(bad & (nonfinite_at[:B] < 0), positions, nonfinite_at[:B])
     nxt = best if variant == "greedy" else next_token(logits, positions + 1, buf, slice(0, B), variant)
-    tokens.copy_(nxt)
-    positions.add_(1)
-    buf.seen[:B].scatter_(1, nxt[:, None], True)
+    advance(nxt, tokens, positions, buf.seen[:B])
 
 
 def step_tail(logits: torch.Tensor, buf: DecodeBuffers, nonfinite_at: torch.Tensor, variant: str) -> None:

@@ -137,7 +137,12 @@ def sample_step(
         return
     if nonfinite_at is not None:  # before positions advance: the record wants the current ones
         argmax.argmax_step_triton(logits, positions, nonfinite_at)
-    nxt = sample(logits, positions + 1, *settings)
+    advance(sample(logits, positions + 1, *settings), tokens, positions, seen)
+
+
+def advance(nxt: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, seen: torch.Tensor) -> None:
+    """The step's end in torch ops: the picked tokens nxt (B,) go into tokens (B,), positions (B,)
+    advance by one, seen (B, V) marks them."""
     tokens.copy_(nxt)
     positions.add_(1)
     seen.scatter_(1, nxt[:, None], True)
