@@ -73,12 +73,14 @@ def step_ms(runner: Runner, steps: int, variant: str = "greedy", batch: int = 1)
     return sorted(times)[len(times) // 2]
 
 
-def kernel_table(runner: Runner, replays: int, batch: int = 1) -> dict[str, tuple[float, float]]:
+def kernel_table(
+    runner: Runner, replays: int, batch: int = 1, variant: str = "greedy"
+) -> dict[str, tuple[float, float]]:
     """kernel name -> (us per step, launches per step), from `replays` profiled replays."""
 
     def replay() -> None:
         for _ in range(replays):
-            runner.step(batch, "greedy")
+            runner.step(batch, variant)
 
     return {k: (t / replays, c / replays) for k, (t, c) in kernel_times(replay).items()}
 
@@ -92,6 +94,9 @@ def run(model_id: str, prompt: int, steps: int, profiled: int, copy_gbs: float) 
         runner.step(1, "greedy")
     ms = step_ms(runner, steps)
     table = kernel_table(runner, profiled)
+    runner.set_row(0, SamplingParams(0.8, 50, 0.9, 1.0, 1))  # the "topk" step: where sampling costs go
+    topk_ms = step_ms(runner, steps // 2, "topk")
+    topk_table = kernel_table(runner, profiled, 1, "topk")
     for r in range(BATCH):  # the batch bucket's step: every row from the same prompt
         runner.prefill(r, ids, 0, "greedy")
     batch_ms = step_ms(runner, steps // 2, "greedy", BATCH)
@@ -111,6 +116,10 @@ def run(model_id: str, prompt: int, steps: int, profiled: int, copy_gbs: float) 
         "weight_floor_ms": round(weights / copy_gbs / 1e6, 4),
         "kernels": sorted(
             ([k, round(t, 2), round(c, 1)] for k, (t, c) in table.items()), key=lambda r: -r[1]
+        ),
+        "topk_step_ms": round(topk_ms, 4),
+        "kernels_topk": sorted(
+            ([k, round(t, 2), round(c, 1)] for k, (t, c) in topk_table.items()), key=lambda r: -r[1]
         ),
         f"step_b{BATCH}_ms": round(batch_ms, 4),
         f"kernels_b{BATCH}": sorted(
@@ -257,7 +266,12 @@ def main() -> None:
         print(f"| {t['op']} | {t['N']} | {t['K']} | {t['best']} | {t['best_us']} | {t['best_gbs']} | "
               f"{t['heuristic']} | {t['heuristic_us']} |")  # fmt: skip
     for r in rows:
-        for key, label in (("kernels", "batch 1"), (f"kernels_b{BATCH}", f"batch {BATCH}")):
+        labels = (
+            ("kernels", "batch 1"),
+            ("kernels_topk", "batch 1, topk"),
+            (f"kernels_b{BATCH}", f"batch {BATCH}"),
+        )
+        for key, label in labels:
             print(f"\n### {r['model']}, {label}: top kernels (us per step, launches per step)")
             print("| kernel | us | n |\n|---|---|---|")
             for name, t, c in r[key][:16]:
