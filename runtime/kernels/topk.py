@@ -66,6 +66,8 @@ non-finite record (runner.step_tail_ref's), so the topk step's tail needs no arg
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
@@ -307,7 +309,8 @@ def _candidate_keys(
         PENALTY=with_penalty, CHECK=check, num_warps=_warps(chunk), **pdl(x.device),
     )  # fmt: skip
     # graph: grids, buffers and rounds follow from shapes only; pass counts stay on the device
-    per_group = max(2, GROUP // k)  # lists a merge program takes (a power of two)
+    # lists a merge program takes (a power of two); RUNTIME_TOPK_GROUP (a power of two) A/Bs GROUP
+    per_group = max(2, int(os.environ.get("RUNTIME_TOPK_GROUP") or GROUP) // k)
     while lists > per_group:
         groups = cdiv(lists, per_group)
         merged = torch.empty((B, groups * k), dtype=torch.int64, device=x.device)
