@@ -75,7 +75,7 @@ MODELS = ("Llama-3.2-1B-Instruct", "Qwen3-1.7B", "gemma-3-1b-it")  # configs/mod
 BATCHES = (1, 16)  # batch 1 and a batch bucket
 CAPACITY = 4096  # the runner's default cache length
 PROMPT = 7  # an eager prompt: more than one token, not a multiple of 16 (Triton specialises both)
-BIG_VOCAB = 2 * 262144  # past 262144 logits the top-k sampler adds merge rounds (_group_kernel)
+BIG_VOCAB = 2 * 262144  # a vocabulary whose top-k merge takes several rounds (_group_kernel)
 # the A/B settings, each recorded in the default PDL mode: they change constexprs of their kernels
 AB_SETTINGS = (
     {"RUNTIME_BATCH_ROWS": "fused"},

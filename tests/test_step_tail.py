@@ -90,7 +90,7 @@ def _clone(buf: DecodeBuffers, nonfinite_at: torch.Tensor) -> tuple[DecodeBuffer
     return DecodeBuffers(**{k: v.clone() for k, v in vars(buf).items()}), nonfinite_at.clone()
 
 
-# 262147: above 262144 logits the topk sampler takes a merge launch (65 lists of 128 > 64)
+# 262147: the topk sampler's merge takes two rounds there (65 lists of 128 -> 9 -> 2)
 TAIL_CASES = cases(
     full=[(1, 1000), (3, 1000), (1, 32003), (3, 32003), (1, 151936), (3, 151936), (3, 262147)],
     small=[(1, 1000), (3, 1000), (3, 32003), (3, 262147)],

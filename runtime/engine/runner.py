@@ -74,7 +74,7 @@ def step_tail_ref(logits: torch.Tensor, buf: DecodeBuffers, nonfinite_at: torch.
 
 def step_tail(logits: torch.Tensor, buf: DecodeBuffers, nonfinite_at: torch.Tensor, variant: str) -> None:
     """step_tail_ref folded into the kernels: greedy in the argmax's 2 launches; topk in the
-    sampler's 2 (3 above 262144 logits): the first also checks the logits, the last records and
+    sampler's 3 (2 up to 32768 logits): the first also checks the logits, the last records and
     writes token, position and seen. sample, and topk where the fused sampler cannot run
     (sampler.sample_step): the argmax's 2 (the record only), the sampler, 3 torch kernels.
     The reference runs where the op "step_tail" or "argmax_checked" is off.  # graph: safe"""

@@ -128,8 +128,8 @@ def sample_step(
     sample's token for each row at position positions + 1 goes into tokens (B,); positions (B,)
     advance by one; seen (B, V) marks the token. nonfinite_at (B,) int64 given (unit stride):
     runner.step_tail_ref's record too, a row's current position where its logits are not finite
-    and nothing is recorded yet (< 0). The fused kernels do it all in their own launches (two,
-    three above 262144 logits); otherwise argmax_step_triton's two launches record (Triton must
+    and nothing is recorded yet (< 0). The fused kernels do it all in their own launches (three,
+    two up to 32768 logits); otherwise argmax_step_triton's two launches record (Triton must
     be on), then sample, then three torch kernels."""
     settings = (temperature, top_k, top_p, repetition_penalty, seed, seen, candidates)
     if _fused(logits, candidates):

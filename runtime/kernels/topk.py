@@ -9,7 +9,7 @@ the high word (the "value word"), the complement of its id in the low word, so k
 within a row and a descending order of keys is by value, then by smaller id:
   stage 1, grid (B, V / CHUNK): the keys of CHUNK logits; select the chunk's K best and store
     them as one list of K;
-  merge, grid (B, groups): only while more than GROUP keys remain (K = 128: V > 262144): select
+  merge, grid (B, groups): only while more than GROUP keys remain (K = 128: V > 32768): select
     the K best of each group of GROUP / K lists;
   last, grid (B,): select the K best of the <= GROUP survivors, then order only those K: rank
     each by counting the keys above it (K x K compares; a K over 128 sorts its K keys).
@@ -44,18 +44,20 @@ thread (the histogram's 6 warp ballots and a popcount per key; 3 barriers; the 3
 stay inside a warp): 4096 keys in 8 warps ~1 us, 8192 keys in 16 warps ~1.7 us.
   stage 1 (4096 keys): loads and keys ~1.5 us, 4-5 passes ~4-5 us (7 at worst, all-equal rows),
     scan and scatter ~0.7 us: ~6-7 us, where the tl.sort of 4096 took ~20-30 us;
-  merge: no launch up to 262144 logits (GROUP = 8192 keys = 64 lists of 128);
+  merge: no launch up to 262144 logits if GROUP = 8192 keys (64 lists of 128);
   last (4096-8192 keys): load ~1 us, 5 passes ~5-9 us, scan and scatter ~0.7 us, ranking and
     the scratch round trips ~1 us, the sampling math ~1.5 us: ~9-13 us, where a merge round of
     1024-key sorts and the last sort of <= 1024 took ~12-20 us of sorting.
 About 15-20 us of kernels in two launches (was three), against ~75 us for the sampler before.
 GROUP = 1024 instead gives three launches whose last two select from <= 1024 keys (~4 and
-~6 us): the same total by this model, so it is the first A/B to run on the GPU.
+~6 us): the same total by this model. Measured on the H100 (batch-1 topk step, same process):
+with 8192 the last stage alone took 27 us of Gemma's step (one program over 8192 keys), and
+1024 took 8-10 us off Gemma's topk step and 1-4 us off Llama's, so GROUP is 1024.
 
 sample_topk_triton is the sampler's "topk" variant on the same stages: stage 1 first applies
 the repetition penalty (the seen mask and the row's penalty), and the last stage, instead of
 writing the K candidates, picks the token from them (temperature, top-k, top-p, Gumbel noise,
-the greedy pick for temperature 0): two launches (three above 262144 logits) for what the
+the greedy pick for temperature 0): three launches (two up to 8 chunks) for what the
 reference does in about forty small ones. Contract and reference: runtime/engine/sampler.py
 (sample with candidates=K). Given the runner's tokens buffer, the last stage also finishes the
 decode step (sampler.sample_step): token out, position advanced, token marked seen. Given its
@@ -73,7 +75,7 @@ import torch
 from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
 
 CHUNK = 4096  # logits per stage-1 program
-GROUP = 8192  # keys a merge or last-stage program selects from (64 lists of K = 128)
+GROUP = 1024  # keys a merge or last-stage program selects from (8 lists of K = 128)
 # (CHUNK and GROUP stay below 2**16: _select packs two counts of keys in one int32)
 # constexprs, so kernels may read them: the low word of a key holds _LOW - id; _LOWEST is the key
 # of a padded slot, which sorts after every real key; _PAD_WORD is its value word
