@@ -10,6 +10,7 @@ from kernel_testing import INTERPRET, PoisonedTorch, cases, kernel_test, needs_t
 
 from runtime.kernels import argmax as argmax_mod
 from runtime.kernels import topk as topk_mod
+from runtime.kernels import topk_sample as topk_sample_mod
 from runtime.kernels._triton import jit, tl
 from runtime.kernels.argmax import argmax_checked_ref, argmax_checked_triton
 from runtime.kernels.topk import top_candidates_ref, top_candidates_triton
@@ -21,7 +22,7 @@ DEVICE = "cpu" if INTERPRET else "cuda"
 
 @pytest.fixture
 def poisoned(monkeypatch):
-    for module in (argmax_mod, topk_mod):
+    for module in (argmax_mod, topk_mod, topk_sample_mod):
         monkeypatch.setattr(module, "torch", PoisonedTorch())
 
 
@@ -254,7 +255,7 @@ def test_sample_topk_matches_the_reference(poisoned, monkeypatch, B, V, K):
     picked, differ = [], 0
     for pos in range(12 if INTERPRET else 200):
         p = torch.full((B,), pos, device=DEVICE)
-        got = topk_mod.sample_topk_triton(x, p, seen=seen, candidates=K, **rows)
+        got = topk_sample_mod.sample_topk_triton(x, p, seen=seen, candidates=K, **rows)
         want = sample_ref(x, p, seen=seen, candidates=K, **rows)
         differ += int((got != want).sum())  # a fp32 rounding at the top-p boundary may flip one
         picked.append(got)
@@ -274,7 +275,7 @@ def test_sample_topk_greedy_rows_take_the_penalised_argmax(poisoned, monkeypatch
     seen = torch.zeros(2, 500, dtype=torch.bool, device=DEVICE)
     seen[:, x[0].argmax()] = True
     rows = _settings(2, [0.0], [16], [1.0], [50.0])
-    got = topk_mod.sample_topk_triton(x, torch.zeros(2, device=DEVICE, dtype=torch.int64), seen=seen,
+    got = topk_sample_mod.sample_topk_triton(x, torch.zeros(2, device=DEVICE, dtype=torch.int64), seen=seen,
                                       candidates=16, **rows)  # fmt: skip
     want = apply_repetition_penalty(x, seen, rows["repetition_penalty"]).argmax(-1)
     assert torch.equal(got, want) and got[0] != x[0].argmax()
@@ -293,7 +294,7 @@ def test_sample_topk_on_hard_rows(poisoned, K):
     seen[:, 1::7] = True
     greedy = _settings(x.shape[0], [0.0], [K], [1.0], [1.5])
     p = torch.full((x.shape[0],), 3, device=DEVICE)
-    got = topk_mod.sample_topk_triton(x, p, seen=seen, candidates=K, **greedy)
+    got = topk_sample_mod.sample_topk_triton(x, p, seen=seen, candidates=K, **greedy)
     assert torch.equal(got, sample_ref(x, p, seen=seen, candidates=K, **greedy))
     assert got[0] == 0  # all equal, and id 0 is not seen
     x = logits(3, V)  # distinct values: the reference's candidate set is the same set
@@ -301,7 +302,7 @@ def test_sample_topk_on_hard_rows(poisoned, K):
     rows = _settings(3, [0.7, 1.0, 2.0], [K, max(1, K // 4), 1], [1.0, 0.8, 0.9], [1.2])
     for pos in range(6):
         p = torch.full((3,), pos, device=DEVICE)
-        got = topk_mod.sample_topk_triton(x, p, seen=seen, candidates=K, **rows)
+        got = topk_sample_mod.sample_topk_triton(x, p, seen=seen, candidates=K, **rows)
         assert torch.equal(got, sample_ref(x, p, seen=seen, candidates=K, **rows)), pos
 
 
@@ -329,10 +330,10 @@ def test_sample_topk_step_records_non_finite_rows(poisoned, monkeypatch, merge):
     start = torch.arange(100, 108, device=DEVICE)
     seen = torch.rand(8, V, device=DEVICE) < 0.1
     rows = _settings(8, [0.8, 0.0, 1.3], [K, 4, 1], [0.9, 1.0, 0.5], [1.1, 1.0, 1.3])
-    want_tokens = topk_mod.sample_topk_triton(x, start + 1, seen=seen, candidates=K, **rows)
+    want_tokens = topk_sample_mod.sample_topk_triton(x, start + 1, seen=seen, candidates=K, **rows)
     positions, nonfinite_at, step_seen = start.clone(), recorded.clone(), seen.clone()
     tokens = torch.full_like(start, -1)
-    topk_mod.sample_topk_triton(x, positions, seen=step_seen, candidates=K, tokens=tokens,
+    topk_sample_mod.sample_topk_triton(x, positions, seen=step_seen, candidates=K, tokens=tokens,
                                 nonfinite_at=nonfinite_at, **rows)  # fmt: skip
     bad = argmax_checked_ref(x)[1]
     assert bad.tolist() == [False, True, True, True, False, False, True, False]

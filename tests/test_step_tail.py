@@ -14,6 +14,7 @@ from runtime.engine.runner import step_tail, step_tail_ref
 from runtime.engine.state import DecodeBuffers
 from runtime.kernels import argmax as argmax_mod
 from runtime.kernels import topk as topk_mod
+from runtime.kernels import topk_sample as topk_sample_mod
 
 # an all -inf row: the interpreter's NumPy warns on -inf - -inf in the sampler (NaN, as on the GPU)
 pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")]
@@ -35,7 +36,7 @@ TORCH = {"RUNTIME_KERNELS": "torch", "RUNTIME_KERNELS_OFF": ""}
 
 @pytest.fixture
 def poisoned(monkeypatch):
-    for module in (argmax_mod, topk_mod):
+    for module in (argmax_mod, topk_mod, topk_sample_mod):
         monkeypatch.setattr(module, "torch", PoisonedTorch())
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from runtime.errors import RuntimeUserError
-from runtime.kernels import argmax, ops, topk
+from runtime.kernels import argmax, ops, topk, topk_sample
 
 _MASK32 = 0xFFFFFFFF
 
@@ -97,10 +97,10 @@ def sample(
     positions: the position the sampled token will occupy (keys the noise).
     candidates: 0 sorts the whole vocabulary (any setting); K > 0 works on the K best logits only,
     exact when every sampled row has 0 < top_k <= K, and much cheaper than a full sort. With
-    candidates, Triton-capable tensors take the fused kernels (runtime/kernels/topk.py)."""
+    candidates, Triton-capable tensors take the fused kernels (runtime/kernels/topk_sample.py)."""
     args = (logits, positions, temperature, top_k, top_p, repetition_penalty, seed, seen, candidates)
     if _fused(logits, candidates):
-        return topk.sample_topk_triton(*args)
+        return topk_sample.sample_topk_triton(*args)
     return sample_ref(*args)
 
 
@@ -133,7 +133,7 @@ def sample_step(
     be on), then sample, then three torch kernels."""
     settings = (temperature, top_k, top_p, repetition_penalty, seed, seen, candidates)
     if _fused(logits, candidates):
-        topk.sample_topk_triton(logits, positions, *settings, tokens=tokens, nonfinite_at=nonfinite_at)
+        topk_sample.sample_topk_triton(logits, positions, *settings, tokens=tokens, nonfinite_at=nonfinite_at)
         return
     if nonfinite_at is not None:  # before positions advance: the record wants the current ones
         argmax.argmax_step_triton(logits, positions, nonfinite_at)

@@ -54,16 +54,7 @@ GROUP = 1024 instead gives three launches whose last two select from <= 1024 key
 with 8192 the last stage alone took 27 us of Gemma's step (one program over 8192 keys), and
 1024 took 8-10 us off Gemma's topk step and 1-4 us off Llama's, so GROUP is 1024.
 
-sample_topk_triton is the sampler's "topk" variant on the same stages: stage 1 first applies
-the repetition penalty (the seen mask and the row's penalty), and the last stage, instead of
-writing the K candidates, picks the token from them (temperature, top-k, top-p, Gumbel noise,
-the greedy pick for temperature 0): three launches (two up to 8 chunks) for what the
-reference does in about forty small ones. Contract and reference: runtime/engine/sampler.py
-(sample with candidates=K). Given the runner's tokens buffer, the last stage also finishes the
-decode step (sampler.sample_step): token out, position advanced, token marked seen. Given its
-nonfinite_at too, stage 1 also checks the raw logits it reads (one flag a program: a NaN or +inf,
-else a value above -inf, else none) and the last stage reduces the row's flags into the step's
-non-finite record (runner.step_tail_ref's), so the topk step's tail needs no argmax launches.
+The sampler's "topk" variant runs on these stages: topk_sample.py.
 """
 
 from __future__ import annotations
@@ -222,72 +213,6 @@ def _merge_kernel(
     tl.store(ids_ptr + row * K + j, _id(keys))
 
 
-@jit
-def _mix(h):
-    """sampler._mix: a 32-bit avalanche in int64 arithmetic."""
-    h = h ^ (h >> 16)
-    h = (h * 0x7FEB352D) & _LOW
-    h = h ^ (h >> 15)
-    h = (h * 0x2C1B3C6D) & _LOW
-    return h ^ (h >> 16)
-
-
-@jit
-def _gumbel(seed, position, ids):
-    """sampler.gumbel_noise for one row: int64 seed and position, int64 ids -> fp32 noise."""
-    row = _mix((seed * 0x27D4EB2F + position * 0x165667B1) & _LOW)
-    h = _mix((ids * 0x3C6EF372 + row) & _LOW)
-    h = _mix(h ^ row)
-    u = ((h >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
-    return -tl.log(-tl.log(u))
-
-
-@jit
-def _sample_kernel(
-    keys_ptr, best_ptr, out_ptr, temp_ptr, top_k_ptr, top_p_ptr, seed_ptr, pos_ptr, seen_ptr,
-    flags_ptr, nonfinite_ptr, n_keys, seen_stride, parts, K: tl.constexpr, BLOCK: tl.constexpr,
-    PARTS: tl.constexpr, STEP: tl.constexpr, CHECK: tl.constexpr, PDL: tl.constexpr,
-):  # fmt: skip
-    # grid (B,): sampler.sample's steps after the candidate set, on the row's K best (penalised).
-    # STEP: out_ptr is the tokens buffer and pos_ptr the rows' current positions, which advance.
-    # CHECK (with STEP): stage 1's flags (B, parts) give the row's non-finite record in nonfinite_ptr
-    pdl_wait(PDL)
-    row = tl.program_id(0).to(tl.int64)
-    ranked, keys = _best_sorted(keys_ptr, best_ptr, row, n_keys, K, BLOCK)
-    # single keys by rank come from the scratch (scalar loads), which spares block-wide reductions
-    rank = tl.arange(0, K)
-    temperature = tl.load(temp_ptr + row)
-    t = tl.maximum(temperature, 1e-5)
-    scaled = _value(keys) / t
-    # top_k_top_p_cutoff: keep the n best, n = min(k, smallest prefix whose mass reaches p)
-    top_k = tl.load(top_k_ptr + row)
-    k = tl.where(top_k > 0, tl.minimum(top_k, K), K)
-    in_k = rank < k
-    top = tl.load(ranked)  # the best key: the largest scaled value, and the greedy pick
-    e = tl.where(in_k, tl.exp(scaled - _value(top) / t), 0.0)
-    probs = e / tl.sum(e, axis=0)
-    mass_before = tl.cumsum(probs, axis=0) - probs
-    n_keep = tl.sum((in_k & (mass_before < tl.load(top_p_ptr + row))).to(tl.int32), axis=0)
-    n_keep = tl.maximum(tl.minimum(n_keep, k), 1)
-    cutoff = _value(tl.load(ranked + n_keep - 1)) / t
-    position = tl.load(pos_ptr + row) + STEP  # where the token goes: keys the noise
-    noise = _gumbel(tl.load(seed_ptr + row), position, _id(keys))
-    kept = tl.where(scaled >= cutoff, scaled + noise, float("-inf"))
-    choice = tl.argmax(kept, axis=0, tie_break_left=True)  # the first best rank, as torch.argmax
-    sampled = _id(tl.load(ranked + choice))
-    greedy = _id(top)  # the penalised argmax, first index
-    token = tl.where(temperature > 0, sampled, greedy)
-    tl.store(out_ptr + row, token)
-    if STEP:  # stage 1 has read the seen row already (an earlier launch)
-        if CHECK:  # argmax_checked_ref's bad row: a NaN or +inf anywhere (2), or nothing above -inf (0)
-            p = tl.arange(0, PARTS)
-            flag = tl.max(tl.load(flags_ptr + row * parts + p, mask=p < parts, other=0), axis=0)
-            recorded = tl.load(nonfinite_ptr + row)  # the first bad position stays
-            tl.store(nonfinite_ptr + row, position - 1, mask=(flag != 1) & (recorded < 0))
-        tl.store(pos_ptr + row, position)
-        tl.store(seen_ptr + row * seen_stride + token, 1)
-
-
 def _warps(n_keys: int) -> int:
     """Warps for a program that selects from n_keys keys: 16 keys a thread, 4 to 16 warps."""
     return min(16, max(4, next_pow2(n_keys) // 512))
@@ -358,43 +283,3 @@ def top_candidates_triton(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.
         **pdl(x.device),
     )
     return values, ids
-
-
-def sample_topk_triton(
-    logits: torch.Tensor,
-    positions: torch.Tensor,
-    temperature: torch.Tensor,
-    top_k: torch.Tensor,
-    top_p: torch.Tensor,
-    repetition_penalty: torch.Tensor,
-    seed: torch.Tensor,
-    seen: torch.Tensor,
-    candidates: int,
-    tokens: torch.Tensor | None = None,
-    nonfinite_at: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """sampler.sample(..., candidates=K) in two launches (three above GROUP / K chunks), for float32
-    logits (B, V) with unit stride and K as `supported` requires; per-row settings (B,).
-    -> next tokens (B,) int64.
-    tokens (B,) int64 given (sampler.sample_step, in place): `positions` are the rows' current
-    positions, the token goes at positions + 1; the last launch writes it into tokens, advances
-    positions and marks it in seen (B, V) bool, and tokens comes back.
-    nonfinite_at (B,) int64 given too: the step's non-finite record in the same launches (no
-    argmax): where a row's raw logits have no finite maximum (argmax.argmax_checked_ref) and
-    nonfinite_at < 0, it takes the row's current position (before the advance)."""
-    B = logits.shape[0]
-    step, check = tokens is not None, nonfinite_at is not None
-    assert not step or tokens.stride(0) == positions.stride(0) == seen.stride(-1) == 1
-    assert not check or (step and nonfinite_at.stride(0) == 1)
-    keys, n_keys, flags = _candidate_keys(logits, candidates, seen, repetition_penalty, check)
-    best = torch.empty((B, 2, candidates), dtype=torch.int64, device=logits.device)  # scratch
-    out = tokens if step else torch.empty(B, dtype=torch.int64, device=logits.device)
-    parts = flags.shape[1] if check else 1
-    # pointers this launch never touches get any tensor (flags and nonfinite_at when not checking)
-    _sample_kernel[(B,)](
-        keys, best, out, temperature, top_k, top_p, seed, positions, seen, flags if check else keys,
-        nonfinite_at if check else positions, n_keys, seen.stride(0), parts, K=candidates,
-        BLOCK=next_pow2(n_keys), PARTS=max(16, next_pow2(parts)), STEP=int(step), CHECK=check,
-        num_warps=_warps(n_keys), **pdl(logits.device),
-    )  # fmt: skip
-    return out
