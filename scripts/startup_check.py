@@ -1,7 +1,8 @@
 """GPU: start-up time from a local safetensors folder, as a user's first command pays it.
 
-1. Writes a random-weight checkpoint of the model (transformers' own layout, bf16) to --folder,
-   unless one is there already (the GPU machines cannot reach the hub).
+1. Writes a random-weight checkpoint of the model (transformers' own layout, bf16) and a
+   stand-in tokenizer of the model's vocabulary size to --folder, unless a checkpoint is there
+   already (the GPU machines cannot reach the hub).
 2. In a fresh child process: CUDA context, our imports (transformers' config machinery among
    them), load_model(folder) and a Runner capturing every bucket up to --max-batch (3 variants
    each). Prints one JSON line with each part's seconds; load_plus_capture_s counts from after
@@ -48,6 +49,18 @@ print(json.dumps({"torch_import_and_cuda_init_s": round(t1 - t0, 2), "runtime_im
 """
 
 
+def write_tokenizer(folder: Path, vocab: int) -> None:
+    """A stand-in fast tokenizer of `vocab` word-level entries, so a start loads one through
+    AutoTokenizer as it would from a real checkpoint (the import and the tokenizer.json parse)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = {f"w{i}": i for i in range(vocab - 1)} | {"<unk>": vocab - 1}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="w0").save_pretrained(folder)
+
+
 def write_checkpoint(model_id: str, folder: Path) -> float:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -58,6 +71,7 @@ def write_checkpoint(model_id: str, folder: Path) -> float:
     with torch.device("cuda"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.save_pretrained(folder)
+    write_tokenizer(folder, config.vocab_size)
     return time.perf_counter() - start
 
 
