@@ -45,7 +45,8 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "none of the three": {"RUNTIME_ATTN_PREFETCH": "0", "RUNTIME_KERNELS_OFF": "embed_rope,step_tail"},
     "no PDL": {"RUNTIME_PDL": "0"},
     "attention 4 programs per SM": {"RUNTIME_ATTN_PER_SM": "4"},
-    "topk groups of 1024 keys": {"RUNTIME_TOPK_GROUP": "1024"},
+    "topk groups of 8192 keys": {"RUNTIME_TOPK_GROUP": "8192"},
+    "attention merge in 4 column chunks": {"RUNTIME_ATTN_MERGE_CHUNKS": "4"},
 }
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 

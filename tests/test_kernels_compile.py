@@ -81,6 +81,7 @@ AB_SETTINGS = (
     {"RUNTIME_BATCH_ROWS": "fused"},
     {"RUNTIME_ATTN_MERGE": "last"},
     {"RUNTIME_ATTN_PREFETCH": "0"},
+    {"RUNTIME_ATTN_MERGE_CHUNKS": "4"},
 )
 
 # @jit kernels no recorded path launches, with the reason

@@ -119,12 +119,13 @@ def _split_kernel(
 
 @jit
 def merge_head(
-    acc_ptr, ml_ptr, bh, n_live, n_splits, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr
+    acc_ptr, ml_ptr, bh, n_live, n_splits, D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr, d0=0
 ):
-    """The n_live partials of row-and-head bh (= b * H + head) merged -> (BLOCK_D,) fp32 output.
-    Loads skip L1 (.cg): other programs of the same launch may have written the partials."""
+    """The n_live partials of row-and-head bh (= b * H + head) merged -> (BLOCK_D,) fp32 output of
+    columns [d0, d0 + BLOCK_D). Loads skip L1 (.cg): other programs of the same launch may have
+    written the partials."""
     p = tl.arange(0, BLOCK_P)
-    d = tl.arange(0, BLOCK_D)
+    d = d0 + tl.arange(0, BLOCK_D)
     d_ok = d < D
     m_run = tl.max(tl.full([BLOCK_P], float("-inf"), tl.float32), axis=0)
     l_run = tl.sum(tl.zeros([BLOCK_P], tl.float32), axis=0)
@@ -169,6 +170,7 @@ def _combine_kernel(
     PDL: tl.constexpr,
 ):
     bh = tl.program_id(0)  # b * H + head
+    d0 = tl.program_id(1) * BLOCK_D  # the head's columns [d0, d0 + BLOCK_D)
     b = bh // n_heads
     head = bh % n_heads
     # the lengths are read before the wait: the split kernel before this one does not write them
@@ -178,9 +180,9 @@ def _combine_kernel(
         length = tl.load(len_ptr + b).to(tl.int32)
     n_live = tl.minimum(tl.cdiv(length, BLOCK_N), n_splits)  # splits that wrote a partial
     pdl_wait(PDL)
-    out = merge_head(acc_ptr, ml_ptr, bh, n_live, n_splits, D, BLOCK_D, BLOCK_P)
+    out = merge_head(acc_ptr, ml_ptr, bh, n_live, n_splits, D, BLOCK_D, BLOCK_P, d0)
     pdl_release(PDL)
-    d = tl.arange(0, BLOCK_D)
+    d = d0 + tl.arange(0, BLOCK_D)
     tl.store(out_ptr + b.to(tl.int64) * o_sb + head * o_sh + d, out.to(out_ptr.dtype.element_ty), mask=d < D)
 
 
@@ -264,10 +266,13 @@ def merge_partials(
     launch: dict | None = None,
 ) -> None:
     """acc (B, H, P, D), ml (B, H, P, 2) partials of the live splits -> out (B, H, D).
-    lengths (B,): live lengths, or with from_positions the positions (length = min(pos + 1, S))."""
+    lengths (B,): live lengths, or with from_positions the positions (length = min(pos + 1, S)).
+    RUNTIME_ATTN_MERGE_CHUNKS=c (default 1) gives each head c programs, each merging D / c columns:
+    a long cache's many partials are read by c programs instead of one (opt-in until measured)."""
     B, H, splits, D = acc.shape
-    block_d = max(16, next_pow2(D))
-    _combine_kernel[(B * H,)](
+    chunks = max(1, min(int(os.environ.get("RUNTIME_ATTN_MERGE_CHUNKS") or 1), next_pow2(D) // 16))
+    block_d = max(16, next_pow2(D) // next_pow2(chunks))
+    _combine_kernel[(B * H, cdiv(D, block_d))](
         acc, ml, lengths, out, H, splits, n_slots, out.stride(0), out.stride(1),
         D=D, BLOCK_D=block_d, BLOCK_P=merge_block(D, splits), BLOCK_N=block_n,
         FROM_POSITIONS=from_positions, num_warps=4, **(launch or {"PDL": 0}),
