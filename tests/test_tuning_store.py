@@ -123,14 +123,17 @@ def test_the_card_key_changes_with_everything_a_choice_depends_on(fresh_process,
 
 
 def test_the_cache_folder(monkeypatch, tmp_path):
+    def cache_dir():
+        return tuning_store.store_path(H100).parent.parent
+
     for name in ("RUNTIME_CACHE_DIR", "XDG_CACHE_HOME"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert tuning_store.cache_dir() == tmp_path / "home" / ".cache" / "runtime"
+    assert cache_dir() == tmp_path / "home" / ".cache" / "runtime"
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert tuning_store.cache_dir() == tmp_path / "xdg" / "runtime"
+    assert cache_dir() == tmp_path / "xdg" / "runtime"
     monkeypatch.setenv("RUNTIME_CACHE_DIR", str(tmp_path / "mine"))
-    assert tuning_store.cache_dir() == tmp_path / "mine"
+    assert cache_dir() == tmp_path / "mine"
 
 
 def test_off_cuda_there_is_no_card_and_nothing_is_stored(fresh_process):

@@ -2,7 +2,7 @@
 
 Two JSON sources, read by gemv_tuning.tune_shapes:
   the user's store  one file per card key (GPU name, compute capability, triton, torch, FORMAT) under
-                    cache_dir(), written after tune() measured; any change of the key re-tunes
+                    sources.cache_root(), written after tune() measured; any change of the key re-tunes
   shipped choices   runtime/kernels/tuned/*.json, applied where GPU name and capability match whatever
                     the triton and torch versions: blocks that won stay valid, only maybe not the fastest
 A file maps (op, N, K, dtype name) to [BLOCK_N, BLOCK_K, num_warps] and the measured us (for the
@@ -68,14 +68,8 @@ def card(device) -> Card | None:
     )
 
 
-def cache_dir() -> Path:
-    """The folder the GGUF conversions use too (sources.cache_root): RUNTIME_CACHE_DIR, else
-    $XDG_CACHE_HOME/runtime, else ~/.cache/runtime."""
-    return cache_root()
-
-
 def store_path(card: Card) -> Path:
-    return cache_dir() / "gemv" / f"{card.key}.json"
+    return cache_root() / "gemv" / f"{card.key}.json"  # the GGUF cache's folder: RUNTIME_CACHE_DIR
 
 
 # ---------------------------------------------------------------- reading
