@@ -45,6 +45,7 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "none of the three": {"RUNTIME_ATTN_PREFETCH": "0", "RUNTIME_KERNELS_OFF": "embed_rope,step_tail"},
     "no PDL": {"RUNTIME_PDL": "0"},
     "attention 4 programs per SM": {"RUNTIME_ATTN_PER_SM": "4"},
+    "attention 1 program per SM": {"RUNTIME_ATTN_PER_SM": "1"},
     "topk groups of 8192 keys": {"RUNTIME_TOPK_GROUP": "8192"},
     "attention merge in 4 column chunks": {"RUNTIME_ATTN_MERGE_CHUNKS": "4"},
 }

@@ -7,8 +7,10 @@
    them), load_model(folder) and a Runner capturing every bucket up to --max-batch (3 variants
    each). Prints one JSON line with each part's seconds; load_plus_capture_s counts from after
    the CUDA context (imports included).
-   Two children per --loaders value (RUNTIME_LOADER: safetensors' reader, or the staged one): the
-   first start, then a second with Python's bytecode and Triton's kernel caches warm.
+   Two children per --loaders value (RUNTIME_LOADER: safetensors' reader, or the staged one) and
+   --prebuild value (RUNTIME_PREBUILD: the kernels built on all cores before the capture, or not):
+   the first start, then a second with Python's bytecode and Triton's kernel caches warm. With
+   --fresh-triton-cache each first start has an empty Triton cache (a fresh machine's).
    STARTUP_PROFILE=1 prints a cProfile of the load above each JSON line (it slows the load).
 The files were just written, so they come from the page cache: a cold disk adds its read time.
 """
@@ -16,10 +18,12 @@ The files were just written, so they come from the page cache: a cold disk adds 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +49,7 @@ if prof: pstats.Stats(prof, stream=sys.stdout).sort_stats("cumulative").print_st
 print(json.dumps({"torch_import_and_cuda_init_s": round(t1 - t0, 2), "runtime_imports_s": round(t1b - t1, 2),
                   "load_s": round(t2 - t1b, 2), **loaded.load_parts, "capture_s": round(t3 - t2, 2),
                   "tune_s": round(runner.tune_s, 2), "graphs": len(runner.pool.stats),
+                  "prebuild": runner.prebuild.describe() if runner.prebuild else "off",
                   "load_plus_capture_s": round(t3 - t1, 2), "total_s": round(t3 - t0, 2)}))
 """
 
@@ -83,6 +88,12 @@ def main() -> None:
     ap.add_argument(
         "--loaders", default="safetensors,staged", help="RUNTIME_LOADER values, two children each"
     )
+    ap.add_argument("--prebuild", default="1", help="RUNTIME_PREBUILD values, two children each")
+    ap.add_argument(
+        "--fresh-triton-cache",
+        action="store_true",
+        help="each first start gets an empty TRITON_CACHE_DIR (its second start reuses it)",
+    )
     ap.add_argument("--pycache", default="/tmp/runtime-pycache", help="PYTHONPYCACHEPREFIX of the children")
     args = ap.parse_args()
     folder = Path(args.folder)
@@ -91,9 +102,18 @@ def main() -> None:
     # two children per loader: the first may compile Python bytecode (this machine's site-packages
     # may hold none, and be read-only: the cache goes to a writable prefix) and Triton kernels; the
     # second starts as an installed environment does, with both caches warm
-    for loader in args.loaders.split(","):
+    for loader, prebuild in itertools.product(args.loaders.split(","), args.prebuild.split(",")):
+        triton_cache = {}
+        if args.fresh_triton_cache:
+            triton_cache = {"TRITON_CACHE_DIR": tempfile.mkdtemp(prefix="triton-cache-")}
         for start in ("first", "second"):
-            env = dict(os.environ, RUNTIME_LOADER=loader, PYTHONPYCACHEPREFIX=args.pycache)
+            env = dict(
+                os.environ,
+                RUNTIME_LOADER=loader,
+                RUNTIME_PREBUILD=prebuild,
+                PYTHONPYCACHEPREFIX=args.pycache,
+                **triton_cache,
+            )
             child = subprocess.run(
                 [sys.executable, "-c", CHILD, str(folder), str(args.max_batch)],
                 capture_output=True,
@@ -110,6 +130,8 @@ def main() -> None:
                     {
                         "model": args.model,
                         "loader": loader,
+                        "prebuild_setting": prebuild,
+                        "fresh_triton_cache": bool(triton_cache),
                         "start": start,
                         "max_batch": args.max_batch,
                         **times,

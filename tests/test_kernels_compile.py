@@ -5,7 +5,8 @@ builds them: a kernel only a GPU build rejects (a name bound to a (1024,) mask i
 `if` and to a (32,) mask in the other, say) passes there. Here the real entry points run on the
 meta device (the model's decode and prefill, the runner's step tail and first-token pick, for the
 three dev models, bf16, batch 1 and 16, each RUNTIME_PDL mode and the A/B settings) with
-JITFunction.run replaced by a recorder: Triton's own binder turns each launch into the signature,
+JITFunction.run replaced by the recorder the start-up's kernel pre-build uses
+(runtime/kernels/prebuild.py): Triton's own binder turns each launch into the signature,
 constexprs, integer and alignment specialisation and options a GPU launch would compile. Nothing
 is written per kernel, so a new kernel or argument is picked up as soon as a path launches it.
 
@@ -28,14 +29,12 @@ import functools
 import importlib
 import itertools
 import json
-import multiprocessing
 import os
 import pkgutil
 import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -46,20 +45,27 @@ import runtime.kernels
 from graphs.buckets import prefill_lengths
 from runtime.engine import runner
 from runtime.engine.state import DecodeBuffers, KVCache
-from runtime.kernels import _triton, decode_attention, fused_linear, fused_rows_config, ops, tuning_store
+from runtime.kernels import (
+    _triton,
+    decode_attention,
+    fused_linear,
+    fused_rows_config,
+    ops,
+    prebuild,
+    tuning_store,
+)
+from runtime.kernels.prebuild import Launch
 from runtime.models.decoder import DecoderLM
 from runtime.models.loader import _hf_config
 from runtime.models.sources import shipped_config
 from runtime.models.spec import ModelSpec
 
 try:  # the recorder and the builds use Triton 3.6's own binder and compiler stages
-    import triton
-    from triton import knobs
     from triton._C.libtriton import ir
     from triton.backends.compiler import GPUTarget
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
-    from triton.compiler import ASTSource, make_backend
-    from triton.runtime.jit import JITFunction, create_function_from_signature
+    from triton.compiler import make_backend
+    from triton.runtime.jit import JITFunction
 except ImportError:
     pytest.skip("triton is not installed", allow_module_level=True)
 
@@ -123,103 +129,51 @@ def ptxas_refuses(target: Target) -> str | None:
 # ---------------------------------------------------------------- one recorded launch
 
 
-def kernel_name(fn: JITFunction) -> str:
-    return f"{fn.fn.__module__}.{fn.fn.__qualname__}"
-
-
 def short_name(fn: JITFunction) -> str:
-    return kernel_name(fn).removeprefix("runtime.kernels.")
+    return f"{fn.fn.__module__}.{fn.fn.__qualname__}".removeprefix("runtime.kernels.")
 
 
-@dataclass
-class Launch:
-    """One distinct compile: what JITFunction.run would hand to triton.compile."""
+def build_key(launch: Launch, target: Target) -> tuple:
+    """Launches with one key share a full build on target."""
+    types = tuple(t for t in launch.signature.values() if t != "constexpr")
+    key = (launch.fn, types, launch.options.num_warps, launch.options.num_stages)
+    if target.build_all_constexprs:
+        key += (repr({n: v for n, v in launch.constants().items() if n != "PDL"}),)
+    return key
 
-    fn: JITFunction
-    signature: dict  # parameter -> "*bf16", "i32", "fp32", ... or "constexpr"
-    constexprs: dict  # (index,) -> value: the tl.constexpr parameters and integers specialised to 1
-    attrs: dict  # (index,) -> alignment hints (tt.divisibility 16)
-    options: object  # the backend's options: num_warps, num_stages, launch_pdl, ...
-    where: str  # the first recording that launched it
 
-    def constants(self) -> dict:
-        """The tl.constexpr parameters by name."""
-        return {
-            self.fn.arg_names[i]: v
-            for (i, *_), v in self.constexprs.items()
-            if self.fn.params[i].is_constexpr
-        }
+def describe(launch: Launch) -> str:
+    return f"{launch.constants()} num_warps={launch.options.num_warps} num_stages={launch.options.num_stages}"
 
-    def build_key(self, target: Target) -> tuple:
-        """Launches with one key share a full build on target."""
-        types = tuple(t for t in self.signature.values() if t != "constexpr")
-        key = (self.fn, types, self.options.num_warps, self.options.num_stages)
-        if target.build_all_constexprs:
-            key += (repr({n: v for n, v in self.constants().items() if n != "PDL"}),)
-        return key
 
-    def describe(self) -> str:
-        return f"{self.constants()} num_warps={self.options.num_warps} num_stages={self.options.num_stages}"
-
-    def front_end(self, target: Target) -> None:
-        """Source to Triton IR, as triton.compile starts (Triton 3.6): where a kernel's types,
-        shapes and constexpr branches are checked."""
-        backend = make_backend(target.gpu)
-        src = ASTSource(self.fn, self.signature, self.constexprs, self.attrs)
-        options = backend.parse_options(dict(self.options.__dict__, **src.parse_options()))
-        context = ir.context()
-        ir.load_dialects(context)
-        backend.load_dialects(context)
-        codegen = backend.get_codegen_implementation(options)
-        module = src.make_ir(target.gpu, options, codegen, backend.get_module_map(), context)
-        stages = {}
-        backend.add_stages(stages, options, src.language)
-        stages["ttir"](module, {})
-
-    def build(self, target: Target) -> None:
-        """The whole build, ptxas included (the cubin lands in Triton's cache)."""
-        src = ASTSource(self.fn, self.signature, self.constexprs, self.attrs)
-        triton.compile(src, target=target.gpu, options=self.options.__dict__)
+def front_end(launch: Launch, target: GPUTarget) -> None:
+    """Source to Triton IR, as triton.compile starts (Triton 3.6): where a kernel's types, shapes
+    and constexpr branches are checked."""
+    backend = make_backend(target)
+    src = launch.source()
+    options = backend.parse_options(dict(launch.options.__dict__, **src.parse_options()))
+    context = ir.context()
+    ir.load_dialects(context)
+    backend.load_dialects(context)
+    codegen = backend.get_codegen_implementation(options)
+    module = src.make_ir(target, options, codegen, backend.get_module_map(), context)
+    stages = {}
+    backend.add_stages(stages, options, src.language)
+    stages["ttir"](module, {})
 
 
 # ---------------------------------------------------------------- recording launches
 
 
-class Recorder:
-    """Stands in for JITFunction.run: a launch is bound as run() binds it, for target's backend.
-    Meta tensors sit at address 0, so every pointer counts as 16-byte aligned (as the runtime's
-    own buffers are; a misaligned view would compile a variant without the hint)."""
-
-    def __init__(self, target: Target):
-        self.backend = make_backend(target.gpu)
-        self.binders: dict[JITFunction, object] = {}
-        self.launches: dict[tuple, Launch] = {}
-        self.where = ""
-
-    def run(self, fn: JITFunction, *args, grid, warmup, **kwargs) -> None:
-        # JITFunction.run (Triton 3.6) up to its compile, the driver's backend replaced by target's
-        kwargs["debug"] = kwargs.get("debug", fn.debug) or knobs.runtime.debug
-        kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
-        if fn not in self.binders:
-            self.binders[fn] = create_function_from_signature(fn.signature, fn.params, self.backend)
-        bound, specialization, options = self.binders[fn](*args, **kwargs)
-        options, signature, constexprs, attrs = fn._pack_args(
-            self.backend, kwargs, bound, specialization, options
-        )
-        key = (fn, repr((signature, constexprs, attrs, options)))
-        if key not in self.launches:
-            self.launches[key] = Launch(fn, signature, constexprs, attrs, options, self.where)
-
-
 @contextmanager
-def recording(target: Target) -> Iterator[Recorder]:
-    """Kernel launches recorded for target instead of run, with PDL and the attention splits
-    decided as on a card of its capability and SM count, every RUNTIME_* setting at its default
-    and no GEMV blocks tuned."""
-    rec = Recorder(target)
+def recording(target: Target) -> Iterator[prebuild.Recorder]:
+    """Kernel launches recorded for target instead of run (prebuild.recording, as the runtime's
+    start-up records them; meta tensors sit at address 0, so every pointer counts as 16-byte
+    aligned, as the runtime's own buffers are), with PDL and the attention splits decided as on a
+    card of its capability and SM count, every RUNTIME_* setting at its default and no GEMV
+    blocks tuned."""
     real_pdl = _triton.pdl
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(JITFunction, "run", lambda fn, *args, **kwargs: rec.run(fn, *args, **kwargs))
+    with prebuild.recording(target.gpu) as rec, pytest.MonkeyPatch.context() as mp:
         # pdl() turns PDL on for CUDA devices of capability >= 9.0 only: ask it as for the target
         mp.setattr(_triton, "_capability", lambda index: target.capability)
         for module in kernel_modules():
@@ -236,7 +190,7 @@ def recording(target: Target) -> Iterator[Recorder]:
 
 @contextmanager
 def setting(
-    rec: Recorder, label: str, env: dict[str, str], gemv_blocks: dict | None = None
+    rec: prebuild.Recorder, label: str, env: dict[str, str], gemv_blocks: dict | None = None
 ) -> Iterator[None]:
     """Launches in here are recorded under label, with env set (and the GEMV blocks chosen)."""
     with pytest.MonkeyPatch.context() as mp:
@@ -365,29 +319,13 @@ def paths(lm: DecoderLM) -> list[tuple[str, Callable[[], None]]]:
 
 # ---------------------------------------------------------------- compiling, on every core
 
-_JOBS: list[tuple[Launch, Target, bool]] = []  # what the forked workers compile, by index
+
+def full_build(launch: Launch, target: Target) -> None:
+    launch.build(target.gpu)
 
 
-def compile_job(index: int) -> str | None:
-    """None, or why job `index` does not compile."""
-    launch, target, full = _JOBS[index]
-    try:
-        launch.build(target) if full else launch.front_end(target)
-    except Exception as e:  # a CompilationError, a ptxas failure: whatever a GPU build would raise
-        lines = f"{type(e).__name__}: {e}".strip().splitlines()
-        # a CompilationError: where, the source up to the offending line, a caret, the message
-        return "\n".join(lines if len(lines) <= 8 else [lines[0], "    ...", *lines[-5:]])
-    return None
-
-
-def compile_all(jobs: list[tuple[Launch, Target, bool]]) -> list[str | None]:
-    """compile_job of each job; on several cores in forked workers (compiling holds the GIL)."""
-    _JOBS[:] = jobs  # forked workers inherit them: launches hold JITFunctions, which do not pickle
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if cores < 2:
-        return [compile_job(i) for i in range(len(jobs))]
-    with ProcessPoolExecutor(min(cores, 8), mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(pool.map(compile_job, range(len(jobs))))
+def ir_only(launch: Launch, target: Target) -> None:
+    front_end(launch, target.gpu)
 
 
 # ---------------------------------------------------------------- the tests
@@ -396,7 +334,7 @@ def compile_all(jobs: list[tuple[Launch, Target, bool]]) -> list[str | None]:
 def jit_functions() -> dict[str, JITFunction]:
     """Every @jit function defined in runtime/kernels/*.py, by module.name."""
     return {
-        kernel_name(v): v
+        f"{v.fn.__module__}.{v.fn.__qualname__}": v
         for module in kernel_modules()
         for v in vars(module).values()
         if isinstance(v, JITFunction) and v.fn.__module__ == module.__name__
@@ -435,13 +373,13 @@ def test_kernels_compile(target: Target):
     start = time.perf_counter()
     built = {}
     for launch in todo:
-        built.setdefault(launch.build_key(target), launch)
-    jobs = [(launch, target, True) for launch in built.values()]
-    jobs += [(launch, target, False) for launch in todo if built[launch.build_key(target)] is not launch]
-    errors = compile_all(jobs)
+        built.setdefault(build_key(launch, target), launch)
+    jobs = [(full_build, launch, target) for launch in built.values()]
+    jobs += [(ir_only, launch, target) for launch in todo if built[build_key(launch, target)] is not launch]
+    errors = prebuild.run_all(jobs, workers=8)
 
     failed: dict[str, list[tuple[Launch, str]]] = {}
-    for (launch, _, _), error in zip(jobs, errors):
+    for (_, launch, _), error in zip(jobs, errors):
         if error is not None:
             failed.setdefault(short_name(launch.fn), []).append((launch, error))
     counts = Counter(short_name(launch.fn) for launch in todo)
@@ -453,7 +391,7 @@ def test_kernels_compile(target: Target):
     if failed:
         report = [
             f"{name}: {len(group)} of {counts[name]} launches fail; the first, "
-            f"from {group[0][0].where}:\n  {group[0][0].describe()}\n  " + group[0][1].replace("\n", "\n  ")
+            f"from {group[0][0].where}:\n  {describe(group[0][0])}\n  " + group[0][1].replace("\n", "\n  ")
             for name, group in failed.items()
         ]
         pytest.fail(f"kernels that do not compile for {target.name}:\n" + "\n".join(report), pytrace=False)

@@ -22,7 +22,7 @@ from runtime.engine.prefill_graphs import PrefillGraphs
 from runtime.engine.sampler import SamplingParams, advance, sample, sample_step
 from runtime.engine.state import DecodeBuffers, KVCache, kv_cache_bytes
 from runtime.errors import RuntimeUserError
-from runtime.kernels import argmax, gemv_tuning, ops
+from runtime.kernels import argmax, gemv_tuning, ops, prebuild
 from runtime.models.loader import LoadedModel, oom_message
 
 VARIANTS = ("greedy", "topk", "sample")
@@ -123,6 +123,7 @@ class Runner:
         self.pool: GraphPool | None = None
         self.capture_error: str | None = None
         self.tune_s = 0.0
+        self.prebuild: prebuild.Prebuild | None = None  # the kernels built ahead of the capture
         self.gemv_blocks: str | None = None  # the batch-1 GEMVs' blocks and their source, for the record
         if self.mode == "graph":
             if ops.enabled("linear", self.model.embed.weight):  # pick the GEMV blocks on this card
@@ -145,8 +146,10 @@ class Runner:
         step_tail(logits, buf, self.nonfinite_at, variant)  # next token, position, seen, the record
 
     def _capture(self) -> None:
-        self.pool = GraphPool(self._step)
         keys = [(b, v) for b in self.buckets for v in VARIANTS]
+        # the Triton kernels of every step, built on all cores first (a fresh cache's start-up)
+        self.prebuild = prebuild.compile_ahead(lambda: [self._step(k) for k in keys], self.device)
+        self.pool = GraphPool(self._step)
         try:
             self.pool.capture(keys, order=lambda k: k[0])
         except (torch.cuda.OutOfMemoryError, RuntimeError) as e:
@@ -160,8 +163,10 @@ class Runner:
 
     @property
     def capture_s(self) -> float:
-        """Start-up seconds after the load: GEMV tuning (first model of a shape only) and capture."""
-        return (self.pool.capture_s if self.pool else 0.0) + self.tune_s
+        """Start-up seconds after the load: GEMV tuning (first model of a shape only), the kernels'
+        pre-build and the capture."""
+        built = self.prebuild.seconds if self.prebuild else 0.0
+        return (self.pool.capture_s if self.pool else 0.0) + self.tune_s + built
 
     def bucket(self, n: int) -> int:
         return bucket_for(n, self.buckets)

@@ -1,0 +1,216 @@
+"""Start-up: the Triton kernels a capture will launch, built on every core before it starts.
+
+On a machine whose Triton cache is empty, capturing the decode graphs compiled their ~24
+distinct kernels one after another as the warm-up first launched each (~0.6 s apiece on the H100
+machine: 14 s of a 30 s first start). Here the capture's own code runs first with
+JITFunction.run replaced by a recorder: no kernel is launched, and Triton's binder turns each
+call into exactly what a launch would compile (signature, constexprs, integer and alignment
+specialisation, options). The builds missing from Triton's on-disk cache then run in forked
+workers (compiling holds the GIL, so threads would not help), and the capture finds every
+kernel in the cache. A failed build is only counted: the capture's own compile then raises the
+real error where it always did. RUNTIME_PREBUILD=0 turns this off.
+
+The recording relies on Triton 3.x internals (the binder and JITFunction._pack_args); on a
+Triton where they differ, compile_ahead reports why it skipped and the capture compiles as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from runtime.kernels._triton import AVAILABLE, INTERPRETING
+
+if AVAILABLE:
+    import triton
+    from triton import knobs
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import JITFunction, create_function_from_signature
+
+
+@dataclass
+class Launch:
+    """One distinct build: what JITFunction.run hands to triton.compile."""
+
+    fn: Any  # JITFunction
+    signature: dict  # parameter -> "*bf16", "i32", "fp32", ... or "constexpr"
+    constexprs: dict  # (index,) -> value: the tl.constexpr parameters and integers specialised to 1
+    attrs: dict  # (index,) -> alignment hints (tt.divisibility 16)
+    options: Any  # the backend's options: num_warps, num_stages, launch_pdl, ...
+    where: str  # the first recording that launched it
+
+    @property
+    def name(self) -> str:
+        return f"{self.fn.fn.__module__}.{self.fn.fn.__qualname__}"
+
+    def constants(self) -> dict:
+        """The tl.constexpr parameters by name."""
+        return {
+            self.fn.arg_names[i]: v
+            for (i, *_), v in self.constexprs.items()
+            if self.fn.params[i].is_constexpr
+        }
+
+    def source(self):
+        return ASTSource(self.fn, self.signature, self.constexprs, self.attrs)
+
+    def build(self, target) -> None:
+        """The whole build for target (a GPUTarget), ptxas included; the cubin lands in the cache."""
+        triton.compile(self.source(), target=target, options=self.options.__dict__)
+
+    def cached(self, target) -> bool:
+        """Whether Triton's on-disk cache holds this build for target (compile()'s own lookup)."""
+        from triton._C.libtriton import get_cache_invalidating_env_vars
+        from triton.runtime.cache import get_cache_key, get_cache_manager
+
+        src, backend = self.source(), make_backend(target)
+        options = backend.parse_options(dict(self.options.__dict__, **src.parse_options()))
+        key = get_cache_key(src, backend, options, env_vars=get_cache_invalidating_env_vars())
+        group = get_cache_manager(hashlib.sha256(key.encode("utf-8")).hexdigest())
+        metadata = f"{src.name[:150]}.json"
+        return bool((group.get_group(metadata) or {}).get(metadata))
+
+
+class Recorder:
+    """Stands in for JITFunction.run: a call is bound as run() binds it, for target's backend,
+    and kept once per distinct build; nothing is compiled or launched."""
+
+    def __init__(self, target):
+        self.target = target
+        self.backend = make_backend(target)
+        self.binders: dict = {}
+        self.launches: dict[tuple, Launch] = {}
+        self.where = ""
+
+    def run(self, fn, *args, grid, warmup, **kwargs) -> None:
+        # JITFunction.run (Triton 3.6) up to its compile
+        kwargs["debug"] = kwargs.get("debug", fn.debug) or knobs.runtime.debug
+        kwargs["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+        if fn not in self.binders:
+            self.binders[fn] = create_function_from_signature(fn.signature, fn.params, self.backend)
+        bound, specialization, options = self.binders[fn](*args, **kwargs)
+        options, signature, constexprs, attrs = fn._pack_args(
+            self.backend, kwargs, bound, specialization, options
+        )
+        key = (fn, repr((signature, constexprs, attrs, options)))
+        if key not in self.launches:
+            self.launches[key] = Launch(fn, signature, constexprs, attrs, options, self.where)
+
+
+@contextmanager
+def recording(target) -> Iterator[Recorder]:
+    """Every Triton launch in here is recorded for target (a GPUTarget) instead of run."""
+    rec = Recorder(target)
+    original = JITFunction.run
+    JITFunction.run = lambda fn, *args, **kwargs: rec.run(fn, *args, **kwargs)
+    try:
+        yield rec
+    finally:
+        JITFunction.run = original
+
+
+# ---------------------------------------------------------------- building, on every core
+
+_JOBS: list[tuple[Callable[[Launch, Any], None], Launch, Any]] = []  # what forked workers run
+
+
+def _run_job(index: int) -> str | None:
+    """None, or why job `index` failed (its first line and the last few: a CompilationError's
+    message is the source up to the offending line, a caret, then the reason)."""
+    action, launch, target = _JOBS[index]
+    try:
+        action(launch, target)
+    except Exception as e:  # a CompilationError, a ptxas failure: whatever the build raises
+        lines = f"{type(e).__name__}: {e}".strip().splitlines()
+        return "\n".join(lines if len(lines) <= 8 else [lines[0], "    ...", *lines[-5:]])
+    return None
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_all(
+    jobs: list[tuple[Callable[[Launch, Any], None], Launch, Any]], workers: int = 16
+) -> list[str | None]:
+    """action(launch, target) of each job -> None or the failure, in forked workers where there
+    are two cores or more. Forked, because launches hold JITFunctions, which do not pickle; a
+    worker only compiles (no CUDA call), so a parent that has initialised CUDA may fork it."""
+    _JOBS[:] = jobs
+    n = min(usable_cores(), workers, len(jobs))
+    try:
+        if n < 2:
+            return [_run_job(i) for i in range(len(jobs))]
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_run_job, range(len(jobs))))
+    finally:
+        _JOBS.clear()
+
+
+def build(launch: Launch, target) -> None:
+    launch.build(target)
+
+
+# ---------------------------------------------------------------- the start-up's entry point
+
+
+@dataclass(frozen=True)
+class Prebuild:
+    """What compile_ahead did, for the start-up's record."""
+
+    kernels: int  # distinct builds the recorded code launches
+    built: int  # of them, missing from the cache and built here
+    failed: int  # builds that raised (the capture raises the real error)
+    seconds: float
+    skipped: str = ""  # why nothing was recorded or built, if so
+
+    def describe(self) -> str:
+        if self.skipped:
+            return f"kernel pre-build skipped: {self.skipped}"
+        failed = f", {self.failed} failed" if self.failed else ""
+        return f"{self.built} of {self.kernels} kernels built ahead in {self.seconds:.1f} s{failed}"
+
+
+def enabled(device: torch.device) -> bool:
+    """On a CUDA device with Triton compiling (not interpreting), unless RUNTIME_PREBUILD=0."""
+    return (
+        AVAILABLE
+        and not INTERPRETING
+        and device.type == "cuda"
+        and os.environ.get("RUNTIME_PREBUILD", "1") != "0"
+    )
+
+
+def compile_ahead(run: Callable[[], None], device: torch.device, target=None) -> Prebuild | None:
+    """Record the Triton launches of run() (which must launch through Triton only what it would
+    in earnest, and tolerate kernels that do not run: their outputs stay unwritten) and build
+    those missing from the cache, in parallel. target: a GPUTarget (default: the current card's).
+    None where disabled."""
+    if not enabled(device) and target is None:
+        return None
+    start = time.perf_counter()
+    try:
+        if target is None:
+            from triton.runtime.driver import driver
+
+            target = driver.active.get_current_target()
+        with recording(target) as rec:
+            run()
+        launches = list(rec.launches.values())
+        missing = [launch for launch in launches if not launch.cached(target)]
+    except Exception as e:  # another Triton's internals, or a path that cannot run unlaunched
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        return Prebuild(0, 0, 0, time.perf_counter() - start, skipped=reason)
+    errors = run_all([(build, launch, target) for launch in missing]) if missing else []
+    failed = sum(e is not None for e in errors)
+    return Prebuild(len(launches), len(missing), failed, time.perf_counter() - start)
