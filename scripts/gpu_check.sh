@@ -35,7 +35,8 @@ for stage in $STAGES; do
              | tee "$OUT/goals.log" | grep -v '^{' | tail -45
            mkdir -p "$OUT/goals" && cp "results/${GOALS_DIR:-goals}"/*.{json,jsonl,md,csv} "$OUT/goals/" 2>/dev/null ;;
     # bytecode caching allowed, as in an installed environment (this machine sets PYTHONDONTWRITEBYTECODE=1)
-    startup) timeout 150 env -u PYTHONDONTWRITEBYTECODE python3 scripts/startup_check.py 2>&1 | tee "$OUT/startup.log" | tail -3 ;;
+    # STARTUP_ARGS e.g. "--fresh-triton-cache --prebuild 0,1 --loaders safetensors": a fresh machine's first start, with and without the pre-build
+    startup) timeout "${STARTUP_S:-240}" env -u PYTHONDONTWRITEBYTECODE python3 scripts/startup_check.py ${STARTUP_ARGS:-} 2>&1 | tee "$OUT/startup.log" | grep '^{' ;;
     prefill) timeout 150 python3 scripts/profile_prefill.py --out "$OUT/profile_prefill.json" 2>&1 | tee "$OUT/profile_prefill.log" | tail -6 ;;
     profile) python3 scripts/profile_step.py --out "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile_step.log" | tail -60 ;;
     kbench) python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 | tee "$OUT/bench_kernels.log" | tail -30 ;;

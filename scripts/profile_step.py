@@ -48,6 +48,7 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention 1 program per SM": {"RUNTIME_ATTN_PER_SM": "1"},
     "topk groups of 8192 keys": {"RUNTIME_TOPK_GROUP": "8192"},
     "attention merge in 4 column chunks": {"RUNTIME_ATTN_MERGE_CHUNKS": "4"},
+    "attention merge in 4 column chunks at batch 1": {"RUNTIME_ATTN_MERGE_CHUNKS": "auto"},
 }
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 

@@ -88,6 +88,7 @@ AB_SETTINGS = (
     {"RUNTIME_ATTN_MERGE": "last"},
     {"RUNTIME_ATTN_PREFETCH": "0"},
     {"RUNTIME_ATTN_MERGE_CHUNKS": "4"},
+    {"RUNTIME_ATTN_MERGE_CHUNKS": "auto"},
 )
 
 # @jit kernels no recorded path launches, with the reason

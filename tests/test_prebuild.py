@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from runtime.kernels import _triton, prebuild
-from runtime.kernels._triton import jit, tl
+from runtime.kernels._triton import cdiv, jit, tl
 
 if not _triton.AVAILABLE or _triton.INTERPRETING:
     pytest.skip("needs Triton compiling (not TRITON_INTERPRET=1)", allow_module_level=True)
@@ -102,3 +102,21 @@ def test_off_on_the_cpu_and_when_asked(monkeypatch):
     assert prebuild.compile_ahead(lambda: launches((64,)), torch.device("cpu")) is None
     monkeypatch.setenv("RUNTIME_PREBUILD", "0")
     assert not prebuild.enabled(torch.device("cuda"))
+
+
+@pytest.mark.cuda
+def test_on_the_card_kernels_and_launchers_build_ahead_then_launch_from_the_cache():
+    """A private, empty cache: both builds and their launchers come from the workers; the launch
+    after them finds all of it there and computes the right values."""
+    x = torch.arange(1000, dtype=torch.float32, device="cuda")
+    out = torch.empty_like(x)
+
+    def run():
+        for block in (64, 128):
+            _scale[(cdiv(1000, block),)](x, out, 1000, 0.5, BLOCK=block)
+
+    result = prebuild.compile_ahead(run, x.device)
+    assert (result.kernels, result.built, result.failed, result.launchers_failed) == (2, 2, 0, 0), result
+    run()
+    torch.testing.assert_close(out, x * 0.5)
+    assert prebuild.compile_ahead(run, x.device).built == 0

@@ -268,9 +268,13 @@ def merge_partials(
     """acc (B, H, P, D), ml (B, H, P, 2) partials of the live splits -> out (B, H, D).
     lengths (B,): live lengths, or with from_positions the positions (length = min(pos + 1, S)).
     RUNTIME_ATTN_MERGE_CHUNKS=c (default 1) gives each head c programs, each merging D / c columns:
-    a long cache's many partials are read by c programs instead of one (opt-in until measured)."""
+    a long cache's many partials are read by c programs instead of one; "auto" takes 4 where the
+    B * H heads alone would leave SMs idle (batch 1), else 1."""
     B, H, splits, D = acc.shape
-    chunks = max(1, min(int(os.environ.get("RUNTIME_ATTN_MERGE_CHUNKS") or 1), next_pow2(D) // 16))
+    choice = os.environ.get("RUNTIME_ATTN_MERGE_CHUNKS") or "1"
+    if choice == "auto":
+        choice = "4" if B * H < _sm_count(acc.device) else "1"
+    chunks = max(1, min(int(choice), next_pow2(D) // 16))
     block_d = max(16, next_pow2(D) // next_pow2(chunks))
     _combine_kernel[(B * H, cdiv(D, block_d))](
         acc, ml, lengths, out, H, splits, n_slots, out.stride(0), out.stride(1),

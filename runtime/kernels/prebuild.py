@@ -32,6 +32,7 @@ from runtime.kernels._triton import AVAILABLE, INTERPRETING
 if AVAILABLE:
     import triton
     from triton import knobs
+    from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
     from triton.runtime.jit import JITFunction, create_function_from_signature
 
@@ -65,6 +66,17 @@ class Launch:
     def build(self, target) -> None:
         """The whole build for target (a GPUTarget), ptxas included; the cubin lands in the cache."""
         triton.compile(self.source(), target=target, options=self.options.__dict__)
+
+    def build_launcher(self, target) -> None:
+        """The kernel's host-side launcher: a C module per signature and constants that Triton
+        compiles with the system's C compiler when a kernel is first launched (cached beside the
+        cubins). CUDA targets only; a forked worker may build it (loading it calls no CUDA)."""
+        if target.backend != "cuda":
+            return
+        from triton.backends.nvidia.driver import CudaLauncher
+
+        kernel = triton.compile(self.source(), target=target, options=self.options.__dict__)
+        CudaLauncher(kernel.src, kernel.metadata)
 
     def cached(self, target) -> bool:
         """Whether Triton's on-disk cache holds this build for target (compile()'s own lookup)."""
@@ -157,8 +169,25 @@ def run_all(
         _JOBS.clear()
 
 
+class LauncherError(Exception):
+    """The kernel built, its launcher did not (the capture builds it again and raises there)."""
+
+
 def build(launch: Launch, target) -> None:
+    """The kernel's build, then its launcher's."""
     launch.build(target)
+    try:
+        launch.build_launcher(target)
+    except Exception as e:
+        raise LauncherError(f"{type(e).__name__}: {e}") from e
+
+
+def build_driver_utils(_launch, target) -> None:
+    """Triton's CUDA utility module (a C build of its own, once per cache), beside the kernels."""
+    if target.backend == "cuda":
+        from triton.backends.nvidia.driver import CudaUtils
+
+        CudaUtils()
 
 
 # ---------------------------------------------------------------- the start-up's entry point
@@ -173,12 +202,19 @@ class Prebuild:
     failed: int  # builds that raised (the capture raises the real error)
     seconds: float
     skipped: str = ""  # why nothing was recorded or built, if so
+    launchers_failed: int = 0  # kernels built whose launcher did not (the capture builds it)
+    record_s: float = 0.0  # of seconds: running the code unlaunched and looking up the cache
+    errors: tuple[str, ...] = ()  # the first few failures
 
     def describe(self) -> str:
         if self.skipped:
             return f"kernel pre-build skipped: {self.skipped}"
         failed = f", {self.failed} failed" if self.failed else ""
-        return f"{self.built} of {self.kernels} kernels built ahead in {self.seconds:.1f} s{failed}"
+        failed += f", {self.launchers_failed} launchers failed" if self.launchers_failed else ""
+        return (
+            f"{self.built} of {self.kernels} kernels built ahead in {self.seconds:.1f} s "
+            f"(recording and cache lookup {self.record_s:.2f} s){failed}"
+        )
 
 
 def enabled(device: torch.device) -> bool:
@@ -200,10 +236,9 @@ def compile_ahead(run: Callable[[], None], device: torch.device, target=None) ->
         return None
     start = time.perf_counter()
     try:
-        if target is None:
-            from triton.runtime.driver import driver
-
-            target = driver.active.get_current_target()
+        if target is None:  # as Triton's driver names the card, without starting the driver
+            major, minor = torch.cuda.get_device_capability(device)
+            target = GPUTarget("cuda", 10 * major + minor, 32)
         with recording(target) as rec:
             run()
         launches = list(rec.launches.values())
@@ -211,6 +246,18 @@ def compile_ahead(run: Callable[[], None], device: torch.device, target=None) ->
     except Exception as e:  # another Triton's internals, or a path that cannot run unlaunched
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         return Prebuild(0, 0, 0, time.perf_counter() - start, skipped=reason)
-    errors = run_all([(build, launch, target) for launch in missing]) if missing else []
-    failed = sum(e is not None for e in errors)
-    return Prebuild(len(launches), len(missing), failed, time.perf_counter() - start)
+    record_s = time.perf_counter() - start
+    jobs = [(build, launch, target) for launch in missing]
+    # a fresh cache also lacks the driver's own module: built beside the kernels, not after them
+    errors = run_all([(build_driver_utils, None, target), *jobs])[1:] if missing else []
+    launcher = [e for e in errors if e is not None and e.startswith(LauncherError.__name__)]
+    failed = [e for e in errors if e is not None and e not in launcher]
+    return Prebuild(
+        len(launches),
+        len(missing),
+        len(failed),
+        time.perf_counter() - start,
+        launchers_failed=len(launcher),
+        record_s=record_s,
+        errors=tuple((failed + launcher)[:3]),
+    )
