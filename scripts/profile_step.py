@@ -46,9 +46,11 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "no PDL": {"RUNTIME_PDL": "0"},
     "attention 4 programs per SM": {"RUNTIME_ATTN_PER_SM": "4"},
     "attention 1 program per SM": {"RUNTIME_ATTN_PER_SM": "1"},
+    "attention 128-slot blocks at D 64": {"RUNTIME_ATTN_WIDE_BLOCKS": "1"},
+    "attention loop 3 stages": {"RUNTIME_ATTN_STAGES": "3"},
+    "attention merge in one program per head": {"RUNTIME_ATTN_MERGE_CHUNKS": "1"},
     "topk groups of 8192 keys": {"RUNTIME_TOPK_GROUP": "8192"},
     "attention merge in 4 column chunks": {"RUNTIME_ATTN_MERGE_CHUNKS": "4"},
-    "attention merge in 4 column chunks at batch 1": {"RUNTIME_ATTN_MERGE_CHUNKS": "auto"},
 }
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 

@@ -88,7 +88,9 @@ AB_SETTINGS = (
     {"RUNTIME_ATTN_MERGE": "last"},
     {"RUNTIME_ATTN_PREFETCH": "0"},
     {"RUNTIME_ATTN_MERGE_CHUNKS": "4"},
-    {"RUNTIME_ATTN_MERGE_CHUNKS": "auto"},
+    {"RUNTIME_ATTN_MERGE_CHUNKS": "1"},
+    {"RUNTIME_ATTN_WIDE_BLOCKS": "1"},
+    {"RUNTIME_ATTN_STAGES": "3"},
 )
 
 # @jit kernels no recorded path launches, with the reason

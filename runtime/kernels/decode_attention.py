@@ -202,9 +202,12 @@ def split_plan(
     once the live length has P blocks; a longer sequence makes each program loop over more blocks
     instead of growing the grid. The setting matters for batch buckets only: at batch 1 P is
     capped by the cache's blocks."""
-    # 16 KB K/V tiles at most: larger ones spill registers (checked in the sm_80 / sm_90 builds)
+    # 16 KB K/V tiles at most: larger ones spill registers (checked in the sm_80 / sm_90 builds);
+    # RUNTIME_ATTN_WIDE_BLOCKS=1 (an A/B) gives 128-byte rows (D = 64, bf16) 128-slot blocks too
     row_bytes = head_dim * elem_bytes
     block_n = 64 if row_bytes <= 256 else 32 if row_bytes <= 512 else 16
+    if row_bytes <= 128 and os.environ.get("RUNTIME_ATTN_WIDE_BLOCKS") == "1":
+        block_n = 128
     per_sm = int(os.environ.get("RUNTIME_ATTN_PER_SM", "2") or 2)
     splits = max(1, cdiv(per_sm * _sm_count(device), batch * kv_heads))
     return block_n, min(splits, cdiv(slots, block_n))
@@ -213,6 +216,11 @@ def split_plan(
 def split_warps(head_dim: int, elem_bytes: int) -> int:
     """fp32 tiles at D >= 128 need 8 warps to stay in registers; 4 suffice otherwise."""
     return 8 if elem_bytes == 4 and head_dim >= 128 else 4
+
+
+def split_stages() -> int:
+    """Software-pipeline depth of the split kernel's block loop: RUNTIME_ATTN_STAGES (default 2)."""
+    return int(os.environ.get("RUNTIME_ATTN_STAGES") or 2)
 
 
 def decode_attention_triton(
@@ -244,7 +252,7 @@ def decode_attention_triton(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         G=G, BLOCK_G=max(16, next_pow2(G)), D=D, BLOCK_D=block_d, BLOCK_N=block_n,
-        DOT_F32=INTERPRETING, num_warps=split_warps(D, k_cache.element_size()), num_stages=2,
+        DOT_F32=INTERPRETING, num_warps=split_warps(D, k_cache.element_size()), num_stages=split_stages(),
     )  # fmt: skip
     merge_partials(acc, ml, lengths, out, block_n, S, from_positions=False)
     return out
@@ -267,11 +275,13 @@ def merge_partials(
 ) -> None:
     """acc (B, H, P, D), ml (B, H, P, 2) partials of the live splits -> out (B, H, D).
     lengths (B,): live lengths, or with from_positions the positions (length = min(pos + 1, S)).
-    RUNTIME_ATTN_MERGE_CHUNKS=c (default 1) gives each head c programs, each merging D / c columns:
-    a long cache's many partials are read by c programs instead of one; "auto" takes 4 where the
-    B * H heads alone would leave SMs idle (batch 1), else 1."""
+    RUNTIME_ATTN_MERGE_CHUNKS=c gives each head c programs, each merging D / c columns: a long
+    cache's many partials are read by c programs instead of one. The default, "auto", takes 4
+    where the B * H heads alone would leave SMs idle (batch 1; Gemma's 4 heads up to batch 32),
+    else 1 (on the H100: Qwen3 at position 2000 -16..-41 us per step, Gemma -12..-16 us, Llama
+    and Qwen3 near position 300 within the noise; notes/kernels.md)."""
     B, H, splits, D = acc.shape
-    choice = os.environ.get("RUNTIME_ATTN_MERGE_CHUNKS") or "1"
+    choice = os.environ.get("RUNTIME_ATTN_MERGE_CHUNKS") or "auto"
     if choice == "auto":
         choice = "4" if B * H < _sm_count(acc.device) else "1"
     chunks = max(1, min(int(choice), next_pow2(D) // 16))

@@ -29,6 +29,7 @@ from runtime.kernels.decode_attention import (
     merge_head,
     merge_partials,
     split_plan,
+    split_stages,
     split_warps,
 )
 from runtime.kernels.qkv_rope import cache_slot, norm_rope_rows, qkv_rope_to_cache_ref
@@ -293,7 +294,7 @@ def qkv_decode_attention_triton(
         BLOCK_D=max(16, next_pow2(D)), BLOCK_N=block_n, QK_NORM=norm, OFFSET=float(offset),
         DOT_F32=INTERPRETING, MERGE=merge, BLOCK_P=merge_block(D, splits),
         PREFETCH=prefetch_enabled(),
-        num_warps=split_warps(D, k_cache.element_size()), num_stages=2, **launch,
+        num_warps=split_warps(D, k_cache.element_size()), num_stages=split_stages(), **launch,
     )  # fmt: skip
     if not merge:
         merge_partials(acc, ml, positions, out, block_n, S, from_positions=True, launch=launch)
