@@ -11,6 +11,7 @@ warm-up and capture write only the cache row being prefilled.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 
@@ -148,7 +149,7 @@ class Runner:
     def _capture(self) -> None:
         keys = [(b, v) for b in self.buckets for v in VARIANTS]
         # the Triton kernels of every step, built on all cores first (a fresh cache's start-up)
-        self.prebuild = prebuild.compile_ahead(lambda: [self._step(k) for k in keys], self.device)
+        self.prebuild = prebuild.compile_ahead(lambda: self._unlaunched_steps(keys), self.device)
         self.pool = GraphPool(self._step)
         try:
             self.pool.capture(keys, order=lambda k: k[0])
@@ -160,6 +161,21 @@ class Runner:
                 f"CUDA graph capture failed ({self.capture_error}); falling back to eager decode",
                 stacklevel=2,
             )
+
+    def _unlaunched_steps(self, keys: list[tuple[int, str]]) -> None:
+        """Each key's step once while prebuild records Triton's launches instead of running them:
+        the step's torch ops still run, on outputs no kernel wrote, so the buffers they write
+        (tokens, positions, seen, the record) are put back afterwards."""
+        buf = self.buffers
+        saved = {f.name: getattr(buf, f.name).clone() for f in dataclasses.fields(buf)}
+        record = self.nonfinite_at.clone()
+        try:
+            for key in keys:
+                self._step(key)
+        finally:
+            for name, value in saved.items():
+                getattr(buf, name).copy_(value)
+            self.nonfinite_at.copy_(record)
 
     @property
     def capture_s(self) -> float:
