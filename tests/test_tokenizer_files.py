@@ -10,12 +10,18 @@ import json
 import random
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 from runtime.tokenizer_files import OWN_CLASS_MODEL_TYPES, FileTokenizer, load_tokenizer
+
+# the reading these files reproduce is transformers 5.24's; 5.17 (the GPU machine's) differs in
+# these cases: it renders None-valued message keys, words some errors and special tokens otherwise
+_OLDER = tuple(int(x) for x in version("transformers").split(".")[:2]) < (5, 24)
+since_5_24 = pytest.mark.skipif(_OLDER, reason="transformers < 5.24 renders and reads these otherwise")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -269,6 +275,7 @@ def _pair(folder: Path):
 BASE = {"tokenizer_class": "TokenizersBackend", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>"}
 
 
+@since_5_24
 @pytest.mark.parametrize("where", ["jinja", "config", "config-list"])
 def test_template_features_in_each_place(tmp_path, where):
     config, files = dict(BASE), {}
@@ -312,6 +319,7 @@ def test_template_features_in_each_place(tmp_path, where):
         assert hf.apply_chat_template(MESSAGES, chat_template="short", tokenize=False) == "S"
 
 
+@since_5_24
 def test_template_errors_match(tmp_path):
     ours, hf = _pair(_folder(tmp_path, _bpe(), {**BASE, "chat_template": FEATURES}))
     bad_role = [{"role": "tool", "content": "x"}]
@@ -374,6 +382,7 @@ def test_clean_up_spaces_bpe(tmp_path, force):
     assert (ours.decode(ours(text).input_ids, skip_special_tokens=True) == text) != force
 
 
+@since_5_24
 def test_special_tokens_from_the_config(tmp_path):
     # named tokens outside the vocabulary, extra and model-specific ones, AddedToken dicts, an added
     # token only the config lists, and a named token that tokenizer.json has as a plain added token
