@@ -56,9 +56,8 @@ from runtime.kernels import (
 )
 from runtime.kernels.prebuild import Launch
 from runtime.models.decoder import DecoderLM
-from runtime.models.loader import _hf_config
+from runtime.models.loader import read_spec
 from runtime.models.sources import shipped_config
-from runtime.models.spec import ModelSpec
 
 try:  # the recorder and the builds use Triton 3.6's own binder and compiler stages
     from triton._C.libtriton import ir
@@ -220,7 +219,7 @@ def kernel_modules() -> tuple:
 def model(name: str) -> DecoderLM:
     """The dev model on the meta device, cut to the layers that launch something different: each
     kind of rope and window, and a second layer (the first has no residual to add)."""
-    spec = ModelSpec.from_hf(_hf_config(shipped_config(name)))
+    spec = read_spec(shipped_config(name))
     kinds = list(zip(spec.rope, spec.sliding_window))
     keep = max(2, 1 + max(kinds.index(k) for k in kinds))
     spec = dataclasses.replace(

@@ -48,10 +48,6 @@ class Launch:
     options: Any  # the backend's options: num_warps, num_stages, launch_pdl, ...
     where: str  # the first recording that launched it
 
-    @property
-    def name(self) -> str:
-        return f"{self.fn.fn.__module__}.{self.fn.fn.__qualname__}"
-
     def constants(self) -> dict:
         """The tl.constexpr parameters by name."""
         return {
@@ -63,20 +59,10 @@ class Launch:
     def source(self):
         return ASTSource(self.fn, self.signature, self.constexprs, self.attrs)
 
-    def build(self, target) -> None:
-        """The whole build for target (a GPUTarget), ptxas included; the cubin lands in the cache."""
-        triton.compile(self.source(), target=target, options=self.options.__dict__)
-
-    def build_launcher(self, target) -> None:
-        """The kernel's host-side launcher: a C module per signature and constants that Triton
-        compiles with the system's C compiler when a kernel is first launched (cached beside the
-        cubins). CUDA targets only; a forked worker may build it (loading it calls no CUDA)."""
-        if target.backend != "cuda":
-            return
-        from triton.backends.nvidia.driver import CudaLauncher
-
-        kernel = triton.compile(self.source(), target=target, options=self.options.__dict__)
-        CudaLauncher(kernel.src, kernel.metadata)
+    def build(self, target):
+        """The whole build for target (a GPUTarget), ptxas included; the cubin lands in the cache.
+        Returns Triton's compiled kernel."""
+        return triton.compile(self.source(), target=target, options=self.options.__dict__)
 
     def cached(self, target) -> bool:
         """Whether Triton's on-disk cache holds this build for target (compile()'s own lookup)."""
@@ -96,7 +82,6 @@ class Recorder:
     and kept once per distinct build; nothing is compiled or launched."""
 
     def __init__(self, target):
-        self.target = target
         self.backend = make_backend(target)
         self.binders: dict = {}
         self.launches: dict[tuple, Launch] = {}
@@ -174,10 +159,16 @@ class LauncherError(Exception):
 
 
 def build(launch: Launch, target) -> None:
-    """The kernel's build, then its launcher's."""
-    launch.build(target)
+    """The kernel's build, then its host-side launcher's: a C module per signature and constants
+    that Triton compiles with the system's C compiler at a kernel's first launch (cached beside the
+    cubins). The launcher is CUDA-only; loading it calls no CUDA, so a forked worker may build it."""
+    kernel = launch.build(target)
+    if target.backend != "cuda":
+        return
     try:
-        launch.build_launcher(target)
+        from triton.backends.nvidia.driver import CudaLauncher
+
+        CudaLauncher(kernel.src, kernel.metadata)
     except Exception as e:
         raise LauncherError(f"{type(e).__name__}: {e}") from e
 
@@ -251,7 +242,7 @@ def compile_ahead(run: Callable[[], None], device: torch.device, target=None) ->
     # a fresh cache also lacks the driver's own module: built beside the kernels, not after them
     errors = run_all([(build_driver_utils, None, target), *jobs])[1:] if missing else []
     launcher = [e for e in errors if e is not None and e.startswith(LauncherError.__name__)]
-    failed = [e for e in errors if e is not None and e not in launcher]
+    failed = [e for e in errors if e is not None and not e.startswith(LauncherError.__name__)]
     return Prebuild(
         len(launches),
         len(missing),
