@@ -51,6 +51,7 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention merge in one program per head": {"RUNTIME_ATTN_MERGE_CHUNKS": "1"},
     "topk groups of 8192 keys": {"RUNTIME_TOPK_GROUP": "8192"},
     "attention merge in 4 column chunks": {"RUNTIME_ATTN_MERGE_CHUNKS": "4"},
+    "batch norms as kernels": {"RUNTIME_BATCH_NORM": "kernel"},
 }
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 

@@ -116,6 +116,26 @@ def test_gated_act(poisoned, shape, dtype, activation):
     assert_matches(gated_act_triton(x, activation), gated_act_ref(x, activation), dtype)
 
 
+FOLDED_ACT_CASES = cases(
+    full=[((16, 1, 2 * 8192), BF16), ((4, 1, 2 * 6144), BF16), ((3, 2 * 77), F32), ((5, 1, 2 * 6912), F16)],
+    small=[((3, 2 * 77), F32), ((2, 1, 2 * 100), BF16)],
+)  # fmt: skip
+
+
+@kernel_test
+@pytest.mark.parametrize("shape,dtype", FOLDED_ACT_CASES)
+def test_gated_act_with_folded_norm(poisoned, shape, dtype):
+    """gate_up projected from un-normed rows (the batch buckets' folded norm): each row is divided by
+    the rms of its own source row; the first row's source is 10x the others', so a factor shared
+    between rows, or none, fails."""
+    x = rand(*shape, dtype=dtype, scale=3.0)
+    source = rand(*shape[:-1], 300, dtype=dtype)
+    source[0] *= 10
+    want = gated_act_ref(x, "silu", source, 1e-6)
+    assert_matches(gated_act_triton(x, "silu", source, 1e-6), want, dtype)
+    assert not torch.allclose(want.float(), gated_act_ref(x, "silu").float(), atol=1e-2, rtol=1e-2)
+
+
 # ---------------------------------------------------------------- q/k norm + rope (+ cache write)
 
 
@@ -282,6 +302,37 @@ def test_qkv_decode_attention(
     for c_got, c_want in ((k_got, k_want), (v_got, v_want)):
         sel = live[:, None, :, None].expand_as(c_want)
         torch.testing.assert_close(c_got[sel].float(), c_want[sel].float(), **tol(dtype))
+
+
+FOLDED_ATTN_CASES = cases(
+    full=[(16, 32, 8, 64, 300, False, BF16), (16, 16, 8, 128, 400, True, BF16), (3, 6, 3, 40, 33, True, F32)],
+    small=[(3, 6, 3, 40, 33, True, F32), (2, 8, 2, 64, 20, False, BF16)],
+)  # fmt: skip
+
+
+@kernel_test
+@pytest.mark.parametrize("B,H,Hkv,D,S,norm,dtype", FOLDED_ATTN_CASES)
+def test_qkv_decode_attention_with_folded_norm(poisoned, B, H, Hkv, D, S, norm, dtype):
+    """qkv projected from un-normed rows: q, the new k and v are each divided by their row's
+    rms(source) before the q/k-norm and rope; the cache gets the scaled k and v."""
+    qkv = rand(B, 1, (H + 2 * Hkv) * D, dtype=dtype)
+    source = rand(B, 300, dtype=dtype)
+    source[0] *= 10  # rows of different rms: a factor shared between rows fails
+    positions = torch.randint(0, S, (B,)).to(DEVICE)
+    cos, sin = _rope_tables(positions[:, None], D, dtype)
+    qw, kw = (rand(D, dtype=dtype), rand(D, dtype=dtype)) if norm else (None, None)
+    k_want, v_want = rand(B, Hkv, S, D, dtype=dtype), rand(B, Hkv, S, D, dtype=dtype)
+    k_got, v_got = k_want.clone(), v_want.clone()
+    args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, 0.0)
+    got = qkv_decode_attention_triton(*args, k_got, v_got, positions, D**-0.5, source, 1e-6)
+    want = qkv_decode_attention_ref(*args, k_want, v_want, positions, D**-0.5, source, 1e-6)
+    assert_matches(got, want, dtype, scale=3.0)
+    rows = torch.arange(B, device=DEVICE)
+    for c_got, c_want in ((k_got, k_want), (v_got, v_want)):
+        new_got, new_want = c_got[rows, :, positions % S], c_want[rows, :, positions % S]
+        torch.testing.assert_close(new_got.float(), new_want.float(), **tol(dtype))
+    unscaled = qkv_decode_attention_ref(*args, k_want.clone(), v_want.clone(), positions, D**-0.5)
+    assert not torch.allclose(want.float(), unscaled.float(), atol=1e-2, rtol=1e-2)
 
 
 # ---------------------------------------------------------------- the whole model on Triton kernels

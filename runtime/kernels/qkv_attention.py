@@ -33,6 +33,7 @@ from runtime.kernels.decode_attention import (
     split_warps,
 )
 from runtime.kernels.qkv_rope import cache_slot, norm_rope_rows, qkv_rope_to_cache_ref
+from runtime.kernels.rmsnorm import row_inv_rms, scale_row, scale_rows_ref
 
 
 def qkv_decode_attention_ref(
@@ -49,8 +50,15 @@ def qkv_decode_attention_ref(
     v_cache: torch.Tensor,
     positions: torch.Tensor,
     scale: float,
+    norm_source: torch.Tensor | None = None,
+    norm_eps: float = 0.0,
 ) -> torch.Tensor:
-    """qkv (B, 1, ...) -> (B, H, D); writes k/v_cache[b, :, positions[b] % S] on the way."""
+    """qkv (B, 1, ...) -> (B, H, D); writes k/v_cache[b, :, positions[b] % S] on the way.
+    norm_source (B, K): qkv was projected from these un-normed rows through a matrix holding the
+    norm's weight, so each qkv row is first divided by rms(norm_source[b]) (scale_rows_ref; the
+    batch buckets' folded norm, runtime/models/folded_norms.py)."""
+    if norm_source is not None:
+        qkv = scale_rows_ref(qkv, norm_source[:, None], norm_eps)
     q = qkv_rope_to_cache_ref(
         qkv, heads, kv_heads, cos, sin, q_weight, k_weight, eps, offset, k_cache, v_cache, positions
     )
@@ -104,8 +112,12 @@ def _qkv_split_kernel(
     ml_ptr,
     out_ptr,
     count_ptr,
+    src_ptr,
     qk_scale,
     eps,
+    src_eps,
+    n_src,
+    src_stride,
     n_heads,
     n_kv_heads,
     n_splits,
@@ -131,6 +143,8 @@ def _qkv_split_kernel(
     MERGE: tl.constexpr,
     BLOCK_P: tl.constexpr,
     PREFETCH: tl.constexpr,
+    ROW_SCALE: tl.constexpr,
+    BLOCK_SRC: tl.constexpr,
     PDL: tl.constexpr,
 ):
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
@@ -167,19 +181,25 @@ def _qkv_split_kernel(
     row = qkv_ptr + b.to(tl.int64) * qkv_stride
     cs = cos_ptr + b.to(tl.int64) * cos_stride
     sn = sin_ptr + b.to(tl.int64) * cos_stride
+    inv = 1.0  # ROW_SCALE: the row's 1 / rms(norm source), applied to q, k and v before anything else
+    if ROW_SCALE:
+        inv = row_inv_rms(src_ptr + b.to(tl.int64) * src_stride, n_src, src_eps, BLOCK_SRC)
     # the query group (BLOCK_G, D/2) x 2 halves and the new key (1, D/2) x 2, normed and rotated
     q_src = row + (h * G + g)[:, None] * D
     q_ok = g_ok[:, None] & c_ok[None, :]
     q1 = tl.load(q_src + c[None, :], mask=q_ok, other=0.0)
     q2 = tl.load(q_src + half + c[None, :], mask=q_ok, other=0.0)
+    q1, q2 = scale_row(q1, inv, ROW_SCALE), scale_row(q2, inv, ROW_SCALE)
     q1, q2 = norm_rope_rows(q1, q2, q_w_ptr, cs, sn, c, c_ok, eps, D, QK_NORM, OFFSET)
     k_src = row + (n_heads + h) * D + c[None, :]
     kn1 = tl.load(k_src, mask=c_ok[None, :], other=0.0)
     kn2 = tl.load(k_src + half, mask=c_ok[None, :], other=0.0)
+    kn1, kn2 = scale_row(kn1, inv, ROW_SCALE), scale_row(kn2, inv, ROW_SCALE)
     kn1, kn2 = norm_rope_rows(kn1, kn2, k_w_ptr, cs, sn, c, c_ok, eps, D, QK_NORM, OFFSET)
     vn = tl.load(
         row + (n_heads + n_kv_heads + h) * D + d[None, :], mask=d_ok[None, :], other=0.0
     )  # (1, BLOCK_D)
+    vn = scale_row(vn, inv, ROW_SCALE)
 
     if split == 0:
         # program 0 owns the new token: it writes it and starts the softmax from it (p = 1)
@@ -257,6 +277,8 @@ def qkv_decode_attention_triton(
     v_cache: torch.Tensor,
     positions: torch.Tensor,
     scale: float,
+    norm_source: torch.Tensor | None = None,
+    norm_eps: float = 0.0,
     num_splits: int | None = None,
 ) -> torch.Tensor:
     """Same contract as qkv_decode_attention_ref; two launches (split + merge), or one with
@@ -273,6 +295,9 @@ def qkv_decode_attention_triton(
     qkv2 = qkv.reshape(B, width)
     if qkv2.stride(-1) != 1:
         qkv2 = qkv2.contiguous()
+    src = qkv2 if norm_source is None else norm_source
+    if src.dim() != 2 or src.shape[0] != B or src.stride(-1) != 1:
+        raise ValueError(f"norm_source {tuple(src.shape)} needs one unit-stride row per qkv row")
     cos2, sin2 = cos.reshape(B, D).contiguous(), sin.reshape(B, D).contiguous()
     G = heads // kv_heads
     block_n, splits = split_plan(B, Hkv, S, D, k_cache.element_size(), qkv.device)
@@ -287,13 +312,15 @@ def qkv_decode_attention_triton(
     norm = q_weight is not None
     _qkv_split_kernel[(B * Hkv, splits)](
         qkv2, q_weight if norm else qkv2, k_weight if norm else qkv2, cos2, sin2, positions, k_cache, v_cache,
-        acc, ml, out, counters, scale * math.log2(math.e), eps, heads, Hkv, splits, S, qkv2.stride(0), D,
+        acc, ml, out, counters, src, scale * math.log2(math.e), eps, norm_eps, src.shape[1], src.stride(0),
+        heads, Hkv, splits, S, qkv2.stride(0), D,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2), out.stride(0),
         G=G, BLOCK_G=max(16, next_pow2(G)), D=D, HALF_BLOCK=max(16, next_pow2(D // 2)),
         BLOCK_D=max(16, next_pow2(D)), BLOCK_N=block_n, QK_NORM=norm, OFFSET=float(offset),
         DOT_F32=INTERPRETING, MERGE=merge, BLOCK_P=merge_block(D, splits),
-        PREFETCH=prefetch_enabled(),
+        PREFETCH=prefetch_enabled(), ROW_SCALE=norm_source is not None,
+        BLOCK_SRC=next_pow2(src.shape[1]) if norm_source is not None else 16,
         num_warps=split_warps(D, k_cache.element_size()), num_stages=split_stages(), **launch,
     )  # fmt: skip
     if not merge:

@@ -41,6 +41,30 @@ def add_rms_norm_ref(
     return rms_norm_ref(new_residual, weight, eps, offset), new_residual
 
 
+def scale_rows_ref(y: torch.Tensor, source: torch.Tensor, eps: float) -> torch.Tensor:
+    """y (..., N) projected from the un-normed rows source (..., K) through a matrix that holds the
+    norm's weight (runtime/models/folded_norms.py) -> y / rms(source) per row, in y's dtype: what
+    the projection of rms_norm(source) would have given."""
+    sf = source.float()
+    return (y.float() * torch.rsqrt(sf.pow(2).mean(-1, keepdim=True) + eps)).to(y.dtype)
+
+
+@jit
+def row_inv_rms(row_ptr, n_cols, eps, BLOCK: tl.constexpr):
+    """1 / rms of the n_cols values at row_ptr (BLOCK >= n_cols) -> fp32 scalar (scale_rows_ref's factor)."""
+    cols = tl.arange(0, BLOCK)
+    return _inv_rms(tl.load(row_ptr + cols, mask=cols < n_cols, other=0.0), n_cols, eps)
+
+
+@jit
+def scale_row(x, inv_rms, ON: tl.constexpr):
+    """x (any shape, the dtype) times a row's 1 / rms, rounded back to the dtype as scale_rows_ref
+    rounds; ON False leaves x as it is."""
+    if ON:
+        return (x.to(tl.float32) * inv_rms).to(x.dtype)
+    return x
+
+
 @jit
 def _inv_rms(x, n_cols, eps):
     """One row x (BLOCK,), zero past n_cols -> the fp32 scalar 1 / rms(x)."""

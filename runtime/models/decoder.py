@@ -9,9 +9,10 @@ passed in (runtime/engine/state.py), and sampling happens elsewhere. Three entry
       positions read from a device tensor, no host sync.
 Each residual add and norm is folded into the projection that follows it (ops.norm_linear: the
 add, the norm and the matrix product in one kernel at batch 1), the gated activation into the
-down projection (ops.act_linear), the final norm into the LM head, and in decode the q/k-norm, rope, KV-cache write and attention
-are one op (ops.qkv_decode_attention). With more rows than one (prefill, batch buckets) these
-ops run unfused: the norm or activation kernel, then cuBLAS.
+down projection (ops.act_linear), the final norm into the LM head, and in decode the q/k-norm,
+rope, KV-cache write and attention are one op (ops.qkv_decode_attention). Prefill runs these ops
+unfused: the norm or activation kernel, then cuBLAS. Batch buckets carry the norms' weights in the
+matrices instead, where the family allows (folded_norms.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn as nn
 
 from runtime.kernels import ops
 from runtime.kernels.rope import inverse_frequencies
+from runtime.models.folded_norms import decode_rows, folded_rows
 from runtime.models.spec import ModelSpec
 
 
@@ -109,16 +111,23 @@ class Attention(nn.Module):
         return ops.linear(out.transpose(1, 2).reshape(1, T, -1), self.o_proj.weight)
 
     def decode(self, qkv, cos, sin, cache: KVCacheLike, positions: torch.Tensor) -> torch.Tensor:
-        """qkv (B, 1, q + 2 kv); positions (B,) on the device.  # graph: no host reads
+        """qkv (B, 1, q + 2 kv); positions (B,) on the device -> o_proj(attention) (B, 1, hidden)."""
+        out = self.attend_decode(qkv, cos, sin, cache, positions)
+        return ops.linear(out.reshape(qkv.shape[0], 1, -1), self.o_proj.weight)
+
+    def attend_decode(
+        self, qkv, cos, sin, cache: KVCacheLike, positions, norm_source=None, norm_eps: float = 0.0
+    ) -> torch.Tensor:
+        """qkv (B, 1, q + 2 kv) -> attention (B, H, D), before o_proj.  # graph: no host reads
         One op from the packed qkv row: q/k-norm, rope, k and v into cache slot positions % S (the
-        ring of a sliding layer, the plain slot of a global one), attention over min(pos + 1, S)."""
+        ring of a sliding layer, the plain slot of a global one), attention over min(pos + 1, S).
+        norm_source (B, hidden): the un-normed rows qkv was projected from (folded_norms.py)."""
         B = qkv.shape[0]
         k_cache, v_cache = cache.k[self.layer][:B], cache.v[self.layer][:B]
-        qk = self._qk_args()
-        out = ops.qkv_decode_attention(
-            qkv, self.heads, self.kv_heads, cos, sin, *qk, k_cache, v_cache, positions, self.scale
-        )  # (B, H, D)
-        return ops.linear(out.reshape(B, 1, -1), self.o_proj.weight)
+        return ops.qkv_decode_attention(
+            qkv, self.heads, self.kv_heads, cos, sin, *self._qk_args(), k_cache, v_cache, positions,
+            self.scale, norm_source, norm_eps,
+        )  # fmt: skip
 
 
 def write_prompt_kv(cache: torch.Tensor, kv: torch.Tensor, row: torch.Tensor, n: torch.Tensor) -> None:
@@ -196,6 +205,7 @@ class DecoderLM(nn.Module):
         self.rope_index = [self._ropes.index(r) for r in spec.rope]
         self.inv_freqs = torch.empty(0)  # (n_tables, D/2) fp32 once prepared
         self.embed_scale = spec.embed_scale
+        self.norms_folded = False  # folded_norms.fold_norm_weights sets it
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
@@ -292,7 +302,10 @@ class DecoderLM(nn.Module):
 
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCacheLike) -> torch.Tensor:
-        """tokens (B,), positions (B,) -> float32 logits (B, V).  # graph: capture-safe"""
+        """tokens (B,), positions (B,) -> float32 logits (B, V).  # graph: capture-safe
+        More rows than one take the folded-norm path where the weights allow (folded_norms.py)."""
+        if folded_rows(self, tokens.shape[0]):
+            return self._logits(None, decode_rows(self, tokens, positions, cache))
         x, h = self._run(
             tokens[:, None],
             positions[:, None],

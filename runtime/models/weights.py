@@ -16,6 +16,7 @@ import torch
 from runtime.errors import ModelNotFoundError
 from runtime.models import staged_read
 from runtime.models.decoder import DecoderLM
+from runtime.models.folded_norms import fold_norm_weights
 from runtime.models.spec import ModelSpec
 
 GetTensor = Callable[[str], torch.Tensor]
@@ -90,6 +91,7 @@ def build_model(spec: ModelSpec, state: dict[str, torch.Tensor]) -> DecoderLM:
     for p in model.parameters():
         p.requires_grad_(False)
     model.prepare()
+    fold_norm_weights(model)
     return model.eval()
 
 

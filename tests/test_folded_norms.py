@@ -1,0 +1,134 @@
+"""Batch buckets with the norm weights folded into the qkv and gate/up matrices (folded_norms.py):
+the same logits as transformers row by row, no norm launch but the final one, and a fold that
+follows weights changed after loading. fp32 on the CPU; the kernels' row scale is tested against
+its reference in test_kernels.py."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_configs import tiny_config
+
+from runtime.engine.state import KVCache
+from runtime.kernels import ops
+from runtime.models import folded_norms
+from runtime.models.spec import ModelSpec
+from runtime.models.weights import from_state_dict
+
+
+def _pair(family: str, seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = tiny_config(family)
+    hf = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.2)  # norm weights far from one, so a norm left out changes the logits
+    spec = ModelSpec.from_hf(cfg)
+    return hf, spec, from_state_dict(spec, hf.state_dict(), "cpu", torch.float32)
+
+
+def _prefill_rows(model, spec):
+    """Three rows of different prompt lengths, each prefilled -> (the token sequences so far, cache)."""
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, spec.vocab, (1, n), generator=g) for n in (5, 9, 3)]
+    cache = KVCache(spec, 3, 48, "cpu", torch.float32)
+    seqs = []
+    for row, prompt in enumerate(prompts):
+        token = model.prefill(prompt, cache, row=row)[0].argmax()
+        seqs.append(torch.cat([prompt[0], token[None]]))
+    return seqs, cache
+
+
+def _decode_steps(model, seqs, cache, steps: int):
+    """`steps` greedy decode steps of all rows at once -> (the sequences, logits (steps, rows, V))."""
+    all_logits = []
+    for _ in range(steps):
+        logits = model.decode(
+            torch.stack([s[-1] for s in seqs]), torch.tensor([len(s) - 1 for s in seqs]), cache
+        )
+        all_logits.append(logits)
+        seqs = [torch.cat([s, logits[r].argmax()[None]]) for r, s in enumerate(seqs)]
+    return seqs, torch.stack(all_logits)
+
+
+def _decode_rows(model, spec, steps: int = 6):
+    return _decode_steps(model, *_prefill_rows(model, spec), steps)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_batch_rows_match_transformers(family):
+    hf, spec, ours = _pair(family)
+    assert ours.norms_folded and folded_norms.folded_rows(ours, 3)
+    seqs, logits = _decode_rows(ours, spec)
+    for r, seq in enumerate(seqs):
+        with torch.no_grad():
+            ref = hf(seq[None, :-1]).logits[0, -logits.shape[0] :]  # the positions each step scored
+        assert (logits[:, r] - ref).abs().max() < 1e-4, f"row {r}"
+
+
+@pytest.mark.parametrize("family", ["gemma3", "qwen2"])
+def test_families_that_cannot_fold_keep_their_norms(family):
+    """Gemma's sandwich norms and Qwen2's qkv bias keep the norm kernels: weights as loaded."""
+    hf, spec, ours = _pair(family)
+    assert not folded_norms.can_fold(spec) and not ours.norms_folded
+    hf_norm = hf.state_dict()["model.layers.0.input_layernorm.weight"]
+    torch.testing.assert_close(ours.layers[0].attn_norm.weight, hf_norm)
+    seqs, logits = _decode_rows(ours, spec, steps=3)
+    with torch.no_grad():
+        ref = hf(seqs[0][None, :-1]).logits[0, -3:]
+    assert (logits[:, 0] - ref).abs().max() < 1e-4
+
+
+def test_batch_step_launches_only_the_final_norm(monkeypatch):
+    """A 3-row step calls the norm op once (before the LM head), not twice per layer; with
+    RUNTIME_BATCH_NORM=kernel (the A/B switch) it is twice per layer again, for the same logits."""
+    _, spec, ours = _pair("llama")
+    calls = []
+    for name in ("rms_norm", "add_rms_norm"):
+        real = getattr(ops, name)
+        monkeypatch.setattr(
+            ops, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k)
+        )
+    seqs, cache = _prefill_rows(ours, spec)
+    calls.clear()
+    _, folded = _decode_steps(ours, seqs, cache, 1)
+    assert calls == ["rms_norm"]
+    calls.clear()
+    monkeypatch.setenv("RUNTIME_BATCH_NORM", "kernel")
+    _, unfolded = _decode_steps(ours, seqs, cache, 1)
+    assert len(calls) == 2 * spec.layers + 1
+    torch.testing.assert_close(folded, unfolded, atol=1e-4, rtol=1e-4)
+
+
+def test_fold_is_idempotent_and_leaves_the_source_state_alone():
+    hf, spec, ours = _pair("qwen3")
+    before = {k: v.clone() for k, v in hf.state_dict().items()}
+    qkv = ours.layers[1].attn.qkv.weight.clone()
+    folded_norms.fold_norm_weights(ours)
+    torch.testing.assert_close(ours.layers[1].attn.qkv.weight, qkv, atol=0, rtol=0)
+    assert torch.equal(ours.layers[1].attn_norm.weight, torch.ones(spec.hidden))
+    assert all(torch.equal(v, hf.state_dict()[k]) for k, v in before.items())
+
+
+def test_weights_changed_after_loading_are_folded_again():
+    """A norm weight set in place after the load counts at batch 3 as at batch 1."""
+    _, spec, ours = _pair("llama", seed=2)
+    with torch.no_grad():
+        ours.layers[0].mlp_norm.weight.mul_(3.0)
+        ours.layers[1].attn_norm.weight.normal_(0, 1)
+    _, batch = _decode_rows(ours, spec, steps=2)
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(3, spec.vocab, (1, n), generator=g) for n in (5, 9, 3)]
+    cache = KVCache(spec, 1, 48, "cpu", torch.float32)
+    first = ours.prefill(prompts[0], cache)[0].argmax()
+    one_row = ours.decode(first[None], torch.tensor([5]), cache)
+    torch.testing.assert_close(batch[0, 0], one_row[0], atol=1e-4, rtol=1e-4)
+
+
+def test_unknown_switch_value_is_refused(monkeypatch):
+    _, _, ours = _pair("llama")
+    monkeypatch.setenv("RUNTIME_BATCH_NORM", "fused")
+    with pytest.raises(ValueError, match="RUNTIME_BATCH_NORM='fused': choose folded or kernel"):
+        folded_norms.folded_rows(ours, 4)
