@@ -52,6 +52,10 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "topk groups of 8192 keys": {"RUNTIME_TOPK_GROUP": "8192"},
     "attention merge in 4 column chunks": {"RUNTIME_ATTN_MERGE_CHUNKS": "4"},
     "batch norms as kernels": {"RUNTIME_BATCH_NORM": "kernel"},
+    "attention 8 warps": {"RUNTIME_ATTN_WARPS": "8"},
+    "attention 4 warps": {"RUNTIME_ATTN_WARPS": "4"},
+    "attention 2 warps": {"RUNTIME_ATTN_WARPS": "2"},
+    "attention merge by the last split program": {"RUNTIME_ATTN_MERGE": "last"},
 }
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 

@@ -213,9 +213,15 @@ def split_plan(
     return block_n, min(splits, cdiv(slots, block_n))
 
 
-def split_warps(head_dim: int, elem_bytes: int) -> int:
-    """fp32 tiles at D >= 128 need 8 warps to stay in registers; 4 suffice otherwise."""
-    return 8 if elem_bytes == 4 and head_dim >= 128 else 4
+def split_warps(head_dim: int, elem_bytes: int, rows: int) -> int:
+    """8 warps for one row (a few programs, each one block: more warps shorten its chain; on the
+    H100 Gemma's batch-1 step -46 us, Llama and Qwen3 -1..-9 us) and for fp32 tiles at D >= 128
+    (registers); 4 for batch buckets (the grid fills the card: Qwen3's batch-16 step was +90..+120
+    us with 8). RUNTIME_ATTN_WARPS overrides it (an A/B knob)."""
+    forced = os.environ.get("RUNTIME_ATTN_WARPS")
+    if forced:
+        return int(forced)
+    return 8 if rows == 1 or (elem_bytes == 4 and head_dim >= 128) else 4
 
 
 def split_stages() -> int:
@@ -252,7 +258,7 @@ def decode_attention_triton(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         G=G, BLOCK_G=max(16, next_pow2(G)), D=D, BLOCK_D=block_d, BLOCK_N=block_n,
-        DOT_F32=INTERPRETING, num_warps=split_warps(D, k_cache.element_size()), num_stages=split_stages(),
+        DOT_F32=INTERPRETING, num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(),
     )  # fmt: skip
     merge_partials(acc, ml, lengths, out, block_n, S, from_positions=False)
     return out
