@@ -56,6 +56,9 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention 4 warps": {"RUNTIME_ATTN_WARPS": "4"},
     "attention 2 warps": {"RUNTIME_ATTN_WARPS": "2"},
     "attention merge by the last split program": {"RUNTIME_ATTN_MERGE": "last"},
+    "attention loop 1 stage": {"RUNTIME_ATTN_STAGES": "1"},
+    "attention 32-slot blocks": {"RUNTIME_ATTN_BLOCK_N": "32"},
+    "attention 16-slot blocks": {"RUNTIME_ATTN_BLOCK_N": "16"},
 }
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 

@@ -208,6 +208,8 @@ def split_plan(
     block_n = 64 if row_bytes <= 256 else 32 if row_bytes <= 512 else 16
     if row_bytes <= 128 and os.environ.get("RUNTIME_ATTN_WIDE_BLOCKS") == "1":
         block_n = 128
+    if os.environ.get("RUNTIME_ATTN_BLOCK_N"):  # an A/B knob: slots per K/V block, any D
+        block_n = int(os.environ["RUNTIME_ATTN_BLOCK_N"])
     per_sm = int(os.environ.get("RUNTIME_ATTN_PER_SM", "2") or 2)
     splits = max(1, cdiv(per_sm * _sm_count(device), batch * kv_heads))
     return block_n, min(splits, cdiv(slots, block_n))
