@@ -57,6 +57,7 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention 2 warps": {"RUNTIME_ATTN_WARPS": "2"},
     "attention merge by the last split program": {"RUNTIME_ATTN_MERGE": "last"},
     "attention loop 1 stage": {"RUNTIME_ATTN_STAGES": "1"},
+    "cuBLASLt for the batch GEMMs": {"PROFILE_BLAS": "cublaslt"},
     "attention 32-slot blocks": {"RUNTIME_ATTN_BLOCK_N": "32"},
     "attention 16-slot blocks": {"RUNTIME_ATTN_BLOCK_N": "16"},
 }
@@ -157,6 +158,10 @@ def ab(
     chosen = [(name, env) for name, env in SETTINGS.items() if not settings or name in settings]
     for trial, (name, env) in ((t, item) for t in range(repeat) for item in chosen):
         os.environ.update(env)  # read while the step is captured
+        # PROFILE_BLAS (not a runtime switch): torch's BLAS backend while this runner captures
+        blas = torch.backends.cuda.preferred_blas_library()
+        if "PROFILE_BLAS" in env:
+            torch.backends.cuda.preferred_blas_library(env["PROFILE_BLAS"])
         try:
             runner = Runner(loaded, capacity=prompt + 2 * steps + 32, max_batch=BATCH, mode="graph")
         except Exception as e:  # a kernel that fails here must not cost the other settings
@@ -165,6 +170,7 @@ def ab(
         finally:
             for key in env:
                 del os.environ[key]
+            torch.backends.cuda.preferred_blas_library(blas)
         row = {
             "model": model_id,
             "setting": name,
