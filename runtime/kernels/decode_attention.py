@@ -217,7 +217,7 @@ def split_plan(
 
 def split_warps(head_dim: int, elem_bytes: int, rows: int) -> int:
     """8 warps for one row (a few programs, each one block: more warps shorten its chain; on the
-    H100 Gemma's batch-1 step -46 us, Llama and Qwen3 -1..-9 us) and for fp32 tiles at D >= 128
+    H100 Gemma's batch-1 step -41..-48 us, Llama and Qwen3 within the noise) and for fp32 tiles at D >= 128
     (registers); 4 for batch buckets (the grid fills the card: Qwen3's batch-16 step was +90..+120
     us with 8). RUNTIME_ATTN_WARPS overrides it (an A/B knob)."""
     forced = os.environ.get("RUNTIME_ATTN_WARPS")
