@@ -58,6 +58,10 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention merge by the last split program": {"RUNTIME_ATTN_MERGE": "last"},
     "attention loop 1 stage": {"RUNTIME_ATTN_STAGES": "1"},
     "cuBLASLt for the batch GEMMs": {"PROFILE_BLAS": "cublaslt"},
+    "norm 1 warp": {"RUNTIME_NORM_WARPS": "1"},
+    "norm 2 warps": {"RUNTIME_NORM_WARPS": "2"},
+    "norm 8 warps": {"RUNTIME_NORM_WARPS": "8"},
+    "norm 16 warps": {"RUNTIME_NORM_WARPS": "16"},
     "attention 32-slot blocks": {"RUNTIME_ATTN_BLOCK_N": "32"},
     "attention 16-slot blocks": {"RUNTIME_ATTN_BLOCK_N": "16"},
 }

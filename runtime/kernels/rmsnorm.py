@@ -12,6 +12,8 @@ by the order of the fp32 sum of squares.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from runtime.kernels._triton import jit, next_pow2, pdl, pdl_wait, tl
@@ -132,6 +134,17 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
     return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
+def norm_warps(block: int, rows: int) -> int:
+    """Warps per row program. Decode's few rows (<= 64) take 8: each program is then the whole
+    step's chain (two dependent reductions with Gemma's sandwich norm), which more threads shorten
+    (H100, Gemma's batch-16 step: -36..-45 us against 4 warps; 16 warps -18..-37). Prefill's many
+    rows keep one warp per 512 columns, 1..8. RUNTIME_NORM_WARPS overrides it (an A/B knob)."""
+    forced = os.environ.get("RUNTIME_NORM_WARPS")
+    if forced:
+        return int(forced)
+    return 8 if rows <= 64 else min(max(block // 512, 1), 8)
+
+
 def _launch(x, residual, weight, pre_weight, eps, offset, out_dtype):
     n = x.shape[-1]
     x2 = _rows(x)
@@ -144,7 +157,7 @@ def _launch(x, residual, weight, pre_weight, eps, offset, out_dtype):
         x2, res2, weight, pre_weight if pre_weight is not None else weight, out, res_out,
         n, eps, x2.stride(0), res2.stride(0), n, n,
         OFFSET=float(offset), HAS_RES=residual is not None, HAS_PRE=pre_weight is not None,
-        BLOCK=block, num_warps=min(max(block // 512, 1), 8), **pdl(x.device),
+        BLOCK=block, num_warps=norm_warps(block, rows), **pdl(x.device),
     )  # fmt: skip
     return out, res_out
 
