@@ -7,6 +7,8 @@ to the dtype, then the product is rounded again, as two separate torch ops would
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -83,6 +85,7 @@ def gated_act_triton(
     _gated_act_kernel[grid](
         x2, out, src, inter, x2.stride(0), src.stride(0), src.shape[-1], norm_eps,
         GELU=activation == "gelu_tanh", ROW_SCALE=norm_source is not None, BLOCK=block,
-        BLOCK_SRC=next_pow2(src.shape[-1]) if norm_source is not None else 16, num_warps=4, **pdl(x2.device),
+        BLOCK_SRC=next_pow2(src.shape[-1]) if norm_source is not None else 16,
+        num_warps=int(os.environ.get("RUNTIME_ACT_WARPS") or 4), **pdl(x2.device),
     )  # fmt: skip
     return out

@@ -297,5 +297,6 @@ def merge_partials(
     _combine_kernel[(B * H, cdiv(D, block_d))](
         acc, ml, lengths, out, H, splits, n_slots, out.stride(0), out.stride(1),
         D=D, BLOCK_D=block_d, BLOCK_P=merge_block(D, splits), BLOCK_N=block_n,
-        FROM_POSITIONS=from_positions, num_warps=4, **(launch or {"PDL": 0}),
+        FROM_POSITIONS=from_positions, num_warps=int(os.environ.get("RUNTIME_MERGE_WARPS") or 4),
+        **(launch or {"PDL": 0}),
     )  # fmt: skip
