@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from runtime.tokenizer_files import OWN_CLASS_MODEL_TYPES, FileTokenizer, load_tokenizer
+from runtime.tokenizer_files import FileTokenizer, load_tokenizer
+from runtime.tokenizer_folder import OWN_CLASS_MODEL_TYPES
 
 # the reading these files reproduce is transformers 5.24's; 5.17 (the GPU machine's) differs in
 # these cases: it renders None-valued message keys, words some errors and special tokens otherwise
