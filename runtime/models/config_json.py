@@ -17,168 +17,23 @@ import types
 from pathlib import Path
 from typing import Any
 
+from runtime.models.config_fields import (
+    FIELDS,
+    LAYER_TYPES,
+    READ,
+    REFUSED_KEYS,
+    ROPE_NUMBERS,
+    ROPE_REQUIRED,
+    is_int,
+    is_number,
+    kind_ok,
+)
 from runtime.models.registry import ARCHITECTURES, MODEL_TYPES
 from runtime.models.spec import ModelSpec
 
 
 class NotUnderstood(Exception):
     """The config needs transformers to be read faithfully (unknown type, key or form)."""
-
-
-# Field kinds, as the strict type checks of the transformers config dataclasses see them:
-# int and float are distinct (an int is no float, a bool is no int); "?" allows None.
-_INT, _INT_OPT, _FLOAT, _FLOAT_OPT, _BOOL, _STR = "int", "int?", "float", "float?", "bool", "str"
-_IDS_OPT, _STRS_OPT, _DICT_OPT = "ids?", "strs?", "dict?"
-
-# (default, kind) of every class field ModelSpec.from_hf reads; the other fields do not shape a spec
-_COMMON = {"architectures": (None, _STRS_OPT)}
-_LLAMA = {
-    "vocab_size": (32000, _INT),
-    "hidden_size": (4096, _INT),
-    "intermediate_size": (11008, _INT),
-    "num_hidden_layers": (32, _INT),
-    "num_attention_heads": (32, _INT),
-    "num_key_value_heads": (None, _INT_OPT),
-    "hidden_act": ("silu", _STR),
-    "max_position_embeddings": (2048, _INT),
-    "rms_norm_eps": (1e-6, _FLOAT),
-    "bos_token_id": (1, _INT_OPT),
-    "eos_token_id": (2, _IDS_OPT),
-    "tie_word_embeddings": (False, _BOOL),
-    "rope_parameters": (None, _DICT_OPT),
-    "attention_bias": (False, _BOOL),
-    "head_dim": (None, _INT_OPT),
-}
-_QWEN2 = {
-    "vocab_size": (151936, _INT),
-    "hidden_size": (4096, _INT),
-    "intermediate_size": (22016, _INT),
-    "num_hidden_layers": (32, _INT),
-    "num_attention_heads": (32, _INT),
-    "num_key_value_heads": (32, _INT_OPT),  # 32, not the head count, when the key is missing
-    "hidden_act": ("silu", _STR),
-    "max_position_embeddings": (32768, _INT),
-    "rms_norm_eps": (1e-6, _FLOAT),
-    "tie_word_embeddings": (False, _BOOL),
-    "rope_parameters": (None, _DICT_OPT),
-    "use_sliding_window": (False, _BOOL),
-    "sliding_window": (4096, _INT_OPT),
-    "max_window_layers": (28, _INT),
-    "layer_types": (None, _STRS_OPT),
-    "bos_token_id": (None, _INT_OPT),
-    "eos_token_id": (None, _IDS_OPT),
-}
-_QWEN3 = {**_QWEN2, "head_dim": (128, _INT), "attention_bias": (False, _BOOL)}
-_GEMMA3 = {
-    "vocab_size": (262208, _INT),
-    "hidden_size": (2304, _INT),
-    "intermediate_size": (9216, _INT),
-    "num_hidden_layers": (26, _INT),
-    "num_attention_heads": (8, _INT),
-    "num_key_value_heads": (4, _INT),
-    "head_dim": (256, _INT),
-    "hidden_activation": ("gelu_pytorch_tanh", _STR),
-    "max_position_embeddings": (131072, _INT),
-    "rms_norm_eps": (1e-6, _FLOAT),
-    "eos_token_id": (1, _IDS_OPT),
-    "bos_token_id": (2, _INT_OPT),
-    "tie_word_embeddings": (True, _BOOL),
-    "rope_parameters": (None, _DICT_OPT),
-    "attention_bias": (False, _BOOL),
-    "query_pre_attn_scalar": (256, _INT),
-    "sliding_window": (4096, _INT_OPT),
-    "layer_types": (None, _STRS_OPT),
-    "final_logit_softcapping": (None, _FLOAT_OPT),
-    "attn_logit_softcapping": (None, _FLOAT_OPT),
-}
-_FIELDS = {
-    name: {**_COMMON, **fields}
-    for name, fields in (("llama", _LLAMA), ("qwen2", _QWEN2), ("qwen3", _QWEN3), ("gemma3_text", _GEMMA3))
-}
-
-# Every attribute ModelSpec.from_hf reads. A key that is no field of the class still becomes an
-# attribute as written (transformers keeps unknown keys), so those pass through untouched.
-_READ = (
-    "attn_logit_softcapping",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "head_dim",
-    "hidden_size",
-    "layer_types",
-    "sliding_window",
-    "use_sliding_window",
-    "rope_parameters",
-    "hidden_activation",
-    "hidden_act",
-    "eos_token_id",
-    "tie_word_embeddings",
-    "num_key_value_heads",
-    "intermediate_size",
-    "vocab_size",
-    "rms_norm_eps",
-    "max_position_embeddings",
-    "attention_bias",
-    "query_pre_attn_scalar",
-    "final_logit_softcapping",
-    "bos_token_id",
-)
-# Keys that change what transformers builds in ways not reproduced here: sub-configs (multimodal
-# wrappers), per-layer overrides, partial rotary embeddings, keys of the generic head-count check.
-_REFUSED_KEYS = (
-    "text_config",
-    "vision_config",
-    "per_layer_config",
-    "partial_rotary_factor",
-    "num_heads",
-    "embed_dim",
-)
-_LAYER_TYPES = ("full_attention", "sliding_attention")
-# required keys per rope type (transformers raises when one is missing); only the kinds ModelSpec knows
-_ROPE_REQUIRED = {
-    "default": (),
-    "linear": ("factor",),
-    "llama3": (
-        "factor",
-        "original_max_position_embeddings",
-        "low_freq_factor",
-        "high_freq_factor",
-        "rope_theta",
-    ),
-}
-_ROPE_NUMBERS = (
-    "rope_theta",
-    "factor",
-    "low_freq_factor",
-    "high_freq_factor",
-    "original_max_position_embeddings",
-)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _kind_ok(value: Any, kind: str) -> bool:
-    if kind.endswith("?") and value is None:
-        return True
-    base = kind.rstrip("?")
-    if base == _INT:
-        return _is_int(value)
-    if base == _FLOAT:
-        return isinstance(value, float)
-    if base == _BOOL:
-        return isinstance(value, bool)
-    if base == _STR:
-        return isinstance(value, str)
-    if base == "ids":
-        return _is_int(value) or (isinstance(value, list) and all(_is_int(v) for v in value))
-    if base == "strs":
-        return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    return isinstance(value, dict)
 
 
 def _flat_rope(data: dict[str, Any], rope: dict[str, Any] | None, max_positions: int) -> dict[str, Any]:
@@ -189,7 +44,7 @@ def _flat_rope(data: dict[str, Any], rope: dict[str, Any] | None, max_positions:
         raise NotUnderstood(f"rope_scaling {scaling!r} is not a dict")
     params = copy.deepcopy(scaling) or rope
     params = params if params is not None else {}
-    if any(isinstance(v, dict) or k in _LAYER_TYPES for k, v in params.items()):
+    if any(isinstance(v, dict) or k in LAYER_TYPES for k, v in params.items()):
         raise NotUnderstood("per-layer-type rope parameters for a family with a single rope")
     params.setdefault("rope_theta", data.get("rope_theta", 10000.0))
     params.setdefault("rope_type", params.get("type", "default"))
@@ -234,13 +89,13 @@ def _gemma_rope(
 def _check_rope(params: dict[str, Any]) -> None:
     """Refuse what transformers would refuse, or ModelSpec could not read, in one rope dict."""
     kind = params.get("rope_type", params.get("type", "default"))
-    if not isinstance(kind, str) or kind not in _ROPE_REQUIRED:
+    if not isinstance(kind, str) or kind not in ROPE_REQUIRED:
         raise NotUnderstood(f"rope type {kind!r}")
-    missing = [k for k in _ROPE_REQUIRED[kind] if k not in params]
+    missing = [k for k in ROPE_REQUIRED[kind] if k not in params]
     if missing:
         raise NotUnderstood(f"{kind} rope without {', '.join(missing)}")
-    for key in _ROPE_NUMBERS:
-        if key in params and not _is_number(params[key]):
+    for key in ROPE_NUMBERS:
+        if key in params and not is_number(params[key]):
             raise NotUnderstood(f"rope {key} {params[key]!r} is not a number")
 
 
@@ -250,22 +105,22 @@ def config_view(data: dict[str, Any]) -> types.SimpleNamespace:
     if not isinstance(data, dict):
         raise NotUnderstood("config.json does not hold an object")
     model_type = data.get("model_type")
-    if model_type not in _FIELDS:
+    if model_type not in FIELDS:
         raise NotUnderstood(f"model_type {model_type!r} is not read without transformers")
-    refused = [k for k in _REFUSED_KEYS if k in data]
+    refused = [k for k in REFUSED_KEYS if k in data]
     if refused or data.get("use_bidirectional_attention"):
         raise NotUnderstood(
             f"keys not read without transformers: {refused or ['use_bidirectional_attention']}"
         )
 
-    fields = _FIELDS[model_type]
+    fields = FIELDS[model_type]
     cfg: dict[str, Any] = {}
     for name, (default, kind) in fields.items():
         value = copy.deepcopy(data[name]) if name in data else default
-        if not _kind_ok(value, kind):
+        if not kind_ok(value, kind):
             raise NotUnderstood(f"{name} {value!r} is not of the type transformers accepts ({kind})")
         cfg[name] = value
-    for name in _READ:
+    for name in READ:
         if name not in fields and name in data:
             cfg[name] = copy.deepcopy(data[name])
 
@@ -290,25 +145,25 @@ def config_view(data: dict[str, Any]) -> types.SimpleNamespace:
             cfg["sliding_window"] = None
         if cfg["layer_types"] is None:
             first_sliding = cfg["max_window_layers"] if cfg["sliding_window"] is not None else layers
-            cfg["layer_types"] = [_LAYER_TYPES[i >= first_sliding] for i in range(layers)]
+            cfg["layer_types"] = [LAYER_TYPES[i >= first_sliding] for i in range(layers)]
     if family == "gemma3" and cfg["layer_types"] is None:
         pattern = data.get("sliding_window_pattern", 6)
-        if not _is_int(pattern) or pattern <= 0:
+        if not is_int(pattern) or pattern <= 0:
             raise NotUnderstood(f"sliding_window_pattern {pattern!r}")
         # every pattern-th layer is global, the others slide
-        cfg["layer_types"] = [_LAYER_TYPES[bool((i + 1) % pattern)] for i in range(layers)]
+        cfg["layer_types"] = [LAYER_TYPES[bool((i + 1) % pattern)] for i in range(layers)]
 
     layer_types = cfg.get("layer_types")
     if layer_types is not None:
         # transformers would rename legacy names (e.g. "attention"); they are not reproduced here
-        if not isinstance(layer_types, list) or any(t not in _LAYER_TYPES for t in layer_types):
+        if not isinstance(layer_types, list) or any(t not in LAYER_TYPES for t in layer_types):
             raise NotUnderstood(f"layer_types {layer_types!r}")
         if len(layer_types) != layers:
             raise NotUnderstood(f"{len(layer_types)} layer_types for {layers} layers")
 
     if family == "gemma3":
         rope = _gemma_rope(data, cfg["rope_parameters"], layer_types, max_positions)
-        for layer_type in _LAYER_TYPES:
+        for layer_type in LAYER_TYPES:
             _check_rope(rope[layer_type])
     else:
         rope = _flat_rope(data, cfg["rope_parameters"], max_positions)
@@ -316,7 +171,7 @@ def config_view(data: dict[str, Any]) -> types.SimpleNamespace:
     cfg["rope_parameters"] = rope
 
     head_dim = cfg.get("head_dim")
-    if head_dim is not None and (not _is_int(head_dim) or (head_dim > 4 and head_dim % 2)):
+    if head_dim is not None and (not is_int(head_dim) or (head_dim > 4 and head_dim % 2)):
         raise NotUnderstood(f"head_dim {head_dim!r}: rope needs an even rotary dimension")
     # rope_theta, rope_scaling and rope_local_base_freq are consumed into rope_parameters and are
     # not attributes of the transformers config either
