@@ -7,26 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_configs import tiny_config
+from tiny_configs import hf_and_ours
 
 from runtime.engine.state import KVCache
 from runtime.kernels import ops
 from runtime.models import folded_norms
-from runtime.models.spec import ModelSpec
-from runtime.models.weights import from_state_dict
-
-
-def _pair(family: str, seed: int = 0):
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = tiny_config(family)
-    hf = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(0, 0.2)  # norm weights far from one, so a norm left out changes the logits
-    spec = ModelSpec.from_hf(cfg)
-    return hf, spec, from_state_dict(spec, hf.state_dict(), "cpu", torch.float32)
 
 
 def _prefill_rows(model, spec):
@@ -59,7 +44,7 @@ def _decode_rows(model, spec, steps: int = 6):
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_batch_rows_match_transformers(family):
-    hf, spec, ours = _pair(family)
+    hf, spec, ours = hf_and_ours(family)
     assert ours.norms_folded and folded_norms.folded_rows(ours, 3)
     seqs, logits = _decode_rows(ours, spec)
     for r, seq in enumerate(seqs):
@@ -71,7 +56,7 @@ def test_batch_rows_match_transformers(family):
 @pytest.mark.parametrize("family", ["gemma3", "qwen2"])
 def test_families_that_cannot_fold_keep_their_norms(family):
     """Gemma's sandwich norms and Qwen2's qkv bias keep the norm kernels: weights as loaded."""
-    hf, spec, ours = _pair(family)
+    hf, spec, ours = hf_and_ours(family)
     assert not folded_norms.can_fold(spec) and not ours.norms_folded
     hf_norm = hf.state_dict()["model.layers.0.input_layernorm.weight"]
     torch.testing.assert_close(ours.layers[0].attn_norm.weight, hf_norm)
@@ -84,7 +69,7 @@ def test_families_that_cannot_fold_keep_their_norms(family):
 def test_batch_step_launches_only_the_final_norm(monkeypatch):
     """A 3-row step calls the norm op once (before the LM head), not twice per layer; with
     RUNTIME_BATCH_NORM=kernel (the A/B switch) it is twice per layer again, for the same logits."""
-    _, spec, ours = _pair("llama")
+    _, spec, ours = hf_and_ours("llama")
     calls = []
     for name in ("rms_norm", "add_rms_norm"):
         real = getattr(ops, name)
@@ -103,7 +88,7 @@ def test_batch_step_launches_only_the_final_norm(monkeypatch):
 
 
 def test_fold_is_idempotent_and_leaves_the_source_state_alone():
-    hf, spec, ours = _pair("qwen3")
+    hf, spec, ours = hf_and_ours("qwen3")
     before = {k: v.clone() for k, v in hf.state_dict().items()}
     qkv = ours.layers[1].attn.qkv.weight.clone()
     folded_norms.fold_norm_weights(ours)
@@ -114,7 +99,7 @@ def test_fold_is_idempotent_and_leaves_the_source_state_alone():
 
 def test_weights_changed_after_loading_are_folded_again():
     """A norm weight set in place after the load counts at batch 3 as at batch 1."""
-    _, spec, ours = _pair("llama", seed=2)
+    _, spec, ours = hf_and_ours("llama", seed=2)
     with torch.no_grad():
         ours.layers[0].mlp_norm.weight.mul_(3.0)
         ours.layers[1].attn_norm.weight.normal_(0, 1)
@@ -128,7 +113,7 @@ def test_weights_changed_after_loading_are_folded_again():
 
 
 def test_unknown_switch_value_is_refused(monkeypatch):
-    _, _, ours = _pair("llama")
+    _, _, ours = hf_and_ours("llama")
     monkeypatch.setenv("RUNTIME_BATCH_NORM", "fused")
     with pytest.raises(ValueError, match="RUNTIME_BATCH_NORM='fused': choose folded or kernel"):
         folded_norms.folded_rows(ours, 4)

@@ -4,31 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_configs import tiny_config
+from tiny_configs import hf_and_ours
 
 from runtime.engine.state import KVCache
-from runtime.models.spec import ModelSpec
-from runtime.models.weights import from_state_dict
 
 FAMILIES = ["llama", "qwen2", "qwen3", "gemma3"]
 
 
-def _pair(family: str, seed: int = 0):
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = tiny_config(family)
-    hf = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(0, 0.2)  # larger than init so every weight matters to the logits
-    spec = ModelSpec.from_hf(cfg)
-    return hf, spec, from_state_dict(spec, hf.state_dict(), "cpu", torch.float32)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_logits_match_over_prefill_and_decode(family):
-    hf, spec, ours = _pair(family)
+    hf, spec, ours = hf_and_ours(family)
     prompt = torch.randint(3, spec.vocab, (1, 11))
     cache = KVCache(spec, 1, 64, "cpu", torch.float32)
     with torch.no_grad():
@@ -52,7 +37,7 @@ def test_greedy_tokens_match_generate(family):
     from runtime.engine.sampler import SamplingParams
     from runtime.models.loader import LoadedModel
 
-    hf, spec, ours = _pair(family, seed=1)
+    hf, spec, ours = hf_and_ours(family, seed=1)
     prompt = torch.randint(3, spec.vocab, (1, 9))
     expected = hf.generate(prompt, max_new_tokens=24, do_sample=False, eos_token_id=None)[0, 9:].tolist()
     loaded = LoadedModel(family, ours, spec, None, (), "random", 0.0)
@@ -65,7 +50,7 @@ def test_greedy_tokens_match_generate(family):
 def test_continuing_prefill_equals_one_prefill(family):
     """A second prefill that continues the cache (chat turns) gives the same logits as one prefill
     of the whole sequence, also when a sliding layer's ring has wrapped in between."""
-    _, spec, ours = _pair(family, seed=2)
+    _, spec, ours = hf_and_ours(family, seed=2)
     seq = torch.randint(3, spec.vocab, (1, 29))
     whole = ours.prefill(seq, KVCache(spec, 1, 64, "cpu", torch.float32), all_logits=True)
     cache = KVCache(spec, 1, 64, "cpu", torch.float32)
@@ -82,7 +67,7 @@ def test_batch_rows_are_independent():
     from runtime.engine.sampler import SamplingParams
     from runtime.models.loader import LoadedModel
 
-    _, spec, ours = _pair("gemma3", seed=3)
+    _, spec, ours = hf_and_ours("gemma3", seed=3)
     loaded = LoadedModel("gemma3", ours, spec, None, (), "random", 0.0)
     prompts = [torch.randint(3, spec.vocab, (n,)).tolist() for n in (5, 13, 2)]
     params = SamplingParams(temperature=0.9, top_k=20, top_p=0.9, repetition_penalty=1.2, seed=7)

@@ -67,3 +67,23 @@ def tiny_config(family: str, **overrides):
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
+
+
+def hf_and_ours(family: str, seed: int = 0):
+    """A tiny transformers model (eager attention) with every weight drawn from N(0, 0.2), larger
+    than init and norms far from one so every weight matters to the logits, and our model built
+    from its state dict (fp32, CPU) -> (hf, spec, ours)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from runtime.models.spec import ModelSpec
+    from runtime.models.weights import from_state_dict
+
+    torch.manual_seed(seed)
+    cfg = tiny_config(family)
+    hf = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.2)
+    spec = ModelSpec.from_hf(cfg)
+    return hf, spec, from_state_dict(spec, hf.state_dict(), "cpu", torch.float32)
