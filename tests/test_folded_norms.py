@@ -117,3 +117,19 @@ def test_unknown_switch_value_is_refused(monkeypatch):
     monkeypatch.setenv("RUNTIME_BATCH_NORM", "fused")
     with pytest.raises(ValueError, match="RUNTIME_BATCH_NORM='fused': choose folded or kernel"):
         folded_norms.folded_rows(ours, 4)
+
+
+def test_the_fold_frees_each_replaced_matrix():
+    """build_model empties the state dict it was given, so no unfolded matrix outlives its folded
+    copy (on a GPU that is a whole model's qkv and gate/up matrices of peak memory)."""
+    import weakref
+
+    from runtime.models.weights import build_model, convert
+
+    hf, spec, _ = hf_and_ours("llama")
+    hf_state = hf.state_dict()
+    state = convert(spec, hf_state.keys(), hf_state.__getitem__, "cpu", torch.float32, "test")
+    unfolded = weakref.ref(state["layers.0.attn.qkv.weight"])  # a concatenation: only `state` holds it
+    model = build_model(spec, state)
+    assert state == {} and model.norms_folded
+    assert unfolded() is None

@@ -84,10 +84,14 @@ def convert(spec: ModelSpec, names: Iterable[str], get: GetTensor, device, dtype
 
 
 def build_model(spec: ModelSpec, state: dict[str, torch.Tensor]) -> DecoderLM:
-    """Assign packed tensors to a model built on the meta device (no init, no copy)."""
+    """Assign packed tensors to a model built on the meta device (no init, no copy). Consumes
+    `state`: the dict is emptied once the model holds its tensors, so the matrices that
+    fold_norm_weights replaces are freed one by one (peak: the weights plus one matrix, not plus
+    every qkv and gate/up matrix)."""
     with torch.device("meta"):
         model = DecoderLM(spec)
     model.load_state_dict(state, strict=True, assign=True)
+    state.clear()
     for p in model.parameters():
         p.requires_grad_(False)
     model.prepare()
