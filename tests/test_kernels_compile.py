@@ -47,7 +47,7 @@ from runtime.engine import runner
 from runtime.engine.state import DecodeBuffers, KVCache
 from runtime.kernels import (
     _triton,
-    decode_attention,
+    attention_plan,
     fused_linear,
     fused_rows_config,
     ops,
@@ -181,7 +181,7 @@ def recording(target: Target) -> Iterator[prebuild.Recorder]:
         for module in kernel_modules():
             if getattr(module, "pdl", None) is real_pdl:
                 mp.setattr(module, "pdl", lambda device: real_pdl(torch.device("cuda", 0)))
-        mp.setattr(decode_attention, "_sm_count", lambda device: target.sms)
+        mp.setattr(attention_plan, "sm_count", lambda device: target.sms)
         mp.setattr(fused_linear, "_TUNED", {})
         mp.setattr(fused_rows_config, "_TUNED_ROWS", {})
         for name in [k for k in os.environ if k.startswith("RUNTIME_")]:

@@ -16,22 +16,20 @@ program reads what another writes. # graph: grid fixed by shapes, no host reads.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
 from runtime.kernels._triton import INTERPRETING, jit, next_pow2, pdl, pdl_release, pdl_wait, tl
 from runtime.kernels.arrival import arrival_counters
-from runtime.kernels.decode_attention import (
-    block_dot,
-    decode_attention_ref,
+from runtime.kernels.attention_plan import (
     merge_block,
-    merge_head,
-    merge_partials,
+    merge_in_kernel,
+    prefetch_enabled,
     split_plan,
     split_stages,
     split_warps,
 )
+from runtime.kernels.decode_attention import block_dot, decode_attention_ref, merge_head, merge_partials
 from runtime.kernels.qkv_rope import cache_slot, norm_rope_rows, qkv_rope_to_cache_ref
 from runtime.kernels.rmsnorm import row_inv_rms, scale_row, scale_rows_ref
 
@@ -244,23 +242,6 @@ def _qkv_split_kernel(
                 )
                 dst = out_ptr + b.to(tl.int64) * o_sb + (h * G + gi) * D + d
                 tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=d_ok)
-
-
-def merge_in_kernel() -> bool:
-    """RUNTIME_ATTN_MERGE=last: the last split program of each (row, kv head) to finish merges the
-    partials (one launch); by default ("separate") a second launch merges them, one program per
-    head. On the H100 the second launch was as fast or faster (notes/kernels.md): the last
-    program merges its G heads one after another."""
-    choice = os.environ.get("RUNTIME_ATTN_MERGE", "separate") or "separate"
-    if choice not in ("last", "separate"):
-        raise ValueError(f"RUNTIME_ATTN_MERGE={choice!r}: choose last or separate")
-    return choice == "last"
-
-
-def prefetch_enabled() -> bool:
-    """RUNTIME_ATTN_PREFETCH=0 makes the split kernel wait for the previous kernel before it reads
-    the positions and its first cache block (same-process A/B of the prefetch; default on)."""
-    return os.environ.get("RUNTIME_ATTN_PREFETCH", "1") != "0"
 
 
 def qkv_decode_attention_triton(

@@ -1,0 +1,99 @@
+"""How the decode attention kernels launch, from shapes, the device and the A/B switches only (so a
+captured graph keeps its grid): K/V block size and splits per (row, kv head), warps and pipeline
+stages of the split kernel, and how the partials are merged. The numbers behind each default are
+in notes/kernels.md (H100).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from runtime.kernels._triton import cdiv, next_pow2
+
+
+@functools.lru_cache(maxsize=8)
+def sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the CPU interpreter: a few splits, so the merge is exercised
+
+
+def split_plan(
+    batch: int, kv_heads: int, slots: int, head_dim: int, elem_bytes: int, device: torch.device
+) -> tuple[int, int]:
+    """(BLOCK_N, P) from shapes and the device only, so a captured graph keeps its grid.
+
+    P programs per (row, kv head) aim for about RUNTIME_ATTN_PER_SM (default 2) programs per SM
+    once the live length has P blocks; a longer sequence makes each program loop over more blocks
+    instead of growing the grid. The setting matters for batch buckets only: at batch 1 P is
+    capped by the cache's blocks."""
+    # 16 KB K/V tiles at most: larger ones spill registers (checked in the sm_80 / sm_90 builds);
+    # RUNTIME_ATTN_WIDE_BLOCKS=1 (an A/B) gives 128-byte rows (D = 64, bf16) 128-slot blocks too
+    row_bytes = head_dim * elem_bytes
+    block_n = 64 if row_bytes <= 256 else 32 if row_bytes <= 512 else 16
+    if row_bytes <= 128 and os.environ.get("RUNTIME_ATTN_WIDE_BLOCKS") == "1":
+        block_n = 128
+    if os.environ.get("RUNTIME_ATTN_BLOCK_N"):  # an A/B knob: slots per K/V block, any D
+        block_n = int(os.environ["RUNTIME_ATTN_BLOCK_N"])
+    per_sm = int(os.environ.get("RUNTIME_ATTN_PER_SM", "2") or 2)
+    splits = max(1, cdiv(per_sm * sm_count(device), batch * kv_heads))
+    return block_n, min(splits, cdiv(slots, block_n))
+
+
+def split_warps(head_dim: int, elem_bytes: int, rows: int) -> int:
+    """8 warps for one row (a few programs, each one block: more warps shorten its chain; on the
+    H100 Gemma's batch-1 step -41..-48 us, Llama and Qwen3 within the noise) and for fp32 tiles at D >= 128
+    (registers); 4 for batch buckets (the grid fills the card: Qwen3's batch-16 step was +90..+120
+    us with 8). RUNTIME_ATTN_WARPS overrides it (an A/B knob)."""
+    forced = os.environ.get("RUNTIME_ATTN_WARPS")
+    if forced:
+        return int(forced)
+    return 8 if rows == 1 or (elem_bytes == 4 and head_dim >= 128) else 4
+
+
+def split_stages() -> int:
+    """Software-pipeline depth of the split kernel's block loop: RUNTIME_ATTN_STAGES (default 2)."""
+    return int(os.environ.get("RUNTIME_ATTN_STAGES") or 2)
+
+
+def merge_block(head_dim: int, splits: int) -> int:
+    """Partials merged per step of merge_head: a (BLOCK_P, BLOCK_D) fp32 tile of <= 4096 values."""
+    return min(16 if head_dim > 128 else 32, max(16, next_pow2(splits)))
+
+
+def merge_block_d(heads: int, head_dim: int, device: torch.device) -> int:
+    """Columns each merge program takes (BLOCK_D). RUNTIME_ATTN_MERGE_CHUNKS=c gives each head c
+    programs, each merging D / c columns: a long cache's many partials are read by c programs instead
+    of one. The default, "auto", takes 4 where the B * H heads alone would leave SMs idle (batch 1;
+    Gemma's 4 heads up to batch 32), else 1 (on the H100: Qwen3 at position 2000 -16..-41 us per
+    step, Gemma -12..-16 us, Llama and Qwen3 near position 300 within the noise)."""
+    choice = os.environ.get("RUNTIME_ATTN_MERGE_CHUNKS") or "auto"
+    if choice == "auto":
+        choice = "4" if heads < sm_count(device) else "1"
+    chunks = max(1, min(int(choice), next_pow2(head_dim) // 16))
+    return max(16, next_pow2(head_dim) // next_pow2(chunks))
+
+
+def merge_warps() -> int:
+    """Warps per merge program: RUNTIME_MERGE_WARPS (an A/B knob; 8 was slower at batch 16), default 4."""
+    return int(os.environ.get("RUNTIME_MERGE_WARPS") or 4)
+
+
+def merge_in_kernel() -> bool:
+    """RUNTIME_ATTN_MERGE=last: the last split program of each (row, kv head) to finish merges the
+    partials (one launch); by default ("separate") a second launch merges them, one program per
+    head. On the H100 the second launch was as fast or faster (notes/kernels.md): the last
+    program merges its G heads one after another."""
+    choice = os.environ.get("RUNTIME_ATTN_MERGE", "separate") or "separate"
+    if choice not in ("last", "separate"):
+        raise ValueError(f"RUNTIME_ATTN_MERGE={choice!r}: choose last or separate")
+    return choice == "last"
+
+
+def prefetch_enabled() -> bool:
+    """RUNTIME_ATTN_PREFETCH=0 makes the split kernel wait for the previous kernel before it reads
+    the positions and its first cache block (same-process A/B of the prefetch; default on)."""
+    return os.environ.get("RUNTIME_ATTN_PREFETCH", "1") != "0"
