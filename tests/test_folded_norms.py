@@ -133,3 +133,12 @@ def test_the_fold_frees_each_replaced_matrix():
     model = build_model(spec, state)
     assert state == {} and model.norms_folded
     assert unfolded() is None
+
+
+def test_fold_can_be_turned_off_at_load(monkeypatch):
+    """RUNTIME_FOLD_NORMS=0: the weights stay as loaded and batch rows take the norm kernels."""
+    monkeypatch.setenv("RUNTIME_FOLD_NORMS", "0")
+    hf, spec, ours = hf_and_ours("llama")
+    assert not ours.norms_folded and not folded_norms.folded_rows(ours, 3)
+    hf_norm = hf.state_dict()["model.layers.0.input_layernorm.weight"]
+    torch.testing.assert_close(ours.layers[0].attn_norm.weight, hf_norm)

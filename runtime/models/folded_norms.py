@@ -16,7 +16,8 @@ cuBLAS's beta) and a qkv bias (added after the norm's scale). The final norm sta
 be the tied embedding.
 
 RUNTIME_BATCH_NORM=kernel (read per call) sends batch buckets through the norm kernels with the
-folded weights: the same-process A/B of this path.
+folded weights: the same-process A/B of this path. RUNTIME_FOLD_NORMS=0 (read at load) keeps the
+weights as the checkpoint has them, and with them the norm kernels.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def fold_norm_weights(model) -> None:
     """Scale the qkv and gate/up matrices' columns by their norm's (offset +) weight and set that
     weight to the identity; idempotent (a folded model folds to itself). New tensors, never in
     place: a state dict the weights came from may share them (from_state_dict on matching dtypes)."""
-    if not can_fold(model.spec):
+    if not can_fold(model.spec) or os.environ.get("RUNTIME_FOLD_NORMS", "1") == "0":
         return
     with torch.inference_mode(False):  # plain tensors even when called from inside decode
         for norm, linear in _pairs(model):
