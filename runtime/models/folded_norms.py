@@ -57,9 +57,13 @@ def _stamp(model) -> tuple | None:
 def fold_norm_weights(model) -> None:
     """Scale the qkv and gate/up matrices' columns by their norm's (offset +) weight and set that
     weight to the identity; idempotent (a folded model folds to itself). New tensors, never in
-    place: a state dict the weights came from may share them (from_state_dict on matching dtypes)."""
-    if not can_fold(model.spec) or os.environ.get("RUNTIME_FOLD_NORMS", "1") == "0":
-        return
+    place: a state dict the weights came from may share them (from_state_dict on matching dtypes).
+    Nothing happens for a family that cannot fold or with RUNTIME_FOLD_NORMS=0."""
+    if can_fold(model.spec) and os.environ.get("RUNTIME_FOLD_NORMS", "1") != "0":
+        _fold(model)
+
+
+def _fold(model) -> None:
     with torch.inference_mode(False):  # plain tensors even when called from inside decode
         for norm, linear in _pairs(model):
             scale = (norm.weight.float() + norm.offset).to(linear.weight.dtype)
@@ -79,7 +83,7 @@ def folded_rows(model, rows: int) -> bool:
     if not model.norms_folded or rows == 1 or choice == "kernel":
         return False
     if _stamp(model) != model.folded_stamp:
-        fold_norm_weights(model)
+        _fold(model)  # whatever the switch says now: this model's matrices carry the norms
     return True
 
 
