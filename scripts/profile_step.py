@@ -63,6 +63,8 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "norm 8 warps": {"RUNTIME_NORM_WARPS": "8"},
     "norm 16 warps": {"RUNTIME_NORM_WARPS": "16"},
     "merge and activation 8 warps": {"RUNTIME_MERGE_WARPS": "8", "RUNTIME_ACT_WARPS": "8"},
+    "attention 1 split at batch buckets (no merge)": {"RUNTIME_ATTN_BATCH_SPLITS": "1"},
+    "attention 2 splits at batch buckets": {"RUNTIME_ATTN_BATCH_SPLITS": "2"},
     "attention 32-slot blocks": {"RUNTIME_ATTN_BLOCK_N": "32"},
     "attention 16-slot blocks": {"RUNTIME_ATTN_BLOCK_N": "16"},
 }

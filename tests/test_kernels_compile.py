@@ -77,7 +77,7 @@ if _triton.INTERPRETING:
 META = torch.device("meta")
 DTYPE = torch.bfloat16
 MODELS = ("Llama-3.2-1B-Instruct", "Qwen3-1.7B", "gemma-3-1b-it")  # configs/models/<name>.json
-BATCHES = (1, 16)  # batch 1 and a batch bucket
+BATCHES = (1, 16, 64)  # batch 1, a batch bucket, and one whose (row, kv head) pairs fill the card (one split)
 CAPACITY = 4096  # the runner's default cache length
 PROMPT = 7  # an eager prompt: more than one token, not a multiple of 16 (Triton specialises both)
 BIG_VOCAB = 2 * 262144  # a vocabulary whose top-k merge takes several rounds (_group_kernel)

@@ -40,6 +40,8 @@ def split_plan(
         block_n = int(os.environ["RUNTIME_ATTN_BLOCK_N"])
     per_sm = int(os.environ.get("RUNTIME_ATTN_PER_SM", "2") or 2)
     splits = max(1, cdiv(per_sm * sm_count(device), batch * kv_heads))
+    if batch > 1 and os.environ.get("RUNTIME_ATTN_BATCH_SPLITS"):  # an A/B knob for batch buckets;
+        splits = int(os.environ["RUNTIME_ATTN_BATCH_SPLITS"])  # 1: each program writes its output
     return block_n, min(splits, cdiv(slots, block_n))
 
 

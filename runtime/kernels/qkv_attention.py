@@ -139,6 +139,7 @@ def _qkv_split_kernel(
     OFFSET: tl.constexpr,
     DOT_F32: tl.constexpr,
     MERGE: tl.constexpr,
+    DIRECT: tl.constexpr,
     BLOCK_P: tl.constexpr,
     PREFETCH: tl.constexpr,
     ROW_SCALE: tl.constexpr,
@@ -223,6 +224,13 @@ def _qkv_split_kernel(
         m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
 
     pdl_release(PDL)
+    if DIRECT:
+        # one program per (row, kv head): its running softmax is the whole one, so it writes the
+        # output (l_i >= 1: it started from the new token) and no merge follows
+        dst = out_ptr + b.to(tl.int64) * o_sb + (h * G + g)[:, None] * D + d[None, :]
+        out = (acc / l_i[:, None]).to(out_ptr.dtype.element_ty)
+        tl.store(dst, out, mask=g_ok[:, None] & d_ok[None, :])
+        return
     # partials (B, H, P, D) and (B, H, P, 2), unnormalised; rows past G are padding
     out_row = ((b * n_kv_heads + h) * G + g).to(tl.int64) * n_splits + split
     tl.store(acc_ptr + out_row[:, None] * D + d[None, :], acc, mask=g_ok[:, None] & d_ok[None, :])
@@ -287,7 +295,8 @@ def qkv_decode_attention_triton(
     acc = torch.empty((B, heads, splits, D), dtype=torch.float32, device=qkv.device)
     ml = torch.empty((B, heads, splits, 2), dtype=torch.float32, device=qkv.device)
     out = torch.empty((B, heads, D), dtype=qkv.dtype, device=qkv.device)
-    merge = merge_in_kernel()
+    direct = splits == 1  # one program per (row, kv head) writes the output itself
+    merge = merge_in_kernel() and not direct
     launch = pdl(qkv.device)
     counters = arrival_counters(B * Hkv, qkv.device) if merge else ml
     norm = q_weight is not None
@@ -299,11 +308,11 @@ def qkv_decode_attention_triton(
         v_cache.stride(2), out.stride(0),
         G=G, BLOCK_G=max(16, next_pow2(G)), D=D, HALF_BLOCK=max(16, next_pow2(D // 2)),
         BLOCK_D=max(16, next_pow2(D)), BLOCK_N=block_n, QK_NORM=norm, OFFSET=float(offset),
-        DOT_F32=INTERPRETING, MERGE=merge, BLOCK_P=merge_block(D, splits),
+        DOT_F32=INTERPRETING, MERGE=merge, DIRECT=direct, BLOCK_P=merge_block(D, splits),
         PREFETCH=prefetch_enabled(), ROW_SCALE=norm_source is not None,
         BLOCK_SRC=next_pow2(src.shape[1]) if norm_source is not None else 16,
         num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(), **launch,
     )  # fmt: skip
-    if not merge:
+    if not merge and not direct:
         merge_partials(acc, ml, positions, out, block_n, S, from_positions=True, launch=launch)
     return out
