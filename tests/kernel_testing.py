@@ -63,6 +63,18 @@ class PoisonedTorch:
         return self._poison(torch.empty_like(*args, **kwargs))
 
 
+def poisoned_fixture(*modules):
+    """The `poisoned` fixture of a kernel test file: inside each of the kernel modules, `torch` is
+    a PoisonedTorch for the test's duration."""
+
+    @pytest.fixture
+    def poisoned(monkeypatch):
+        for module in modules:
+            monkeypatch.setattr(module, "torch", PoisonedTorch())
+
+    return poisoned
+
+
 def rand(*shape, dtype=F32, scale=1.0) -> torch.Tensor:
     return (torch.randn(*shape, dtype=F32) * scale).to(device=DEVICE, dtype=dtype)
 

@@ -17,13 +17,13 @@ from kernel_testing import (
     F16,
     F32,
     INTERPRET,
-    PoisonedTorch,
     assert_linear_close,
     assert_matches,
     assert_same_bits,
     cases,
     kernel_test,
     needs_triton,
+    poisoned_fixture,
     rand,
     run_under_interpreter,
 )
@@ -45,9 +45,7 @@ if INTERPRET:
 EPS = 1e-6
 
 
-@pytest.fixture
-def poisoned(monkeypatch):
-    monkeypatch.setattr(fr, "torch", PoisonedTorch())
+poisoned = poisoned_fixture(fr)
 
 
 @pytest.fixture(autouse=True)

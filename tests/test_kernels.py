@@ -23,11 +23,11 @@ from kernel_testing import (
     F16,
     F32,
     INTERPRET,
-    PoisonedTorch,
     assert_matches,
     cases,
     kernel_test,
     needs_triton,
+    poisoned_fixture,
     rand,
     run_under_interpreter,
     tol,
@@ -57,10 +57,7 @@ if INTERPRET:
     pytestmark.append(needs_triton)
 
 
-@pytest.fixture
-def poisoned(monkeypatch):
-    for module in (rmsnorm_mod, activation_mod, qkv_rope_mod, attention_mod, qkv_attention_mod):
-        monkeypatch.setattr(module, "torch", PoisonedTorch())
+poisoned = poisoned_fixture(rmsnorm_mod, activation_mod, qkv_rope_mod, attention_mod, qkv_attention_mod)
 
 
 @pytest.fixture(autouse=True)

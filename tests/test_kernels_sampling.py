@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import INTERPRET, PoisonedTorch, cases, kernel_test, needs_triton, run_under_interpreter
+from kernel_testing import (
+    INTERPRET,
+    cases,
+    kernel_test,
+    needs_triton,
+    poisoned_fixture,
+    run_under_interpreter,
+)
 
 from runtime.kernels import argmax as argmax_mod
 from runtime.kernels import topk as topk_mod
@@ -20,10 +27,7 @@ if INTERPRET:
 DEVICE = "cpu" if INTERPRET else "cuda"
 
 
-@pytest.fixture
-def poisoned(monkeypatch):
-    for module in (argmax_mod, topk_mod, topk_sample_mod):
-        monkeypatch.setattr(module, "torch", PoisonedTorch())
+poisoned = poisoned_fixture(argmax_mod, topk_mod, topk_sample_mod)
 
 
 @pytest.fixture(autouse=True)

@@ -17,11 +17,11 @@ from kernel_testing import (
     DEVICE,
     F32,
     INTERPRET,
-    PoisonedTorch,
     assert_same_bits,
     cases,
     kernel_test,
     needs_triton,
+    poisoned_fixture,
     rand,
     run_under_interpreter,
 )
@@ -40,9 +40,7 @@ MAX_POSITION = 32000
 ROPES = [RopeSpec(theta=1e4), RopeSpec(theta=1e6), RopeSpec(theta=5e5, kind="llama3", factor=32.0)]
 
 
-@pytest.fixture
-def poisoned(monkeypatch):
-    monkeypatch.setattr(step_inputs_mod, "torch", PoisonedTorch())
+poisoned = poisoned_fixture(step_inputs_mod)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import INTERPRET, PoisonedTorch, cases, kernel_test, needs_triton, run_under_interpreter
+from kernel_testing import (
+    INTERPRET,
+    cases,
+    kernel_test,
+    needs_triton,
+    poisoned_fixture,
+    run_under_interpreter,
+)
 from tiny_configs import tiny_config
 
 from runtime.engine.runner import step_tail, step_tail_ref
@@ -34,10 +41,7 @@ UNFUSED = {"RUNTIME_KERNELS": "triton", "RUNTIME_KERNELS_OFF": ",".join(filter(N
 TORCH = {"RUNTIME_KERNELS": "torch", "RUNTIME_KERNELS_OFF": ""}
 
 
-@pytest.fixture
-def poisoned(monkeypatch):
-    for module in (argmax_mod, topk_mod, topk_sample_mod):
-        monkeypatch.setattr(module, "torch", PoisonedTorch())
+poisoned = poisoned_fixture(argmax_mod, topk_mod, topk_sample_mod)
 
 
 @pytest.fixture(autouse=True)
