@@ -32,7 +32,6 @@ from runtime.bench.kernel_times import kernel_times
 from runtime.engine.runner import Runner
 from runtime.engine.sampler import SamplingParams
 from runtime.kernels import gemv_tuning
-from runtime.kernels.fused_linear import _PROLOGUE_VECTORS, gemv_config
 from runtime.models.loader import load_model
 
 ARCHS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
@@ -67,6 +66,8 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention 2 splits at batch buckets": {"RUNTIME_ATTN_BATCH_SPLITS": "2"},
     "attention 32-slot blocks": {"RUNTIME_ATTN_BLOCK_N": "32"},
     "attention 16-slot blocks": {"RUNTIME_ATTN_BLOCK_N": "16"},
+    "activation in down's prologue": {"RUNTIME_KERNELS_OFF": "norm_linear_act"},
+    "sandwich GEMVs with their no-pre blocks": {"RUNTIME_GEMV_PRE_BLOCKS": "0"},
 }
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 
@@ -233,7 +234,7 @@ def tuning_rows() -> list[dict]:
     rows = []
     for (op, N, K, dtype), timings in gemv_tuning.TIMINGS.items():
         best = min(timings, key=timings.get)
-        heuristic = gemv_config(N, K, dtype.itemsize, _PROLOGUE_VECTORS[op])
+        heuristic = gemv_tuning.candidates(op, N, K, dtype)[0]
         weight = N * K * dtype.itemsize
         rows.append({"op": op, "N": N, "K": K, "best": best, "best_us": round(timings[best], 2),
                      "best_gbs": round(weight / timings[best] / 1e3, 1),

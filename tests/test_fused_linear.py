@@ -37,6 +37,8 @@ from runtime.kernels.fused_linear import (
     gemv_config,
     linear_ref,
     linear_triton,
+    norm_linear_act_ref,
+    norm_linear_act_triton,
     norm_linear_ref,
     norm_linear_triton,
 )
@@ -140,6 +142,36 @@ def test_act_linear(poisoned, monkeypatch, lead, K, N, dtype, config, activation
     y = act_linear_triton(gate_up, activation, weight)
     assert y.shape == act_linear_ref(gate_up, activation, weight).shape
     assert_linear_close(y, gated_act_ref(gate_up, activation), weight)
+
+
+# (leading dims, K, I, dtype, config): weight (2I, K) = [gate | up]; configs with BLOCK_N 1 launch 2
+GATED_CASES = cases(
+    full=[((1, 1), 2048, 8192, BF16, None), ((1, 1), 2048, 6144, BF16, None), ((1, 1), 1152, 6912, BF16, None),
+          ((1,), 77, 3, F32, None), ((1, 1), 1000, 100, F16, None), ((), 1152, 37, BF16, (16, 256, 4)),
+          ((1, 1), 2048, 1000, F32, (1, 2048, 4)), ((1, 1), 1152, 6912, BF16, (32, 128, 4))],
+    small=[((1,), 77, 3, F32, None), ((1, 1), 1000, 100, BF16, (4, 256, 4)), ((), 1152, 37, F16, (8, 128, 4)),
+           ((1, 1), 256, 50, BF16, (1, 128, 4))],
+)  # fmt: skip
+
+
+@kernel_test
+@pytest.mark.parametrize("mode", ["first", "add", "sandwich"])
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("lead,K,inter,dtype,config", GATED_CASES)
+def test_norm_linear_act(poisoned, monkeypatch, lead, K, inter, dtype, config, activation, mode):
+    """The gated epilogue: each output pairs gate row o with up row inter + o (a wrong pairing or a
+    missed output fails by O(1)); gate and up are rounded before the activation, as the reference's
+    two ops round them, so the only differences left are their fp32 sum order."""
+    h = rand(*lead, K, dtype=dtype) if mode != "first" else None
+    residual = rand(*lead, K, dtype=dtype, scale=4.0)
+    norm_w, pre_w = rand(K, dtype=dtype), rand(K, dtype=dtype) if mode == "sandwich" else None
+    weight = rand(2 * inter, K, dtype=dtype, scale=K**-0.5)
+    planted(monkeypatch, fl.gemv_op("norm_linear_act", pre_w), 2 * inter, K, dtype, config)
+    y, new_res = norm_linear_act_triton(h, residual, norm_w, EPS, 0.0, pre_w, weight, activation)
+    want_y, want_res = norm_linear_act_ref(h, residual, norm_w, EPS, 0.0, pre_w, weight, activation)
+    assert y.shape == want_y.shape == (*lead, inter) and y.dtype == dtype
+    assert new_res is residual if h is None else new_res.shape == want_res.shape
+    assert_matches(y, want_y, dtype, scale=2.0)
 
 
 # (leading dims, K, N, dtype, config); the GPU list holds every dev projection shape, and the Gemma
@@ -315,14 +347,24 @@ def test_gemv_shapes_are_the_decoders_weights():
     for family in ("llama", "qwen2", "qwen3", "gemma3"):
         model = random_model(ModelSpec.from_hf(tiny_config(family)), "cpu", torch.float32)
         layer = model.layers[0]
-        weights = [
-            layer.attn.qkv.weight,
-            layer.attn.o_proj.weight,
-            layer.mlp.gate_up.weight,
-            layer.mlp.down.weight,
-            model.lm_head_weight,
-        ]
-        assert [(n, k) for _, n, k in model.gemv_shapes()] == [tuple(w.shape) for w in weights]
+        weights = {
+            "qkv": layer.attn.qkv.weight,
+            "o": layer.attn.o_proj.weight,
+            "gate_up": layer.mlp.gate_up.weight,
+            "down": layer.mlp.down.weight,
+            "lm_head": model.lm_head_weight,
+        }
+        # (op, weight) of each launch at one row: the default path, then the act_linear A/B's
+        launches = {
+            ("norm_linear", "qkv"), ("linear", "o"), ("norm_linear_act", "gate_up"), ("linear", "down"),
+            ("lm_head", "lm_head"), ("norm_linear", "gate_up"), ("act_linear", "down"),
+        }  # fmt: skip
+        if model.spec.sandwich_norms:  # h pre-normed: all but the first layer's qkv, which has no h
+            launches |= {
+                (op + "_pre", w) for op, w in launches if op in ("norm_linear", "norm_linear_act", "lm_head")
+            }
+        want = {(op, *weights[w].shape) for op, w in launches}
+        assert set(model.gemv_shapes()) == want and len(model.gemv_shapes()) == len(want), family
 
 
 def test_untuned_setting_ignores_tuned_blocks(monkeypatch):

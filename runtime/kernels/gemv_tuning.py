@@ -25,6 +25,7 @@ from runtime.kernels.fused_linear import (
     _NORM,
     _PROLOGUE_VECTORS,
     CANDIDATE_CONFIGS,
+    GATED_OPS,
     _launch,
     gemv_config,
     tuning_enabled,
@@ -103,8 +104,11 @@ def candidates(op: str, N: int, K: int, dtype: torch.dtype) -> list[tuple[int, i
     """The blocks tune() times for op at (N, K): the heuristic's, then CANDIDATE_CONFIGS, with
     BLOCK_K never past next_pow2(K) (as the launch clamps it), duplicates dropped."""
     heuristic = gemv_config(N, K, dtype.itemsize, _PROLOGUE_VECTORS[op])
+    least_n = 2 if op in GATED_OPS else 1  # (gate, up) row pairs
     return list(
-        dict.fromkeys((n, max(16, min(k, next_pow2(K))), w) for n, k, w in [heuristic, *CANDIDATE_CONFIGS])
+        dict.fromkeys(
+            (max(n, least_n), max(16, min(k, next_pow2(K))), w) for n, k, w in [heuristic, *CANDIDATE_CONFIGS]
+        )
     )
 
 
@@ -134,27 +138,31 @@ def _time_us(fn, warmup: int = 3, reps: int = 20) -> float:
 def tune(op_name: str, N: int, K: int, dtype: torch.dtype, device) -> tuple[int, int, int]:
     """The fastest of CANDIDATE_CONFIGS and the heuristic for op_name at (N, K), remembered for the
     launches. Off CUDA (or without compiled Triton) a no-op that returns the heuristic."""
-    heuristic = gemv_config(N, K, dtype.itemsize, _PROLOGUE_VECTORS[op_name])
     if torch.device(device).type != "cuda" or not AVAILABLE or INTERPRETING:
-        return heuristic
+        return candidates(op_name, N, K, dtype)[0]  # the heuristic's blocks
     key = (op_name, N, K, dtype)
+    base = op_name.removesuffix("_pre")
+    gated = base == "norm_linear_act"
     weight = torch.randn(N, K, device=device, dtype=dtype) / math.sqrt(K)
     vec = torch.randn(2 * K, device=device, dtype=dtype)
     norm_w = torch.randn(K, device=device, dtype=dtype)
-    y = torch.empty(N, device=device, dtype=torch.float32 if op_name == "lm_head" else dtype)
+    pre_w = norm_w if op_name.endswith("_pre") else None  # Gemma's sandwich pre-norm of h
+    y = torch.empty(
+        N // 2 if gated else N, device=device, dtype=torch.float32 if base == "lm_head" else dtype
+    )
     res_out = torch.empty(K, device=device, dtype=dtype)
     # the decoder's common case per op: norm with a residual add, offset 0
-    args = {
+    prologue, x, res, nw, ro = {
         "linear": (_NONE, vec[:K], None, None, None),
         "norm_linear": (_NORM, vec[:K], vec[K:], norm_w, res_out),
+        "norm_linear_act": (_NORM, vec[:K], vec[K:], norm_w, res_out),
         "lm_head": (_NORM, vec[:K], vec[K:], norm_w, res_out),
         "act_linear": (_ACT, vec, None, None, None),
-    }[op_name]
-    prologue, x, res, nw, ro = args
+    }[base]
     timings = {}
     for config in candidates(op_name, N, K, dtype):
         timings[config] = _time_us(
-            lambda c=config: _launch(prologue, x, res, nw, None, weight, y, ro, 1e-6, 0.0, False, c)
+            lambda c=config: _launch(prologue, x, res, nw, pre_w, weight, y, ro, 1e-6, 0.0, False, c, gated)
         )
     best = min(timings, key=timings.get)
     TIMINGS[key] = timings

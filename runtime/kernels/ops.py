@@ -29,7 +29,13 @@ from runtime.kernels.activation import gated_act_ref, gated_act_triton
 from runtime.kernels.argmax import argmax_checked_ref, argmax_checked_triton
 from runtime.kernels.attention import prefill_attention_ref
 from runtime.kernels.decode_attention import decode_attention_ref, decode_attention_triton
-from runtime.kernels.fused_linear import act_linear_triton, linear_triton, norm_linear_triton, one_row
+from runtime.kernels.fused_linear import (
+    act_linear_triton,
+    linear_triton,
+    norm_linear_act_triton,
+    norm_linear_triton,
+    one_row,
+)
 from runtime.kernels.fused_rows import (
     act_linear_rows_triton,
     fits_rows,
@@ -143,6 +149,32 @@ def norm_linear(
         normed, new_residual = add_rms_norm(h, residual, norm_w, eps, offset, pre_w)
     y = F.linear(normed, weight)
     return (y if out_dtype is None else y.to(out_dtype)), new_residual
+
+
+def gated_epilogue(residual: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the MLP of this row takes norm_linear_act (the gated activation as the gate/up GEMV's
+    epilogue, then a plain down GEMV): one row on Triton, one dtype. RUNTIME_KERNELS_OFF=norm_linear_act
+    keeps the activation in the down GEMV's prologue (act_linear; a same-process A/B)."""
+    return residual.dtype == weight.dtype and one_row(residual) and enabled("norm_linear_act", residual)
+
+
+def norm_linear_act(
+    h: torch.Tensor | None,
+    residual: torch.Tensor,
+    norm_w: torch.Tensor,
+    eps: float,
+    offset: float,
+    pre_w: torch.Tensor | None,
+    weight: torch.Tensor,
+    activation: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight (2I, K) = [gate | up] -> (act(gate) * up (..., I), residual + h'): one kernel where
+    gated_epilogue says so, else norm_linear then gated_act."""
+    same = all(t.dtype == weight.dtype for t in (h, residual, norm_w, pre_w) if t is not None)
+    if same and gated_epilogue(residual, weight):
+        return norm_linear_act_triton(h, residual, norm_w, eps, offset, pre_w, weight, activation)
+    gate_up, new_residual = norm_linear(h, residual, norm_w, eps, offset, pre_w, weight)
+    return gated_act(gate_up, activation), new_residual
 
 
 def act_linear(gate_up: torch.Tensor, activation: str, weight: torch.Tensor) -> torch.Tensor:

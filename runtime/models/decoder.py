@@ -9,7 +9,8 @@ passed in (runtime/engine/state.py), and sampling happens elsewhere. Three entry
       positions read from a device tensor, no host sync.
 Each residual add and norm is folded into the projection that follows it (ops.norm_linear: the
 add, the norm and the matrix product in one kernel at batch 1), the gated activation into the
-down projection (ops.act_linear), the final norm into the LM head, and in decode the q/k-norm,
+gate/up projection's epilogue at batch 1 (ops.norm_linear_act) and into the down projection's
+prologue otherwise (ops.act_linear), the final norm into the LM head, and in decode the q/k-norm,
 rope, KV-cache write and attention are one op (ops.qkv_decode_attention). Prefill runs these ops
 unfused: the norm or activation kernel, then cuBLAS. Batch buckets carry the norms' weights in the
 matrices instead, where the family allows (folded_norms.py).
@@ -159,6 +160,20 @@ class MLP(nn.Module):
         """gate_up (..., 2I) -> down(act(gate) * up) (..., hidden)."""
         return ops.act_linear(gate_up, self.activation, self.down.weight)
 
+    def forward(
+        self, h: torch.Tensor, x: torch.Tensor, norm: RMSNorm, pre: RMSNorm | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (x + pre(h), down(act(gate) * up) of norm(x + pre(h))). One row: the activation is the
+        gate/up GEMV's epilogue and down a plain GEMV; otherwise it rides in down's prologue."""
+        if self.gate_up.bias is None and ops.gated_epilogue(x, self.gate_up.weight):
+            pre_w = None if pre is None else pre.weight
+            act, x = ops.norm_linear_act(
+                h, x, norm.weight, norm.eps, norm.offset, pre_w, self.gate_up.weight, self.activation
+            )
+            return x, ops.linear(act, self.down.weight)
+        gate_up, x = _norm_linear(h, x, norm, pre, self.gate_up)
+        return x, self.down_of(gate_up)
+
 
 class DecoderLayer(nn.Module):
     def __init__(self, spec: ModelSpec, layer: int):
@@ -179,8 +194,7 @@ class DecoderLayer(nn.Module):
         after it; `attend` maps the packed qkv rows to the attention block's output."""
         qkv, x = _norm_linear(pending, x, self.attn_norm, pending_norm, self.attn.qkv)
         h = attend(self.attn, qkv)
-        gate_up, x = _norm_linear(h, x, self.mlp_norm, self.attn_out_norm, self.mlp.gate_up)
-        return x, self.mlp.down_of(gate_up)
+        return self.mlp(h, x, self.mlp_norm, self.attn_out_norm)
 
 
 def _norm_linear(
@@ -230,13 +244,23 @@ class DecoderLM(nn.Module):
     def gemv_shapes(self) -> list[tuple[str, int, int]]:
         """(op, N, K) of each batch-1 GEMV a decode step runs (what gemv_tuning.tune_shapes takes)."""
         s = self.spec
-        return [
+        shapes = [
             ("norm_linear", s.q_size + 2 * s.kv_size, s.hidden),  # qkv
             ("linear", s.hidden, s.q_size),  # o_proj
-            ("norm_linear", 2 * s.intermediate, s.hidden),  # gate_up
-            ("act_linear", s.hidden, s.intermediate),  # down
+            ("norm_linear_act", 2 * s.intermediate, s.hidden),  # gate_up, the activation as epilogue
+            ("linear", s.hidden, s.intermediate),  # down
             ("lm_head", s.vocab, s.hidden),  # the final norm + LM head, float32 logits
+            # RUNTIME_KERNELS_OFF=norm_linear_act: gate_up, then the activation in down's prologue
+            ("norm_linear", 2 * s.intermediate, s.hidden),
+            ("act_linear", s.hidden, s.intermediate),
         ]
+        if s.sandwich_norms:  # every norm GEMV but the first layer's qkv also pre-norms h
+            shapes += [
+                (f"{op}_pre", n, k)
+                for op, n, k in shapes
+                if op in ("norm_linear", "norm_linear_act", "lm_head")
+            ]
+        return list(dict.fromkeys(shapes))  # shapes may coincide (o_proj and down in tiny models)
 
     def _inputs(self, tokens: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, list]:
         """tokens, positions (B, T) -> embeddings x (B, T, hidden) and [(cos, sin) (B, T, D)] per

@@ -1,0 +1,134 @@
+"""The batch-1 GEMV kernel behind fused_linear.py's ops: y = W x with the op's prologue (norm, gated
+activation or none) recomputed chunk by chunk, and for norm_linear_act a gated epilogue.
+
+Launch: grid (cdiv(N, BLOCK_N),) (gated: cdiv(N, BLOCK_N / 2)); each program owns BLOCK_N weight rows,
+streams them in (BLOCK_N, BLOCK_K) tiles and keeps a (BLOCK_N, BLOCK_K) fp32 accumulator, reduced once
+at the end. The prologue keeps the references' rounding (rmsnorm.py's and activation.py's jit helpers).
+"""
+
+from __future__ import annotations
+
+from runtime.kernels._triton import jit, pdl_release, pdl_wait, tl
+from runtime.kernels.activation import _gated
+from runtime.kernels.rmsnorm import _apply_norm, _inv_rms
+
+
+@jit
+def _input_chunk(
+    x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre,
+    PROLOGUE: tl.constexpr, OFFSET: tl.constexpr, HAS_H: tl.constexpr, HAS_PRE: tl.constexpr, GELU: tl.constexpr,
+):  # fmt: skip
+    """The GEMV's input at columns `cols` (BLOCK_K,), in the dtype, with the prologue applied."""
+    if PROLOGUE == 1:
+        # the normed chunk again, from L2, in the reference's rounding
+        s = tl.load(res_ptr + cols, mask=mask, other=0.0)
+        if HAS_H:
+            h = tl.load(x_ptr + cols, mask=mask, other=0.0)
+            if HAS_PRE:
+                h = _apply_norm(h, inv_pre, pre_w_ptr, cols, mask, OFFSET).to(h.dtype)
+            s = (s.to(tl.float32) + h.to(tl.float32)).to(s.dtype)
+        x = _apply_norm(s, inv, norm_w_ptr, cols, mask, OFFSET).to(s.dtype)
+    elif PROLOGUE == 2:
+        gate = tl.load(x_ptr + cols, mask=mask, other=0.0)
+        up = tl.load(x_ptr + K + cols, mask=mask, other=0.0)
+        x = _gated(gate, up, GELU).to(gate.dtype)
+    else:
+        x = tl.load(x_ptr + cols, mask=mask, other=0.0)
+    return x
+
+
+@jit
+def _gemv_kernel(
+    x_ptr,
+    res_ptr,
+    norm_w_ptr,
+    pre_w_ptr,
+    w_ptr,
+    y_ptr,
+    res_out_ptr,
+    N,
+    K,
+    eps,
+    PROLOGUE: tl.constexpr,
+    OFFSET: tl.constexpr,
+    HAS_H: tl.constexpr,
+    HAS_PRE: tl.constexpr,
+    GELU: tl.constexpr,
+    GATED: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    # x: the input row (K,) (norm: h; act: gate_up (2K,)); W (N, K); y (N,). Program p owns rows
+    # [p * BLOCK_N, (p + 1) * BLOCK_N); int64 row offsets since N * K may pass 2^31.
+    # GATED: W is (2N, K) = [gate | up] and y (N,) = act(gate) * up; program p owns outputs
+    # [p * BLOCK_N / 2, (p + 1) * BLOCK_N / 2), its tile rows alternate gate row o, up row N + o
+    pid = tl.program_id(0)
+    if GATED:
+        pair = tl.arange(0, BLOCK_N)
+        outs = pid * (BLOCK_N // 2) + pair // 2
+        row_mask = outs < N
+        rows = outs + (pair % 2) * N
+    else:
+        rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_mask = rows < N
+    w_rows = w_ptr + rows.to(tl.int64)[:, None] * K  # (BLOCK_N, 1)
+    # W is read once per step: don't let it push the activations out of L2. The first tile is
+    # loaded before the wait: no kernel writes weights, so under PDL this load overlaps the
+    # previous kernel's tail (for the small projections, most of the weight is in flight then)
+    cols = tl.arange(0, BLOCK_K)
+    mask = cols < K
+    w = tl.load(
+        w_rows + cols[None, :],
+        mask=row_mask[:, None] & mask[None, :],
+        other=0.0,
+        eviction_policy="evict_first",
+    )
+    pdl_wait(PDL)
+
+    inv = 0.0
+    inv_pre = 0.0
+    if PROLOGUE == 1:
+        # row statistics over the whole of K (BLOCK >= K): s = residual + h' in the dtype, its 1 / rms,
+        # and h's own 1 / rms for the sandwich norm (names differ from the loop's, which would be loop-carried)
+        row_cols = tl.arange(0, BLOCK)
+        row_mask_k = row_cols < K
+        s_row = tl.load(res_ptr + row_cols, mask=row_mask_k, other=0.0)
+        if HAS_H:
+            h_row = tl.load(x_ptr + row_cols, mask=row_mask_k, other=0.0)
+            if HAS_PRE:
+                inv_pre = _inv_rms(h_row, K, eps)
+                h_row = _apply_norm(h_row, inv_pre, pre_w_ptr, row_cols, row_mask_k, OFFSET).to(h_row.dtype)
+            s_row = (s_row.to(tl.float32) + h_row.to(tl.float32)).to(s_row.dtype)
+            if pid == 0:  # a separate buffer: the other programs still read the old residual
+                tl.store(res_out_ptr + row_cols, s_row, mask=row_mask_k)
+        inv = _inv_rms(s_row, K, eps)
+
+    x = _input_chunk(
+        x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU
+    )  # fmt: skip
+    # (BLOCK_N, BLOCK_K), summed over K once, after the loop
+    acc = w.to(tl.float32) * x.to(tl.float32)[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        mask = cols < K
+        x = _input_chunk(
+            x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU
+        )  # fmt: skip
+        w = tl.load(
+            w_rows + cols[None, :],
+            mask=row_mask[:, None] & mask[None, :],
+            other=0.0,
+            eviction_policy="evict_first",
+        )
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    pdl_release(PDL)
+    # rounded to the weights' dtype first, as F.linear(...).to(y's dtype) rounds (float32 logits)
+    y = tl.sum(acc, axis=1).to(w_ptr.dtype.element_ty)
+    if GATED:  # (BLOCK_N,) = gate, up, gate, up, ... -> BLOCK_N / 2 outputs, gated_act_ref's rounding
+        gate, up = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
+        outs = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        tl.store(y_ptr + outs, _gated(gate, up, GELU).to(y_ptr.dtype.element_ty), mask=outs < N)
+    else:
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_mask)

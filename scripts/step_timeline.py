@@ -1,0 +1,165 @@
+"""GPU: the timeline of one captured decode step, kernel by kernel, from a profiler trace.
+
+profile_step.py sums device time per kernel name; under PDL those times overlap (a kernel starts
+while the one before it drains), so they do not say what each kernel adds to the step. Here every
+replay's kernels are put in launch order and each gets:
+  dur       its own device time (start of its first program to end of its last);
+  adds      end - the previous kernel's end: what it adds to the step (these sum to the step);
+  overlap   the previous kernel's end - its start (> 0: it started early, under PDL).
+Medians over the profiled replays, per position in the step; then per role in a layer (kernels
+per layer found from the step's repeating period), which is where a fusion's saving would come from.
+
+  python3 scripts/step_timeline.py [--model M] [--batch 1] [--prompt 256] --out $OUT/timeline.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from runtime.engine.runner import Runner
+from runtime.models.loader import load_model
+
+
+def step_kernels(trace_path: str) -> list[dict]:
+    """Kernel events of a chrome trace, in start order: name, grid, start and end (us)."""
+    events = json.load(open(trace_path))["traceEvents"]
+    kernels = [
+        {
+            "name": e["name"],
+            "grid": tuple(e.get("args", {}).get("grid", ())),
+            "start": float(e["ts"]),
+            "end": float(e["ts"]) + float(e.get("dur", 0)),
+        }
+        for e in events
+        if e.get("cat") == "kernel" and e.get("ph") == "X"
+    ]
+    return sorted(kernels, key=lambda k: k["start"])
+
+
+def period(names: list[str]) -> int:
+    """The shortest p such that the middle of the step repeats every p kernels (one layer)."""
+    n = len(names)
+    middle = names[n // 4 : 3 * n // 4]
+    for p in range(2, 16):
+        if all(middle[i] == middle[i + p] for i in range(len(middle) - p)):
+            return p
+    return n
+
+
+def short(name: str) -> str:
+    return name if len(name) < 48 else name[:45] + "..."
+
+
+def timeline(model_id: str, batch: int, prompt: int, replays: int) -> dict:
+    loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
+    runner = Runner(loaded, capacity=prompt + 64 + replays, max_batch=max(batch, 1), mode="graph")
+    ids = torch.randint(3, loaded.spec.vocab - 1, (prompt,)).tolist()
+    for row in range(batch):
+        runner.prefill(row, ids, 0, "greedy")
+    for _ in range(20):
+        runner.step(batch, "greedy")
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(replays):
+            runner.step(batch, "greedy")
+        torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        kernels = step_kernels(path)
+    runner.release()
+    per_step = len(kernels) // replays
+    steps = [kernels[i * per_step : (i + 1) * per_step] for i in range(replays)]
+    # what each position adds, per replay; the first kernel's "adds" is from the previous step's end
+    rows = []
+    for i in range(per_step):
+        durs, adds, overlaps = [], [], []
+        for s, step in enumerate(steps):
+            k = step[i]
+            prev = step[i - 1] if i else (steps[s - 1][-1] if s else None)
+            durs.append(k["end"] - k["start"])
+            if prev is not None:
+                adds.append(k["end"] - prev["end"])
+                overlaps.append(prev["end"] - k["start"])
+        rows.append(
+            {
+                "i": i,
+                "name": steps[0][i]["name"],
+                "grid": list(steps[0][i]["grid"]),
+                "dur": round(statistics.median(durs), 2),
+                "adds": round(statistics.median(adds), 2) if adds else None,
+                "overlap": round(statistics.median(overlaps), 2) if overlaps else None,
+            }
+        )
+    step_us = statistics.median(s[-1]["end"] - s[0]["end"] for s in steps[1:]) if replays > 1 else None
+    p = period([r["name"] for r in rows])
+    # per role in a layer: position within the period, over the middle half of the step
+    roles: dict[int, list[dict]] = {}
+    for r in rows[per_step // 4 : 3 * per_step // 4]:
+        roles.setdefault(r["i"] % p, []).append(r)
+    role_rows = [
+        {
+            "role": j,
+            "name": v[0]["name"],
+            "grid": v[0]["grid"],
+            "dur": round(statistics.median(x["dur"] for x in v), 2),
+            "adds": round(statistics.median(x["adds"] for x in v), 2),
+            "overlap": round(statistics.median(x["overlap"] for x in v), 2),
+        }
+        for j, v in sorted(roles.items())
+    ]
+    return {
+        "model": model_id,
+        "batch": batch,
+        "kernels_per_step": per_step,
+        "step_us_end_to_end": round(step_us, 1) if step_us else None,
+        "period": p,
+        "roles": role_rows,
+        "kernels": rows,
+    }
+
+
+def print_result(res: dict) -> None:
+    print(f"\n### {res['model']}, batch {res['batch']}: {res['kernels_per_step']} kernels, "
+          f"step {res['step_us_end_to_end']} us (last end to last end), {res['period']} kernels per layer")  # fmt: skip
+    print("| role | kernel | grid | dur us | adds us | overlap us |\n|---|---|---|---|---|---|")
+    for r in res["roles"]:
+        print(
+            f"| {r['role']} | {short(r['name'])} | {r['grid']} | {r['dur']} | {r['adds']} | {r['overlap']} |"
+        )
+    edge = [r for r in res["kernels"] if r["i"] < res["period"] + 3 or r["i"] >= res["kernels_per_step"] - 6]
+    print("\nfirst and last kernels of the step:")
+    print("| i | kernel | grid | dur us | adds us | overlap us |\n|---|---|---|---|---|---|")
+    for r in edge:
+        print(f"| {r['i']} | {short(r['name'])} | {r['grid']} | {r['dur']} | {r['adds']} | {r['overlap']} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", action="append", help="repeatable; default: the three dev models")
+    ap.add_argument("--batch", type=int, action="append", help="repeatable; default: 1")
+    ap.add_argument("--prompt", type=int, default=256)
+    ap.add_argument("--replays", type=int, default=30)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    models = args.model or ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
+    results = []
+    for model_id in models:
+        for batch in args.batch or [1]:
+            res = timeline(model_id, batch, args.prompt, args.replays)
+            print_result(res)
+            results.append(res)
+            torch.cuda.empty_cache()
+    if args.out:
+        json.dump(results, open(args.out, "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
