@@ -1,8 +1,8 @@
 """Write the GEMV block choices shipped for one card (runtime/kernels/tuned/) from a tuning JSON.
 
-The input is what `scripts/profile_step.py --out X.json` writes as X_gemv.json: a list of
+The inputs are what `scripts/profile_step.py --out X.json` writes as X_gemv.json: a list of
 {op, N, K, best: [BLOCK_N, BLOCK_K, num_warps], best_us, ...}, one per shape tune() timed in that
-process. Run profile_step with RUNTIME_GEMV_TUNE=fresh so every shape is timed, not read from a store.
+process, or a tuning store copied from the card (the shapes tune_shapes timed there). Run profile_step with RUNTIME_GEMV_TUNE=fresh so every shape is timed, not read from a store.
   python scripts/ship_tuning.py results/2026-11-27-gpu-checks/gemv_tuning_h100.json \\
       --gpu "NVIDIA H100 80GB HBM3" --capability 9.0 --measured-with "triton 3.6.0, torch 2.11.0+cu130"
 Without --gpu or --capability: this machine's card, and its triton and torch as --measured-with.
@@ -22,9 +22,18 @@ from runtime.kernels import tuning_store
 from runtime.kernels.gemv_tuning import candidates
 
 
+def measured_rows(path: Path) -> list[dict]:
+    """{op, N, K, best, best_us} rows from profile_step's list, or from a tuning store (what
+    tune_shapes saved on the card: {"choices": [{op, N, K, config, us}, ...]}), us rounded to 0.01."""
+    doc = json.loads(path.read_text())
+    if isinstance(doc, dict):
+        doc = [{**c, "best": c["config"], "best_us": round(c["us"], 2)} for c in doc["choices"]]
+    return doc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("tuning_json")
+    ap.add_argument("tuning_json", nargs="+", help="profile_step's _gemv.json lists, or a tuning store file")
     ap.add_argument("--gpu", help="torch.cuda.get_device_name of the card that measured")
     ap.add_argument("--capability", help="its compute capability, e.g. 9.0")
     ap.add_argument("--dtype", default="bfloat16", help="the weights' dtype when measured")
@@ -41,18 +50,19 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
 
     choices = {}
-    for row in json.loads(Path(args.tuning_json).read_text()):
-        key, config = (row["op"], row["N"], row["K"], dtype), tuple(row["best"])
-        if config not in candidates(*key):
-            sys.exit(f"{key[:3]}: {config} is not among today's candidates; re-tune")
-        if key not in choices or row["best_us"] < choices[key][1]:  # a shape timed twice: the faster
-            choices[key] = (config, row["best_us"])
+    for path in args.tuning_json:
+        for row in measured_rows(Path(path)):
+            key, config = (row["op"], row["N"], row["K"], dtype), tuple(row["best"])
+            if config not in candidates(*key):
+                sys.exit(f"{key[:3]}: {config} is not among today's candidates; re-tune")
+            if key not in choices or row["best_us"] < choices[key][1]:  # a shape timed twice: the faster
+                choices[key] = (config, row["best_us"])
 
     head = {
         "format": tuning_store.FORMAT,
         "card": {"name": args.gpu, "capability": [int(v) for v in args.capability.split(".")]},
         "measured_with": args.measured_with,
-        "source": args.tuning_json,
+        "source": ", ".join(args.tuning_json),
     }
     out = Path(args.out or tuning_store.SHIPPED_DIR / f"{tuning_store.slug(args.gpu)}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -332,9 +332,10 @@ def test_the_shipped_files_parse_and_hold_only_candidates():
 
 def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_path):
     repo = Path(__file__).parent.parent
-    source = "results/2026-11-27-gpu-checks/gemv_tuning_h100.json"
+    sources = ["results/2026-11-27-gpu-checks/gemv_tuning_h100.json",
+               "results/2026-11-27-gpu-checks/gemv_store_gated_h100.json"]  # fmt: skip
     out = tmp_path / "h100.json"
-    cmd = [sys.executable, "scripts/ship_tuning.py", source, "--out", str(out), "--gpu", H100.name,
+    cmd = [sys.executable, "scripts/ship_tuning.py", *sources, "--out", str(out), "--gpu", H100.name,
            "--capability", "9.0", "--measured-with", "triton 3.6.0, torch 2.11.0+cu130"]  # fmt: skip
     subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
     assert out.read_text() == (tuning_store.SHIPPED_DIR / "nvidia-h100-80gb-hbm3.json").read_text()
