@@ -66,6 +66,8 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention 2 splits at batch buckets": {"RUNTIME_ATTN_BATCH_SPLITS": "2"},
     "attention 32-slot blocks": {"RUNTIME_ATTN_BLOCK_N": "32"},
     "attention 16-slot blocks": {"RUNTIME_ATTN_BLOCK_N": "16"},
+    "attention 1 split at batch 1 (no merge)": {"RUNTIME_ATTN_ROW_SPLITS": "1"},
+    "attention 2 splits at batch 1": {"RUNTIME_ATTN_ROW_SPLITS": "2"},
     "activation in down's prologue": {"RUNTIME_KERNELS_OFF": "norm_linear_act"},
     "sandwich GEMVs with their no-pre blocks": {"RUNTIME_GEMV_PRE_BLOCKS": "0"},
 }

@@ -42,6 +42,8 @@ def split_plan(
     splits = max(1, cdiv(per_sm * sm_count(device), batch * kv_heads))
     if batch > 1 and os.environ.get("RUNTIME_ATTN_BATCH_SPLITS"):  # an A/B knob for batch buckets;
         splits = int(os.environ["RUNTIME_ATTN_BATCH_SPLITS"])  # 1: each program writes its output
+    if batch == 1 and os.environ.get("RUNTIME_ATTN_ROW_SPLITS"):  # the same A/B knob for one row
+        splits = int(os.environ["RUNTIME_ATTN_ROW_SPLITS"])
     return block_n, min(splits, cdiv(slots, block_n))
 
 
