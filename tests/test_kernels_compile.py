@@ -50,6 +50,7 @@ from runtime.kernels import (
     attention_plan,
     fused_linear,
     fused_rows_config,
+    l2_prefetch,
     ops,
     prebuild,
     tuning_store,
@@ -264,8 +265,8 @@ def prefill(lm: DecoderLM) -> None:
 
 def other_ops(lm: DecoderLM) -> None:
     """What ops.py and the sampler launch beyond the dev models' own steps: ops.decode_attention
-    (the decoder uses qkv_decode_attention) with the model's shapes, and the top-k sampler's merge
-    rounds, which start past 262144 logits."""
+    (the decoder uses qkv_decode_attention) with the model's shapes, the top-k sampler's merge
+    rounds, which start past 262144 logits, and the L2 weight prefetch."""
     spec = lm.spec
     for batch in BATCHES:
         q = torch.empty((batch, spec.heads, spec.head_dim), dtype=DTYPE, device=META)
@@ -275,6 +276,9 @@ def other_ops(lm: DecoderLM) -> None:
     buf, nonfinite_at = buffers(1, BIG_VOCAB)
     logits = torch.empty((1, BIG_VOCAB), dtype=torch.float32, device=META)
     runner.step_tail(logits, buf, nonfinite_at, "topk")
+    # the decode step launches it on a CUDA side stream, which the meta device has not
+    sink = torch.empty(l2_prefetch.THREADS, dtype=torch.int32, device=META)
+    l2_prefetch.prefetch_l2(lm.layers[0].attn.o_proj.weight, sink)
 
 
 def shipped_gemv(capability: tuple[int, int]) -> dict:

@@ -27,6 +27,7 @@ from runtime.kernels import ops
 from runtime.kernels.rope import inverse_frequencies
 from runtime.models.folded_norms import decode_rows, folded_rows
 from runtime.models.spec import ModelSpec
+from runtime.models.weight_prefetch import prefetcher
 
 
 class KVCacheLike(Protocol):
@@ -281,16 +282,24 @@ class DecoderLM(nn.Module):
         return logits
 
     def _run(
-        self, tokens: torch.Tensor, positions: torch.Tensor, attend
+        self, tokens: torch.Tensor, positions: torch.Tensor, attend, after_qkv=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens, positions (B, T) -> (residual stream, last layer's MLP output), (B, T, hidden)
-        each, before the final add and norm (which _logits folds into the LM head)."""
+        each, before the final add and norm (which _logits folds into the LM head).
+        after_qkv(i, layer), if given, runs once layer i's qkv projection is enqueued (decode's
+        weight prefetch)."""
         x, tables = self._inputs(tokens, positions)  # once per step
         h = None
         for i, layer in enumerate(self.layers):
             cos, sin = tables[self.rope_index[i]]
             prev = self.layers[i - 1].mlp_out_norm if i else None
-            x, h = layer(x, h, prev, lambda attn, qkv, cos=cos, sin=sin: attend(attn, qkv, cos, sin))
+
+            def attend_layer(attn, qkv, cos=cos, sin=sin, i=i, layer=layer):
+                if after_qkv is not None:
+                    after_qkv(i, layer)
+                return attend(attn, qkv, cos, sin)
+
+            x, h = layer(x, h, prev, attend_layer)
         return x, h
 
     @torch.inference_mode()
@@ -328,11 +337,18 @@ class DecoderLM(nn.Module):
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCacheLike) -> torch.Tensor:
         """tokens (B,), positions (B,) -> float32 logits (B, V).  # graph: capture-safe
         More rows than one take the folded-norm path where the weights allow (folded_norms.py)."""
+        prefetch = prefetcher(self)  # weights into L2 during each layer's attention (CUDA only)
+        after_qkv = None if prefetch is None else prefetch.after_qkv
         if folded_rows(self, tokens.shape[0]):
-            return self._logits(None, decode_rows(self, tokens, positions, cache))
-        x, h = self._run(
-            tokens[:, None],
-            positions[:, None],
-            lambda attn, qkv, cos, sin: attn.decode(qkv, cos, sin, cache, positions),
-        )
-        return self._logits(h[:, 0], x[:, 0])
+            logits = self._logits(None, decode_rows(self, tokens, positions, cache, after_qkv))
+        else:
+            x, h = self._run(
+                tokens[:, None],
+                positions[:, None],
+                lambda attn, qkv, cos, sin: attn.decode(qkv, cos, sin, cache, positions),
+                after_qkv,
+            )
+            logits = self._logits(h[:, 0], x[:, 0])
+        if prefetch is not None:
+            prefetch.join()
+        return logits
