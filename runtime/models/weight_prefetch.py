@@ -6,7 +6,9 @@ side stream forked there prefetches, in the order the GEMVs after attention read
 projection's weight, then the first rows of gate and of up (the gated GEMV's programs read gate row
 o with up row I + o, low o first). The step joins the side stream once, after its last layer, so no
 kernel of the main chain waits for a prefetch. RUNTIME_L2_PREFETCH_MB sets the bytes per layer
-(read when the step is captured; 0: off); at most half the card's L2.
+(read when the step is captured; 0, the default: off); at most half the card's L2. Off by default:
+on the H100 every model's batch-1 step got slower with it (+20..+113 us), only Gemma's batch 16
+faster (notes/kernels.md).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from runtime.kernels.l2_prefetch import THREADS, can_prefetch, prefetch_l2
 
-DEFAULT_MB = 16
+DEFAULT_MB = 0  # off: on the H100 the side stream cost more than it saved (notes/kernels.md)
 
 
 @functools.lru_cache(maxsize=8)
