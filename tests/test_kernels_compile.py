@@ -50,7 +50,6 @@ from runtime.kernels import (
     attention_plan,
     fused_linear,
     fused_rows_config,
-    l2_prefetch,
     ops,
     prebuild,
     tuning_store,
@@ -91,6 +90,7 @@ AB_SETTINGS = (
     {"RUNTIME_ATTN_MERGE_CHUNKS": "1"},
     {"RUNTIME_ATTN_WIDE_BLOCKS": "1"},
     {"RUNTIME_ATTN_STAGES": "3"},
+    {"RUNTIME_L2_PREFETCH_MB": "16"},
 )
 
 # @jit kernels no recorded path launches, with the reason
@@ -266,7 +266,7 @@ def prefill(lm: DecoderLM) -> None:
 def other_ops(lm: DecoderLM) -> None:
     """What ops.py and the sampler launch beyond the dev models' own steps: ops.decode_attention
     (the decoder uses qkv_decode_attention) with the model's shapes, the top-k sampler's merge
-    rounds, which start past 262144 logits, and the L2 weight prefetch."""
+    rounds, which start past 262144 logits."""
     spec = lm.spec
     for batch in BATCHES:
         q = torch.empty((batch, spec.heads, spec.head_dim), dtype=DTYPE, device=META)
@@ -276,9 +276,6 @@ def other_ops(lm: DecoderLM) -> None:
     buf, nonfinite_at = buffers(1, BIG_VOCAB)
     logits = torch.empty((1, BIG_VOCAB), dtype=torch.float32, device=META)
     runner.step_tail(logits, buf, nonfinite_at, "topk")
-    # the decode step launches it on a CUDA side stream, which the meta device has not
-    sink = torch.empty(l2_prefetch.THREADS, dtype=torch.int32, device=META)
-    l2_prefetch.prefetch_l2(lm.layers[0].attn.o_proj.weight, sink)
 
 
 def shipped_gemv(capability: tuple[int, int]) -> dict:

@@ -1,14 +1,13 @@
-"""The decode step's L2 weight prefetch: which slices it takes, its setting, and on the GPU that the
-side stream's kernels run inside the captured step without changing a token."""
+"""The decode step's L2 weight prefetch: which slices each layer's attention kernel takes, its
+setting, and on the GPU that prefetching changes no output bit and no token."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from runtime.kernels import l2_prefetch
 from runtime.models import weight_prefetch
-from runtime.models.weight_prefetch import budget_bytes, layer_regions, prefetcher
+from runtime.models.weight_prefetch import budget_bytes, decode_regions, layer_regions
 
 MB = 1 << 20
 
@@ -47,39 +46,78 @@ def test_budget_setting(monkeypatch):
         budget_bytes(cpu)
 
 
-def test_nothing_happens_off_cuda():
+def test_decode_regions_per_layer(monkeypatch):
+    """Off CUDA nothing; on the meta device (as the compile test records it) each layer's own slices."""
     from tiny_configs import tiny_config
 
+    from runtime.kernels import l2_prefetch
     from runtime.models.spec import ModelSpec
     from runtime.models.weights import random_model
 
-    model = random_model(ModelSpec.from_hf(tiny_config("llama")), "cpu", torch.float32)
-    assert prefetcher(model) is None
-    l2_prefetch.prefetch_l2(model.embed.weight, torch.zeros(l2_prefetch.THREADS, dtype=torch.int32))
+    monkeypatch.setenv("RUNTIME_L2_PREFETCH_MB", "1")
+    model = random_model(ModelSpec.from_hf(tiny_config("llama")), "cpu", torch.bfloat16)
+    assert decode_regions(model) == [[] for _ in model.layers]
+    monkeypatch.setattr(l2_prefetch, "AVAILABLE", True)
+    monkeypatch.setattr(l2_prefetch, "INTERPRETING", False)
+    meta = model.to("meta")
+    regions = decode_regions(meta)
+    for layer, got in zip(meta.layers, regions):
+        want = layer_regions(layer.attn.o_proj.weight, layer.mlp.gate_up.weight, MB)
+        assert [(r.shape, r.storage_offset()) for r in got] == [(r.shape, r.storage_offset()) for r in want]
+        assert len(got) == 3  # the whole o_proj, gate rows and up rows
+    monkeypatch.setenv("RUNTIME_L2_PREFETCH_MB", "0")
+    assert decode_regions(meta) == [[] for _ in model.layers]
 
 
 # ---------------------------------------------------------------- the GPU
 
 
 @pytest.mark.cuda
-def test_prefetch_kernel_covers_odd_regions_and_writes_nothing():
-    """Slices that end off a line and sit mid-tensor prefetch without a fault; the sink stays zero."""
+def test_attention_with_prefetch_is_the_same_attention():
+    """Prefetch slices that end off a line and sit mid-tensor change no output bit and no cache slot."""
+    from runtime.kernels.qkv_attention import qkv_decode_attention_triton
+
+    B, H, Hkv, D, S = 2, 8, 2, 64, 300
+    qkv = torch.randn(B, 1, (H + 2 * Hkv) * D, device="cuda", dtype=torch.bfloat16)
+    cos, sin = torch.randn(B, 1, D, device="cuda"), torch.randn(B, 1, D, device="cuda")
+    positions = torch.tensor([57, 299], device="cuda")
     weight = torch.randn(1000, 77, device="cuda", dtype=torch.bfloat16)
-    sink = torch.zeros(l2_prefetch.THREADS, dtype=torch.int32, device="cuda")
     before = weight.clone()
-    for region in (weight, weight[3:4], weight[17:901], weight[999:]):
-        l2_prefetch.prefetch_l2(region, sink)
+    outs, caches = [], []
+    for regions in ((), (weight[3:4], weight[17:901], weight[999:])):
+        k = torch.randn(
+            B,
+            Hkv,
+            S,
+            D,
+            device="cuda",
+            dtype=torch.bfloat16,
+            generator=torch.Generator("cuda").manual_seed(1),
+        )
+        v = torch.randn(
+            B,
+            Hkv,
+            S,
+            D,
+            device="cuda",
+            dtype=torch.bfloat16,
+            generator=torch.Generator("cuda").manual_seed(2),
+        )
+        out = qkv_decode_attention_triton(
+            qkv, H, Hkv, cos, sin, None, None, 1e-6, 0.0, k, v, positions, D**-0.5, prefetch=regions
+        )
+        outs.append(out)
+        caches.append((k, v))
     torch.cuda.synchronize()
-    assert torch.equal(weight, before) and not sink.any()
+    assert torch.equal(outs[0], outs[1]) and all(torch.equal(a, b) for a, b in zip(*caches))
+    assert torch.equal(weight, before)
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("model_id", ["meta-llama/Llama-3.2-1B-Instruct", "google/gemma-3-1b-it"])
-def test_captured_step_prefetches_and_keeps_every_token(monkeypatch, model_id):
-    """Graph decode with the prefetch (on its side stream, joined after the last layer) gives the
-    tokens of graph decode without it, at one row and at a batch bucket; the profiler sees the
-    prefetch kernels in a replay."""
-    from runtime.bench.kernel_times import kernel_times
+def test_captured_step_with_prefetch_keeps_every_token(monkeypatch, model_id):
+    """Graph decode with each layer's attention prefetching 16 MB gives the tokens of graph decode
+    without it, at one row and at a batch bucket."""
     from runtime.engine.generate import generate
     from runtime.engine.runner import Runner
     from runtime.engine.sampler import SamplingParams
@@ -88,13 +126,11 @@ def test_captured_step_prefetches_and_keeps_every_token(monkeypatch, model_id):
     loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, loaded.spec.vocab - 1, (n,), generator=g).tolist() for n in (21, 5, 40)]
-    tokens, names = {}, {}
+    tokens = {}
     for mb in ("0", "16"):
         monkeypatch.setenv("RUNTIME_L2_PREFETCH_MB", mb)
         runner = Runner(loaded, capacity=256, max_batch=4, mode="graph")
         assert runner.mode == "graph", runner.capture_error
         tokens[mb] = [generate(runner, p, SamplingParams(), 32).tokens for p in (prompts[:1], prompts)]
-        names[mb] = set(kernel_times(lambda r=runner: r.step(1, "greedy")))
         runner.release()
     assert tokens["16"] == tokens["0"]
-    assert "_prefetch_kernel" in names["16"] and "_prefetch_kernel" not in names["0"]

@@ -1,14 +1,15 @@
-"""Weights pulled into L2 ahead of the GEMV that reads them, while the decode step is latency-bound.
+"""Weights pulled into L2 by the attention kernel, for the GEMVs after it.
 
 At batch 1 a layer's attention (split kernel + merge, ~6 us on an H100) moves well under a megabyte,
-so the card's DRAM idles there; the o projection after it then streams its weight from DRAM with
-a short kernel that never reaches copy speed. A prefetch kernel on a side stream, forked after the
-qkv projection, issues `prefetch.global.L2` for the next weights (the o projection, then the first
-rows of gate/up) while attention runs: the GEMVs after it find those lines in L2. It reads nothing
-into registers and writes nothing, so results do not change (the reference is to do nothing).
+so the card's DRAM idles there, and the o projection after it streams its weight with a short
+kernel that never reaches copy speed. The attention split kernel's programs can issue
+`prefetch.global.L2` for the next weights (the o projection, then the first rows of gate and up)
+first thing, before their PDL wait: fire-and-forget instructions that hold no register and write
+nothing, so results do not change (the reference is to do nothing), and the GEMVs after attention
+find those lines in L2. Which slices, and how many bytes: runtime/models/weight_prefetch.py.
 
-Portable PTX (prefetch.global.L2 exists on every CUDA card Triton supports); elsewhere (the CPU
-interpreter, no Triton) a no-op.
+Portable PTX (prefetch.global.L2 exists on every CUDA card Triton supports); under the CPU
+interpreter, which cannot run inline PTX, never compiled in (L2_PREFETCH off).
 """
 
 from __future__ import annotations
@@ -18,23 +19,19 @@ import torch
 from runtime.kernels._triton import AVAILABLE, INTERPRETING, cdiv, jit, tl
 
 LINE = 128  # bytes per prefetch: one L2 line
-THREADS = 128  # lanes per program (4 warps); each issues LINES_PER_LANE prefetches
-LINES_PER_LANE = 8
+REGIONS = 3  # slices the kernel takes: o_proj, gate rows, up rows
 
 
 @jit
-def _prefetch_kernel(
-    base_ptr, lines, sink_ptr, LINE_BYTES: tl.constexpr, BLOCK: tl.constexpr, STEPS: tl.constexpr
-):
-    # base_ptr: uint8 view of the region, `lines` L2 lines long; program p takes BLOCK * STEPS lines,
-    # each lane a line per step; addresses past the region are clamped to its last line
-    pid = tl.program_id(0)
-    got = tl.zeros((BLOCK,), dtype=tl.int32)
-    for step in range(STEPS):
-        line = pid * (BLOCK * STEPS) + step * BLOCK + tl.arange(0, BLOCK)
-        line = tl.minimum(line, lines - 1)
-        ptrs = base_ptr + line.to(tl.int64) * LINE_BYTES
-        got += tl.inline_asm_elementwise(
+def prefetch_share(base_ptr, lines, program, programs, BLOCK: tl.constexpr):
+    """This program's share of the `lines` 128-byte lines from base_ptr (uint8): BLOCK lanes, one
+    line each per step; a share past the end is clamped to the last line."""
+    per = tl.cdiv(lines, programs)
+    for first in range(program * per, tl.minimum((program + 1) * per, lines), BLOCK):
+        line = tl.minimum(first + tl.arange(0, BLOCK), lines - 1)
+        ptrs = base_ptr + line.to(tl.int64) * 128
+        # not pure: kept although its value (always 0) is unused
+        tl.inline_asm_elementwise(
             "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;",
             "=r,l",
             [ptrs],
@@ -42,8 +39,6 @@ def _prefetch_kernel(
             is_pure=False,
             pack=1,
         )
-    # never true (every lane's asm yields 0): keeps the prefetches from being optimised away
-    tl.store(sink_ptr + tl.arange(0, BLOCK), got, mask=got != 0)
 
 
 def can_prefetch(t: torch.Tensor) -> bool:
@@ -51,15 +46,18 @@ def can_prefetch(t: torch.Tensor) -> bool:
     return AVAILABLE and not INTERPRETING and t.device.type in ("cuda", "meta")
 
 
-def prefetch_l2(region: torch.Tensor, sink: torch.Tensor) -> None:
-    """Issue L2 prefetches for every line of `region` (a contiguous tensor or slice of one); sink:
-    an int32 device tensor of >= THREADS elements that is never written. No-op off CUDA."""
-    if not can_prefetch(region) or region.numel() == 0:
-        return
-    assert region.is_contiguous(), "prefetch a contiguous region"
-    raw = region.view(-1).view(torch.uint8)
-    lines = cdiv(raw.numel(), LINE)
-    per_program = THREADS * LINES_PER_LANE
-    _prefetch_kernel[(cdiv(lines, per_program),)](
-        raw, lines, sink, LINE_BYTES=LINE, BLOCK=THREADS, STEPS=LINES_PER_LANE, num_warps=THREADS // 32
-    )
+def prefetch_args(regions: list[torch.Tensor] | tuple, dummy: torch.Tensor) -> tuple[list, list[int]]:
+    """REGIONS (uint8 pointer, lines) pairs for a kernel taking prefetch_share's arguments: each
+    region (a contiguous slice of a weight) as bytes; missing ones point at dummy with 0 lines."""
+    if len(regions) > REGIONS:
+        raise ValueError(f"at most {REGIONS} prefetch regions, got {len(regions)}")
+    ptrs, lines = [], []
+    for region in regions:
+        assert region.is_contiguous(), "prefetch a contiguous region"
+        raw = region.reshape(-1).view(torch.uint8)
+        ptrs.append(raw)
+        lines.append(cdiv(raw.numel(), LINE))
+    while len(ptrs) < REGIONS:
+        ptrs.append(dummy)
+        lines.append(0)
+    return ptrs, lines

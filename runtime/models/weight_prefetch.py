@@ -1,14 +1,10 @@
-"""Which weights a decode step pulls into L2 during each layer's attention, and the side stream that
-does it (the kernel: runtime/kernels/l2_prefetch.py).
+"""Which weights each layer's attention kernel pulls into L2 during a decode step (the kernel side:
+runtime/kernels/l2_prefetch.py).
 
-After a layer's qkv projection, the attention kernels move little data for a few microseconds. A
-side stream forked there prefetches, in the order the GEMVs after attention read them, the o
-projection's weight, then the first rows of gate and of up (the gated GEMV's programs read gate row
-o with up row I + o, low o first). The step joins the side stream once, after its last layer, so no
-kernel of the main chain waits for a prefetch. RUNTIME_L2_PREFETCH_MB sets the bytes per layer
-(read when the step is captured; 0, the default: off); at most half the card's L2. Off by default:
-on the H100 every model's batch-1 step got slower with it (+20..+113 us), only Gemma's batch 16
-faster (notes/kernels.md).
+The slices follow the order in which the GEMVs after attention read them: the o projection's
+weight, then the first rows of gate and of up (the gated GEMV's programs read gate row o with up
+row I + o, low o first). RUNTIME_L2_PREFETCH_MB sets the bytes per layer (read when the step is
+captured; 0: off), at most half the card's L2.
 """
 
 from __future__ import annotations
@@ -18,9 +14,9 @@ import os
 
 import torch
 
-from runtime.kernels.l2_prefetch import THREADS, can_prefetch, prefetch_l2
+from runtime.kernels.l2_prefetch import can_prefetch
 
-DEFAULT_MB = 0  # off: on the H100 the side stream cost more than it saved (notes/kernels.md)
+DEFAULT_MB = 0
 
 
 @functools.lru_cache(maxsize=8)
@@ -55,41 +51,12 @@ def layer_regions(o_weight: torch.Tensor, gate_up_weight: torch.Tensor, budget: 
     return regions
 
 
-class WeightPrefetch:
-    """One per model and device: the side stream, an event per layer, and a sink the kernel never writes."""
-
-    def __init__(self, layers: int, device: torch.device):
-        self.stream = torch.cuda.Stream(device)
-        self.events = [torch.cuda.Event() for _ in range(layers)]
-        self.sink = torch.zeros(THREADS, dtype=torch.int32, device=device)
-        self.forked = False
-
-    def after_qkv(self, i: int, layer) -> None:
-        """Fork the side stream after layer i's qkv projection (just enqueued) and prefetch."""
-        budget = budget_bytes(self.sink.device)
-        regions = layer_regions(layer.attn.o_proj.weight, layer.mlp.gate_up.weight, budget) if budget else []
-        if not regions:
-            return
-        event = self.events[i]
-        event.record(torch.cuda.current_stream(self.sink.device))
-        with torch.cuda.stream(self.stream):
-            self.stream.wait_event(event)
-            for region in regions:
-                prefetch_l2(region, self.sink)
-        self.forked = True
-
-    def join(self) -> None:
-        """The main stream waits for the side stream's prefetches (once per step, after the last layer)."""
-        if self.forked:
-            torch.cuda.current_stream(self.sink.device).wait_stream(self.stream)
-            self.forked = False
-
-
-def prefetcher(model) -> WeightPrefetch | None:
-    """The model's WeightPrefetch on a CUDA card with compiled Triton, else None (nothing to do)."""
+def decode_regions(model) -> list[list[torch.Tensor]]:
+    """Per layer, the slices its decode attention prefetches: none off CUDA, under the interpreter
+    or with the setting at 0."""
     weight = model.embed.weight
-    if not weight.is_cuda or not can_prefetch(weight) or budget_bytes(weight.device) == 0:
-        return None
-    if getattr(model, "_weight_prefetch", None) is None:
-        model._weight_prefetch = WeightPrefetch(len(model.layers), weight.device)
-    return model._weight_prefetch
+    budget = budget_bytes(weight.device) if can_prefetch(weight) else 0
+    return [
+        layer_regions(layer.attn.o_proj.weight, layer.mlp.gate_up.weight, budget) if budget else []
+        for layer in model.layers
+    ]
