@@ -70,6 +70,7 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention 2 splits at batch 1": {"RUNTIME_ATTN_ROW_SPLITS": "2"},
     "no L2 weight prefetch": {"RUNTIME_L2_PREFETCH_MB": "0"},
     "L2 weight prefetch 8 MB": {"RUNTIME_L2_PREFETCH_MB": "8"},
+    "L2 weight prefetch 16 MB": {"RUNTIME_L2_PREFETCH_MB": "16"},
     "L2 weight prefetch 24 MB": {"RUNTIME_L2_PREFETCH_MB": "24"},
     "activation in down's prologue": {"RUNTIME_KERNELS_OFF": "norm_linear_act"},
     "sandwich GEMVs with their no-pre blocks": {"RUNTIME_GEMV_PRE_BLOCKS": "0"},
