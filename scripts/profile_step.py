@@ -68,10 +68,6 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention 16-slot blocks": {"RUNTIME_ATTN_BLOCK_N": "16"},
     "attention 1 split at batch 1 (no merge)": {"RUNTIME_ATTN_ROW_SPLITS": "1"},
     "attention 2 splits at batch 1": {"RUNTIME_ATTN_ROW_SPLITS": "2"},
-    "no L2 weight prefetch": {"RUNTIME_L2_PREFETCH_MB": "0"},
-    "L2 weight prefetch 8 MB": {"RUNTIME_L2_PREFETCH_MB": "8"},
-    "L2 weight prefetch 16 MB": {"RUNTIME_L2_PREFETCH_MB": "16"},
-    "L2 weight prefetch 24 MB": {"RUNTIME_L2_PREFETCH_MB": "24"},
     "activation in down's prologue": {"RUNTIME_KERNELS_OFF": "norm_linear_act"},
     "sandwich GEMVs with their no-pre blocks": {"RUNTIME_GEMV_PRE_BLOCKS": "0"},
 }

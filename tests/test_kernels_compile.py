@@ -90,7 +90,6 @@ AB_SETTINGS = (
     {"RUNTIME_ATTN_MERGE_CHUNKS": "1"},
     {"RUNTIME_ATTN_WIDE_BLOCKS": "1"},
     {"RUNTIME_ATTN_STAGES": "3"},
-    {"RUNTIME_L2_PREFETCH_MB": "16"},
 )
 
 # @jit kernels no recorded path launches, with the reason
@@ -265,7 +264,7 @@ def prefill(lm: DecoderLM) -> None:
 
 def other_ops(lm: DecoderLM) -> None:
     """What ops.py and the sampler launch beyond the dev models' own steps: ops.decode_attention
-    (the decoder uses qkv_decode_attention) with the model's shapes, the top-k sampler's merge
+    (the decoder uses qkv_decode_attention) with the model's shapes, and the top-k sampler's merge
     rounds, which start past 262144 logits."""
     spec = lm.spec
     for batch in BATCHES:

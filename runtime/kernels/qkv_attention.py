@@ -30,7 +30,6 @@ from runtime.kernels.attention_plan import (
     split_warps,
 )
 from runtime.kernels.decode_attention import block_dot, decode_attention_ref, merge_head, merge_partials
-from runtime.kernels.l2_prefetch import can_prefetch, prefetch_args, prefetch_share
 from runtime.kernels.qkv_rope import cache_slot, norm_rope_rows, qkv_rope_to_cache_ref
 from runtime.kernels.rmsnorm import row_inv_rms, scale_row, scale_rows_ref
 
@@ -51,13 +50,11 @@ def qkv_decode_attention_ref(
     scale: float,
     norm_source: torch.Tensor | None = None,
     norm_eps: float = 0.0,
-    prefetch: list[torch.Tensor] | tuple = (),
 ) -> torch.Tensor:
     """qkv (B, 1, ...) -> (B, H, D); writes k/v_cache[b, :, positions[b] % S] on the way.
     norm_source (B, K): qkv was projected from these un-normed rows through a matrix holding the
     norm's weight, so each qkv row is first divided by rms(norm_source[b]) (scale_rows_ref; the
-    batch buckets' folded norm, runtime/models/folded_norms.py). prefetch: weight slices the
-    kernel pulls into L2 (l2_prefetch.py); nothing to do here."""
+    batch buckets' folded norm, runtime/models/folded_norms.py)."""
     if norm_source is not None:
         qkv = scale_rows_ref(qkv, norm_source[:, None], norm_eps)
     q = qkv_rope_to_cache_ref(
@@ -148,22 +145,7 @@ def _qkv_split_kernel(
     ROW_SCALE: tl.constexpr,
     BLOCK_SRC: tl.constexpr,
     PDL: tl.constexpr,
-    pf0_ptr=None,
-    pf0_lines=0,
-    pf1_ptr=None,
-    pf1_lines=0,
-    pf2_ptr=None,
-    pf2_lines=0,
-    L2_PREFETCH: tl.constexpr = False,
-    PF_BLOCK: tl.constexpr = 128,
 ):
-    if L2_PREFETCH:
-        # first thing, every program: its share of the next GEMVs' weights into L2 (l2_prefetch.py)
-        program = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
-        programs = tl.num_programs(0) * tl.num_programs(1)
-        prefetch_share(pf0_ptr, pf0_lines, program, programs, PF_BLOCK)
-        prefetch_share(pf1_ptr, pf1_lines, program, programs, PF_BLOCK)
-        prefetch_share(pf2_ptr, pf2_lines, program, programs, PF_BLOCK)
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
     # what no kernel of this step writes: the positions, and the cache slots but the new one
     if not PREFETCH:
@@ -286,13 +268,11 @@ def qkv_decode_attention_triton(
     scale: float,
     norm_source: torch.Tensor | None = None,
     norm_eps: float = 0.0,
-    prefetch: list[torch.Tensor] | tuple = (),
     num_splits: int | None = None,
 ) -> torch.Tensor:
     """Same contract as qkv_decode_attention_ref; two launches (split + merge), or one with
     RUNTIME_ATTN_MERGE=last (the last program of each row and kv head merges the partials).
-    prefetch: up to three contiguous weight slices the split kernel's programs pull into L2 first
-    (l2_prefetch.py). num_splits overrides P (tests use it to force many partials on short caches)."""
+    num_splits overrides P (tests use it to force many partials on short caches)."""
     B, T, width = qkv.shape
     _, Hkv, S, D = k_cache.shape
     if T != 1 or Hkv != kv_heads or width != (heads + 2 * kv_heads) * D or D % 2 or heads % kv_heads:
@@ -320,9 +300,6 @@ def qkv_decode_attention_triton(
     launch = pdl(qkv.device)
     counters = arrival_counters(B * Hkv, qkv.device) if merge else ml
     norm = q_weight is not None
-    warps = split_warps(D, k_cache.element_size(), B)
-    prefetch = prefetch if prefetch and can_prefetch(qkv) else ()
-    (pf0, pf1, pf2), (n0, n1, n2) = prefetch_args(prefetch, qkv2)
     _qkv_split_kernel[(B * Hkv, splits)](
         qkv2, q_weight if norm else qkv2, k_weight if norm else qkv2, cos2, sin2, positions, k_cache, v_cache,
         acc, ml, out, counters, src, scale * math.log2(math.e), eps, norm_eps, src.shape[1], src.stride(0),
@@ -334,9 +311,7 @@ def qkv_decode_attention_triton(
         DOT_F32=INTERPRETING, MERGE=merge, DIRECT=direct, BLOCK_P=merge_block(D, splits),
         PREFETCH=prefetch_enabled(), ROW_SCALE=norm_source is not None,
         BLOCK_SRC=next_pow2(src.shape[1]) if norm_source is not None else 16,
-        pf0_ptr=pf0, pf0_lines=n0, pf1_ptr=pf1, pf1_lines=n1, pf2_ptr=pf2, pf2_lines=n2,
-        L2_PREFETCH=bool(prefetch), PF_BLOCK=32 * warps,
-        num_warps=warps, num_stages=split_stages(), **launch,
+        num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(), **launch,
     )  # fmt: skip
     if not merge and not direct:
         merge_partials(acc, ml, positions, out, block_n, S, from_positions=True, launch=launch)

@@ -27,7 +27,6 @@ from runtime.kernels import ops
 from runtime.kernels.rope import inverse_frequencies
 from runtime.models.folded_norms import decode_rows, folded_rows
 from runtime.models.spec import ModelSpec
-from runtime.models.weight_prefetch import decode_regions
 
 
 class KVCacheLike(Protocol):
@@ -112,32 +111,23 @@ class Attention(nn.Module):
         out = ops.prefill_attention(q, k, v, pos, pos, self.scale, self.window, from_start=True)
         return ops.linear(out.transpose(1, 2).reshape(1, T, -1), self.o_proj.weight)
 
-    def decode(self, qkv, cos, sin, cache: KVCacheLike, positions: torch.Tensor, prefetch=()) -> torch.Tensor:
+    def decode(self, qkv, cos, sin, cache: KVCacheLike, positions: torch.Tensor) -> torch.Tensor:
         """qkv (B, 1, q + 2 kv); positions (B,) on the device -> o_proj(attention) (B, 1, hidden)."""
-        out = self.attend_decode(qkv, cos, sin, cache, positions, prefetch=prefetch)
+        out = self.attend_decode(qkv, cos, sin, cache, positions)
         return ops.linear(out.reshape(qkv.shape[0], 1, -1), self.o_proj.weight)
 
     def attend_decode(
-        self,
-        qkv,
-        cos,
-        sin,
-        cache: KVCacheLike,
-        positions,
-        norm_source=None,
-        norm_eps: float = 0.0,
-        prefetch=(),
+        self, qkv, cos, sin, cache: KVCacheLike, positions, norm_source=None, norm_eps: float = 0.0
     ) -> torch.Tensor:
         """qkv (B, 1, q + 2 kv) -> attention (B, H, D), before o_proj.  # graph: no host reads
         One op from the packed qkv row: q/k-norm, rope, k and v into cache slot positions % S (the
         ring of a sliding layer, the plain slot of a global one), attention over min(pos + 1, S).
-        norm_source (B, hidden): the un-normed rows qkv was projected from (folded_norms.py);
-        prefetch: weight slices the kernel pulls into L2 for the GEMVs after it (weight_prefetch.py)."""
+        norm_source (B, hidden): the un-normed rows qkv was projected from (folded_norms.py)."""
         B = qkv.shape[0]
         k_cache, v_cache = cache.k[self.layer][:B], cache.v[self.layer][:B]
         return ops.qkv_decode_attention(
             qkv, self.heads, self.kv_heads, cos, sin, *self._qk_args(), k_cache, v_cache, positions,
-            self.scale, norm_source, norm_eps, prefetch=prefetch,
+            self.scale, norm_source, norm_eps,
         )  # fmt: skip
 
 
@@ -294,14 +284,13 @@ class DecoderLM(nn.Module):
         self, tokens: torch.Tensor, positions: torch.Tensor, attend
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens, positions (B, T) -> (residual stream, last layer's MLP output), (B, T, hidden)
-        each, before the final add and norm (which _logits folds into the LM head).
-        attend(attn, qkv, cos, sin, i): layer i's attention block."""
+        each, before the final add and norm (which _logits folds into the LM head)."""
         x, tables = self._inputs(tokens, positions)  # once per step
         h = None
         for i, layer in enumerate(self.layers):
             cos, sin = tables[self.rope_index[i]]
             prev = self.layers[i - 1].mlp_out_norm if i else None
-            x, h = layer(x, h, prev, lambda attn, qkv, cos=cos, sin=sin, i=i: attend(attn, qkv, cos, sin, i))
+            x, h = layer(x, h, prev, lambda attn, qkv, cos=cos, sin=sin: attend(attn, qkv, cos, sin))
         return x, h
 
     @torch.inference_mode()
@@ -315,7 +304,7 @@ class DecoderLM(nn.Module):
         x, h = self._run(
             tokens,
             positions,
-            lambda attn, qkv, cos, sin, _: attn.prefill(qkv, cos, sin, cache, row, start),
+            lambda attn, qkv, cos, sin: attn.prefill(qkv, cos, sin, cache, row, start),
         )
         return self._logits(h, x) if all_logits else self._logits(h[:, -1], x[:, -1])
 
@@ -330,7 +319,7 @@ class DecoderLM(nn.Module):
         x, h = self._run(
             tokens,
             torch.arange(T, device=tokens.device)[None],
-            lambda attn, qkv, cos, sin, _: attn.prefill_padded(qkv, cos, sin, cache, row, n),
+            lambda attn, qkv, cos, sin: attn.prefill_padded(qkv, cos, sin, cache, row, n),
         )
         last = n - 1
         return self._logits(h.index_select(1, last)[:, 0], x.index_select(1, last)[:, 0])
@@ -339,12 +328,11 @@ class DecoderLM(nn.Module):
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCacheLike) -> torch.Tensor:
         """tokens (B,), positions (B,) -> float32 logits (B, V).  # graph: capture-safe
         More rows than one take the folded-norm path where the weights allow (folded_norms.py)."""
-        prefetch = decode_regions(self)  # per layer: weights its attention kernel pulls into L2
         if folded_rows(self, tokens.shape[0]):
-            return self._logits(None, decode_rows(self, tokens, positions, cache, prefetch))
+            return self._logits(None, decode_rows(self, tokens, positions, cache))
         x, h = self._run(
             tokens[:, None],
             positions[:, None],
-            lambda attn, qkv, cos, sin, i: attn.decode(qkv, cos, sin, cache, positions, prefetch[i]),
+            lambda attn, qkv, cos, sin: attn.decode(qkv, cos, sin, cache, positions),
         )
         return self._logits(h[:, 0], x[:, 0])

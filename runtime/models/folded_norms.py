@@ -87,18 +87,16 @@ def folded_rows(model, rows: int) -> bool:
     return True
 
 
-def decode_rows(model, tokens: torch.Tensor, positions: torch.Tensor, cache, prefetch=None) -> torch.Tensor:
+def decode_rows(model, tokens: torch.Tensor, positions: torch.Tensor, cache) -> torch.Tensor:
     """tokens, positions (B,) -> the residual stream after the last layer (B, hidden), every add
-    done (the final norm and LM head are the caller's); prefetch[i]: the weight slices layer i's
-    attention pulls into L2 (weight_prefetch.py).  # graph: capture-safe"""
+    done (the final norm and LM head are the caller's).  # graph: capture-safe"""
     x, tables = model._inputs(tokens[:, None], positions[:, None])
     x = x[:, 0]  # (B, hidden), accumulated into in place from here on
     for i, layer in enumerate(model.layers):
         cos, sin = tables[model.rope_index[i]]
         attn, mlp = layer.attn, layer.mlp
         qkv = F.linear(x, attn.qkv.weight)  # (B, q + 2 kv): 1 / rms(x) still to apply
-        regions = prefetch[i] if prefetch else ()
-        out = attn.attend_decode(qkv[:, None], cos, sin, cache, positions, x, layer.attn_norm.eps, regions)
+        out = attn.attend_decode(qkv[:, None], cos, sin, cache, positions, x, layer.attn_norm.eps)
         x.addmm_(out.reshape(x.shape[0], -1), attn.o_proj.weight.t())
         gate_up = F.linear(x, mlp.gate_up.weight)
         x.addmm_(ops.gated_act(gate_up, mlp.activation, x, layer.mlp_norm.eps), mlp.down.weight.t())
