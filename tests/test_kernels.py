@@ -375,6 +375,22 @@ def test_model_logits_triton_vs_torch(monkeypatch, family):
 # ---------------------------------------------------------------- dispatcher (CPU, no Triton needed)
 
 
+def test_merge_launch_releases_early_only_under_pdl(monkeypatch):
+    """RUNTIME_MERGE_PDL=early turns the merge's late release into the early one where PDL is on;
+    without PDL (older cards, the interpreter) the launch stays as it was."""
+    from runtime.kernels.attention_plan import merge_launch
+
+    on, off = {"PDL": 2, "launch_pdl": True}, {"PDL": 0}
+    monkeypatch.delenv("RUNTIME_MERGE_PDL", raising=False)
+    assert merge_launch(on) == on and merge_launch(off) == off
+    monkeypatch.setenv("RUNTIME_MERGE_PDL", "early")
+    assert merge_launch(on) == {"PDL": 1, "launch_pdl": True} and merge_launch(off) == off
+    assert on == {"PDL": 2, "launch_pdl": True}  # the step's own arguments untouched
+    monkeypatch.setenv("RUNTIME_MERGE_PDL", "soon")
+    with pytest.raises(ValueError, match="RUNTIME_MERGE_PDL"):
+        merge_launch(on)
+
+
 def test_dispatcher_choice(monkeypatch):
     cpu = torch.zeros(1)
     monkeypatch.delenv("RUNTIME_KERNELS", raising=False)

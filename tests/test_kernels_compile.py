@@ -90,6 +90,7 @@ AB_SETTINGS = (
     {"RUNTIME_ATTN_MERGE_CHUNKS": "1"},
     {"RUNTIME_ATTN_WIDE_BLOCKS": "1"},
     {"RUNTIME_ATTN_STAGES": "3"},
+    {"RUNTIME_MERGE_PDL": "early"},
 )
 
 # @jit kernels no recorded path launches, with the reason

@@ -86,6 +86,19 @@ def merge_warps() -> int:
     return int(os.environ.get("RUNTIME_MERGE_WARPS") or 4)
 
 
+def merge_launch(launch: dict) -> dict:
+    """The merge kernel's PDL arguments: the step's (`launch`, from _triton.pdl), or with
+    RUNTIME_MERGE_PDL=early the early release (right after its wait) where PDL is on, so the o
+    projection's programs become resident and load their first weight tile while the merge runs
+    (the merge is one small wave: they take no SM slot it needs). An A/B knob; default "late"."""
+    choice = os.environ.get("RUNTIME_MERGE_PDL", "late") or "late"
+    if choice not in ("late", "early"):
+        raise ValueError(f"RUNTIME_MERGE_PDL={choice!r}: choose late or early")
+    if choice == "early" and launch.get("PDL"):
+        return {**launch, "PDL": 1}
+    return launch
+
+
 def merge_in_kernel() -> bool:
     """RUNTIME_ATTN_MERGE=last: the last split program of each (row, kv head) to finish merges the
     partials (one launch); by default ("separate") a second launch merges them, one program per

@@ -23,6 +23,7 @@ from runtime.kernels._triton import INTERPRETING, cdiv, jit, next_pow2, pdl_rele
 from runtime.kernels.attention_plan import (
     merge_block,
     merge_block_d,
+    merge_launch,
     merge_warps,
     split_plan,
     split_stages,
@@ -246,5 +247,5 @@ def merge_partials(
         acc, ml, lengths, out, H, splits, n_slots, out.stride(0), out.stride(1),
         D=D, BLOCK_D=block_d, BLOCK_P=merge_block(D, splits), BLOCK_N=block_n,
         FROM_POSITIONS=from_positions, num_warps=merge_warps(),
-        **(launch or {"PDL": 0}),
+        **merge_launch(launch or {"PDL": 0}),
     )  # fmt: skip
