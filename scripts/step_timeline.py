@@ -47,7 +47,7 @@ def period(names: list[str]) -> int:
     """The shortest p such that the middle of the step repeats every p kernels (one layer)."""
     n = len(names)
     middle = names[n // 4 : 3 * n // 4]
-    for p in range(2, 16):
+    for p in range(2, min(16, len(middle) // 2) + 1):  # at least two periods to compare
         if all(middle[i] == middle[i + p] for i in range(len(middle) - p)):
             return p
     return n

@@ -42,7 +42,7 @@ from runtime.kernels.fused_linear import (
     norm_linear_ref,
     norm_linear_triton,
 )
-from runtime.kernels.gemv_tuning import tune, tune_shapes
+from runtime.kernels.gemv_tuning import candidates, tune, tune_shapes
 from runtime.kernels.rmsnorm import rms_norm_ref
 
 # the interpreter evaluates sigmoid's exp(-x) in NumPy, which warns on overflow (the result is right)
@@ -237,10 +237,34 @@ def test_more_rows_take_the_reference():
                 norm_linear_ref(h, res, nw, EPS, 1.0, nw, w),
             )
             assert all(torch.equal(g, v) for g, v in zip(got, want))
+            got, want = (
+                norm_linear_act_triton(h, res, nw, EPS, 1.0, nw, torch.randn(2 * N, K), "gelu_tanh"),
+                norm_linear_act_ref(h, res, nw, EPS, 1.0, nw, torch.randn(2 * N, K), "gelu_tanh"),
+            )
+            assert got[0].shape == want[0].shape == (*lead, N) and torch.equal(got[1], want[1])
     K = fl.MAX_NORM_K + 1
-    x, w, nw = torch.randn(1, K), torch.randn(3, K), torch.randn(K)
+    x, w, nw = torch.randn(1, K), torch.randn(4, K), torch.randn(K)
     got, want = norm_linear_triton(x, x, nw, EPS, 0.0, None, w), norm_linear_ref(x, x, nw, EPS, 0.0, None, w)
     assert all(torch.equal(g, v) for g, v in zip(got, want))
+    got = norm_linear_act_triton(x, x, nw, EPS, 0.0, None, w, "silu")
+    want = norm_linear_act_ref(x, x, nw, EPS, 0.0, None, w, "silu")
+    assert all(torch.equal(g, v) for g, v in zip(got, want))
+
+
+def test_gated_op_names_and_blocks(monkeypatch):
+    """The sandwich pre-norm tunes apart ("_pre"), unless RUNTIME_GEMV_PRE_BLOCKS=0; a gated op
+    never launches BLOCK_N 1 (its tile rows come in gate/up pairs), tuned, planted or heuristic."""
+    pre = torch.ones(4)
+    assert fl.gemv_op("lm_head", None) == "lm_head" and fl.gemv_op("lm_head", pre) == "lm_head_pre"
+    monkeypatch.setenv("RUNTIME_GEMV_PRE_BLOCKS", "0")
+    assert fl.gemv_op("norm_linear_act", pre) == "norm_linear_act"
+    monkeypatch.setattr(fl, "INTERPRETING", False)
+    monkeypatch.setattr(fl, "_TUNED", {("norm_linear_act", 100, 64, BF16): (1, 64, 4)})
+    assert fl._config("norm_linear_act", 100, 64, BF16) == (2, 64, 4)
+    assert fl._config("norm_linear", 100, 64, BF16) == gemv_config(100, 64, 2, 3)
+    for op in fl.GATED_OPS:
+        assert tune(op, 8, 2048, BF16, "cpu")[0] >= 2  # off CUDA: the heuristic, clamped
+        assert all(n >= 2 for n, _, _ in candidates(op, 8, 2048, BF16))
 
 
 def test_tune_is_the_heuristic_off_cuda(monkeypatch):
@@ -299,6 +323,20 @@ def test_dispatcher_routes_the_fused_linears(monkeypatch):
     h, res, nw, eps, off, pre, w = _inputs()["norm_linear"]
     ops.norm_linear(h, res, nw.double(), eps, off, pre, w)
     assert calls == [*_inputs(), "norm_linear"]  # mixed dtypes: the reference
+    # the gated epilogue: one row on Triton; turned off, or mixed dtypes: norm_linear, then gated_act
+    monkeypatch.setattr(ops, "norm_linear_act_triton", lambda *a: calls.append("norm_linear_act"))
+    gate_up_w = torch.randn(2 * w.shape[0], w.shape[1])
+    calls.clear()
+    ops.norm_linear_act(h, res, nw, eps, off, pre, gate_up_w, "silu")
+    assert calls == ["norm_linear_act"] and ops.gated_epilogue(res, gate_up_w)
+    monkeypatch.setenv("RUNTIME_KERNELS_OFF", "norm_linear_act")
+    calls.clear()
+    assert not ops.gated_epilogue(res, gate_up_w)
+    monkeypatch.setattr(ops, "gated_act_triton", lambda *a: calls.append("gated_act"))
+    gate_up = torch.zeros(1, gate_up_w.shape[0])
+    monkeypatch.setattr(ops, "norm_linear_triton", lambda *a: calls.append("norm_linear") or (gate_up, res))
+    ops.norm_linear_act(h, res, nw, eps, off, pre, gate_up_w, "silu")
+    assert calls == ["norm_linear", "gated_act"]
 
 
 def test_more_rows_run_unfused_with_the_prologue_kernels(monkeypatch):

@@ -1,0 +1,36 @@
+"""scripts/step_timeline.py's trace reading and layer-period detection, on a synthetic trace."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).parent.parent / "scripts" / "step_timeline.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("step_timeline", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kernels_in_start_order_and_the_layer_period(tmp_path):
+    st = _module()
+    layer = ["qkv", "split", "merge", "o", "gate_up", "down"]
+    names = ["embed", *layer * 8, "lm_head", "argmax"]
+    events, t = [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "ts": 0, "dur": 5}], 10.0
+    for name in names:
+        events.append(
+            {"ph": "X", "cat": "kernel", "name": name, "ts": t, "dur": 2.0, "args": {"grid": [4, 1, 1]}}
+        )
+        t += 1.5  # overlapping, as under PDL
+    events.reverse()  # the trace's order is not the launch order
+    path = tmp_path / "trace.json"
+    path.write_text(json.dumps({"traceEvents": events}))
+    kernels = st.step_kernels(str(path))
+    assert [k["name"] for k in kernels] == names  # cpu ops dropped, sorted by start
+    assert kernels[1]["grid"] == (4, 1, 1) and kernels[1]["end"] - kernels[1]["start"] == 2.0
+    assert st.period(names) == 6
+    assert st.period(["a", "b", "c", "d", "e", "f", "g", "h"]) == 8  # nothing repeats: the whole step
