@@ -375,13 +375,22 @@ def test_more_rows_run_unfused_with_the_prologue_kernels(monkeypatch):
     assert calls == ["add_rms_norm", "linear"]
 
 
-def test_gemv_shapes_are_the_decoders_weights():
-    """What the runner tunes before capture is every weight the decode step's GEMVs read."""
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"RUNTIME_KERNELS_OFF": "norm_linear_act"}, {"RUNTIME_GEMV_PRE_BLOCKS": "0"}],
+    ids=["default", "act_in_down", "no_pre_blocks"],
+)
+def test_gemv_shapes_are_what_the_step_launches(monkeypatch, env):
+    """What the runner tunes before capture is each (op, weight) the decode step's GEMVs launch under
+    the current switches, and nothing else (a card without shipped blocks compiles every candidate)."""
     from tiny_configs import tiny_config
 
     from runtime.models.spec import ModelSpec
     from runtime.models.weights import random_model
 
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    gated = "RUNTIME_KERNELS_OFF" not in env
     for family in ("llama", "qwen2", "qwen3", "gemma3"):
         model = random_model(ModelSpec.from_hf(tiny_config(family)), "cpu", torch.float32)
         layer = model.layers[0]
@@ -392,15 +401,15 @@ def test_gemv_shapes_are_the_decoders_weights():
             "down": layer.mlp.down.weight,
             "lm_head": model.lm_head_weight,
         }
-        # (op, weight) of each launch at one row: the default path, then the act_linear A/B's
+        pre = "_pre" if model.spec.sandwich_norms and "RUNTIME_GEMV_PRE_BLOCKS" not in env else ""
         launches = {
-            ("norm_linear", "qkv"), ("linear", "o"), ("norm_linear_act", "gate_up"), ("linear", "down"),
-            ("lm_head", "lm_head"), ("norm_linear", "gate_up"), ("act_linear", "down"),
-        }  # fmt: skip
-        if model.spec.sandwich_norms:  # h pre-normed: all but the first layer's qkv, which has no h
-            launches |= {
-                (op + "_pre", w) for op, w in launches if op in ("norm_linear", "norm_linear_act", "lm_head")
-            }
+            ("norm_linear", "qkv"),  # the first layer: no h, so no pre-norm either
+            ("norm_linear" + pre, "qkv"),
+            ("linear", "o"),
+            ("lm_head" + pre, "lm_head"),
+            *([("norm_linear_act" + pre, "gate_up"), ("linear", "down")] if gated else []),
+            *([] if gated else [("norm_linear" + pre, "gate_up"), ("act_linear", "down")]),
+        }
         want = {(op, *weights[w].shape) for op, w in launches}
         assert set(model.gemv_shapes()) == want and len(model.gemv_shapes()) == len(want), family
 

@@ -66,11 +66,15 @@ def use_triton(t: torch.Tensor) -> bool:
     return choice == "triton" or t.is_cuda
 
 
+def turned_off(name: str) -> bool:
+    """Whether RUNTIME_KERNELS_OFF names op `name`."""
+    return name in {o.strip() for o in os.environ.get("RUNTIME_KERNELS_OFF", "").split(",")}
+
+
 def enabled(name: str, t: torch.Tensor) -> bool:
     """Whether op `name` on tensor `t` runs its Triton kernel: use_triton(t), unless
     RUNTIME_KERNELS_OFF names the op."""
-    off = os.environ.get("RUNTIME_KERNELS_OFF", "")
-    return use_triton(t) and name not in {o.strip() for o in off.split(",")}
+    return use_triton(t) and not turned_off(name)
 
 
 def _dispatch(name: str) -> Callable:

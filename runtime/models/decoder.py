@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from runtime.kernels import ops
+from runtime.kernels.fused_linear import gemv_op
 from runtime.kernels.rope import inverse_frequencies
 from runtime.models.attention import Attention, KVCacheLike
 from runtime.models.folded_norms import decode_rows, folded_rows
@@ -122,23 +123,28 @@ class DecoderLM(nn.Module):
         self.embed_scale = torch.tensor(self.spec.embed_scale, dtype=self.dtype).item()
 
     def gemv_shapes(self) -> list[tuple[str, int, int]]:
-        """(op, N, K) of each batch-1 GEMV a decode step runs (what gemv_tuning.tune_shapes takes)."""
+        """(op, N, K) of each batch-1 GEMV a decode step runs under the current switches (what
+        gemv_tuning.tune_shapes takes before capture): only those, since a card without shipped
+        blocks compiles and times every candidate of each."""
         s = self.spec
+        pre = self.layers[-1].mlp_out_norm  # Gemma's sandwich: h is pre-normed before each add
+        pre_w = None if pre is None else pre.weight
+        qkv, gate_up = s.q_size + 2 * s.kv_size, 2 * s.intermediate
         shapes = [
-            ("norm_linear", s.q_size + 2 * s.kv_size, s.hidden),  # qkv
+            ("norm_linear", qkv, s.hidden),  # the first layer's qkv: no h to add yet
+            (gemv_op("norm_linear", pre_w), qkv, s.hidden),  # the other layers' qkv
             ("linear", s.hidden, s.q_size),  # o_proj
-            ("norm_linear_act", 2 * s.intermediate, s.hidden),  # gate_up, the activation as epilogue
-            ("linear", s.hidden, s.intermediate),  # down
-            ("lm_head", s.vocab, s.hidden),  # the final norm + LM head, float32 logits
-            # RUNTIME_KERNELS_OFF=norm_linear_act: gate_up, then the activation in down's prologue
-            ("norm_linear", 2 * s.intermediate, s.hidden),
-            ("act_linear", s.hidden, s.intermediate),
+            (gemv_op("lm_head", pre_w), s.vocab, s.hidden),  # the final norm + LM head, float32 logits
         ]
-        if s.sandwich_norms:  # every norm GEMV but the first layer's qkv also pre-norms h
+        if ops.turned_off("norm_linear_act"):  # gate_up, then the activation in down's prologue
             shapes += [
-                (f"{op}_pre", n, k)
-                for op, n, k in shapes
-                if op in ("norm_linear", "norm_linear_act", "lm_head")
+                (gemv_op("norm_linear", pre_w), gate_up, s.hidden),
+                ("act_linear", s.hidden, s.intermediate),
+            ]
+        else:  # the activation as gate_up's epilogue, down a plain GEMV
+            shapes += [
+                (gemv_op("norm_linear_act", pre_w), gate_up, s.hidden),
+                ("linear", s.hidden, s.intermediate),
             ]
         return list(dict.fromkeys(shapes))  # shapes may coincide (o_proj and down in tiny models)
 
