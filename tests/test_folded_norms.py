@@ -87,6 +87,30 @@ def test_batch_step_launches_only_the_final_norm(monkeypatch):
     torch.testing.assert_close(folded, unfolded, atol=1e-4, rtol=1e-4)
 
 
+def test_rows_kernel_switch_takes_the_qkv_and_gate_up_products(monkeypatch):
+    """RUNTIME_BATCH_GEMM=rows sends each layer's qkv and gate/up products of a batch step to the
+    rows kernel (here a recorder around the reference), the o and down ones stay cuBLAS's; an
+    unknown value is refused."""
+    _, spec, ours = hf_and_ours("llama")
+    seqs, cache = _prefill_rows(ours, spec)
+    _, want = _decode_steps(ours, seqs, cache, 1)
+    shapes = []
+    monkeypatch.setattr(ops, "enabled", lambda name, t: name == "linear_rows")
+    monkeypatch.setattr(
+        ops,
+        "linear_rows_triton",
+        lambda x, w: shapes.append(tuple(w.shape)) or torch.nn.functional.linear(x, w),
+    )
+    monkeypatch.setenv("RUNTIME_BATCH_GEMM", "rows")
+    _, got = _decode_steps(ours, seqs, cache, 1)
+    layer = ours.layers[0]
+    assert shapes == [tuple(layer.attn.qkv.weight.shape), tuple(layer.mlp.gate_up.weight.shape)] * spec.layers
+    torch.testing.assert_close(got, want)
+    monkeypatch.setenv("RUNTIME_BATCH_GEMM", "tiles")
+    with pytest.raises(ValueError, match="RUNTIME_BATCH_GEMM"):
+        _decode_steps(ours, seqs, cache, 1)
+
+
 def test_fold_is_idempotent_and_leaves_the_source_state_alone():
     hf, spec, ours = hf_and_ours("qwen3")
     before = {k: v.clone() for k, v in hf.state_dict().items()}

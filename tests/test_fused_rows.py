@@ -270,6 +270,21 @@ def test_slices_cover_k_with_no_empty_slice():
                 assert (splits - 1) * k_split < K <= splits * k_split
 
 
+def test_rows_shapes_are_what_the_rows_kernel_runs():
+    """A model's batch-1 GEMV shapes as the rows kernel takes them: the gated and pre-normed names
+    to ops tune_rows knows, each norm product also as a plain linear (the folded norms' raw rows),
+    no LM head; every op is one tune_rows can time (an unknown name would fail at start-up)."""
+    shapes = [("norm_linear", 1536, 1152), ("norm_linear_pre", 1536, 1152), ("linear", 1152, 1024),
+              ("lm_head_pre", 262144, 1152), ("norm_linear_act_pre", 13824, 1152), ("linear", 1152, 6912),
+              ("act_linear", 1152, 6912)]  # fmt: skip
+    assert gemv_tuning.rows_shapes(shapes) == [
+        ("norm_linear", 1536, 1152), ("linear", 1536, 1152), ("linear", 1152, 1024), ("norm_linear", 13824, 1152),
+        ("linear", 13824, 1152), ("linear", 1152, 6912), ("act_linear", 1152, 6912),
+    ]  # fmt: skip
+    for op, N, K in gemv_tuning.rows_shapes(shapes):
+        gemv_tuning.tune_rows(op, 16, N, K, BF16, "cpu")  # off CUDA: the heuristic, for every op
+
+
 def test_tune_rows_is_the_heuristic_off_cuda(monkeypatch):
     monkeypatch.setattr(frc, "_TUNED_ROWS", {})
     for op, cost in frc._OP_COST.items():

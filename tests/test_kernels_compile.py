@@ -91,6 +91,7 @@ AB_SETTINGS = (
     {"RUNTIME_ATTN_WIDE_BLOCKS": "1"},
     {"RUNTIME_ATTN_STAGES": "3"},
     {"RUNTIME_MERGE_PDL": "early"},
+    {"RUNTIME_BATCH_GEMM": "rows"},
 )
 
 # @jit kernels no recorded path launches, with the reason

@@ -94,10 +94,27 @@ def tune_shapes(
             tuning_store.save(card, {**stored, **measured})
         if os.environ.get("RUNTIME_ROWS_TUNE", "0") == "1":
             for M in (b for b in row_buckets if MIN_ROWS <= b <= MAX_ROWS):
-                for op, N, K in (s for s in shapes if s[0] != "lm_head"):
+                for op, N, K in rows_shapes(shapes):
                     if (op, M, N, K, dtype) not in fused_rows_config._TUNED_ROWS:
                         tune_rows(op, M, N, K, dtype, device)
     return time.perf_counter() - start
+
+
+def rows_shapes(shapes: Iterable[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    """The batch-rows kernel's (op, N, K) for a model's batch-1 GEMV shapes: the same products, as
+    the rows kernel runs them (gate/up as norm_linear, the activation a kernel of its own; no LM
+    head), and each norm product once more as a plain `linear` (RUNTIME_BATCH_GEMM=rows: the
+    folded norms' raw rows)."""
+    out = []
+    for op, N, K in shapes:
+        base = op.removesuffix("_pre")
+        if base == "lm_head":
+            continue
+        if base in ("norm_linear", "norm_linear_act"):
+            out += [("norm_linear", N, K), ("linear", N, K)]
+        else:
+            out.append((base, N, K))
+    return list(dict.fromkeys(out))
 
 
 def candidates(op: str, N: int, K: int, dtype: torch.dtype) -> list[tuple[int, int, int]]:

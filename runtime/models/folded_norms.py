@@ -95,9 +95,21 @@ def decode_rows(model, tokens: torch.Tensor, positions: torch.Tensor, cache) -> 
     for i, layer in enumerate(model.layers):
         cos, sin = tables[model.rope_index[i]]
         attn, mlp = layer.attn, layer.mlp
-        qkv = F.linear(x, attn.qkv.weight)  # (B, q + 2 kv): 1 / rms(x) still to apply
+        qkv = _product(x, attn.qkv.weight)  # (B, q + 2 kv): 1 / rms(x) still to apply
         out = attn.attend_decode(qkv[:, None], cos, sin, cache, positions, x, layer.attn_norm.eps)
         x.addmm_(out.reshape(x.shape[0], -1), attn.o_proj.weight.t())
-        gate_up = F.linear(x, mlp.gate_up.weight)
+        gate_up = _product(x, mlp.gate_up.weight)
         x.addmm_(ops.gated_act(gate_up, mlp.activation, x, layer.mlp_norm.eps), mlp.down.weight.t())
     return x
+
+
+def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (B, K) @ weight (N, K).T: cuBLAS, or with RUNTIME_BATCH_GEMM=rows (an A/B switch, read when
+    the step is captured) fused_rows' tl.dot kernel, which streams the weight once for up to 16 rows
+    and launches under PDL; the o and down products stay cuBLAS (their residual add is its beta)."""
+    choice = os.environ.get("RUNTIME_BATCH_GEMM", "cublas") or "cublas"
+    if choice not in ("cublas", "rows"):
+        raise ValueError(f"RUNTIME_BATCH_GEMM={choice!r}: choose cublas or rows")
+    if choice == "rows" and ops.fits_rows(x) and ops.enabled("linear_rows", x):
+        return ops.linear_rows_triton(x, weight)
+    return F.linear(x, weight)
