@@ -87,24 +87,34 @@ def test_batch_step_launches_only_the_final_norm(monkeypatch):
     torch.testing.assert_close(folded, unfolded, atol=1e-4, rtol=1e-4)
 
 
-def test_rows_kernel_switch_takes_the_qkv_and_gate_up_products(monkeypatch):
-    """RUNTIME_BATCH_GEMM=rows sends each layer's qkv and gate/up products of a batch step to the
-    rows kernel (here a recorder around the reference), the o and down ones stay cuBLAS's; an
-    unknown value is refused."""
+def test_rows_kernel_switch_takes_every_product(monkeypatch):
+    """RUNTIME_BATCH_GEMM=rows sends each layer's four products of a batch step to the rows kernel
+    (here recorders around the references): qkv and gate/up as products, o and down accumulated into
+    the residual rows in place; the logits do not change; an unknown value is refused."""
     _, spec, ours = hf_and_ours("llama")
     seqs, cache = _prefill_rows(ours, spec)
     _, want = _decode_steps(ours, seqs, cache, 1)
-    shapes = []
+    calls = []
+
+    def product(x, w):
+        calls.append(("product", *w.shape))
+        return torch.nn.functional.linear(x, w)
+
+    def accumulate(out, x, w):
+        calls.append(("add", *w.shape))
+        return out.addmm_(x, w.t())
+
     monkeypatch.setattr(ops, "enabled", lambda name, t: name == "linear_rows")
-    monkeypatch.setattr(
-        ops,
-        "linear_rows_triton",
-        lambda x, w: shapes.append(tuple(w.shape)) or torch.nn.functional.linear(x, w),
-    )
+    monkeypatch.setattr(ops, "linear_rows_triton", product)
+    monkeypatch.setattr(ops, "linear_rows_add_triton", accumulate)
     monkeypatch.setenv("RUNTIME_BATCH_GEMM", "rows")
     _, got = _decode_steps(ours, seqs, cache, 1)
     layer = ours.layers[0]
-    assert shapes == [tuple(layer.attn.qkv.weight.shape), tuple(layer.mlp.gate_up.weight.shape)] * spec.layers
+    per_layer = [
+        ("product", *layer.attn.qkv.weight.shape), ("add", *layer.attn.o_proj.weight.shape),
+        ("product", *layer.mlp.gate_up.weight.shape), ("add", *layer.mlp.down.weight.shape),
+    ]  # fmt: skip
+    assert calls == per_layer * spec.layers
     torch.testing.assert_close(got, want)
     monkeypatch.setenv("RUNTIME_BATCH_GEMM", "tiles")
     with pytest.raises(ValueError, match="RUNTIME_BATCH_GEMM"):

@@ -26,6 +26,7 @@ from kernel_testing import (
     poisoned_fixture,
     rand,
     run_under_interpreter,
+    tol,
 )
 
 from runtime.kernels import _triton, arrival, gemv_tuning
@@ -173,6 +174,23 @@ def test_linear_rows(poisoned, monkeypatch, lead, K, N, dtype, config):
     y = linear_rows_triton(x, weight)
     assert y.shape == linear_ref(x, weight).shape
     assert_linear_close(y, x, weight)
+    assert_counters_clear()
+
+
+@kernel_test
+@pytest.mark.parametrize("lead,K,N,dtype,config", LINEAR_CASES)
+def test_linear_rows_add(poisoned, monkeypatch, lead, K, N, dtype, config):
+    """out += x @ W.T in place, rounded once (addmm_'s contract), on both the one-slice path and the
+    split-K path's last-program sum: against out + x @ W.T in fp64, within the rounding of the sum."""
+    M = fr.rows_of(torch.empty(*lead, 1))
+    planted(monkeypatch, "linear", lead, N, K, dtype, config)
+    x, weight = rand(M, K, dtype=dtype), rand(N, K, dtype=dtype, scale=K**-0.5)
+    out = rand(M, N, dtype=dtype, scale=4.0)
+    before, storage = out.clone(), out.data_ptr()
+    got = fr.linear_rows_add_triton(out, x, weight)
+    assert got is out and out.data_ptr() == storage
+    want = before.double() + x.double() @ weight.double().t()
+    torch.testing.assert_close(out.double(), want, **tol(dtype, 4.0))
     assert_counters_clear()
 
 

@@ -97,19 +97,31 @@ def decode_rows(model, tokens: torch.Tensor, positions: torch.Tensor, cache) -> 
         attn, mlp = layer.attn, layer.mlp
         qkv = _product(x, attn.qkv.weight)  # (B, q + 2 kv): 1 / rms(x) still to apply
         out = attn.attend_decode(qkv[:, None], cos, sin, cache, positions, x, layer.attn_norm.eps)
-        x.addmm_(out.reshape(x.shape[0], -1), attn.o_proj.weight.t())
+        _accumulate(x, out.reshape(x.shape[0], -1), attn.o_proj.weight)
         gate_up = _product(x, mlp.gate_up.weight)
-        x.addmm_(ops.gated_act(gate_up, mlp.activation, x, layer.mlp_norm.eps), mlp.down.weight.t())
+        _accumulate(x, ops.gated_act(gate_up, mlp.activation, x, layer.mlp_norm.eps), mlp.down.weight)
     return x
 
 
-def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x (B, K) @ weight (N, K).T: cuBLAS, or with RUNTIME_BATCH_GEMM=rows (an A/B switch, read when
-    the step is captured) fused_rows' tl.dot kernel, which streams the weight once for up to 16 rows
-    and launches under PDL; the o and down products stay cuBLAS (their residual add is its beta)."""
+def _rows_kernel(x: torch.Tensor) -> bool:
+    """RUNTIME_BATCH_GEMM=rows (an A/B switch, read when the step is captured): the batch step's
+    products on fused_rows' tl.dot kernel, which streams each weight once for up to 16 rows and
+    launches under PDL, instead of cuBLAS (the default, "cublas")."""
     choice = os.environ.get("RUNTIME_BATCH_GEMM", "cublas") or "cublas"
     if choice not in ("cublas", "rows"):
         raise ValueError(f"RUNTIME_BATCH_GEMM={choice!r}: choose cublas or rows")
-    if choice == "rows" and ops.fits_rows(x) and ops.enabled("linear_rows", x):
-        return ops.linear_rows_triton(x, weight)
-    return F.linear(x, weight)
+    return choice == "rows" and ops.fits_rows(x) and ops.enabled("linear_rows", x)
+
+
+def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (B, K) @ weight (N, K).T (qkv, gate/up)."""
+    return ops.linear_rows_triton(x, weight) if _rows_kernel(x) else F.linear(x, weight)
+
+
+def _accumulate(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> None:
+    """x (B, N) += h (B, K) @ weight (N, K).T in place, rounded once (the o and down products with
+    the residual add as cuBLAS's beta = 1, or the rows kernel's accumulate)."""
+    if _rows_kernel(h):
+        ops.linear_rows_add_triton(x, h, weight)
+    else:
+        x.addmm_(h, weight.t())
