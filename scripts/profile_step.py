@@ -68,8 +68,8 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention 16-slot blocks": {"RUNTIME_ATTN_BLOCK_N": "16"},
     "attention 1 split at batch 1 (no merge)": {"RUNTIME_ATTN_ROW_SPLITS": "1"},
     "attention 2 splits at batch 1": {"RUNTIME_ATTN_ROW_SPLITS": "2"},
-    "batch qkv and gate/up on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows"},
-    "batch qkv and gate/up on the rows kernel, tuned": {
+    "batch GEMMs on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows"},
+    "batch GEMMs on the rows kernel, tuned": {
         "RUNTIME_BATCH_GEMM": "rows",
         "RUNTIME_ROWS_TUNE": "1",
     },
