@@ -39,6 +39,8 @@ for stage in $STAGES; do
     startup) timeout "${STARTUP_S:-240}" env -u PYTHONDONTWRITEBYTECODE python3 scripts/startup_check.py ${STARTUP_ARGS:-} 2>&1 | tee "$OUT/startup.log" | grep '^{' ;;
     prefill) timeout 150 python3 scripts/profile_prefill.py --out "$OUT/profile_prefill.json" 2>&1 | tee "$OUT/profile_prefill.log" | tail -6 ;;
     profile) python3 scripts/profile_step.py --out "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile_step.log" | tail -60 ;;
+    barrier) timeout 120 python3 scripts/bench_grid_barrier.py --out "$OUT/grid_barrier.json" 2>&1 | tee "$OUT/grid_barrier.log" | tail -5 ;;
+    timeline) timeout 240 python3 scripts/step_timeline.py --batch 1 --batch 16 --out "$OUT/timeline.json" 2>&1 | tee "$OUT/timeline.log" | grep -v -i warn | tail -60 ;;
     kbench) python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 | tee "$OUT/bench_kernels.log" | tail -30 ;;
     chat) python3 scripts/chat_gpu_check.py "${CHAT_ARGS[@]}" 2>&1 | tee "$OUT/chat.log" | tail -8 ;;
     # the full suite, resumable: rerun the same stage (carrying results/$FULL_DIR) until it completes
