@@ -1,5 +1,6 @@
 """Decode attention straight from the packed qkv row: q/k-norm + rope + KV-cache write + split-KV
-attention in one kernel (then the usual merge). Plain-torch reference and a Triton version.
+attention in one kernel (then the usual merge). Plain-torch reference and the Triton launch (the
+kernel: qkv_attention_kernel.py).
 
 qkv (B, 1, (H + 2 Hkv) D), positions (B,) -> (B, H, D); on the way, k and v of the new token go
 to cache slot positions[b] % S of row b, and the live length is min(pos + 1, S) (a ring for a
@@ -19,7 +20,7 @@ import math
 
 import torch
 
-from runtime.kernels._triton import INTERPRETING, jit, next_pow2, pdl, pdl_release, pdl_wait, tl
+from runtime.kernels._triton import INTERPRETING, next_pow2, pdl
 from runtime.kernels.arrival import arrival_counters
 from runtime.kernels.attention_plan import (
     merge_block,
@@ -29,9 +30,10 @@ from runtime.kernels.attention_plan import (
     split_stages,
     split_warps,
 )
-from runtime.kernels.decode_attention import block_dot, decode_attention_ref, merge_head, merge_partials
-from runtime.kernels.qkv_rope import cache_slot, norm_rope_rows, qkv_rope_to_cache_ref
-from runtime.kernels.rmsnorm import row_inv_rms, scale_row, scale_rows_ref
+from runtime.kernels.decode_attention import decode_attention_ref, merge_partials
+from runtime.kernels.qkv_attention_kernel import _qkv_split_kernel
+from runtime.kernels.qkv_rope import qkv_rope_to_cache_ref
+from runtime.kernels.rmsnorm import scale_rows_ref
 
 
 def qkv_decode_attention_ref(
@@ -62,194 +64,6 @@ def qkv_decode_attention_ref(
     )
     lengths = torch.clamp(positions + 1, max=k_cache.shape[2])
     return decode_attention_ref(q[:, 0], k_cache, v_cache, lengths, scale)
-
-
-@jit
-def _cache_block(
-    k_base, v_base, blk, BLOCK_N: tl.constexpr, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
-):
-    """Cache block blk: K's two halves (BLOCK_N, HALF_BLOCK), V (BLOCK_N, BLOCK_D) and which of its
-    slots are live (below the length, and not the new token's slot, which may still hold an older one)."""
-    slots = blk * BLOCK_N + n
-    live = (slots < length) & (slots != new_slot)
-    at = slots.to(tl.int64)[:, None]
-    k_ok = live[:, None] & c_ok[None, :]
-    k1 = tl.load(k_base + at * k_ss + c[None, :], mask=k_ok, other=0.0)
-    k2 = tl.load(k_base + at * k_ss + half + c[None, :], mask=k_ok, other=0.0)
-    v = tl.load(v_base + at * v_ss + d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0)
-    return k1, k2, v, live
-
-
-@jit
-def _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32: tl.constexpr):
-    """One block of the running softmax: scores of the query group against k, then the rescaled
-    update of (m_i, l_i, acc) with v."""
-    s = block_dot(q1, tl.trans(k1), DOT_F32) + block_dot(q2, tl.trans(k2), DOT_F32)
-    s = tl.where(live[None, :], s * qk_scale, float("-inf"))  # (BLOCK_G, BLOCK_N)
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
-    # a block whose only live slot is the new one leaves m at -inf: subtract 0 there, not -inf
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m_i - m_safe)
-    p = tl.exp2(s - m_safe[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + block_dot(p.to(v.dtype), v, DOT_F32)
-    return m_new, l_i, acc
-
-
-@jit
-def _qkv_split_kernel(
-    qkv_ptr,
-    q_w_ptr,
-    k_w_ptr,
-    cos_ptr,
-    sin_ptr,
-    pos_ptr,
-    k_ptr,
-    v_ptr,
-    acc_ptr,
-    ml_ptr,
-    out_ptr,
-    count_ptr,
-    src_ptr,
-    qk_scale,
-    eps,
-    src_eps,
-    n_src,
-    src_stride,
-    n_heads,
-    n_kv_heads,
-    n_splits,
-    n_slots,
-    qkv_stride,
-    cos_stride,
-    k_sb,
-    k_sh,
-    k_ss,
-    v_sb,
-    v_sh,
-    v_ss,
-    o_sb,
-    G: tl.constexpr,
-    BLOCK_G: tl.constexpr,
-    D: tl.constexpr,
-    HALF_BLOCK: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    QK_NORM: tl.constexpr,
-    OFFSET: tl.constexpr,
-    DOT_F32: tl.constexpr,
-    MERGE: tl.constexpr,
-    DIRECT: tl.constexpr,
-    BLOCK_P: tl.constexpr,
-    PREFETCH: tl.constexpr,
-    ROW_SCALE: tl.constexpr,
-    BLOCK_SRC: tl.constexpr,
-    PDL: tl.constexpr,
-):
-    # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
-    # what no kernel of this step writes: the positions, and the cache slots but the new one
-    if not PREFETCH:
-        pdl_wait(PDL)
-    bh = tl.program_id(0)
-    split = tl.program_id(1)
-    b = bh // n_kv_heads
-    h = bh % n_kv_heads
-    length = tl.minimum(tl.load(pos_ptr + b) + 1, n_slots).to(tl.int32)
-    n_blocks = tl.cdiv(length, BLOCK_N)
-    if split >= n_blocks:  # graph: the grid is fixed; past the live length there is nothing to do
-        return
-    new_slot = cache_slot(pos_ptr, b, n_slots)
-    half = D // 2
-    c = tl.arange(0, HALF_BLOCK)
-    c_ok = c < half
-    g = tl.arange(0, BLOCK_G)
-    g_ok = g < G
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < D
-    n = tl.arange(0, BLOCK_N)
-    k_base = k_ptr + b.to(tl.int64) * k_sb + h.to(tl.int64) * k_sh
-    v_base = v_ptr + b.to(tl.int64) * v_sb + h.to(tl.int64) * v_sh
-    # the first cache block's K and V are loaded before the wait, so their latency overlaps the
-    # qkv GEMV's tail (at short lengths a program has one block only)
-    k1, k2, v, live = _cache_block(
-        k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
-    )
-    if PREFETCH:
-        pdl_wait(PDL)
-
-    row = qkv_ptr + b.to(tl.int64) * qkv_stride
-    cs = cos_ptr + b.to(tl.int64) * cos_stride
-    sn = sin_ptr + b.to(tl.int64) * cos_stride
-    inv = 1.0  # ROW_SCALE: the row's 1 / rms(norm source), applied to q, k and v before anything else
-    if ROW_SCALE:
-        inv = row_inv_rms(src_ptr + b.to(tl.int64) * src_stride, n_src, src_eps, BLOCK_SRC)
-    # the query group (BLOCK_G, D/2) x 2 halves and the new key (1, D/2) x 2, normed and rotated
-    q_src = row + (h * G + g)[:, None] * D
-    q_ok = g_ok[:, None] & c_ok[None, :]
-    q1 = tl.load(q_src + c[None, :], mask=q_ok, other=0.0)
-    q2 = tl.load(q_src + half + c[None, :], mask=q_ok, other=0.0)
-    q1, q2 = scale_row(q1, inv, ROW_SCALE), scale_row(q2, inv, ROW_SCALE)
-    q1, q2 = norm_rope_rows(q1, q2, q_w_ptr, cs, sn, c, c_ok, eps, D, QK_NORM, OFFSET)
-    k_src = row + (n_heads + h) * D + c[None, :]
-    kn1 = tl.load(k_src, mask=c_ok[None, :], other=0.0)
-    kn2 = tl.load(k_src + half, mask=c_ok[None, :], other=0.0)
-    kn1, kn2 = scale_row(kn1, inv, ROW_SCALE), scale_row(kn2, inv, ROW_SCALE)
-    kn1, kn2 = norm_rope_rows(kn1, kn2, k_w_ptr, cs, sn, c, c_ok, eps, D, QK_NORM, OFFSET)
-    vn = tl.load(
-        row + (n_heads + n_kv_heads + h) * D + d[None, :], mask=d_ok[None, :], other=0.0
-    )  # (1, BLOCK_D)
-    vn = scale_row(vn, inv, ROW_SCALE)
-
-    if split == 0:
-        # program 0 owns the new token: it writes it and starts the softmax from it (p = 1)
-        k_new = k_base + new_slot * k_ss + c[None, :]
-        tl.store(k_new, kn1.to(k_ptr.dtype.element_ty), mask=c_ok[None, :])
-        tl.store(k_new + half, kn2.to(k_ptr.dtype.element_ty), mask=c_ok[None, :])
-        tl.store(v_base + new_slot * v_ss + d[None, :], vn.to(v_ptr.dtype.element_ty), mask=d_ok[None, :])
-        s_new = tl.sum(q1.to(tl.float32) * kn1.to(tl.float32), axis=1)
-        s_new += tl.sum(q2.to(tl.float32) * kn2.to(tl.float32), axis=1)
-        m_i = s_new * qk_scale
-        l_i = tl.full([BLOCK_G], 1.0, tl.float32)
-        acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32) + vn.to(tl.float32)
-    else:
-        m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_G], tl.float32)
-        acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-
-    m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
-    for blk in range(split + n_splits, n_blocks, n_splits):
-        k1, k2, v, live = _cache_block(
-            k_base, v_base, blk, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
-        )
-        m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
-
-    pdl_release(PDL)
-    if DIRECT:
-        # one program per (row, kv head): its running softmax is the whole one, so it writes the
-        # output (l_i >= 1: it started from the new token) and no merge follows
-        dst = out_ptr + b.to(tl.int64) * o_sb + (h * G + g)[:, None] * D + d[None, :]
-        out = (acc / l_i[:, None]).to(out_ptr.dtype.element_ty)
-        tl.store(dst, out, mask=g_ok[:, None] & d_ok[None, :])
-        return
-    # partials (B, H, P, D) and (B, H, P, 2), unnormalised; rows past G are padding
-    out_row = ((b * n_kv_heads + h) * G + g).to(tl.int64) * n_splits + split
-    tl.store(acc_ptr + out_row[:, None] * D + d[None, :], acc, mask=g_ok[:, None] & d_ok[None, :])
-    tl.store(ml_ptr + out_row * 2, m_i, mask=g_ok)
-    tl.store(ml_ptr + out_row * 2 + 1, l_i, mask=g_ok)
-    if MERGE:
-        # the last of the n_live programs of this (row, kv head) to finish merges the partials of
-        # its G heads; the barrier puts all of this program's stores before its release
-        tl.debug_barrier()
-        finished = tl.atomic_add(count_ptr + bh, 1, sem="acq_rel", scope="gpu")
-        if finished == tl.minimum(n_blocks, n_splits) - 1:
-            tl.store(count_ptr + bh, 0)  # ready for the next launch: every other program has counted
-            for gi in range(G):
-                head = (b * n_kv_heads + h) * G + gi  # b * H + the head's index
-                out = merge_head(
-                    acc_ptr, ml_ptr, head, tl.minimum(n_blocks, n_splits), n_splits, D, BLOCK_D, BLOCK_P
-                )
-                dst = out_ptr + b.to(tl.int64) * o_sb + (h * G + gi) * D + d
-                tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=d_ok)
 
 
 def qkv_decode_attention_triton(
