@@ -198,17 +198,8 @@ def norm_linear_triton(
     K = residual.shape[-1]
     if not one_row(residual) or K > MAX_NORM_K:
         return norm_linear_ref(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype)
-    N = weight.shape[0]
-    y = torch.empty((*residual.shape[:-1], N), dtype=out_dtype or weight.dtype, device=weight.device)
-    new_residual = (
-        residual if h is None else torch.empty_like(residual, memory_format=torch.contiguous_format)
-    )
-    _launch(
-        _NORM, _row(h) if h is not None else None, _row(residual), norm_w, pre_w, weight, y,
-        new_residual if h is not None else None, eps, offset, False,
-        _config(gemv_op("norm_linear" if y.dtype == weight.dtype else "lm_head", pre_w), N, K, weight.dtype),
-    )  # fmt: skip
-    return y, new_residual
+    op = "norm_linear" if (out_dtype or weight.dtype) == weight.dtype else "lm_head"
+    return _norm_launch(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype, op, None)
 
 
 def norm_linear_act_triton(
@@ -227,15 +218,24 @@ def norm_linear_act_triton(
         raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
     if not one_row(residual) or K > MAX_NORM_K:
         return norm_linear_act_ref(h, residual, norm_w, eps, offset, pre_w, weight, activation)
-    N = weight.shape[0]
-    y = torch.empty((*residual.shape[:-1], N // 2), dtype=weight.dtype, device=weight.device)
+    return _norm_launch(h, residual, norm_w, eps, offset, pre_w, weight, None, "norm_linear_act", activation)
+
+
+def _norm_launch(
+    h, residual, norm_w, eps, offset, pre_w, weight, out_dtype, op: str, activation: str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one-row launch of norm_linear (activation None) and norm_linear_act (the gated epilogue:
+    weight (2I, K), I outputs): (y, residual + h'), the residual itself when h is None."""
+    N, K = weight.shape
+    outputs = N if activation is None else N // 2
+    y = torch.empty((*residual.shape[:-1], outputs), dtype=out_dtype or weight.dtype, device=weight.device)
     new_residual = (
         residual if h is None else torch.empty_like(residual, memory_format=torch.contiguous_format)
     )
     _launch(
         _NORM, _row(h) if h is not None else None, _row(residual), norm_w, pre_w, weight, y,
         new_residual if h is not None else None, eps, offset, activation == "gelu_tanh",
-        _config(gemv_op("norm_linear_act", pre_w), N, K, weight.dtype), gated=True,
+        _config(gemv_op(op, pre_w), N, K, weight.dtype), gated=activation is not None,
     )  # fmt: skip
     return y, new_residual
 
