@@ -129,16 +129,19 @@ def timeline(model_id: str, batch: int, prompt: int, replays: int) -> dict:
 def print_result(res: dict) -> None:
     print(f"\n### {res['model']}, batch {res['batch']}: {res['kernels_per_step']} kernels, "
           f"step {res['step_us_end_to_end']} us (last end to last end), {res['period']} kernels per layer")  # fmt: skip
-    print("| role | kernel | grid | dur us | adds us | overlap us |\n|---|---|---|---|---|---|")
-    for r in res["roles"]:
-        print(
-            f"| {r['role']} | {short(r['name'])} | {r['grid']} | {r['dur']} | {r['adds']} | {r['overlap']} |"
-        )
+    _table("role", res["roles"])
     edge = [r for r in res["kernels"] if r["i"] < res["period"] + 3 or r["i"] >= res["kernels_per_step"] - 6]
     print("\nfirst and last kernels of the step:")
-    print("| i | kernel | grid | dur us | adds us | overlap us |\n|---|---|---|---|---|---|")
-    for r in edge:
-        print(f"| {r['i']} | {short(r['name'])} | {r['grid']} | {r['dur']} | {r['adds']} | {r['overlap']} |")
+    _table("i", edge)
+
+
+def _table(first: str, rows: list[dict]) -> None:
+    """rows as a markdown table: `first` (the role, or the position in the step), then the timings."""
+    print(f"| {first} | kernel | grid | dur us | adds us | overlap us |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r[first]} | {short(r['name'])} | {r['grid']} | {r['dur']} | {r['adds']} | {r['overlap']} |"
+        )
 
 
 def main() -> None:
