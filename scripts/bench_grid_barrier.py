@@ -22,6 +22,7 @@ import json
 import torch
 
 from runtime.kernels._triton import pdl, pdl_release, pdl_wait, tl, triton
+from runtime.kernels.gemv_tuning import _time_us
 
 SPIN_LIMIT = 1 << 14  # reads of the counter before a program gives up (~10 ms; a barrier takes a few)
 
@@ -49,8 +50,9 @@ def _empty_kernel(x_ptr, PDL: tl.constexpr):
         tl.store(x_ptr, 0)
 
 
-def _graph_us(record, replays: int = 50) -> float:
-    """Median device us of one replay of the graph `record` captures (a warm-up run first)."""
+def _graph_us(record) -> float:
+    """Median device us of one replay of the graph `record` captures (a warm-up run first; timed as
+    the GEMV tuner times a launch)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -59,15 +61,7 @@ def _graph_us(record, replays: int = 50) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         record()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000.0)
-    return sorted(times)[len(times) // 2]
+    return _time_us(graph.replay, reps=50)
 
 
 def barrier_us(programs: int, rounds: int) -> tuple[float, int]:
