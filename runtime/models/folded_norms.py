@@ -103,7 +103,7 @@ def decode_rows(model, tokens: torch.Tensor, positions: torch.Tensor, cache) -> 
     return x
 
 
-def _rows_kernel(x: torch.Tensor) -> bool:
+def _on_rows_kernel(x: torch.Tensor) -> bool:
     """RUNTIME_BATCH_GEMM=rows (an A/B switch, read when the step is captured): the batch step's
     products on fused_rows' tl.dot kernel, which streams each weight once for up to 16 rows and
     launches under PDL, instead of cuBLAS (the default, "cublas")."""
@@ -115,13 +115,13 @@ def _rows_kernel(x: torch.Tensor) -> bool:
 
 def _product(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (B, K) @ weight (N, K).T (qkv, gate/up)."""
-    return ops.linear_rows_triton(x, weight) if _rows_kernel(x) else F.linear(x, weight)
+    return ops.linear_rows_triton(x, weight) if _on_rows_kernel(x) else F.linear(x, weight)
 
 
 def _accumulate(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor) -> None:
     """x (B, N) += h (B, K) @ weight (N, K).T in place, rounded once (the o and down products with
     the residual add as cuBLAS's beta = 1, or the rows kernel's accumulate)."""
-    if _rows_kernel(h):
+    if _on_rows_kernel(h):
         ops.linear_rows_add_triton(x, h, weight)
     else:
         x.addmm_(h, weight.t())
