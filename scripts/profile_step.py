@@ -69,7 +69,7 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention 1 split at batch 1 (no merge)": {"RUNTIME_ATTN_ROW_SPLITS": "1"},
     "attention 2 splits at batch 1": {"RUNTIME_ATTN_ROW_SPLITS": "2"},
     "batch GEMMs on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows"},
-    "batch GEMMs on the rows kernel, tuned": {
+    "batch GEMMs on the rows kernel (tuned)": {
         "RUNTIME_BATCH_GEMM": "rows",
         "RUNTIME_ROWS_TUNE": "1",
     },
@@ -269,11 +269,15 @@ def main() -> None:
         env = SETTINGS[best_setting(json.load(open(args.best_from)))]
         print(" ".join(f"{k}={v}" for k, v in env.items()) or "RUNTIME_KERNELS_OFF=")
         return
+    chosen = args.settings and args.settings.split(",")
+    unknown = [name for name in chosen or [] if name not in SETTINGS]
+    if unknown:  # a misspelt name would silently drop its setting from the A/B
+        ap.error(f"unknown --settings {unknown}; the names are: {', '.join(SETTINGS)}")
     if args.ab:
         table = [
             r
             for m in args.model or ARCHS
-            for r in ab(m, args.prompt, args.steps, args.repeat, args.settings and args.settings.split(","))
+            for r in ab(m, args.prompt, args.steps, args.repeat, chosen)
         ]
         print(f"| model | setting | trial | greedy step ms | topk step ms | topk / greedy | b{BATCH} ms | "
               f"b{BATCH} / b1 | capture s |")  # fmt: skip
