@@ -3,14 +3,18 @@
 1. Writes a random-weight checkpoint of the model (transformers' own layout, bf16) and a
    stand-in tokenizer of the model's vocabulary size to --folder, unless a checkpoint is there
    already (the GPU machines cannot reach the hub).
-2. In a fresh child process: CUDA context, our imports (transformers' config machinery among
-   them), load_model(folder) and a Runner capturing every bucket up to --max-batch (3 variants
-   each). Prints one JSON line with each part's seconds; load_plus_capture_s counts from after
+2. In a fresh child process: CUDA context, our imports, load_model(folder) (which imports
+   transformers only where a tokenizer needs it: transformers_imported) and a Runner capturing
+   every bucket up to --max-batch (3 variants each). Prints one JSON line with each part's seconds; load_plus_capture_s counts from after
    the CUDA context (imports included).
    Two children per --loaders value (RUNTIME_LOADER: safetensors' reader, or the staged one) and
    --prebuild value (RUNTIME_PREBUILD: the kernels built on all cores before the capture, or not):
    the first start, then a second with Python's bytecode and Triton's kernel caches warm. With
    --fresh-triton-cache each first start has an empty Triton cache (a fresh machine's).
+   --bytecode says what Python bytecode the first start finds: "installed" (the default), that of
+   the dependencies as pip leaves them (compiled at install; a throw-away start compiles it here,
+   where this machine's site-packages may hold none) and none of this package's (an editable
+   install writes it at the first import); "cold", none at all (every import compiles its module).
    STARTUP_PROFILE=1 prints a cProfile of the load above each JSON line (it slows the load).
 The files were just written, so they come from the page cache: a cold disk adds its read time.
 """
@@ -21,6 +25,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,7 +40,6 @@ torch.zeros(1, device="cuda"); torch.cuda.synchronize()
 t1 = time.perf_counter()
 from runtime.models.loader import load_model
 from runtime.engine.runner import Runner
-import transformers.models.auto.configuration_auto  # what reading a config imports
 t1b = time.perf_counter()
 import cProfile, os, pstats
 prof = cProfile.Profile() if os.environ.get("STARTUP_PROFILE") == "1" else None  # where the load's seconds go
@@ -50,7 +54,8 @@ print(json.dumps({"torch_import_and_cuda_init_s": round(t1 - t0, 2), "runtime_im
                   "load_s": round(t2 - t1b, 2), **loaded.load_parts, "capture_s": round(t3 - t2, 2),
                   "tune_s": round(runner.tune_s, 2), "graphs": len(runner.pool.stats),
                   "prebuild": runner.prebuild.describe() if runner.prebuild else "off",
-                  "load_plus_capture_s": round(t3 - t1, 2), "total_s": round(t3 - t0, 2)}))
+                  "load_plus_capture_s": round(t3 - t1, 2), "total_s": round(t3 - t0, 2),
+                  "transformers_imported": "transformers" in sys.modules}))
 """
 
 
@@ -80,6 +85,16 @@ def write_checkpoint(model_id: str, folder: Path) -> float:
     return time.perf_counter() - start
 
 
+def start_child(folder: Path, max_batch: int, env: dict) -> subprocess.CompletedProcess:
+    """One start in a fresh process (CHILD); exits with its stderr's end if it failed."""
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, str(folder), str(max_batch)], capture_output=True, text=True, env=env
+    )
+    if child.returncode:
+        sys.exit(child.stderr[-3000:])
+    return child
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="meta-llama/Llama-3.2-1B-Instruct")
@@ -95,6 +110,8 @@ def main() -> None:
         help="each first start gets an empty TRITON_CACHE_DIR (its second start reuses it)",
     )
     ap.add_argument("--pycache", default="/tmp/runtime-pycache", help="PYTHONPYCACHEPREFIX of the children")
+    ap.add_argument("--bytecode", choices=("installed", "cold"), default="installed",
+                    help="the first start's Python bytecode: the dependencies' as installed, or none")  # fmt: skip
     args = ap.parse_args()
     folder = Path(args.folder)
     if not list(folder.glob("*.safetensors")):
@@ -106,22 +123,19 @@ def main() -> None:
         triton_cache = {}
         if args.fresh_triton_cache:
             triton_cache = {"TRITON_CACHE_DIR": tempfile.mkdtemp(prefix="triton-cache-")}
+        env = dict(
+            os.environ, RUNTIME_LOADER=loader, RUNTIME_PREBUILD=prebuild, PYTHONPYCACHEPREFIX=args.pycache
+        )
+        shutil.rmtree(args.pycache, ignore_errors=True)
+        if args.bytecode == "installed":
+            # every module a start imports compiled once, on a Triton cache of its own; then this
+            # package's bytecode removed again, as an editable install has none before its first run
+            scratch = {"TRITON_CACHE_DIR": tempfile.mkdtemp(prefix="triton-scratch-")}
+            start_child(folder, args.max_batch, dict(env, **scratch))
+            repo = Path(__file__).resolve().parent.parent
+            shutil.rmtree(Path(args.pycache + str(repo)), ignore_errors=True)
         for start in ("first", "second"):
-            env = dict(
-                os.environ,
-                RUNTIME_LOADER=loader,
-                RUNTIME_PREBUILD=prebuild,
-                PYTHONPYCACHEPREFIX=args.pycache,
-                **triton_cache,
-            )
-            child = subprocess.run(
-                [sys.executable, "-c", CHILD, str(folder), str(args.max_batch)],
-                capture_output=True,
-                text=True,
-                env=env,
-            )
-            if child.returncode:
-                sys.exit(child.stderr[-3000:])
+            child = start_child(folder, args.max_batch, dict(env, **triton_cache))
             *profile_lines, last = child.stdout.strip().splitlines()
             print("\n".join(profile_lines))
             times = json.loads(last)
@@ -133,6 +147,7 @@ def main() -> None:
                         "prebuild_setting": prebuild,
                         "fresh_triton_cache": bool(triton_cache),
                         "start": start,
+                        "bytecode": args.bytecode if start == "first" else "warm",
                         "max_batch": args.max_batch,
                         **times,
                     }
