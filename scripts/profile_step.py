@@ -69,8 +69,10 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention 1 split at batch 1 (no merge)": {"RUNTIME_ATTN_ROW_SPLITS": "1"},
     "attention 2 splits at batch 1": {"RUNTIME_ATTN_ROW_SPLITS": "2"},
     "batch GEMMs on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows"},
-    "batch GEMMs on the rows kernel (tuned)": {
-        "RUNTIME_BATCH_GEMM": "rows",
+    "batch GEMMs on the rows kernel (tuned)": {"RUNTIME_BATCH_GEMM": "rows", "RUNTIME_ROWS_TUNE": "1"},
+    "batch MLP GEMMs on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows_mlp"},
+    "batch MLP GEMMs on the rows kernel (tuned)": {
+        "RUNTIME_BATCH_GEMM": "rows_mlp",
         "RUNTIME_ROWS_TUNE": "1",
     },
     "merge kernel releases early (PDL)": {"RUNTIME_MERGE_PDL": "early"},
@@ -274,11 +276,7 @@ def main() -> None:
     if unknown:  # a misspelt name would silently drop its setting from the A/B
         ap.error(f"unknown --settings {unknown}; the names are: {', '.join(SETTINGS)}")
     if args.ab:
-        table = [
-            r
-            for m in args.model or ARCHS
-            for r in ab(m, args.prompt, args.steps, args.repeat, chosen)
-        ]
+        table = [r for m in args.model or ARCHS for r in ab(m, args.prompt, args.steps, args.repeat, chosen)]
         print(f"| model | setting | trial | greedy step ms | topk step ms | topk / greedy | b{BATCH} ms | "
               f"b{BATCH} / b1 | capture s |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|---|")

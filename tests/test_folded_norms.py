@@ -10,6 +10,7 @@ import torch
 from tiny_configs import hf_and_ours
 
 from runtime.engine.state import KVCache
+from runtime.kernels import fused_rows as fr
 from runtime.kernels import ops
 from runtime.models import folded_norms
 
@@ -87,10 +88,12 @@ def test_batch_step_launches_only_the_final_norm(monkeypatch):
     torch.testing.assert_close(folded, unfolded, atol=1e-4, rtol=1e-4)
 
 
-def test_rows_kernel_switch_takes_every_product(monkeypatch):
+@pytest.mark.parametrize("choice", ["rows", "rows_mlp"])
+def test_rows_kernel_switch_takes_its_products(monkeypatch, choice):
     """RUNTIME_BATCH_GEMM=rows sends each layer's four products of a batch step to the rows kernel
-    (here recorders around the references): qkv and gate/up as products, o and down accumulated into
-    the residual rows in place; the logits do not change; an unknown value is refused."""
+    (here recorders around the references): qkv a product, gate/up with the gated activation as its
+    epilogue, o and down accumulated into the residual rows in place; rows_mlp only the MLP's two.
+    The logits do not change; an unknown value is refused."""
     _, spec, ours = hf_and_ours("llama")
     seqs, cache = _prefill_rows(ours, spec)
     _, want = _decode_steps(ours, seqs, cache, 1)
@@ -104,17 +107,20 @@ def test_rows_kernel_switch_takes_every_product(monkeypatch):
         calls.append(("add", *w.shape))
         return out.addmm_(x, w.t())
 
+    def gated(x, w, activation, eps):
+        calls.append(("gated", *w.shape))
+        return fr.gated_linear_rows_ref(x, w, activation, eps)
+
     monkeypatch.setattr(ops, "enabled", lambda name, t: name == "linear_rows")
     monkeypatch.setattr(ops, "linear_rows_triton", product)
     monkeypatch.setattr(ops, "linear_rows_add_triton", accumulate)
-    monkeypatch.setenv("RUNTIME_BATCH_GEMM", "rows")
+    monkeypatch.setattr(ops, "gated_linear_rows_triton", gated)
+    monkeypatch.setenv("RUNTIME_BATCH_GEMM", choice)
     _, got = _decode_steps(ours, seqs, cache, 1)
     layer = ours.layers[0]
-    per_layer = [
-        ("product", *layer.attn.qkv.weight.shape), ("add", *layer.attn.o_proj.weight.shape),
-        ("product", *layer.mlp.gate_up.weight.shape), ("add", *layer.mlp.down.weight.shape),
-    ]  # fmt: skip
-    assert calls == per_layer * spec.layers
+    attention = [("product", *layer.attn.qkv.weight.shape), ("add", *layer.attn.o_proj.weight.shape)]
+    mlp = [("gated", *layer.mlp.gate_up.weight.shape), ("add", *layer.mlp.down.weight.shape)]
+    assert calls == ((attention if choice == "rows" else []) + mlp) * spec.layers
     torch.testing.assert_close(got, want)
     monkeypatch.setenv("RUNTIME_BATCH_GEMM", "tiles")
     with pytest.raises(ValueError, match="RUNTIME_BATCH_GEMM"):

@@ -194,6 +194,35 @@ def test_linear_rows_add(poisoned, monkeypatch, lead, K, N, dtype, config):
     assert_counters_clear()
 
 
+# (M, K, I, dtype, config): weight (2I, K) = [gate | up]; the dev models' gate/up at 16 rows, then
+# awkward ones; a planted split > 1 must be ignored (the epilogue needs whole sums)
+GATED_ROWS_CASES = cases(
+    full=[(16, 2048, 8192, BF16, None), (16, 2048, 6144, BF16, None), (16, 1152, 6912, BF16, None),
+          (3, 1000, 100, F16, None), (2, 77, 3, F32, None), (16, 2048, 1000, BF16, (64, 128, 4, 8, 4)),
+          (5, 1152, 37, BF16, (16, 256, 1, 4, 3))],
+    small=[(2, 77, 3, F32, None), (3, 300, 50, BF16, (16, 64, 2, 4, 1)), (16, 130, 37, F16, None)],
+)  # fmt: skip
+
+
+@kernel_test
+@pytest.mark.parametrize("scaled", [True, False])
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("M,K,inter,dtype,config", GATED_ROWS_CASES)
+def test_gated_linear_rows(poisoned, monkeypatch, M, K, inter, dtype, config, activation, scaled):
+    """act(gate) * up as the product's epilogue: output o pairs gate row o with up row inter + o (a
+    wrong pairing or a missed output fails by O(1)); scaled (the folded norm): gate and up first
+    divided by rms of x's row. Roundings as the reference's ops, so only the fp32 sum order differs."""
+    x = rand(M, K, dtype=dtype, scale=4.0)
+    weight = rand(2 * inter, K, dtype=dtype, scale=K**-0.5)
+    planted(monkeypatch, "gated_linear", (M,), inter, K, dtype, config)
+    eps = EPS if scaled else None
+    got = fr.gated_linear_rows_triton(x, weight, activation, eps)
+    want = fr.gated_linear_rows_ref(x, weight, activation, eps)
+    assert got.shape == (M, inter) and got.dtype == dtype
+    assert_matches(got, want, dtype, scale=2.0)
+    assert_counters_clear()
+
+
 @kernel_test
 @pytest.mark.parametrize("dtype", [BF16, F32])
 def test_strided_rows(poisoned, monkeypatch, dtype):
@@ -217,7 +246,8 @@ def test_strided_rows(poisoned, monkeypatch, dtype):
 
 
 def test_other_row_counts_take_the_reference(monkeypatch):
-    """One row (fused_linear's kernel) and more than MAX_ROWS (prefill) are the references'; so are mixed dtypes."""
+    """One row (fused_linear's kernel) and more than MAX_ROWS (prefill) are the references'; so are mixed
+    dtypes (every op, the gated product with and without the folded norm's row scale)."""
     K, N = 24, 5
     w, nw = torch.randn(N, K), torch.randn(K)
     for lead in [(1,), (1, 1), (), (17,), (1, 17), (3, 6), (0,)]:
@@ -225,21 +255,30 @@ def test_other_row_counts_take_the_reference(monkeypatch):
         x, res, gu = torch.randn(*lead, K), torch.randn(*lead, K), torch.randn(*lead, 2 * K)
         assert torch.equal(linear_rows_triton(x, w), linear_ref(x, w))
         assert torch.equal(act_linear_rows_triton(gu, "silu", w), act_linear_ref(gu, "silu", w))
+        gated_w = torch.randn(2 * N, K)
+        for eps in (EPS, None):
+            got = fr.gated_linear_rows_triton(x.reshape(-1, K), gated_w, "silu", eps)
+            assert torch.equal(got, fr.gated_linear_rows_ref(x.reshape(-1, K), gated_w, "silu", eps))
         for h in (x, None):
             got = norm_linear_rows_triton(h, res, nw, EPS, 1.0, nw, w)
             want = norm_linear_ref(h, res, nw, EPS, 1.0, nw, w)
             assert all(torch.equal(g, v) for g, v in zip(got, want))
     assert all(fr.fits_rows(torch.empty(*lead, K)) for lead in [(2,), (16,), (2, 8), (16, 1), (3, 1, 1)])
     # mixed dtypes (the kernel's product needs one) go to the references too, at any row count
-    for name in ("linear_ref", "act_linear_ref", "norm_linear_ref"):
+    for name in ("linear_ref", "act_linear_ref", "norm_linear_ref", "gated_linear_rows_ref"):
         monkeypatch.setattr(fr, name, lambda *args, _name=name: _name)
     x, gu, w64 = torch.randn(3, K), torch.randn(3, 2 * K), w.double()
     assert linear_rows_triton(x, w64) == "linear_ref"
     assert act_linear_rows_triton(gu, "silu", w64) == "act_linear_ref"
     assert norm_linear_rows_triton(x, x, nw.double(), EPS, 0.0, None, w) == "norm_linear_ref"
     assert norm_linear_rows_triton(None, x, nw, EPS, 0.0, None, w64) == "norm_linear_ref"
+    assert (
+        fr.gated_linear_rows_triton(x, torch.randn(2 * N, K).double(), "silu", EPS) == "gated_linear_rows_ref"
+    )
     with pytest.raises(ValueError):
         act_linear_rows_triton(torch.randn(2, 2 * K), "relu", w)
+    with pytest.raises(ValueError):
+        fr.gated_linear_rows_triton(x, torch.randn(2 * N, K), "relu")
 
 
 # the dev models' (N, K) per op at 16 rows: Qwen3-1.7B, Llama 3.2 1B, Gemma 3 1B
@@ -290,14 +329,14 @@ def test_slices_cover_k_with_no_empty_slice():
 
 def test_rows_shapes_are_what_the_rows_kernel_runs():
     """A model's batch-1 GEMV shapes as the rows kernel takes them: the gated and pre-normed names
-    to ops tune_rows knows, each norm product also as a plain linear (the folded norms' raw rows),
-    no LM head; every op is one tune_rows can time (an unknown name would fail at start-up)."""
+    to ops tune_rows knows, each norm product also as the folded norms' raw rows take it (qkv a plain
+    linear, gate/up gated_linear of half its rows), no LM head; every op is one tune_rows can time (an unknown name would fail at start-up)."""
     shapes = [("norm_linear", 1536, 1152), ("norm_linear_pre", 1536, 1152), ("linear", 1152, 1024),
               ("lm_head_pre", 262144, 1152), ("norm_linear_act_pre", 13824, 1152), ("linear", 1152, 6912),
               ("act_linear", 1152, 6912)]  # fmt: skip
     assert gemv_tuning.rows_shapes(shapes) == [
         ("norm_linear", 1536, 1152), ("linear", 1536, 1152), ("linear", 1152, 1024), ("norm_linear", 13824, 1152),
-        ("linear", 13824, 1152), ("linear", 1152, 6912), ("act_linear", 1152, 6912),
+        ("gated_linear", 6912, 1152), ("linear", 1152, 6912), ("act_linear", 1152, 6912),
     ]  # fmt: skip
     for op, N, K in gemv_tuning.rows_shapes(shapes):
         gemv_tuning.tune_rows(op, 16, N, K, BF16, "cpu")  # off CUDA: the heuristic, for every op
@@ -321,15 +360,19 @@ def test_untuned_setting_ignores_tuned_blocks(monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(INTERPRET, reason="tune_rows times compiled kernels on the GPU")
-@pytest.mark.parametrize("op", ["norm_linear", "act_linear", "linear", "lm_head"])
+@pytest.mark.parametrize("op", ["norm_linear", "act_linear", "linear", "lm_head", "gated_linear"])
 def test_tune_rows_on_the_gpu_picks_a_candidate_the_launch_then_uses(monkeypatch, op):
     monkeypatch.setattr(frc, "_TUNED_ROWS", {})
     M, N, K, dtype = 16, 1536, 1152, BF16
     best = gemv_tuning.tune_rows(op, M, N, K, dtype, "cuda")
     assert frc.config_for(op, M, N, K, dtype, frc._OP_COST[op]) == best
+    assert op != "gated_linear" or best[2] == 1  # never a split K under the epilogue
     x = rand(M, 2 * K if op == "act_linear" else K, dtype=dtype)
-    weight = rand(N, K, dtype=dtype, scale=K**-0.5)
-    if op in ("norm_linear", "lm_head"):
+    weight = rand(2 * N if op == "gated_linear" else N, K, dtype=dtype, scale=K**-0.5)
+    if op == "gated_linear":
+        got = fr.gated_linear_rows_triton(x, weight, "silu", EPS)
+        assert_matches(got, fr.gated_linear_rows_ref(x, weight, "silu", EPS), dtype, scale=2.0)
+    elif op in ("norm_linear", "lm_head"):
         norm_w = rand(K, dtype=dtype)
         y, _ = norm_linear_rows_triton(
             None, x, norm_w, EPS, 0.0, None, weight, F32 if op == "lm_head" else None

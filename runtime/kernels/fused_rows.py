@@ -36,9 +36,10 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from runtime.kernels._triton import INTERPRETING, cdiv, pdl
-from runtime.kernels.activation import ACTIVATIONS
+from runtime.kernels.activation import ACTIVATIONS, gated_act_ref
 from runtime.kernels.arrival import arrival_counters
 from runtime.kernels.fused_linear import _ACT, _NONE, _NORM, act_linear_ref, linear_ref, norm_linear_ref
 from runtime.kernels.fused_rows_config import BLOCK_M, MAX_ROWS, MIN_ROWS, _slices, config_for
@@ -64,15 +65,19 @@ def _one_dtype(weight: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
 
 
 def _launch(
-    prologue, x, res, norm_w, pre_w, weight, y, res_out, eps, offset, gelu, config, accumulate=False
-) -> None:
+    prologue, x, res, norm_w, pre_w, weight, y, res_out, eps, offset, gelu, config, accumulate=False,
+    gated=False, row_scale=False,
+) -> None:  # fmt: skip
     """x, res: (M, K) rows of unit column stride (x is (M, 2K) for act); y (M, N) and res_out (M, K)
-    contiguous (res_out None: nothing to write); accumulate: y += the product, in place."""
+    contiguous (res_out None: nothing to write); accumulate: y += the product, in place. gated: W is
+    (2N, K) = [gate | up], y (M, N) = act(gate) * up (K unsplit), each gate and up row first divided
+    by rms of x's row (eps) with row_scale."""
     assert weight.dim() == 2 and weight.is_contiguous(), "W must be a contiguous (N, K) nn.Linear weight"
     N, K = weight.shape
+    N = N // 2 if gated else N
     M = (x if x is not None else res).shape[0]
     block_n, block_k, split, num_warps, num_stages = config
-    splits, k_split = _slices(K, block_k, split)
+    splits, k_split = _slices(K, block_k, 1 if gated else split)
     n_blocks = cdiv(N, block_n)
     part, counters = y, y  # unused pointer arguments unless K is split
     if splits > 1:
@@ -87,7 +92,7 @@ def _launch(
         PROLOGUE=prologue, OFFSET=float(offset), HAS_H=prologue == _NORM and x is not None,
         HAS_PRE=prologue == _NORM and x is not None and pre_w is not None, GELU=gelu, SPLIT=splits,
         BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, DOT_F32=INTERPRETING, ACCUMULATE=accumulate,
-        num_warps=num_warps, num_stages=num_stages, **pdl(weight.device),
+        GATED=gated, ROW_SCALE=row_scale, num_warps=num_warps, num_stages=num_stages, **pdl(weight.device),
     )  # fmt: skip
 
 
@@ -174,3 +179,34 @@ def linear_rows_add_triton(out: torch.Tensor, x: torch.Tensor, weight: torch.Ten
         config_for("linear", rows_of(x), N, K, weight.dtype, "linear"), accumulate=True,
     )  # fmt: skip
     return out
+
+
+def gated_linear_rows_ref(
+    x: torch.Tensor, weight: torch.Tensor, activation: str, norm_eps: float | None = None
+) -> torch.Tensor:
+    """x (M, K), weight (2I, K) = [gate | up] -> act(gate) * up (M, I) of x @ weight.T, in the
+    dtype. norm_eps: x holds un-normed rows whose norm weight the matrix holds (folded_norms.py),
+    so gate and up are first divided by rms(x) per row (gated_act_ref's norm_source)."""
+    return gated_act_ref(
+        F.linear(x, weight), activation, x if norm_eps is not None else None, norm_eps or 0.0
+    )
+
+
+def gated_linear_rows_triton(
+    x: torch.Tensor, weight: torch.Tensor, activation: str, norm_eps: float | None = None
+) -> torch.Tensor:
+    """Same contract as gated_linear_rows_ref; one kernel for 2..MAX_ROWS rows (the activation as the
+    product's epilogue: no gate_up tensor, no activation launch), else (or mixed dtypes) the reference."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
+    if not fits_rows(x) or not _one_dtype(weight, x) or x.dim() != 2:
+        return gated_linear_rows_ref(x, weight, activation, norm_eps)
+    two_i, K = weight.shape
+    assert x.shape[-1] == K and two_i % 2 == 0, (x.shape, weight.shape)
+    y = torch.empty((x.shape[0], two_i // 2), dtype=weight.dtype, device=weight.device)
+    _launch(
+        _NONE, _rows(x), None, None, None, weight, y, None, norm_eps or 0.0, 0.0, activation == "gelu_tanh",
+        config_for("gated_linear", rows_of(x), two_i // 2, K, weight.dtype, "gated"),
+        gated=True, row_scale=norm_eps is not None,
+    )  # fmt: skip
+    return y

@@ -33,7 +33,13 @@ _PROLOGUE_COST = {
 # what predict_us says of rows_config's choice at 16 bf16 rows (a model, not measured; launch gaps not
 # included): Qwen3-1.7B qkv 5.6 us, o 2.8, gate_up 16.8, down 9.4 (split 2); Llama 3.2 1B qkv 5.2, o 2.8,
 # gate_up 22.4, down 12.2 (split 2); Gemma 3 1B qkv 2.9, o 1.3, gate_up 10.6, down 6.7 (split 8)
-_OP_COST = {"linear": "linear", "act_linear": "act", "norm_linear": "norm_add", "lm_head": "norm_add"}
+_OP_COST = {
+    "linear": "linear",
+    "act_linear": "act",
+    "norm_linear": "norm_add",
+    "lm_head": "norm_add",
+    "gated_linear": "gated",
+}
 
 # (BLOCK_N, BLOCK_K, SPLIT, num_warps, num_stages) that tune_rows times (SPLIT is capped by K at launch)
 CANDIDATE_CONFIGS = [
@@ -77,19 +83,23 @@ def predict_us(N: int, K: int, elem_bytes: int, cost: str, block_n: int, block_k
     return t + (SPLIT_US if splits > 1 else 0.0)
 
 
-def rows_config(N: int, K: int, elem_bytes: int, cost: str = "linear") -> tuple[int, int, int, int, int]:
+def rows_config(
+    N: int, K: int, elem_bytes: int, cost: str = "linear", splits: tuple[int, ...] = (1, 2, 4, 8)
+) -> tuple[int, int, int, int, int]:
     """(BLOCK_N, BLOCK_K, SPLIT, num_warps, num_stages) for an (N, K) weight at up to 16 rows.
 
-    BLOCK_N and SPLIT minimise predict_us over BLOCK_N 16..128 and SPLIT 1, 2, 4, 8 (each slice keeps
+    BLOCK_N and SPLIT minimise predict_us over BLOCK_N 16..128 and SPLIT in splits (each slice keeps
     >= 4 chunks for the pipeline); within 5% of the best, the fewest splits, then the widest BLOCK_N
     (fewer programs reread the activations). BLOCK_K: a ~16 KB weight tile. 8 warps where the prologue
     has real work per element (more warps to hide the MUFU / ALU latency), else 4; 4 stages of
     (W tile + input tile) within 96 KB of shared memory, else 3 or 2.
     """
+    if cost == "gated":
+        return _gated_config(N, K, elem_bytes)
     scored = []
     for block_n in (16, 32, 64, 128):
         block_k = _block_k(block_n, K, elem_bytes)
-        for split in (1, 2, 4, 8):
+        for split in splits:
             if split > 1 and cdiv(K, block_k) < 4 * split:
                 break
             scored.append(
@@ -102,6 +112,14 @@ def rows_config(N: int, K: int, elem_bytes: int, cost: str = "linear") -> tuple[
     stage_bytes = (block_n + BLOCK_M) * block_k * elem_bytes
     num_stages = 4 if 4 * stage_bytes <= 96 << 10 else 3 if 3 * stage_bytes <= 144 << 10 else 2
     return block_n, block_k, split, num_warps, num_stages
+
+
+def _gated_config(N: int, K: int, elem_bytes: int) -> tuple[int, int, int, int, int]:
+    """gated_linear (N outputs of a (2N, K) [gate | up] matrix, K never split: the epilogue needs
+    whole sums): the plain product's choice for the whole matrix at one split, its BLOCK_N weight
+    rows per program shared half and half between gate and up rows of the same outputs."""
+    block_n, block_k, _, num_warps, num_stages = rows_config(2 * N, K, elem_bytes, "linear", splits=(1,))
+    return max(16, block_n // 2), block_k, 1, num_warps, num_stages
 
 
 def config_for(

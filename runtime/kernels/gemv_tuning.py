@@ -103,14 +103,16 @@ def tune_shapes(
 def rows_shapes(shapes: Iterable[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
     """The batch-rows kernel's (op, N, K) for a model's batch-1 GEMV shapes: the same products, as
     the rows kernel runs them (gate/up as norm_linear, the activation a kernel of its own; no LM
-    head), and each norm product once more as a plain `linear` (RUNTIME_BATCH_GEMM=rows: the
-    folded norms' raw rows)."""
+    head), and each norm product once more as the folded norms' raw rows take it
+    (RUNTIME_BATCH_GEMM): qkv a plain `linear`, gate/up `gated_linear` of N / 2 outputs."""
     out = []
     for op, N, K in shapes:
         base = op.removesuffix("_pre")
         if base == "lm_head":
             continue
-        if base in ("norm_linear", "norm_linear_act"):
+        if base == "norm_linear_act":
+            out += [("norm_linear", N, K), ("gated_linear", N // 2, K)]
+        elif base == "norm_linear":
             out += [("norm_linear", N, K), ("linear", N, K)]
         else:
             out.append((base, N, K))
@@ -194,13 +196,14 @@ def tune_rows(
     op: str, M_bucket: int, N: int, K: int, dtype: torch.dtype, device
 ) -> tuple[int, int, int, int, int]:
     """The fastest of rows_config's choice and CANDIDATE_CONFIGS for op ("norm_linear", "lm_head",
-    "act_linear", "linear") at M_bucket rows and an (N, K) weight, remembered for the launches (timed
+    "act_linear", "linear", "gated_linear") at M_bucket rows and an (N, K) weight, remembered for the launches (timed
     as gemv_tuning times the batch-1 kernel: L2 flushed, median). Before graph capture: it allocates
     and synchronises. Off CUDA a no-op that returns the heuristic."""
     heuristic = rows_config(N, K, dtype.itemsize, _OP_COST[op])
     if torch.device(device).type != "cuda" or not AVAILABLE or INTERPRETING:
         return heuristic
-    weight = torch.randn(N, K, device=device, dtype=dtype) / math.sqrt(K)
+    gated = op == "gated_linear"  # N outputs of a (2N, K) [gate | up] matrix, as the folded step runs it
+    weight = torch.randn(2 * N if gated else N, K, device=device, dtype=dtype) / math.sqrt(K)
     vec = torch.randn(M_bucket, 2 * K, device=device, dtype=dtype)  # gate_up, or h | residual
     norm_w = torch.randn(K, device=device, dtype=dtype)
     y = torch.empty(M_bucket, N, device=device, dtype=torch.float32 if op == "lm_head" else dtype)
@@ -211,15 +214,29 @@ def tune_rows(
         "norm_linear": (_NORM, vec[:, :K], vec[:, K:], norm_w, res_out),
         "lm_head": (_NORM, vec[:, :K], vec[:, K:], norm_w, res_out),
         "act_linear": (_ACT, vec, None, None, None),
+        "gated_linear": (_NONE, vec[:, :K], None, None, None),
     }[op]
     timings = {}
     for block_n, block_k, split, num_warps, num_stages in dict.fromkeys([heuristic, *ROWS_CANDIDATES]):
         block_k = max(16, min(block_k, next_pow2(K)))
-        config = (block_n, block_k, _slices(K, block_k, split)[0], num_warps, num_stages)
+        config = (block_n, block_k, 1 if gated else _slices(K, block_k, split)[0], num_warps, num_stages)
         if config not in timings:
             timings[config] = _time_us(
                 lambda c=config: fused_rows._launch(
-                    prologue, x, res, nw, None, weight, y, ro, 1e-6, 0.0, False, c
+                    prologue,
+                    x,
+                    res,
+                    nw,
+                    None,
+                    weight,
+                    y,
+                    ro,
+                    1e-6,
+                    0.0,
+                    False,
+                    c,
+                    gated=gated,
+                    row_scale=gated,
                 )
             )
     best = min(timings, key=timings.get)

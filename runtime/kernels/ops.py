@@ -39,6 +39,7 @@ from runtime.kernels.fused_linear import (
 from runtime.kernels.fused_rows import (
     act_linear_rows_triton,
     fits_rows,
+    gated_linear_rows_triton,
     linear_rows_add_triton,
     linear_rows_triton,
     norm_linear_rows_triton,

@@ -1,13 +1,14 @@
 """The batch-rows GEMM kernel behind fused_rows.py's ops: y = x @ W.T for 2..16 rows through tl.dot,
 with the op's prologue (residual add + RMSNorm, or the gated activation) rebuilt tile by tile, an
-optional split of K summed by the last program to arrive, and an optional in-place accumulate.
+optional split of K summed by the last program to arrive, an optional in-place accumulate, and an
+optional gated epilogue (gate and up rows of the same outputs, act(gate) * up written).
 """
 
 from __future__ import annotations
 
 from runtime.kernels._triton import jit, pdl_wait, tl
 from runtime.kernels.activation import _gated
-from runtime.kernels.rmsnorm import _apply_norm
+from runtime.kernels.rmsnorm import _apply_norm, scale_row
 
 
 @jit
@@ -93,11 +94,16 @@ def _rows_kernel(
     DOT_F32: tl.constexpr,
     PDL: tl.constexpr,
     ACCUMULATE: tl.constexpr = False,
+    GATED: tl.constexpr = False,
+    ROW_SCALE: tl.constexpr = False,
 ):
     # x (M, K) rows of stride x_stride (norm: h; act: gate_up (M, 2K)); res (M, K); W (N, K); y, part
     # (M, N) and (SPLIT, M, N), res_out (M, K), all contiguous. int64 W offsets: N * K may pass 2^31.
     # ACCUMULATE: y += x @ W.T in place, rounded once (cuBLAS's beta = 1): each element of y is read
-    # and written by the one program that owns it (the last to arrive, with SPLIT > 1)
+    # and written by the one program that owns it (the last to arrive, with SPLIT > 1).
+    # GATED (SPLIT 1, PROLOGUE 0): W is (2N, K) = [gate | up] and y (M, N) = act(gate) * up; the
+    # program owning outputs o also multiplies W rows N + o. ROW_SCALE: gate and up are first
+    # divided by rms of x's row (the folded norm; the program walks all of K, summing x's squares)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -105,18 +111,17 @@ def _rows_kernel(
     n_idx = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = n_idx < N
     w_rows = w_ptr + n_idx.to(tl.int64)[:, None] * K  # (BLOCK_N, 1)
+    up_rows = w_ptr + (N + n_idx).to(tl.int64)[:, None] * K  # GATED: the up rows of the same outputs
     k_start = pid_k * k_split
     k_end = tl.minimum(K, k_start + k_split)
     # no kernel writes weights: under PDL the first tile's load overlaps the previous kernel's tail.
     # W is read once per step: don't let it push the activations out of L2
     cols = k_start + tl.arange(0, BLOCK_K)
     col_mask = cols < k_end
-    w = tl.load(
-        w_rows + cols[None, :],
-        mask=n_mask[:, None] & col_mask[None, :],
-        other=0.0,
-        eviction_policy="evict_first",
-    )
+    w_mask = n_mask[:, None] & col_mask[None, :]
+    w = tl.load(w_rows + cols[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
+    if GATED:
+        w_up = tl.load(up_rows + cols[None, :], mask=w_mask, other=0.0, eviction_policy="evict_first")
     pdl_wait(PDL)
 
     inv = tl.zeros([BLOCK_M], tl.float32)
@@ -152,6 +157,12 @@ def _rows_kernel(
         PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU,
     )  # fmt: skip
     acc = _dot(x, w, tl.zeros([BLOCK_M, BLOCK_N], tl.float32), DOT_F32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    sum_sq_x = tl.zeros([BLOCK_M], tl.float32)
+    if GATED:
+        acc_up = _dot(x, w_up, acc_up, DOT_F32)
+    if ROW_SCALE:
+        sum_sq_x += tl.sum(x.to(tl.float32) * x.to(tl.float32), axis=1)
     for k0 in range(k_start + BLOCK_K, k_end, BLOCK_K):
         c = k0 + tl.arange(0, BLOCK_K)
         c_mask = c < k_end
@@ -159,17 +170,25 @@ def _rows_kernel(
             x_ptr, x_stride, res_ptr, res_stride, norm_w_ptr, pre_w_ptr, rows, row_mask, c, c_mask, K, inv, inv_pre,
             PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU,
         )  # fmt: skip
-        w_c = tl.load(
-            w_rows + c[None, :],
-            mask=n_mask[:, None] & c_mask[None, :],
-            other=0.0,
-            eviction_policy="evict_first",
-        )
+        wc_mask = n_mask[:, None] & c_mask[None, :]
+        w_c = tl.load(w_rows + c[None, :], mask=wc_mask, other=0.0, eviction_policy="evict_first")
         acc = _dot(x_c, w_c, acc, DOT_F32)
+        if GATED:
+            up_c = tl.load(up_rows + c[None, :], mask=wc_mask, other=0.0, eviction_policy="evict_first")
+            acc_up = _dot(x_c, up_c, acc_up, DOT_F32)
+        if ROW_SCALE:
+            sum_sq_x += tl.sum(x_c.to(tl.float32) * x_c.to(tl.float32), axis=1)
 
     y_off = rows[:, None] * N + n_idx[None, :]
     y_mask = row_mask[:, None] & n_mask[None, :]
-    if SPLIT == 1:
+    if GATED:
+        # gated_act_ref(F.linear(x, W), act, x)'s roundings: the product to the dtype, the row's
+        # 1 / rms applied in fp32 and rounded again, then the activation (activation.py's _gated)
+        gate, up = acc.to(w_ptr.dtype.element_ty), acc_up.to(w_ptr.dtype.element_ty)
+        inv_x = tl.rsqrt(sum_sq_x / K + eps)[:, None]
+        gate, up = scale_row(gate, inv_x, ROW_SCALE), scale_row(up, inv_x, ROW_SCALE)
+        tl.store(y_ptr + y_off, _gated(gate, up, GELU).to(y_ptr.dtype.element_ty), mask=y_mask)
+    elif SPLIT == 1:
         _store_rows(y_ptr, y_off, y_mask, acc, w_ptr, ACCUMULATE)
     else:
         tl.store(part_ptr + pid_k * M * N + y_off, acc, mask=y_mask)
