@@ -68,6 +68,32 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention 16-slot blocks": {"RUNTIME_ATTN_BLOCK_N": "16"},
     "attention 1 split at batch 1 (no merge)": {"RUNTIME_ATTN_ROW_SPLITS": "1"},
     "attention 2 splits at batch 1": {"RUNTIME_ATTN_ROW_SPLITS": "2"},
+    "attention 1 split at batch 1 with 4 stages": {
+        "RUNTIME_ATTN_ROW_SPLITS": "1",
+        "RUNTIME_ATTN_STAGES": "4",
+    },
+    "attention 1 split at batch 1 with 6 stages": {
+        "RUNTIME_ATTN_ROW_SPLITS": "1",
+        "RUNTIME_ATTN_STAGES": "6",
+    },
+    "attention 2 splits at batch 1 with 4 stages": {
+        "RUNTIME_ATTN_ROW_SPLITS": "2",
+        "RUNTIME_ATTN_STAGES": "4",
+    },
+    "attention loop 4 stages": {"RUNTIME_ATTN_STAGES": "4"},
+    "attention batch buckets spread over splits": {"RUNTIME_ATTN_BATCH_PLAN": "spread"},
+    "attention 1 split at batch buckets with 3 stages": {
+        "RUNTIME_ATTN_BATCH_SPLITS": "1",
+        "RUNTIME_ATTN_STAGES": "3",
+    },
+    "attention 1 split at batch buckets with 4 stages": {
+        "RUNTIME_ATTN_BATCH_SPLITS": "1",
+        "RUNTIME_ATTN_STAGES": "4",
+    },
+    "attention 2 splits at batch buckets with 4 stages": {
+        "RUNTIME_ATTN_BATCH_SPLITS": "2",
+        "RUNTIME_ATTN_STAGES": "4",
+    },
     "batch GEMMs on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows"},
     "batch GEMMs on the rows kernel (tuned)": {"RUNTIME_BATCH_GEMM": "rows", "RUNTIME_ROWS_TUNE": "1"},
     "batch MLP GEMMs on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows_mlp"},

@@ -29,7 +29,10 @@ def split_plan(
     P programs per (row, kv head) aim for about RUNTIME_ATTN_PER_SM (default 2) programs per SM
     once the live length has P blocks; a longer sequence makes each program loop over more blocks
     instead of growing the grid. The setting matters for batch buckets only: at batch 1 P is
-    capped by the cache's blocks."""
+    capped by the cache's blocks. A batch bucket whose (row, kv head) pairs alone fill the card
+    (>= 90% of its SMs) takes one split, no merge, and a deeper loop (split_stages): on the H100,
+    Llama's and Qwen3's batch-16 steps -8 / -26 us against 3 splits + merge (notes/kernels.md);
+    RUNTIME_ATTN_BATCH_PLAN=spread keeps the per-SM rule there (the A/B)."""
     # 16 KB K/V tiles at most: larger ones spill registers (checked in the sm_80 / sm_90 builds);
     # RUNTIME_ATTN_WIDE_BLOCKS=1 (an A/B) gives 128-byte rows (D = 64, bf16) 128-slot blocks too
     row_bytes = head_dim * elem_bytes
@@ -40,11 +43,24 @@ def split_plan(
         block_n = int(os.environ["RUNTIME_ATTN_BLOCK_N"])
     per_sm = int(os.environ.get("RUNTIME_ATTN_PER_SM", "2") or 2)
     splits = max(1, cdiv(per_sm * sm_count(device), batch * kv_heads))
+    if batch > 1 and fills_card(batch, kv_heads, device):
+        splits = 1
     if batch > 1 and os.environ.get("RUNTIME_ATTN_BATCH_SPLITS"):  # an A/B knob for batch buckets;
         splits = int(os.environ["RUNTIME_ATTN_BATCH_SPLITS"])  # 1: each program writes its output
     if batch == 1 and os.environ.get("RUNTIME_ATTN_ROW_SPLITS"):  # the same A/B knob for one row
         splits = int(os.environ["RUNTIME_ATTN_ROW_SPLITS"])
     return block_n, min(splits, cdiv(slots, block_n))
+
+
+def fills_card(batch: int, kv_heads: int, device: torch.device) -> bool:
+    """Whether a batch bucket's (row, kv head) pairs alone fill a GPU: one program each streams all
+    of its cache (RUNTIME_ATTN_BATCH_PLAN=fill, the default; "spread" never). Never on the CPU, so the
+    CPU interpreter's stand-in SM count keeps the batch tests' merges."""
+    plan = os.environ.get("RUNTIME_ATTN_BATCH_PLAN", "fill") or "fill"
+    if plan not in ("fill", "spread"):
+        raise ValueError(f"RUNTIME_ATTN_BATCH_PLAN={plan!r}: choose fill or spread")
+    on_gpu = device.type in ("cuda", "meta")  # meta: the compile tests record launches as for a GPU
+    return plan == "fill" and on_gpu and 10 * batch * kv_heads >= 9 * sm_count(device)
 
 
 def split_warps(head_dim: int, elem_bytes: int, rows: int) -> int:
@@ -58,9 +74,15 @@ def split_warps(head_dim: int, elem_bytes: int, rows: int) -> int:
     return 8 if rows == 1 or (elem_bytes == 4 and head_dim >= 128) else 4
 
 
-def split_stages() -> int:
-    """Software-pipeline depth of the split kernel's block loop: RUNTIME_ATTN_STAGES (default 2)."""
-    return int(os.environ.get("RUNTIME_ATTN_STAGES") or 2)
+def split_stages(rows: int = 1, splits: int = 0) -> int:
+    """Software-pipeline depth of the split kernel's block loop: RUNTIME_ATTN_STAGES, else 3 where
+    a batch bucket runs one split per (row, kv head) (each program loops over the whole cache, one
+    program per SM: on the H100 3 stages beat 2 and 4 there), else 2 (more cost batch 1 and the
+    spread batch buckets 5-115 us per step)."""
+    forced = os.environ.get("RUNTIME_ATTN_STAGES")
+    if forced:
+        return int(forced)
+    return 3 if rows > 1 and splits == 1 else 2
 
 
 def merge_block(head_dim: int, splits: int) -> int:

@@ -222,7 +222,7 @@ def decode_attention_triton(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
         G=G, BLOCK_G=max(16, next_pow2(G)), D=D, BLOCK_D=block_d, BLOCK_N=block_n,
-        DOT_F32=INTERPRETING, num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(),
+        DOT_F32=INTERPRETING, num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(B, splits),
     )  # fmt: skip
     merge_partials(acc, ml, lengths, out, block_n, S, from_positions=False)
     return out

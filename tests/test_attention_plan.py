@@ -1,0 +1,52 @@
+"""The decode attention's launch plan (runtime/kernels/attention_plan.py): splits per (row, kv head)
+and the loop's pipeline depth, from shapes, the device and the A/B switches only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from runtime.kernels import attention_plan as plan
+
+GPU = torch.device("cuda", 0)  # never touched: sm_count is stood in for
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _h100(monkeypatch):
+    monkeypatch.setattr(plan, "sm_count", lambda device: 132 if device.type != "cpu" else 4)
+    for name in ("RUNTIME_ATTN_BATCH_PLAN", "RUNTIME_ATTN_BATCH_SPLITS", "RUNTIME_ATTN_STAGES"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_batch_buckets_whose_pairs_fill_the_card_take_one_split():
+    """16 rows x 8 kv heads (Llama, Qwen3) fill 132 SMs: one program per pair; 8 rows, or Gemma's
+    one kv head at 16 rows, spread over splits as before; one row is never a batch bucket."""
+    assert plan.split_plan(16, 8, 4096, 128, 2, GPU) == (64, 1)
+    assert plan.split_plan(32, 8, 4096, 64, 2, GPU) == (64, 1)
+    assert plan.split_plan(8, 8, 4096, 128, 2, GPU) == (64, 5)  # cdiv(2 * 132, 64)
+    assert plan.split_plan(16, 1, 4096, 256, 2, GPU) == (32, 17)
+    assert plan.split_plan(1, 8, 4096, 64, 2, GPU) == (64, 33)
+    assert plan.fills_card(15, 8, GPU) and not plan.fills_card(14, 8, GPU)  # 120 >= 0.9 * 132 > 112
+
+
+def test_the_spread_plan_and_the_cpu_keep_the_splits(monkeypatch):
+    """RUNTIME_ATTN_BATCH_PLAN=spread (the A/B) keeps the per-SM rule; on the CPU (the interpreter's
+    stand-in of 4 SMs) batch tests keep their merges; a bad value is refused."""
+    assert plan.split_plan(16, 8, 4096, 128, 2, CPU) == (64, 1)  # cdiv(2 * 4, 128): per-SM rule
+    assert plan.split_plan(2, 2, 4096, 128, 2, CPU) == (64, 2)
+    assert not plan.fills_card(2, 2, CPU)
+    monkeypatch.setenv("RUNTIME_ATTN_BATCH_PLAN", "spread")
+    assert plan.split_plan(16, 8, 4096, 128, 2, GPU) == (64, 3)
+    monkeypatch.setenv("RUNTIME_ATTN_BATCH_PLAN", "wide")
+    with pytest.raises(ValueError, match="RUNTIME_ATTN_BATCH_PLAN"):
+        plan.split_plan(16, 8, 4096, 128, 2, GPU)
+
+
+def test_one_split_batch_buckets_pipeline_deeper(monkeypatch):
+    """3 stages where a batch bucket's one program per pair loops over the whole cache; 2 for one row
+    and for split batch buckets; RUNTIME_ATTN_STAGES overrides both."""
+    assert plan.split_stages(16, 1) == 3
+    assert plan.split_stages(16, 3) == 2 and plan.split_stages(1, 1) == 2 and plan.split_stages() == 2
+    monkeypatch.setenv("RUNTIME_ATTN_STAGES", "4")
+    assert plan.split_stages(16, 1) == 4 and plan.split_stages(1, 33) == 4
