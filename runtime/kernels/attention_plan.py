@@ -31,8 +31,9 @@ def split_plan(
     instead of growing the grid. The setting matters for batch buckets only: at batch 1 P is
     capped by the cache's blocks. A batch bucket whose (row, kv head) pairs alone fill the card
     (>= 90% of its SMs) takes one split, no merge, and a deeper loop (split_stages): on the H100,
-    Llama's and Qwen3's batch-16 steps -8 / -26 us against 3 splits + merge (notes/kernels.md);
-    RUNTIME_ATTN_BATCH_PLAN=spread keeps the per-SM rule there (the A/B)."""
+    Llama's and Qwen3's batch-16 steps -8..-12 / -42..-50 us against 3 splits + merge near position
+    300, Llama's +5..+15 us near 1060 (notes/kernels.md); RUNTIME_ATTN_BATCH_PLAN=spread keeps the
+    per-SM rule there (the A/B)."""
     # 16 KB K/V tiles at most: larger ones spill registers (checked in the sm_80 / sm_90 builds);
     # RUNTIME_ATTN_WIDE_BLOCKS=1 (an A/B) gives 128-byte rows (D = 64, bf16) 128-slot blocks too
     row_bytes = head_dim * elem_bytes
@@ -77,8 +78,8 @@ def split_warps(head_dim: int, elem_bytes: int, rows: int) -> int:
 def split_stages(rows: int = 1, splits: int = 0) -> int:
     """Software-pipeline depth of the split kernel's block loop: RUNTIME_ATTN_STAGES, else 3 where
     a batch bucket runs one split per (row, kv head) (each program loops over the whole cache, one
-    program per SM: on the H100 3 stages beat 2 and 4 there), else 2 (more cost batch 1 and the
-    spread batch buckets 5-115 us per step)."""
+    program per SM: on the H100 3 stages beat 2 there and matched or beat 4), else 2 (4 stages cost
+    batch 1 6-12 us per step and the split batch-16 step up to 115 us)."""
     forced = os.environ.get("RUNTIME_ATTN_STAGES")
     if forced:
         return int(forced)
