@@ -79,7 +79,7 @@ def split_stages(rows: int = 1, splits: int = 0) -> int:
     """Software-pipeline depth of the split kernel's block loop: RUNTIME_ATTN_STAGES, else 3 where
     a batch bucket runs one split per (row, kv head) (each program loops over the whole cache, one
     program per SM: on the H100 3 stages beat 2 there and matched or beat 4), else 2 (4 stages cost
-    batch 1 6-12 us per step and the split batch-16 step up to 115 us)."""
+    batch 1 up to 15 us per step and the split batch-16 step up to 127 us)."""
     forced = os.environ.get("RUNTIME_ATTN_STAGES")
     if forced:
         return int(forced)
