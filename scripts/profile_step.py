@@ -82,6 +82,16 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     },
     "attention loop 4 stages": {"RUNTIME_ATTN_STAGES": "4"},
     "attention batch buckets spread over splits": {"RUNTIME_ATTN_BATCH_PLAN": "spread"},
+    "attention warp split": {"RUNTIME_ATTN_WARP_SPLIT": "1"},
+    "attention warp split with 1 split at batch 1": {
+        "RUNTIME_ATTN_WARP_SPLIT": "1",
+        "RUNTIME_ATTN_ROW_SPLITS": "1",
+    },
+    "attention warp split with 1 split at batch 1 and 4 stages": {
+        "RUNTIME_ATTN_WARP_SPLIT": "1",
+        "RUNTIME_ATTN_ROW_SPLITS": "1",
+        "RUNTIME_ATTN_STAGES": "4",
+    },
     "attention 1 split at batch buckets with 3 stages": {
         "RUNTIME_ATTN_BATCH_SPLITS": "1",
         "RUNTIME_ATTN_STAGES": "3",
