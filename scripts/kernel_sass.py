@@ -1,0 +1,100 @@
+"""CPU: what a decode step's Triton kernels compile to on a GPU target, without the GPU.
+
+Records the launches of one model's decode step at a batch size (on the meta device, as
+tests/test_kernels_compile.py records them, with its per-target SM count and PDL), builds the
+kernels whose name contains --kernel for the target with Triton's bundled ptxas, and prints per
+build: registers, spills, shared memory, and for each loop (a backward branch in the SASS) its
+length in instructions per warp and the instructions that cost a loop its latency: barriers
+(BAR), shared-memory loads and stores (LDS, STS, LDSM), tensor-core MMAs (HMMA), shuffles,
+special-function ops (MUFU), asynchronous copies (LDGSTS).
+
+  python3 scripts/kernel_sass.py --model Qwen/Qwen3-1.7B --batch 16 --kernel split RUNTIME_ATTN_WARP_SPLIT=1
+
+KEY=VALUE arguments are runtime switches set while the step is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+try:  # it skips itself (a pytest exception) without a compiling Triton
+    import test_kernels_compile as compile_tests  # noqa: E402
+except BaseException as e:  # noqa: BLE001
+    sys.exit(f"kernel_sass.py needs Triton, compiling (not TRITON_INTERPRET=1): {e}")
+
+COUNTED = ("BAR", "LDS", "STS", "LDSM", "HMMA", "SHFL", "MUFU", "LDGSTS")
+INSTRUCTION = re.compile(r"^\s+/\*[0-9a-f]{4}\*/\s*(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)")
+LABEL = re.compile(r"^\s*\.L_x_(\d+):")
+
+
+def loops(sass: str) -> list[tuple[int, collections.Counter]]:
+    """(instructions, opcode counts) of each loop: from a label to a later branch back to it."""
+    lines = sass.splitlines()
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := LABEL.match(line))}
+    found = []
+    for i, line in enumerate(lines):
+        target = re.search(r"BRA\s.*\.L_x_(\d+)", line)
+        if target and labels.get(target.group(1), i) < i:
+            ops = [
+                m.group(1).split(".")[0]
+                for s in lines[labels[target.group(1)] : i + 1]
+                if (m := INSTRUCTION.match(s))
+            ]
+            found.append((len(ops), collections.Counter(ops)))
+    return found
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="meta-llama/Llama-3.2-1B-Instruct")
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--kernel", default="split", help="a part of the kernel names to build")
+    ap.add_argument("--target", default="sm_90", choices=[t.name for t in compile_tests.TARGETS])
+    ap.add_argument("switches", nargs="*", help="KEY=VALUE runtime switches")
+    args = ap.parse_args()
+    target = next(t for t in compile_tests.TARGETS if t.name == args.target)
+    env = dict(s.split("=", 1) for s in args.switches)
+    with compile_tests.recording(target) as rec, compile_tests.setting(rec, "sass", env):
+        compile_tests.decode(compile_tests.model(args.model), args.batch)
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    bindir = Path(get_ptxas(target.gpu.arch).path).parent
+    for launch in rec.launches.values():
+        if args.kernel not in launch.fn.fn.__name__:
+            continue
+        kernel = launch.build(target.gpu)
+        cubin = Path(os.environ.get("TMPDIR", "/tmp")) / f"kernel_sass_{os.getpid()}.cubin"
+        cubin.write_bytes(kernel.asm["cubin"])
+        sass = subprocess.run([bindir / "nvdisasm", "-c", cubin], capture_output=True, text=True).stdout
+        ptx = cubin.with_suffix(".ptx")
+        ptx.write_text(kernel.asm["ptx"])
+        arch = f"sm_{target.gpu.arch}{'a' if target.gpu.arch == 90 else ''}"
+        usage = subprocess.run(
+            [get_ptxas(target.gpu.arch).path, f"-arch={arch}", "-v", ptx, "-o", cubin],
+            capture_output=True, text=True,
+        ).stderr  # fmt: skip
+        regs = re.search(r"Used (\d+) registers", usage)
+        spill = re.search(r"(\d+) bytes spill stores", usage)
+        cubin.unlink(missing_ok=True), ptx.unlink(missing_ok=True)
+        print(
+            f"{launch.fn.fn.__name__} warps {launch.options.num_warps} stages {launch.options.num_stages} "
+            f"registers {regs.group(1) if regs else '?'} spills {spill.group(1) if spill else '?'} "
+            f"shared {kernel.metadata.shared} B; {compile_tests.describe(launch)}"
+        )
+        for length, ops in loops(sass):
+            if length > 1:
+                print(
+                    f"  loop: {length} instructions per warp, " + ", ".join(f"{k} {ops[k]}" for k in COUNTED)
+                )
+
+
+if __name__ == "__main__":
+    main()
