@@ -44,7 +44,7 @@ for stage in $STAGES; do
     # the warp-split attention loop (an A/B switch): its GPU tests, then the A/B of its settings
     warpsplit) RUNTIME_ATTN_WARP_SPLIT=1 timeout 300 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_kernels.py \
                  tests/test_graphs_cuda.py tests/test_folded_norms.py -k "qkv or graph or folded or batch" 2>&1 | tee "$OUT/tests_warp_split.log" | tail -3
-               python3 scripts/profile_step.py --ab --no-profile --repeat 2 --settings "default,attention warp split,attention warp split with 1 split at batch 1,attention warp split with 1 split at batch 1 and 4 stages" \
+               python3 scripts/profile_step.py --ab --no-profile --repeat 2 --settings "default,attention warp split,attention warp split with 128-slot blocks at D 64,attention warp split with 1 split at batch 1,attention warp split with 1 split at batch 1 and 4 stages" \
                  --prompt 256 --steps 150 --out "$OUT/profile_warp_split.json" 2>&1 | grep -v -i warn | tee "$OUT/profile_warp_split.log" | grep "^|" ;;
     kbench) python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 | tee "$OUT/bench_kernels.log" | tail -30 ;;
     chat) python3 scripts/chat_gpu_check.py "${CHAT_ARGS[@]}" 2>&1 | tee "$OUT/chat.log" | tail -8 ;;

@@ -83,6 +83,10 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention loop 4 stages": {"RUNTIME_ATTN_STAGES": "4"},
     "attention batch buckets spread over splits": {"RUNTIME_ATTN_BATCH_PLAN": "spread"},
     "attention warp split": {"RUNTIME_ATTN_WARP_SPLIT": "1"},
+    "attention warp split with 128-slot blocks at D 64": {
+        "RUNTIME_ATTN_WARP_SPLIT": "1",
+        "RUNTIME_ATTN_WIDE_BLOCKS": "1",
+    },
     "attention warp split with 1 split at batch 1": {
         "RUNTIME_ATTN_WARP_SPLIT": "1",
         "RUNTIME_ATTN_ROW_SPLITS": "1",
