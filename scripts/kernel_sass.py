@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -66,24 +66,24 @@ def main() -> None:
         compile_tests.decode(compile_tests.model(args.model), args.batch)
     from triton.backends.nvidia.compiler import get_ptxas
 
-    bindir = Path(get_ptxas(target.gpu.arch).path).parent
+    ptxas = Path(get_ptxas(target.gpu.arch).path)
+    arch = f"sm_{target.gpu.arch}{'a' if target.gpu.arch == 90 else ''}"
     for launch in rec.launches.values():
         if args.kernel not in launch.fn.fn.__name__:
             continue
         kernel = launch.build(target.gpu)
-        cubin = Path(os.environ.get("TMPDIR", "/tmp")) / f"kernel_sass_{os.getpid()}.cubin"
-        cubin.write_bytes(kernel.asm["cubin"])
-        sass = subprocess.run([bindir / "nvdisasm", "-c", cubin], capture_output=True, text=True).stdout
-        ptx = cubin.with_suffix(".ptx")
-        ptx.write_text(kernel.asm["ptx"])
-        arch = f"sm_{target.gpu.arch}{'a' if target.gpu.arch == 90 else ''}"
-        usage = subprocess.run(
-            [get_ptxas(target.gpu.arch).path, f"-arch={arch}", "-v", ptx, "-o", cubin],
-            capture_output=True, text=True,
-        ).stderr  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            cubin, ptx = Path(tmp) / "kernel.cubin", Path(tmp) / "kernel.ptx"
+            cubin.write_bytes(kernel.asm["cubin"])
+            ptx.write_text(kernel.asm["ptx"])
+            sass = subprocess.run(
+                [ptxas.parent / "nvdisasm", "-c", cubin], capture_output=True, text=True
+            ).stdout
+            usage = subprocess.run(
+                [ptxas, f"-arch={arch}", "-v", ptx, "-o", cubin], capture_output=True, text=True
+            ).stderr  # ptxas -v: registers and spills of the same build
         regs = re.search(r"Used (\d+) registers", usage)
         spill = re.search(r"(\d+) bytes spill stores", usage)
-        cubin.unlink(missing_ok=True), ptx.unlink(missing_ok=True)
         print(
             f"{launch.fn.fn.__name__} warps {launch.options.num_warps} stages {launch.options.num_stages} "
             f"registers {regs.group(1) if regs else '?'} spills {spill.group(1) if spill else '?'} "

@@ -216,6 +216,7 @@ def tune_rows(
         "act_linear": (_ACT, vec, None, None, None),
         "gated_linear": (_NONE, vec[:, :K], None, None, None),
     }[op]
+    gate = {"gated": gated, "row_scale": gated}  # the gated op as the folded step launches it
     timings = {}
     for block_n, block_k, split, num_warps, num_stages in dict.fromkeys([heuristic, *ROWS_CANDIDATES]):
         block_k = max(16, min(block_k, next_pow2(K)))
@@ -223,20 +224,7 @@ def tune_rows(
         if config not in timings:
             timings[config] = _time_us(
                 lambda c=config: fused_rows._launch(
-                    prologue,
-                    x,
-                    res,
-                    nw,
-                    None,
-                    weight,
-                    y,
-                    ro,
-                    1e-6,
-                    0.0,
-                    False,
-                    c,
-                    gated=gated,
-                    row_scale=gated,
+                    prologue, x, res, nw, None, weight, y, ro, 1e-6, 0.0, False, c, **gate
                 )
             )
     best = min(timings, key=timings.get)
