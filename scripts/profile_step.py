@@ -82,6 +82,7 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     },
     "attention loop 4 stages": {"RUNTIME_ATTN_STAGES": "4"},
     "attention batch buckets spread over splits": {"RUNTIME_ATTN_BATCH_PLAN": "spread"},
+    "batch logits widened before the tail": {"RUNTIME_KERNELS_OFF": "narrow_logits"},
     "attention warp split": {"RUNTIME_ATTN_WARP_SPLIT": "1"},
     "attention warp split with 128-slot blocks at D 64": {
         "RUNTIME_ATTN_WARP_SPLIT": "1",

@@ -149,6 +149,61 @@ def test_step_tail_matches_the_reference(poisoned, monkeypatch, B, V, variant):
     assert nonfinite_at.tolist() == want_nf  # steps 1 and 2 were bad: the first position stays
 
 
+NARROW_CASES = cases(full=[(3, 1000), (1, 151936), (3, 262147)], small=[(3, 1000), (3, 262147)])
+
+
+@kernel_test
+@pytest.mark.parametrize("variant", ["greedy", "topk", "sample"])
+@pytest.mark.parametrize("B,V", NARROW_CASES)
+def test_step_tail_takes_bf16_logits_as_their_float32_values(poisoned, monkeypatch, B, V, variant):
+    """The batch LM head's bf16 logits, as cuBLAS writes them: the same tokens, positions, seen and
+    record as float32 logits holding the same values, NaN and -inf rows included; the topk step
+    stays in the sampler's kernels (no argmax launch) as it does for float32."""
+    narrow, narrow_nf = _state(B, V)
+    wide, wide_nf = _clone(narrow, narrow_nf)
+    argmax_calls = []
+    real_step = argmax_mod.argmax_step_triton
+
+    def counted_step(logits, positions, nonfinite_at, tokens=None, seen=None):
+        argmax_calls.append(logits.dtype)
+        return real_step(logits, positions, nonfinite_at, tokens, seen)
+
+    monkeypatch.setattr(argmax_mod, "argmax_step_triton", counted_step)
+    for _ in range(2):
+        x = _logits(B, V).to(torch.bfloat16)
+        _run(monkeypatch, FUSED, step_tail, x, narrow, narrow_nf, variant)
+        assert argmax_calls == {"greedy": [torch.bfloat16], "topk": [], "sample": [torch.float32]}[variant]
+        argmax_calls.clear()
+        _run(monkeypatch, FUSED, step_tail, x.float(), wide, wide_nf, variant)
+        argmax_calls.clear()
+        got, want = _snapshot(narrow, narrow_nf), _snapshot(wide, wide_nf)
+        for name in got:
+            assert torch.equal(got[name], want[name]), name
+
+
+def test_batch_logits_come_back_unwidened_only_where_asked():
+    """decode(widen_logits=False) on a bf16 model, 3 rows: the LM head's bf16 logits, equal to the
+    float32 ones; a final softcap (tanh in float32) still gives float32."""
+    import dataclasses
+
+    from runtime.engine.state import KVCache
+    from runtime.models.spec import ModelSpec
+    from runtime.models.weights import random_model
+
+    spec = ModelSpec.from_hf(tiny_config("llama"))
+    for softcap in (None, 30.0):
+        spec = dataclasses.replace(spec, final_softcap=softcap)
+        torch.manual_seed(0)
+        model = random_model(spec, "cpu", torch.bfloat16)
+        cache = KVCache(spec, 3, 16, "cpu", torch.bfloat16)
+        tokens, positions = torch.tensor([5, 7, 9]), torch.tensor([0, 0, 0])
+        wide = model.decode(tokens, positions, cache)
+        narrow = model.decode(tokens, positions, cache, widen_logits=False)
+        assert wide.dtype == torch.float32
+        assert narrow.dtype == (torch.float32 if softcap else torch.bfloat16)
+        assert torch.equal(narrow.float(), wide) and wide.abs().max() > 0
+
+
 # ---------------------------------------------------------------- a tiny model through the runner
 
 
@@ -210,8 +265,8 @@ def test_nonfinite_logits_reach_generate_with_the_op_on(monkeypatch):
     runner = _runner("eager")
     real_decode = runner.model.decode
 
-    def decode_going_bad(tokens, positions, cache):
-        logits = real_decode(tokens, positions, cache)
+    def decode_going_bad(tokens, positions, cache, **kwargs):
+        logits = real_decode(tokens, positions, cache, **kwargs)
         return torch.where(positions[:, None] >= 9, torch.nan, logits)
 
     monkeypatch.setattr(runner.model, "decode", decode_going_bad)

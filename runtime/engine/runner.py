@@ -20,7 +20,7 @@ import torch
 from graphs.buckets import bucket_for, make_buckets
 from graphs.pool import GraphPool
 from runtime.engine.prefill_graphs import PrefillGraphs
-from runtime.engine.sampler import SamplingParams, advance, sample, sample_step
+from runtime.engine.sampler import SamplingParams, advance, fused_sampler, sample, sample_step
 from runtime.engine.state import DecodeBuffers, KVCache, kv_cache_bytes
 from runtime.errors import RuntimeUserError
 from runtime.kernels import argmax, gemv_tuning, ops, prebuild
@@ -78,18 +78,22 @@ def step_tail(logits: torch.Tensor, buf: DecodeBuffers, nonfinite_at: torch.Tens
     sampler's 3 (2 up to 32768 logits): the first also checks the logits, the last records and
     writes token, position and seen. sample, and topk where the fused sampler cannot run
     (sampler.sample_step): the argmax's 2 (the record only), the sampler, 3 torch kernels.
-    The reference runs where the op "step_tail" or "argmax_checked" is off.  # graph: safe"""
+    The reference runs where the op "step_tail" or "argmax_checked" is off.  # graph: safe
+    logits may also be bf16 or fp16 (the batch LM head's own output): the kernels widen them as
+    they load; the torch paths widen them first. Either way the float32 values decide."""
     if not (ops.enabled("step_tail", logits) and ops.enabled("argmax_checked", logits)):
-        return step_tail_ref(logits, buf, nonfinite_at, variant)
+        return step_tail_ref(logits.float(), buf, nonfinite_at, variant)
     B = logits.shape[0]
     tokens, positions, seen = buf.tokens[:B], buf.positions[:B], buf.seen[:B]
     if variant == "greedy":
         argmax.argmax_step_triton(logits, positions, nonfinite_at[:B], tokens, seen)
         return
+    candidates = _candidates(logits, variant)
+    logits = logits if fused_sampler(logits, candidates) else logits.float()
     sample_step(
         logits, tokens, positions, buf.temperature[:B], buf.top_k[:B], buf.top_p[:B],
         buf.repetition_penalty[:B], buf.seed[:B], seen,
-        candidates=_candidates(logits, variant), nonfinite_at=nonfinite_at[:B],
+        candidates=candidates, nonfinite_at=nonfinite_at[:B],
     )  # fmt: skip
 
 
@@ -143,7 +147,9 @@ class Runner:
         B, variant = key
         buf = self.buffers
         tokens, positions = buf.tokens[:B], buf.positions[:B]
-        logits = self.model.decode(tokens, positions, self.cache)  # (B, V) float32
+        # (B, V): float32, or bf16 from cuBLAS at B > 1 where the tail's kernels widen as they load
+        widen = not ops.enabled("narrow_logits", positions)
+        logits = self.model.decode(tokens, positions, self.cache, widen_logits=widen)
         step_tail(logits, buf, self.nonfinite_at, variant)  # next token, position, seen, the record
 
     def _capture(self) -> None:

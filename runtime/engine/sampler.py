@@ -99,12 +99,12 @@ def sample(
     exact when every sampled row has 0 < top_k <= K, and much cheaper than a full sort. With
     candidates, Triton-capable tensors take the fused kernels (runtime/kernels/topk_sample.py)."""
     args = (logits, positions, temperature, top_k, top_p, repetition_penalty, seed, seen, candidates)
-    if _fused(logits, candidates):
+    if fused_sampler(logits, candidates):
         return topk_sample.sample_topk_triton(*args)
     return sample_ref(*args)
 
 
-def _fused(logits: torch.Tensor, candidates: int) -> bool:
+def fused_sampler(logits: torch.Tensor, candidates: int) -> bool:
     """Whether sample(..., candidates) takes the fused kernels."""
     if not candidates or logits.stride(-1) != 1:
         return False
@@ -132,7 +132,7 @@ def sample_step(
     two up to 32768 logits); otherwise argmax_step_triton's two launches record (Triton must
     be on), then sample, then three torch kernels."""
     settings = (temperature, top_k, top_p, repetition_penalty, seed, seen, candidates)
-    if _fused(logits, candidates):
+    if fused_sampler(logits, candidates):
         topk_sample.sample_topk_triton(logits, positions, *settings, tokens=tokens, nonfinite_at=nonfinite_at)
         return
     if nonfinite_at is not None:  # before positions advance: the record wants the current ones

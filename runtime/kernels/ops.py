@@ -139,11 +139,14 @@ def norm_linear(
     weight: torch.Tensor,
     out_dtype: torch.dtype | None = None,
     name: str = "norm_linear",
+    widen: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (linear(rms_norm(residual + h')), residual + h'), h' = h or rms_norm(h, pre_w); h None:
     no add (the residual comes back as it is). Chosen on `residual`, since h may be None.
     out_dtype: the product's dtype after rounding to the weights' (the LM head's float32 logits);
-    name: the op name RUNTIME_KERNELS_OFF knows this call by ("lm_head" for the LM head)."""
+    name: the op name RUNTIME_KERNELS_OFF knows this call by ("lm_head" for the LM head).
+    widen False: a product that cuBLAS wrote in the weights' dtype comes back as it is, holding
+    the values out_dtype would (for a consumer that widens as it loads: no copy kernel)."""
     same = all(t.dtype == weight.dtype for t in (h, residual, norm_w, pre_w) if t is not None)
     if same and one_row(residual) and enabled(name, residual):
         return norm_linear_triton(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype)
@@ -154,7 +157,7 @@ def norm_linear(
     else:
         normed, new_residual = add_rms_norm(h, residual, norm_w, eps, offset, pre_w)
     y = F.linear(normed, weight)
-    return (y if out_dtype is None else y.to(out_dtype)), new_residual
+    return (y if out_dtype is None or not widen else y.to(out_dtype)), new_residual
 
 
 def gated_epilogue(residual: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -255,15 +255,17 @@ def _candidate_keys(
 
 
 def supported(x: torch.Tensor, k: int) -> bool:
-    """Whether the kernels take (x, k): float32 rows and a power-of-two k within a chunk and the row."""
-    return x.dtype == torch.float32 and k <= CHUNK and k == next_pow2(k) and x.shape[-1] >= k
+    """Whether the kernels take (x, k): float rows (bf16 and fp16 widened to float32 as they load)
+    and a power-of-two k within a chunk and the row."""
+    floats = (torch.float32, torch.bfloat16, torch.float16)
+    return x.dtype in floats and k <= CHUNK and k == next_pow2(k) and x.shape[-1] >= k
 
 
 def top_candidates_triton(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as top_candidates_ref for float32 x and a power-of-two k <= CHUNK (other
     cases take the reference). The decode step samples through sample_topk_triton; this entry
     writes the candidates out, so tests can check the shared stages (keys, merge rounds) exactly."""
-    if not supported(x, k):
+    if not supported(x, k) or x.dtype != torch.float32:  # the reference answers in x's dtype
         return top_candidates_ref(x, k)
     x = x if x.stride(-1) == 1 else x.contiguous()
     B = x.shape[0]

@@ -154,16 +154,18 @@ class DecoderLM(nn.Module):
         scale = self.embed_scale if self.spec.embed_scale != 1.0 else 1.0
         return ops.embed_rope(tokens, positions, self.embed.weight, scale, self.inv_freqs, self.dtype)
 
-    def _logits(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def _logits(self, h: torch.Tensor, x: torch.Tensor, widen: bool = True) -> torch.Tensor:
         """The last layer's MLP output h and the residual x (..., hidden) -> float32 logits (..., V):
-        the final add and norm ride in the LM head (one kernel for one row, like the projections)."""
+        the final add and norm ride in the LM head (one kernel for one row, like the projections).
+        widen False: logits cuBLAS wrote in the weights' dtype stay in it (the same values)."""
         pre = self.layers[-1].mlp_out_norm
+        softcap = self.spec.final_softcap
         logits, _ = ops.norm_linear(
             h, x, self.norm.weight, self.norm.eps, self.norm.offset, None if pre is None else pre.weight,
-            self.lm_head_weight, out_dtype=torch.float32, name="lm_head",
+            self.lm_head_weight, out_dtype=torch.float32, name="lm_head", widen=widen or bool(softcap),
         )  # fmt: skip
-        if self.spec.final_softcap:
-            logits = torch.tanh(logits / self.spec.final_softcap) * self.spec.final_softcap
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
         return logits
 
     def _run(
@@ -211,14 +213,19 @@ class DecoderLM(nn.Module):
         return self._logits(h.index_select(1, last)[:, 0], x.index_select(1, last)[:, 0])
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCacheLike) -> torch.Tensor:
+    def decode(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCacheLike, widen_logits: bool = True
+    ) -> torch.Tensor:
         """tokens (B,), positions (B,) -> float32 logits (B, V).  # graph: capture-safe
-        More rows than one take the folded-norm path where the weights allow (folded_norms.py)."""
+        More rows than one take the folded-norm path where the weights allow (folded_norms.py).
+        widen_logits False: where cuBLAS computes the LM head (more rows than one) its logits come
+        back in the weights' dtype, the values float32 would hold, for a consumer that widens as
+        it loads (the step tail's kernels): no (B, V) copy kernel."""
         if folded_rows(self, tokens.shape[0]):
-            return self._logits(None, decode_rows(self, tokens, positions, cache))
+            return self._logits(None, decode_rows(self, tokens, positions, cache), widen_logits)
         x, h = self._run(
             tokens[:, None],
             positions[:, None],
             lambda attn, qkv, cos, sin: attn.decode(qkv, cos, sin, cache, positions),
         )
-        return self._logits(h[:, 0], x[:, 0])
+        return self._logits(h[:, 0], x[:, 0], widen_logits)
