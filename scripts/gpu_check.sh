@@ -41,11 +41,6 @@ for stage in $STAGES; do
     profile) python3 scripts/profile_step.py --out "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile_step.log" | tail -60 ;;
     barrier) timeout 120 python3 scripts/bench_grid_barrier.py --out "$OUT/grid_barrier.json" 2>&1 | tee "$OUT/grid_barrier.log" | tail -5 ;;
     timeline) timeout 240 python3 scripts/step_timeline.py --batch 1 --batch 16 --out "$OUT/timeline.json" 2>&1 | tee "$OUT/timeline.log" | grep -v -i warn | tail -60 ;;
-    # the warp-split attention loop (an A/B switch): its GPU tests, then the A/B of its settings
-    warpsplit) RUNTIME_ATTN_WARP_SPLIT=1 timeout 300 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_kernels.py \
-                 tests/test_graphs_cuda.py tests/test_folded_norms.py -k "qkv or graph or folded or batch" 2>&1 | tee "$OUT/tests_warp_split.log" | tail -3
-               python3 scripts/profile_step.py --ab --no-profile --repeat 2 --settings "default,attention warp split,attention warp split with 128-slot blocks at D 64,attention warp split with 1 split at batch 1,attention warp split with 1 split at batch 1 and 4 stages" \
-                 --prompt 256 --steps 150 --out "$OUT/profile_warp_split.json" 2>&1 | grep -v -i warn | tee "$OUT/profile_warp_split.log" | grep "^|" ;;
     kbench) python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 | tee "$OUT/bench_kernels.log" | tail -30 ;;
     chat) python3 scripts/chat_gpu_check.py "${CHAT_ARGS[@]}" 2>&1 | tee "$OUT/chat.log" | tail -8 ;;
     # the full suite, resumable: rerun the same stage (carrying results/$FULL_DIR) until it completes

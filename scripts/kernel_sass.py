@@ -8,7 +8,7 @@ length in instructions per warp and the instructions that cost a loop its latenc
 (BAR), shared-memory loads and stores (LDS, STS, LDSM), tensor-core MMAs (HMMA), shuffles,
 special-function ops (MUFU), asynchronous copies (LDGSTS).
 
-  python3 scripts/kernel_sass.py --model Qwen/Qwen3-1.7B --batch 16 --kernel split RUNTIME_ATTN_WARP_SPLIT=1
+  python3 scripts/kernel_sass.py --model Qwen/Qwen3-1.7B --batch 16 --kernel split RUNTIME_ATTN_STAGES=4
 
 KEY=VALUE arguments are runtime switches set while the step is recorded.
 """

@@ -83,20 +83,6 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention loop 4 stages": {"RUNTIME_ATTN_STAGES": "4"},
     "attention batch buckets spread over splits": {"RUNTIME_ATTN_BATCH_PLAN": "spread"},
     "batch logits widened before the tail": {"RUNTIME_KERNELS_OFF": "narrow_logits"},
-    "attention warp split": {"RUNTIME_ATTN_WARP_SPLIT": "1"},
-    "attention warp split with 128-slot blocks at D 64": {
-        "RUNTIME_ATTN_WARP_SPLIT": "1",
-        "RUNTIME_ATTN_WIDE_BLOCKS": "1",
-    },
-    "attention warp split with 1 split at batch 1": {
-        "RUNTIME_ATTN_WARP_SPLIT": "1",
-        "RUNTIME_ATTN_ROW_SPLITS": "1",
-    },
-    "attention warp split with 1 split at batch 1 and 4 stages": {
-        "RUNTIME_ATTN_WARP_SPLIT": "1",
-        "RUNTIME_ATTN_ROW_SPLITS": "1",
-        "RUNTIME_ATTN_STAGES": "4",
-    },
     "attention 1 split at batch buckets with 3 stages": {
         "RUNTIME_ATTN_BATCH_SPLITS": "1",
         "RUNTIME_ATTN_STAGES": "3",

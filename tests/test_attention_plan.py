@@ -15,12 +15,7 @@ CPU = torch.device("cpu")
 @pytest.fixture(autouse=True)
 def _h100(monkeypatch):
     monkeypatch.setattr(plan, "sm_count", lambda device: 132 if device.type != "cpu" else 4)
-    for name in (
-        "RUNTIME_ATTN_BATCH_PLAN",
-        "RUNTIME_ATTN_BATCH_SPLITS",
-        "RUNTIME_ATTN_STAGES",
-        "RUNTIME_ATTN_WARP_SPLIT",
-    ):
+    for name in ("RUNTIME_ATTN_BATCH_PLAN", "RUNTIME_ATTN_BATCH_SPLITS", "RUNTIME_ATTN_STAGES"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -55,12 +50,3 @@ def test_one_split_batch_buckets_pipeline_deeper(monkeypatch):
     assert plan.split_stages(16, 3) == 2 and plan.split_stages(1, 1) == 2 and plan.split_stages() == 2
     monkeypatch.setenv("RUNTIME_ATTN_STAGES", "4")
     assert plan.split_stages(16, 1) == 4 and plan.split_stages(1, 33) == 4
-
-
-def test_warp_split_only_when_asked_and_where_it_fits(monkeypatch):
-    """RUNTIME_ATTN_WARP_SPLIT=1: one warp per 16 slots of a block (tl.dot's smallest K for p @ v),
-    at least 2, heads up to 128 wide; off by default."""
-    assert plan.warp_split(64, 64) == 0
-    monkeypatch.setenv("RUNTIME_ATTN_WARP_SPLIT", "1")
-    assert plan.warp_split(64, 64) == 4 and plan.warp_split(64, 128) == 4 and plan.warp_split(32, 128) == 2
-    assert plan.warp_split(32, 256) == 0 and plan.warp_split(16, 64) == 0

@@ -262,18 +262,15 @@ QKV_ATTN_CASES = cases(
 
 
 @kernel_test
-@pytest.mark.parametrize("merge", ["last", "separate", "chunks", "warp split"])
+@pytest.mark.parametrize("merge", ["last", "separate", "chunks"])
 @pytest.mark.parametrize("B,H,Hkv,D,S,ring,norm,offset,dtype,splits", QKV_ATTN_CASES)
 def test_qkv_decode_attention(
     poisoned, monkeypatch, merge, B, H, Hkv, D, S, ring, norm, offset, dtype, splits
 ):
     """merge: the last split program merges the partials (one launch), or a second launch does,
-    one program per head or ("chunks") four per head, each over a quarter of D; "warp split": a
-    second launch, and each program's warps run their own softmax over runs of every block
-    (RUNTIME_ATTN_WARP_SPLIT, heads up to 128 wide), merged once per program."""
-    monkeypatch.setenv("RUNTIME_ATTN_MERGE", merge if merge in ("last", "separate") else "separate")
+    one program per head or ("chunks") four per head, each over a quarter of D."""
+    monkeypatch.setenv("RUNTIME_ATTN_MERGE", "separate" if merge == "chunks" else merge)
     monkeypatch.setenv("RUNTIME_ATTN_MERGE_CHUNKS", "4" if merge == "chunks" else "1")
-    monkeypatch.setenv("RUNTIME_ATTN_WARP_SPLIT", "1" if merge == "warp split" else "0")
     qkv = rand(B, 1, (H + 2 * Hkv) * D, dtype=dtype)
     # rows at the first position, at the last slot, and random (wrapped for a ring)
     positions = torch.randint(0, 3 * S if ring else S, (B,))

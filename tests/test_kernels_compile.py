@@ -92,9 +92,6 @@ AB_SETTINGS = (
     {"RUNTIME_ATTN_STAGES": "3"},
     {"RUNTIME_MERGE_PDL": "early"},
     {"RUNTIME_BATCH_GEMM": "rows"},
-    {"RUNTIME_BATCH_GEMM": "rows_mlp"},
-    {"RUNTIME_ATTN_WARP_SPLIT": "1"},
-    {"RUNTIME_ATTN_BATCH_PLAN": "spread"},
 )
 
 # @jit kernels no recorded path launches, with the reason

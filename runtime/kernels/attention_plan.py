@@ -75,17 +75,6 @@ def split_warps(head_dim: int, elem_bytes: int, rows: int) -> int:
     return 8 if rows == 1 or (elem_bytes == 4 and head_dim >= 128) else 4
 
 
-def warp_split(block_n: int, head_dim: int) -> int:
-    """W > 0 runs the split kernel's block loop as W per-warp softmax runs of block_n / W slots each
-    (num_warps = W; qkv_attention_kernel.py), 0 as one softmax over the block. RUNTIME_ATTN_WARP_SPLIT=1
-    (an A/B switch, default 0) takes W = block_n / 16 (tl.dot's smallest K for p @ v) where that is
-    2 or more and the head is at most 128 wide (the W accumulators of BLOCK_G x D stay in registers)."""
-    if os.environ.get("RUNTIME_ATTN_WARP_SPLIT", "0") != "1":
-        return 0
-    w = block_n // 16
-    return w if w >= 2 and head_dim <= 128 else 0
-
-
 def split_stages(rows: int = 1, splits: int = 0) -> int:
     """Software-pipeline depth of the split kernel's block loop: RUNTIME_ATTN_STAGES, else 3 where
     a batch bucket runs one split per (row, kv head) (each program loops over the whole cache, one

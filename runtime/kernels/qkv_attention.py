@@ -29,7 +29,6 @@ from runtime.kernels.attention_plan import (
     split_plan,
     split_stages,
     split_warps,
-    warp_split,
 )
 from runtime.kernels.decode_attention import decode_attention_ref, merge_partials
 from runtime.kernels.qkv_attention_kernel import _qkv_split_kernel
@@ -115,7 +114,6 @@ def qkv_decode_attention_triton(
     launch = pdl(qkv.device)
     counters = arrival_counters(B * Hkv, qkv.device) if merge else ml
     norm = q_weight is not None
-    warps = warp_split(block_n, D)  # 0: one softmax per block over all the program's warps
     _qkv_split_kernel[(B * Hkv, splits)](
         qkv2, q_weight if norm else qkv2, k_weight if norm else qkv2, cos2, sin2, positions, k_cache, v_cache,
         acc, ml, out, counters, src, scale * math.log2(math.e), eps, norm_eps, src.shape[1], src.stride(0),
@@ -127,8 +125,7 @@ def qkv_decode_attention_triton(
         DOT_F32=INTERPRETING, MERGE=merge, DIRECT=direct, BLOCK_P=merge_block(D, splits),
         PREFETCH=prefetch_enabled(), ROW_SCALE=norm_source is not None,
         BLOCK_SRC=next_pow2(src.shape[1]) if norm_source is not None else 16,
-        WARP_SPLIT=warps, num_warps=warps or split_warps(D, k_cache.element_size(), B),
-        num_stages=split_stages(B, splits), **launch,
+        num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(B, splits), **launch,
     )  # fmt: skip
     if not merge and not direct:
         merge_partials(acc, ml, positions, out, block_n, S, from_positions=True, launch=launch)

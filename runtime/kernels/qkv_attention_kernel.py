@@ -43,54 +43,6 @@ def _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32: tl.
     return m_new, l_i, acc
 
 
-# ---------------------------------------------------------------- warp split (WARP_SPLIT = W > 0)
-# Each block's BLOCK_N slots are W runs of NW = BLOCK_N / W, one per warp (W = num_warps), and every
-# warp keeps its own running softmax over its runs: the row max and sum of a block are warp-local
-# (no cross-warp reduction through shared memory, ~9 barriers per block on sm_90 otherwise), and
-# the W states merge once, after the last block. Shapes gain a leading (W,) axis.
-
-
-@jit
-def _cache_block_split(
-    k_base, v_base, blk, BLOCK_N: tl.constexpr, W: tl.constexpr, c, c_ok, d, d_ok, length, new_slot, half,
-    k_ss, v_ss,
-):  # fmt: skip
-    """_cache_block's tiles as (W, NW, ...) runs: warp w's slots blk * BLOCK_N + w * NW + j."""
-    NW: tl.constexpr = BLOCK_N // W
-    slots = blk * BLOCK_N + tl.arange(0, W)[:, None] * NW + tl.arange(0, NW)[None, :]  # (W, NW)
-    live = (slots < length) & (slots != new_slot)
-    at = slots.to(tl.int64)[:, :, None]
-    k_ok = live[:, :, None] & c_ok[None, None, :]
-    k1 = tl.load(k_base + at * k_ss + c[None, None, :], mask=k_ok, other=0.0)
-    k2 = tl.load(k_base + at * k_ss + half + c[None, None, :], mask=k_ok, other=0.0)
-    v = tl.load(v_base + at * v_ss + d[None, None, :], mask=live[:, :, None] & d_ok[None, None, :], other=0.0)
-    return k1, k2, v, live
-
-
-@jit
-def _attend_block_split(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32: tl.constexpr):
-    """_attend_block per warp: q (W, BLOCK_G, D/2) halves (the same group in every warp), k (W, NW,
-    D/2) halves, v (W, NW, BLOCK_D), state m_i, l_i (W, BLOCK_G) and acc (W, BLOCK_G, BLOCK_D)."""
-    s = block_dot(q1, tl.trans(k1, 0, 2, 1), DOT_F32) + block_dot(q2, tl.trans(k2, 0, 2, 1), DOT_F32)
-    s = tl.where(live[:, None, :], s * qk_scale, float("-inf"))  # (W, BLOCK_G, NW)
-    m_new = tl.maximum(m_i, tl.max(s, axis=2))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m_i - m_safe)
-    p = tl.exp2(s - m_safe[:, :, None])
-    l_i = l_i * alpha + tl.sum(p, axis=2)
-    acc = acc * alpha[:, :, None] + block_dot(p.to(v.dtype), v, DOT_F32)
-    return m_new, l_i, acc
-
-
-@jit
-def _merge_warps(m_i, l_i, acc):
-    """The W running states (W, BLOCK_G), (W, BLOCK_G), (W, BLOCK_G, BLOCK_D) -> one (BLOCK_G,),
-    (BLOCK_G,), (BLOCK_G, BLOCK_D), as the split-KV merge combines partials."""
-    m = tl.max(m_i, axis=0)
-    scale = tl.exp2(m_i - tl.where(m == float("-inf"), 0.0, m)[None, :])  # 0 where a warp saw nothing
-    return m, tl.sum(l_i * scale, axis=0), tl.sum(acc * scale[:, :, None], axis=0)
-
-
 @jit
 def _qkv_split_kernel(
     qkv_ptr,
@@ -140,7 +92,6 @@ def _qkv_split_kernel(
     ROW_SCALE: tl.constexpr,
     BLOCK_SRC: tl.constexpr,
     PDL: tl.constexpr,
-    WARP_SPLIT: tl.constexpr = 0,
 ):
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
     # what no kernel of this step writes: the positions, and the cache slots but the new one
@@ -167,14 +118,9 @@ def _qkv_split_kernel(
     v_base = v_ptr + b.to(tl.int64) * v_sb + h.to(tl.int64) * v_sh
     # the first cache block's K and V are loaded before the wait, so their latency overlaps the
     # qkv GEMV's tail (at short lengths a program has one block only)
-    if WARP_SPLIT:
-        k1, k2, v, live = _cache_block_split(
-            k_base, v_base, split, BLOCK_N, WARP_SPLIT, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
-        )
-    else:
-        k1, k2, v, live = _cache_block(
-            k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
-        )
+    k1, k2, v, live = _cache_block(
+        k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
+    )
     if PREFETCH:
         pdl_wait(PDL)
 
@@ -217,28 +163,12 @@ def _qkv_split_kernel(
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
 
-    if WARP_SPLIT:
-        # the new token's state in warp 0, empty states in the others; q the same in every warp
-        first = (tl.arange(0, WARP_SPLIT) == 0)[:, None]
-        m_i = tl.where(first, m_i[None, :], float("-inf"))
-        l_i = tl.where(first, l_i[None, :], 0.0)
-        acc = tl.where(first[:, :, None], acc[None, :, :], 0.0)
-        q1 = tl.broadcast_to(q1[None, :, :], (WARP_SPLIT, BLOCK_G, HALF_BLOCK))
-        q2 = tl.broadcast_to(q2[None, :, :], (WARP_SPLIT, BLOCK_G, HALF_BLOCK))
-        m_i, l_i, acc = _attend_block_split(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
-        for blk in range(split + n_splits, n_blocks, n_splits):
-            k1, k2, v, live = _cache_block_split(
-                k_base, v_base, blk, BLOCK_N, WARP_SPLIT, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
-            )
-            m_i, l_i, acc = _attend_block_split(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
-        m_i, l_i, acc = _merge_warps(m_i, l_i, acc)
-    else:
+    m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
+    for blk in range(split + n_splits, n_blocks, n_splits):
+        k1, k2, v, live = _cache_block(
+            k_base, v_base, blk, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
+        )
         m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
-        for blk in range(split + n_splits, n_blocks, n_splits):
-            k1, k2, v, live = _cache_block(
-                k_base, v_base, blk, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
-            )
-            m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
 
     pdl_release(PDL)
     if DIRECT:
