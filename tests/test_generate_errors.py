@@ -103,8 +103,8 @@ def test_nonfinite_logits_in_decode_only(smollm2_fp32):
     runner = Runner(broken, capacity=32, mode="eager")
     real_decode = model.decode
 
-    def decode_going_bad(tokens, positions, cache):
-        logits = real_decode(tokens, positions, cache)
+    def decode_going_bad(tokens, positions, cache, **kwargs):
+        logits = real_decode(tokens, positions, cache, **kwargs)
         return torch.where(positions[:, None] >= 9, torch.nan, logits)
 
     model.decode = decode_going_bad
