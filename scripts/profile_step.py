@@ -102,6 +102,8 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
         "RUNTIME_BATCH_GEMM": "rows_mlp",
         "RUNTIME_ROWS_TUNE": "1",
     },
+    "batch down GEMM on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows_down"},
+    "batch down GEMM on the rows kernel (tuned)": {"RUNTIME_BATCH_GEMM": "rows_down", "RUNTIME_ROWS_TUNE": "1"},
     "merge kernel releases early (PDL)": {"RUNTIME_MERGE_PDL": "early"},
     "activation in down's prologue": {"RUNTIME_KERNELS_OFF": "norm_linear_act"},
     "sandwich GEMVs with their no-pre blocks": {"RUNTIME_GEMV_PRE_BLOCKS": "0"},

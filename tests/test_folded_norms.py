@@ -88,11 +88,12 @@ def test_batch_step_launches_only_the_final_norm(monkeypatch):
     torch.testing.assert_close(folded, unfolded, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("choice", ["rows", "rows_mlp"])
+@pytest.mark.parametrize("choice", ["rows", "rows_mlp", "rows_down"])
 def test_rows_kernel_switch_takes_its_products(monkeypatch, choice):
     """RUNTIME_BATCH_GEMM=rows sends each layer's four products of a batch step to the rows kernel
     (here recorders around the references): qkv a product, gate/up with the gated activation as its
-    epilogue, o and down accumulated into the residual rows in place; rows_mlp only the MLP's two.
+    epilogue, o and down accumulated into the residual rows in place; rows_mlp only the MLP's two;
+    rows_down only down (gate/up and its activation stay on cuBLAS and the activation op).
     The logits do not change; an unknown value is refused."""
     _, spec, ours = hf_and_ours("llama")
     seqs, cache = _prefill_rows(ours, spec)
@@ -120,7 +121,8 @@ def test_rows_kernel_switch_takes_its_products(monkeypatch, choice):
     layer = ours.layers[0]
     attention = [("product", *layer.attn.qkv.weight.shape), ("add", *layer.attn.o_proj.weight.shape)]
     mlp = [("gated", *layer.mlp.gate_up.weight.shape), ("add", *layer.mlp.down.weight.shape)]
-    assert calls == ((attention if choice == "rows" else []) + mlp) * spec.layers
+    taken = {"rows": attention + mlp, "rows_mlp": mlp, "rows_down": mlp[1:]}[choice]
+    assert calls == taken * spec.layers
     torch.testing.assert_close(got, want)
     monkeypatch.setenv("RUNTIME_BATCH_GEMM", "tiles")
     with pytest.raises(ValueError, match="RUNTIME_BATCH_GEMM"):
