@@ -103,7 +103,20 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
         "RUNTIME_ROWS_TUNE": "1",
     },
     "batch down GEMM on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows_down"},
-    "batch down GEMM on the rows kernel (tuned)": {"RUNTIME_BATCH_GEMM": "rows_down", "RUNTIME_ROWS_TUNE": "1"},
+    "batch down GEMM on the rows kernel (tuned)": {
+        "RUNTIME_BATCH_GEMM": "rows_down",
+        "RUNTIME_ROWS_TUNE": "1",
+    },
+    "unfolded batch norms in the rows kernel": {
+        "RUNTIME_BATCH_ROWS": "fused",
+        "RUNTIME_KERNELS_OFF": "act_linear_rows,linear_rows",
+    },
+    "unfolded batch norms in the rows kernel (tuned)": {
+        "RUNTIME_BATCH_ROWS": "fused",
+        "RUNTIME_KERNELS_OFF": "act_linear_rows,linear_rows",
+        "RUNTIME_ROWS_TUNE": "1",
+    },
+    "unfolded batch GEMMs on the rows kernel": {"RUNTIME_BATCH_ROWS": "fused"},
     "merge kernel releases early (PDL)": {"RUNTIME_MERGE_PDL": "early"},
     "activation in down's prologue": {"RUNTIME_KERNELS_OFF": "norm_linear_act"},
     "sandwich GEMVs with their no-pre blocks": {"RUNTIME_GEMV_PRE_BLOCKS": "0"},
