@@ -167,3 +167,27 @@ def test_progress_counts_every_run_it_will_make(tiny_yaml, tmp_path):
     assert seen[-1] == ("tiny-llama · b · b1 · runtime · done", total)
     assert ("tiny-llama · a · b1 · runtime · trial 2/2", 2) in seen
     assert BenchRun(plan, RowSink(tmp_path), CPU).total_runs() == 0  # all done: a rerun has nothing to do
+
+
+def test_trials_run_without_garbage_collector_pauses(tiny_yaml, tmp_path, monkeypatch):
+    """Each timed trial runs with the cyclic collector off (a pass inside it would land in TTFT),
+    the warm-ups with it on, and it is back on after the run, a failing trial included."""
+    import gc
+
+    plan = build_plan(load_bench(tiny_yaml))
+    original = engines.RuntimeEngine.run
+    seen: list[bool] = []
+
+    def recording(self, prompts, params, max_new_tokens, stop_ids):
+        seen.append(gc.isenabled())
+        if len(prompts[0]) == 12 and len(seen) == 5:  # config b's first trial (after its warm-up)
+            raise RuntimeError("simulated failure")
+        return original(self, prompts, params, max_new_tokens, stop_ids)
+
+    monkeypatch.setattr(engines.RuntimeEngine, "run", recording)
+    assert gc.isenabled()
+    with pytest.warns(UserWarning, match="simulated failure"):
+        execute(plan, tmp_path)
+    # config a: warm-up, trial, trial; config b: warm-up, then the failing trial ends the case
+    assert seen == [True, False, False, True, False]
+    assert gc.isenabled()

@@ -3,11 +3,14 @@ case, warm up, then time each trial and write its row the moment it finishes.
 
 Scope of the numbers: model load, graph capture and warm-ups are not timed into any row's
 throughput (load_s and capture_s are recorded beside it). A trial is one request of batch_size
-prompts of exactly prompt_tokens ids; EOS is ignored unless the config says otherwise.
+prompts of exactly prompt_tokens ids; EOS is ignored unless the config says otherwise. Python's
+cyclic garbage collector is run before each trial and paused during it (timed_trial), so a
+collection pass cannot land inside a wall-clock time such as TTFT.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 import warnings
@@ -27,6 +30,21 @@ from runtime.models.loader import LoadedModel, load_model
 
 # (description, runs finished) -> None; the command draws it as a progress bar
 ProgressFn = Callable[[str, int], None]
+
+
+@contextlib.contextmanager
+def timed_trial():
+    """A trial without garbage-collector pauses: collected before, the collector off during (a pass
+    over a run's objects can stall the host for milliseconds, which the wall-clock TTFT and the
+    host loop would absorb), and back as it was afterwards, whatever the trial raised."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclass
@@ -179,7 +197,8 @@ class BenchRun:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                     torch.cuda.reset_peak_memory_stats(self.device)
-                m = engine.run(prompts, params, cfg.max_new_tokens, stop_ids)
+                with timed_trial():
+                    m = engine.run(prompts, params, cfg.max_new_tokens, stop_ids)
                 peak = (
                     torch.cuda.max_memory_allocated(self.device) / 2**30
                     if self.device.type == "cuda"
