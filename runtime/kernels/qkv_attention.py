@@ -31,6 +31,7 @@ from runtime.kernels.attention_plan import (
     split_warps,
 )
 from runtime.kernels.decode_attention import decode_attention_ref, merge_partials
+from runtime.kernels.phase_clock import clock_buffer
 from runtime.kernels.qkv_attention_kernel import _qkv_split_kernel
 from runtime.kernels.qkv_rope import qkv_rope_to_cache_ref
 from runtime.kernels.rmsnorm import scale_rows_ref
@@ -114,9 +115,10 @@ def qkv_decode_attention_triton(
     launch = pdl(qkv.device)
     counters = arrival_counters(B * Hkv, qkv.device) if merge else ml
     norm = q_weight is not None
+    clock = clock_buffer("qkv_split", B * Hkv * splits, qkv.device)  # None unless RUNTIME_PHASE_CLOCK=1
     _qkv_split_kernel[(B * Hkv, splits)](
         qkv2, q_weight if norm else qkv2, k_weight if norm else qkv2, cos2, sin2, positions, k_cache, v_cache,
-        acc, ml, out, counters, src, scale * math.log2(math.e), eps, norm_eps, src.shape[1], src.stride(0),
+        acc, ml, out, counters, src, ml if clock is None else clock, scale * math.log2(math.e), eps, norm_eps, src.shape[1], src.stride(0),
         heads, Hkv, splits, S, qkv2.stride(0), D,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2), out.stride(0),
@@ -125,7 +127,8 @@ def qkv_decode_attention_triton(
         DOT_F32=INTERPRETING, MERGE=merge, DIRECT=direct, BLOCK_P=merge_block(D, splits),
         PREFETCH=prefetch_enabled(), ROW_SCALE=norm_source is not None,
         BLOCK_SRC=next_pow2(src.shape[1]) if norm_source is not None else 16,
-        num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(B, splits), **launch,
+        CLOCK=clock is not None, num_warps=split_warps(D, k_cache.element_size(), B),
+        num_stages=split_stages(B, splits), **launch,
     )  # fmt: skip
     if not merge and not direct:
         merge_partials(acc, ml, positions, out, block_n, S, from_positions=True, launch=launch)

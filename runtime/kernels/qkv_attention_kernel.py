@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from runtime.kernels._triton import jit, pdl_release, pdl_wait, tl
 from runtime.kernels.decode_attention import block_dot, merge_head
+from runtime.kernels.phase_clock import clock_mark, total_2d
 from runtime.kernels.qkv_rope import cache_slot, norm_rope_rows
 from runtime.kernels.rmsnorm import row_inv_rms, scale_row
 
@@ -58,6 +59,7 @@ def _qkv_split_kernel(
     out_ptr,
     count_ptr,
     src_ptr,
+    clock_ptr,
     qk_scale,
     eps,
     src_eps,
@@ -92,6 +94,7 @@ def _qkv_split_kernel(
     ROW_SCALE: tl.constexpr,
     BLOCK_SRC: tl.constexpr,
     PDL: tl.constexpr,
+    CLOCK: tl.constexpr = False,
 ):
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
     # what no kernel of this step writes: the positions, and the cache slots but the new one
@@ -99,6 +102,8 @@ def _qkv_split_kernel(
         pdl_wait(PDL)
     bh = tl.program_id(0)
     split = tl.program_id(1)
+    program = bh * n_splits + split  # CLOCK (a diagnostic, phase_clock.py): this program's row
+    clock_mark(clock_ptr, program, 3, split, CLOCK)
     b = bh // n_kv_heads
     h = bh % n_kv_heads
     length = tl.minimum(tl.load(pos_ptr + b) + 1, n_slots).to(tl.int32)
@@ -123,6 +128,7 @@ def _qkv_split_kernel(
     )
     if PREFETCH:
         pdl_wait(PDL)
+    clock_mark(clock_ptr, program, 4, length, CLOCK)
 
     row = qkv_ptr + b.to(tl.int64) * qkv_stride
     cs = cos_ptr + b.to(tl.int64) * cos_stride
@@ -146,6 +152,8 @@ def _qkv_split_kernel(
         row + (n_heads + n_kv_heads + h) * D + d[None, :], mask=d_ok[None, :], other=0.0
     )  # (1, BLOCK_D)
     vn = scale_row(vn, inv, ROW_SCALE)
+    if CLOCK:  # after the query group, the new key and value are all computed
+        clock_mark(clock_ptr, program, 5, total_2d(q1) + total_2d(kn2) + total_2d(vn), CLOCK)
 
     if split == 0:
         # program 0 owns the new token: it writes it and starts the softmax from it (p = 1)
@@ -170,6 +178,7 @@ def _qkv_split_kernel(
         )
         m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
 
+    clock_mark(clock_ptr, program, 6, tl.sum(l_i, axis=0), CLOCK)
     pdl_release(PDL)
     if DIRECT:
         # one program per (row, kv head): its running softmax is the whole one, so it writes the
@@ -177,12 +186,14 @@ def _qkv_split_kernel(
         dst = out_ptr + b.to(tl.int64) * o_sb + (h * G + g)[:, None] * D + d[None, :]
         out = (acc / l_i[:, None]).to(out_ptr.dtype.element_ty)
         tl.store(dst, out, mask=g_ok[:, None] & d_ok[None, :])
+        clock_mark(clock_ptr, program, 7, tl.sum(l_i, axis=0), CLOCK)
         return
     # partials (B, H, P, D) and (B, H, P, 2), unnormalised; rows past G are padding
     out_row = ((b * n_kv_heads + h) * G + g).to(tl.int64) * n_splits + split
     tl.store(acc_ptr + out_row[:, None] * D + d[None, :], acc, mask=g_ok[:, None] & d_ok[None, :])
     tl.store(ml_ptr + out_row * 2, m_i, mask=g_ok)
     tl.store(ml_ptr + out_row * 2 + 1, l_i, mask=g_ok)
+    clock_mark(clock_ptr, program, 7, tl.sum(l_i, axis=0), CLOCK)
     if MERGE:
         # the last of the n_live programs of this (row, kv head) to finish merges the partials of
         # its G heads; the barrier puts all of this program's stores before its release

@@ -1,0 +1,131 @@
+"""A diagnostic: per-program timestamps at the phases of a kernel, read back after a replay.
+
+A kernel timeline (scripts/step_timeline.py) says how long a kernel runs, not where its programs
+spend that time. With RUNTIME_PHASE_CLOCK=1 a kernel that supports it writes, per program, its
+SM, the global timer (ns) at its start and end, and the SM's cycle counter at each phase mark;
+scripts/attention_phases.py turns those into per-phase medians. Off by default: the kernel is
+then built without a single extra instruction (CLOCK is a constexpr). Each mark reads the counter
+only after a value of the phase it closes is computed (an input operand of the read), which costs
+a reduction per mark: the clocked build is slightly slower than the real one.
+
+Buffers (programs, FIELDS) int64, one per launch, kept in launch order; a graph's launches keep
+theirs, so zero them (`zero_all`) before the replay to read and take the ones written since.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+
+import torch
+
+from runtime.kernels._triton import jit, tl
+
+ENV = "RUNTIME_PHASE_CLOCK"
+# per program: its SM, global timer (ns) at the first and last mark, then cycle counts at the marks
+FIELDS = ("sm", "ns_first", "ns_last", "entry", "waited", "prologue", "loop", "stored")
+MARKS = FIELDS[3:]
+_RECORDS: list[tuple[str, torch.Tensor]] = []
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV) == "1"
+
+
+def clock_buffer(kernel: str, programs: int, device: torch.device) -> torch.Tensor | None:
+    """A zeroed (programs, FIELDS) int64 buffer for one launch of `kernel`, or None when off."""
+    if not enabled():
+        return None
+    buf = torch.zeros((programs, len(FIELDS)), dtype=torch.int64, device=device)
+    _RECORDS.append((kernel, buf))
+    return buf
+
+
+def records() -> list[tuple[str, torch.Tensor]]:
+    return list(_RECORDS)
+
+
+def zero_all() -> None:
+    for _, buf in _RECORDS:
+        buf.zero_()
+
+
+def clear() -> None:
+    _RECORDS.clear()
+
+
+@jit
+def _cycles_after(dep):
+    """The SM's cycle counter, read once `dep` (an int32 scalar) is available."""
+    return tl.inline_asm_elementwise(
+        "mov.u64 $0, %clock64;", "=l,r", [dep], dtype=tl.int64, is_pure=False, pack=1
+    )
+
+
+@jit
+def _ns_after(dep):
+    """The global timer (ns, the same on every SM), read once `dep` is available."""
+    return tl.inline_asm_elementwise(
+        "mov.u64 $0, %globaltimer;", "=l,r", [dep], dtype=tl.int64, is_pure=False, pack=1
+    )
+
+
+@jit
+def _sm_id(dep):
+    return tl.inline_asm_elementwise(
+        "mov.u32 $0, %smid;", "=r,r", [dep], dtype=tl.int32, is_pure=False, pack=1
+    )
+
+
+@jit
+def total_2d(x):
+    """The sum of a 2-D tile, in fp32: a scalar that a mark's read can wait for."""
+    return tl.sum(tl.sum(x.to(tl.float32), axis=1), axis=0)
+
+
+@jit
+def clock_mark(clock_ptr, program, field: tl.constexpr, dep, CLOCK: tl.constexpr):
+    """Write the cycle counter to FIELDS[field] of this program's row, after `dep` (a scalar of the
+    phase that ends here, e.g. a sum of its result, becomes the read's operand). The first mark
+    (entry, field 3) also writes the SM and the global timer; the last (stored, 7) the timer."""
+    if CLOCK:
+        d = dep.to(tl.float32).to(tl.int32, bitcast=True)
+        row = clock_ptr + program.to(tl.int64) * 8
+        if field == 3:
+            tl.store(row, _sm_id(d).to(tl.int64))
+            tl.store(row + 1, _ns_after(d))
+        tl.store(row + field, _cycles_after(d))
+        if field == 7:
+            tl.store(row + 2, _ns_after(d))
+
+
+def summarize(stamps: torch.Tensor) -> dict | None:
+    """Per-phase medians (us) of one launch's (programs, FIELDS) stamps; programs that did not reach
+    the last mark (past the live length: they return after the first) are left out. Cycles become
+    time through the launch's own ratio of timer ns to cycles over all its programs."""
+    rows = [r for r in stamps.tolist() if r[3] != 0 and r[7] != 0]
+    if not rows:
+        return None
+    ns = sum(r[2] - r[1] for r in rows)
+    cycles = sum(r[7] - r[3] for r in rows)
+    ns_per_cycle = ns / cycles if cycles > 0 else 0.0
+    first = min(r[1] for r in rows)
+    per_sm: dict[int, int] = {}
+    for r in rows:
+        per_sm[r[0]] = per_sm.get(r[0], 0) + 1
+
+    def us(values: list[float]) -> float:
+        return round(statistics.median(values) / 1000, 3)
+
+    out = {
+        "programs": len(rows),
+        "span_us": round((max(r[2] for r in rows) - first) / 1000, 3),
+        "start_median_us": us([r[1] - first for r in rows]),
+        "start_max_us": round(max(r[1] - first for r in rows) / 1000, 3),
+        "program_us": us([(r[7] - r[3]) * ns_per_cycle for r in rows]),
+        "most_per_sm": max(per_sm.values()),
+        "ghz": round(1 / ns_per_cycle, 3) if ns_per_cycle else None,
+    }
+    for i, name in enumerate(MARKS[1:], start=4):
+        out[f"{MARKS[i - 4]}_to_{name}_us"] = us([(r[i] - r[i - 1]) * ns_per_cycle for r in rows])
+    return out

@@ -1,0 +1,94 @@
+"""The phase clock (runtime/kernels/phase_clock.py): its summary of synthetic stamps on the CPU, and
+on a GPU the clocked attention kernel's marks and its unchanged output."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from runtime.kernels import phase_clock
+
+
+def _row(sm: int, ns_first: int, ns_last: int, marks: list[int]) -> list[int]:
+    return [sm, ns_first, ns_last, *marks]
+
+
+def test_summary_of_synthetic_stamps():
+    # 2 GHz (0.5 ns per cycle); program 2 returned after its first mark
+    stamps = torch.tensor(
+        [
+            _row(5, 1_000, 5_000, [100, 2_100, 4_100, 6_100, 8_100]),  # 1, 1, 1, 1 us; 4 us
+            _row(5, 3_000, 9_000, [0 + 7, 4_007, 6_007, 10_007, 12_007]),  # 2, 1, 2, 1 us; 6 us
+            _row(7, 1_500, 0, [3_000, 0, 0, 0, 0]),
+            _row(9, 2_000, 10_000, [50, 4_050, 8_050, 12_050, 16_050]),  # 2, 2, 2, 2 us; 8 us
+        ]
+    )
+    s = phase_clock.summarize(stamps)
+    assert s["programs"] == 3
+    assert s["ghz"] == 2.0
+    assert s["span_us"] == 9.0  # first start 1000 ns, last end 10000 ns
+    assert s["start_median_us"] == 1.0 and s["start_max_us"] == 2.0
+    assert s["program_us"] == 6.0
+    assert s["entry_to_waited_us"] == 2.0
+    assert s["waited_to_prologue_us"] == 1.0
+    assert s["prologue_to_loop_us"] == 2.0
+    assert s["loop_to_stored_us"] == 1.0
+    assert s["most_per_sm"] == 2
+    assert phase_clock.summarize(torch.zeros((3, len(phase_clock.FIELDS)), dtype=torch.int64)) is None
+
+
+def test_buffers_only_when_switched_on(monkeypatch):
+    phase_clock.clear()
+    monkeypatch.delenv(phase_clock.ENV, raising=False)
+    assert phase_clock.clock_buffer("k", 4, torch.device("cpu")) is None
+    monkeypatch.setenv(phase_clock.ENV, "1")
+    buf = phase_clock.clock_buffer("k", 4, torch.device("cpu"))
+    assert buf.shape == (4, len(phase_clock.FIELDS)) and not buf.any()
+    buf.fill_(3)
+    phase_clock.zero_all()
+    assert phase_clock.records()[0][1] is buf and not buf.any()
+    phase_clock.clear()
+    assert phase_clock.records() == []
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("splits", [None, 1])
+def test_clocked_attention_marks_in_order_and_same_output(monkeypatch, splits):
+    """The clocked build writes its marks in order for every program that has a block and only the
+    entry for those past the live length, and computes the same attention bit for bit."""
+    from runtime.kernels.qkv_attention import qkv_decode_attention_triton
+    from runtime.kernels.rope import rope_cos_sin
+
+    torch.manual_seed(0)
+    B, H, Hkv, D, S = 3, 8, 2, 64, 512
+    qkv = torch.randn(B, 1, (H + 2 * Hkv) * D, device="cuda", dtype=torch.bfloat16)
+    positions = torch.tensor([40, 300, 511], device="cuda")
+    inv_freq = 1.0 / (10000.0 ** (torch.arange(0, D, 2, device="cuda").float() / D))
+    cos, sin = rope_cos_sin(positions[:, None], inv_freq, torch.bfloat16)
+    k, v = (torch.randn(B, Hkv, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+
+    def run(clocked: bool) -> torch.Tensor:
+        monkeypatch.setenv(phase_clock.ENV, "1" if clocked else "0")
+        args = (qkv, H, Hkv, cos, sin, None, None, 1e-6, 0.0, k.clone(), v.clone(), positions, D**-0.5)
+        return qkv_decode_attention_triton(*args, num_splits=splits)
+
+    phase_clock.clear()
+    plain = run(False)
+    clocked = run(True)
+    torch.cuda.synchronize()
+    torch.testing.assert_close(clocked, plain, atol=0, rtol=0)
+    ((_, stamps),) = phase_clock.records()
+    stamps = stamps.cpu()
+    marks = stamps[:, 3:]
+    written = marks[:, -1] != 0
+    assert (marks[:, 0] != 0).all()  # every program stamps its entry
+    n_splits = stamps.shape[0] // (B * Hkv)
+    # row 0 has 41 live slots: with several splits, its programs past its blocks stamp nothing
+    assert written.sum() < stamps.shape[0] or n_splits == 1
+    assert written.any()
+    assert (marks[written][:, 1:] >= marks[written][:, :-1]).all()
+    assert (stamps[written, 2] >= stamps[written, 1]).all()
+    assert not stamps[~written][:, 4:].any()
+    summary = phase_clock.summarize(stamps)
+    assert summary["programs"] == int(written.sum()) and summary["program_us"] > 0
+    phase_clock.clear()
