@@ -4,7 +4,9 @@ Builds each model with random weights and RUNTIME_PHASE_CLOCK=1 (runtime/kernels
 captures its decode graphs, replays steps at a batch size, and reads back what every program of
 every layer's attention split kernel stamped: its SM, when it started relative to the launch's
 first program, and the time between its marks:
-  entry -> waited     the first cache block's loads issued, then the PDL wait for the qkv product;
+  entry -> positioned   the row's position read (the live length known);
+  positioned -> waited  the first cache block's loads issued (and the tables, by default), then
+                        the PDL wait for the qkv product;
   waited -> prologue  the query group and the new key / value loaded, normed, rotated;
   prologue -> loop    the block loop (the first block's data arriving included);
   loop -> stored      the partials' stores issued.
@@ -31,7 +33,7 @@ from runtime.kernels import phase_clock  # noqa: E402
 from runtime.models.loader import load_model  # noqa: E402
 
 COLUMNS = (
-    "programs", "span_us", "start_median_us", "start_max_us", "entry_to_waited_us",
+    "programs", "span_us", "start_median_us", "start_max_us", "entry_to_positioned_us", "positioned_to_waited_us",
     "waited_to_prologue_us", "prologue_to_loop_us", "loop_to_stored_us", "program_us", "most_per_sm", "ghz",
 )  # fmt: skip
 

@@ -17,10 +17,10 @@ def test_summary_of_synthetic_stamps():
     # 2 GHz (0.5 ns per cycle); program 2 returned after its first mark
     stamps = torch.tensor(
         [
-            _row(5, 1_000, 5_000, [100, 2_100, 4_100, 6_100, 8_100]),  # 1, 1, 1, 1 us; 4 us
-            _row(5, 3_000, 9_000, [0 + 7, 4_007, 6_007, 10_007, 12_007]),  # 2, 1, 2, 1 us; 6 us
-            _row(7, 1_500, 0, [3_000, 0, 0, 0, 0]),
-            _row(9, 2_000, 10_000, [50, 4_050, 8_050, 12_050, 16_050]),  # 2, 2, 2, 2 us; 8 us
+            _row(5, 1_000, 5_000, [100, 100, 2_100, 4_100, 6_100, 8_100]),  # 0, 1, 1, 1, 1 us; 4 us
+            _row(5, 3_000, 9_000, [7, 1_007, 4_007, 6_007, 10_007, 12_007]),  # 0.5, 1.5, 1, 2, 1 us; 6 us
+            _row(7, 1_500, 0, [3_000, 0, 0, 0, 0, 0]),
+            _row(9, 2_000, 10_000, [50, 2_050, 4_050, 8_050, 12_050, 16_050]),  # 1, 1, 2, 2, 2 us; 8 us
         ]
     )
     s = phase_clock.summarize(stamps)
@@ -29,7 +29,8 @@ def test_summary_of_synthetic_stamps():
     assert s["span_us"] == 9.0  # first start 1000 ns, last end 10000 ns
     assert s["start_median_us"] == 1.0 and s["start_max_us"] == 2.0
     assert s["program_us"] == 6.0
-    assert s["entry_to_waited_us"] == 2.0
+    assert s["entry_to_positioned_us"] == 0.5
+    assert s["positioned_to_waited_us"] == 1.0
     assert s["waited_to_prologue_us"] == 1.0
     assert s["prologue_to_loop_us"] == 2.0
     assert s["loop_to_stored_us"] == 1.0

@@ -137,3 +137,9 @@ def prefetch_enabled() -> bool:
     """RUNTIME_ATTN_PREFETCH=0 makes the split kernel wait for the previous kernel before it reads
     the positions and its first cache block (same-process A/B of the prefetch; default on)."""
     return os.environ.get("RUNTIME_ATTN_PREFETCH", "1") != "0"
+
+
+def early_tables() -> bool:
+    """RUNTIME_ATTN_EARLY_TABLES=0 makes the split kernel load the q/k-norm weights and the rope
+    tables after its wait, with the qkv row, instead of before it (same-process A/B; default on)."""
+    return os.environ.get("RUNTIME_ATTN_EARLY_TABLES", "1") != "0"

@@ -9,7 +9,9 @@ only after a value of the phase it closes is computed (an input operand of the r
 a reduction per mark: the clocked build is slightly slower than the real one.
 
 Buffers (programs, FIELDS) int64, one per launch, kept in launch order; a graph's launches keep
-theirs, so zero them (`zero_all`) before the replay to read and take the ones written since.
+theirs, so zero them (`zero_all`) before the replay to read and take the ones written since. They
+are rows of one slab made at the first launch (before any capture): a buffer allocated during a
+capture would come from the graph's pool, whose memory other graphs' kernels may also write.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from runtime.kernels._triton import jit, tl
 
 ENV = "RUNTIME_PHASE_CLOCK"
 # per program: its SM, global timer (ns) at the first and last mark, then cycle counts at the marks
-FIELDS = ("sm", "ns_first", "ns_last", "entry", "waited", "prologue", "loop", "stored")
+# (clock_mark writes rows of 9: keep the two in step)
+FIELDS = ("sm", "ns_first", "ns_last", "entry", "positioned", "waited", "prologue", "loop", "stored")
 MARKS = FIELDS[3:]
 _RECORDS: list[tuple[str, torch.Tensor]] = []
+_SLAB_ROWS = 1 << 19  # 32 MB: every launch of a few models' captures
+_SLAB: dict[torch.device, list] = {}  # device -> [slab, rows handed out]
 
 
 def enabled() -> bool:
@@ -36,7 +41,14 @@ def clock_buffer(kernel: str, programs: int, device: torch.device) -> torch.Tens
     """A zeroed (programs, FIELDS) int64 buffer for one launch of `kernel`, or None when off."""
     if not enabled():
         return None
-    buf = torch.zeros((programs, len(FIELDS)), dtype=torch.int64, device=device)
+    slab = _SLAB.get(device)
+    if slab is None:
+        slab = _SLAB[device] = [torch.zeros((_SLAB_ROWS, len(FIELDS)), dtype=torch.int64, device=device), 0]
+    start = slab[1]
+    if start + programs > _SLAB_ROWS:
+        raise RuntimeError(f"{ENV}: the clock's {_SLAB_ROWS} rows are used up; call phase_clock.clear()")
+    slab[1] = start + programs
+    buf = slab[0][start : start + programs]
     _RECORDS.append((kernel, buf))
     return buf
 
@@ -46,12 +58,18 @@ def records() -> list[tuple[str, torch.Tensor]]:
 
 
 def zero_all() -> None:
-    for _, buf in _RECORDS:
-        buf.zero_()
+    with torch.inference_mode():  # the buffers of launches made in inference mode are inference tensors
+        for _, buf in _RECORDS:
+            buf.zero_()
 
 
 def clear() -> None:
+    """Forget every buffer (the slab's rows are handed out again from the first)."""
     _RECORDS.clear()
+    with torch.inference_mode():
+        for slab in _SLAB.values():
+            slab[0].zero_()
+            slab[1] = 0
 
 
 @jit
@@ -87,15 +105,15 @@ def total_2d(x):
 def clock_mark(clock_ptr, program, field: tl.constexpr, dep, CLOCK: tl.constexpr):
     """Write the cycle counter to FIELDS[field] of this program's row, after `dep` (a scalar of the
     phase that ends here, e.g. a sum of its result, becomes the read's operand). The first mark
-    (entry, field 3) also writes the SM and the global timer; the last (stored, 7) the timer."""
+    (entry, field 3) also writes the SM and the global timer; the last (stored, 8) the timer."""
     if CLOCK:
         d = dep.to(tl.float32).to(tl.int32, bitcast=True)
-        row = clock_ptr + program.to(tl.int64) * 8
+        row = clock_ptr + program.to(tl.int64) * 9
         if field == 3:
             tl.store(row, _sm_id(d).to(tl.int64))
             tl.store(row + 1, _ns_after(d))
         tl.store(row + field, _cycles_after(d))
-        if field == 7:
+        if field == 8:
             tl.store(row + 2, _ns_after(d))
 
 
@@ -103,11 +121,12 @@ def summarize(stamps: torch.Tensor) -> dict | None:
     """Per-phase medians (us) of one launch's (programs, FIELDS) stamps; programs that did not reach
     the last mark (past the live length: they return after the first) are left out. Cycles become
     time through the launch's own ratio of timer ns to cycles over all its programs."""
-    rows = [r for r in stamps.tolist() if r[3] != 0 and r[7] != 0]
+    last = len(FIELDS) - 1
+    rows = [r for r in stamps.tolist() if r[3] != 0 and r[last] != 0]
     if not rows:
         return None
     ns = sum(r[2] - r[1] for r in rows)
-    cycles = sum(r[7] - r[3] for r in rows)
+    cycles = sum(r[last] - r[3] for r in rows)
     ns_per_cycle = ns / cycles if cycles > 0 else 0.0
     first = min(r[1] for r in rows)
     per_sm: dict[int, int] = {}
@@ -122,7 +141,7 @@ def summarize(stamps: torch.Tensor) -> dict | None:
         "span_us": round((max(r[2] for r in rows) - first) / 1000, 3),
         "start_median_us": us([r[1] - first for r in rows]),
         "start_max_us": round(max(r[1] - first for r in rows) / 1000, 3),
-        "program_us": us([(r[7] - r[3]) * ns_per_cycle for r in rows]),
+        "program_us": us([(r[last] - r[3]) * ns_per_cycle for r in rows]),
         "most_per_sm": max(per_sm.values()),
         "ghz": round(1 / ns_per_cycle, 3) if ns_per_cycle else None,
     }

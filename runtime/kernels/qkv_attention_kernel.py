@@ -8,7 +8,7 @@ from __future__ import annotations
 from runtime.kernels._triton import jit, pdl_release, pdl_wait, tl
 from runtime.kernels.decode_attention import block_dot, merge_head
 from runtime.kernels.phase_clock import clock_mark, total_2d
-from runtime.kernels.qkv_rope import cache_slot, norm_rope_rows
+from runtime.kernels.qkv_rope import cache_slot, norm_rope_loaded, norm_weight_halves, rope_halves
 from runtime.kernels.rmsnorm import row_inv_rms, scale_row
 
 
@@ -94,10 +94,13 @@ def _qkv_split_kernel(
     ROW_SCALE: tl.constexpr,
     BLOCK_SRC: tl.constexpr,
     PDL: tl.constexpr,
+    EARLY_TABLES: tl.constexpr,
     CLOCK: tl.constexpr = False,
 ):
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
-    # what no kernel of this step writes: the positions, and the cache slots but the new one
+    # what no kernel of this layer writes: the positions, the cache slots but the new one, and with
+    # EARLY_TABLES the q/k-norm weights and the token's rope tables (written at the step's start,
+    # by a kernel that finished before the previous one passed its own wait)
     if not PREFETCH:
         pdl_wait(PDL)
     bh = tl.program_id(0)
@@ -108,6 +111,7 @@ def _qkv_split_kernel(
     h = bh % n_kv_heads
     length = tl.minimum(tl.load(pos_ptr + b) + 1, n_slots).to(tl.int32)
     n_blocks = tl.cdiv(length, BLOCK_N)
+    clock_mark(clock_ptr, program, 4, length, CLOCK)
     if split >= n_blocks:  # graph: the grid is fixed; past the live length there is nothing to do
         return
     new_slot = cache_slot(pos_ptr, b, n_slots)
@@ -126,13 +130,21 @@ def _qkv_split_kernel(
     k1, k2, v, live = _cache_block(
         k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
     )
-    if PREFETCH:
-        pdl_wait(PDL)
-    clock_mark(clock_ptr, program, 4, length, CLOCK)
-
-    row = qkv_ptr + b.to(tl.int64) * qkv_stride
     cs = cos_ptr + b.to(tl.int64) * cos_stride
     sn = sin_ptr + b.to(tl.int64) * cos_stride
+    if EARLY_TABLES:
+        qw1, qw2 = norm_weight_halves(q_w_ptr, c, c_ok, D, QK_NORM)
+        kw1, kw2 = norm_weight_halves(k_w_ptr, c, c_ok, D, QK_NORM)
+        cos1, cos2, sin1, sin2 = rope_halves(cs, sn, c, c_ok, D)
+    if PREFETCH:
+        pdl_wait(PDL)
+    clock_mark(clock_ptr, program, 5, length, CLOCK)
+    if not EARLY_TABLES:
+        qw1, qw2 = norm_weight_halves(q_w_ptr, c, c_ok, D, QK_NORM)
+        kw1, kw2 = norm_weight_halves(k_w_ptr, c, c_ok, D, QK_NORM)
+        cos1, cos2, sin1, sin2 = rope_halves(cs, sn, c, c_ok, D)
+
+    row = qkv_ptr + b.to(tl.int64) * qkv_stride
     inv = 1.0  # ROW_SCALE: the row's 1 / rms(norm source), applied to q, k and v before anything else
     if ROW_SCALE:
         inv = row_inv_rms(src_ptr + b.to(tl.int64) * src_stride, n_src, src_eps, BLOCK_SRC)
@@ -142,18 +154,18 @@ def _qkv_split_kernel(
     q1 = tl.load(q_src + c[None, :], mask=q_ok, other=0.0)
     q2 = tl.load(q_src + half + c[None, :], mask=q_ok, other=0.0)
     q1, q2 = scale_row(q1, inv, ROW_SCALE), scale_row(q2, inv, ROW_SCALE)
-    q1, q2 = norm_rope_rows(q1, q2, q_w_ptr, cs, sn, c, c_ok, eps, D, QK_NORM, OFFSET)
+    q1, q2 = norm_rope_loaded(q1, q2, qw1, qw2, cos1, cos2, sin1, sin2, eps, D, QK_NORM, OFFSET)
     k_src = row + (n_heads + h) * D + c[None, :]
     kn1 = tl.load(k_src, mask=c_ok[None, :], other=0.0)
     kn2 = tl.load(k_src + half, mask=c_ok[None, :], other=0.0)
     kn1, kn2 = scale_row(kn1, inv, ROW_SCALE), scale_row(kn2, inv, ROW_SCALE)
-    kn1, kn2 = norm_rope_rows(kn1, kn2, k_w_ptr, cs, sn, c, c_ok, eps, D, QK_NORM, OFFSET)
+    kn1, kn2 = norm_rope_loaded(kn1, kn2, kw1, kw2, cos1, cos2, sin1, sin2, eps, D, QK_NORM, OFFSET)
     vn = tl.load(
         row + (n_heads + n_kv_heads + h) * D + d[None, :], mask=d_ok[None, :], other=0.0
     )  # (1, BLOCK_D)
     vn = scale_row(vn, inv, ROW_SCALE)
     if CLOCK:  # after the query group, the new key and value are all computed
-        clock_mark(clock_ptr, program, 5, total_2d(q1) + total_2d(kn2) + total_2d(vn), CLOCK)
+        clock_mark(clock_ptr, program, 6, total_2d(q1) + total_2d(kn2) + total_2d(vn), CLOCK)
 
     if split == 0:
         # program 0 owns the new token: it writes it and starts the softmax from it (p = 1)
@@ -178,7 +190,7 @@ def _qkv_split_kernel(
         )
         m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
 
-    clock_mark(clock_ptr, program, 6, tl.sum(l_i, axis=0), CLOCK)
+    clock_mark(clock_ptr, program, 7, tl.sum(l_i, axis=0), CLOCK)
     pdl_release(PDL)
     if DIRECT:
         # one program per (row, kv head): its running softmax is the whole one, so it writes the
@@ -186,14 +198,14 @@ def _qkv_split_kernel(
         dst = out_ptr + b.to(tl.int64) * o_sb + (h * G + g)[:, None] * D + d[None, :]
         out = (acc / l_i[:, None]).to(out_ptr.dtype.element_ty)
         tl.store(dst, out, mask=g_ok[:, None] & d_ok[None, :])
-        clock_mark(clock_ptr, program, 7, tl.sum(l_i, axis=0), CLOCK)
+        clock_mark(clock_ptr, program, 8, tl.sum(l_i, axis=0), CLOCK)
         return
     # partials (B, H, P, D) and (B, H, P, 2), unnormalised; rows past G are padding
     out_row = ((b * n_kv_heads + h) * G + g).to(tl.int64) * n_splits + split
     tl.store(acc_ptr + out_row[:, None] * D + d[None, :], acc, mask=g_ok[:, None] & d_ok[None, :])
     tl.store(ml_ptr + out_row * 2, m_i, mask=g_ok)
     tl.store(ml_ptr + out_row * 2 + 1, l_i, mask=g_ok)
-    clock_mark(clock_ptr, program, 7, tl.sum(l_i, axis=0), CLOCK)
+    clock_mark(clock_ptr, program, 8, tl.sum(l_i, axis=0), CLOCK)
     if MERGE:
         # the last of the n_live programs of this (row, kv head) to finish merges the partials of
         # its G heads; the barrier puts all of this program's stores before its release

@@ -65,36 +65,60 @@ def qkv_rope_to_cache_ref(
 
 
 @jit
-def norm_rope_rows(
-    x1, x2, w_ptr, cos_ptr, sin_ptr, c, ok, eps, D: tl.constexpr, QK_NORM: tl.constexpr, OFFSET: tl.constexpr
-):
-    """Heads as rows: x1, x2 (R, HALF_BLOCK) are the two halves of R heads, in the dtype; w_ptr the
-    norm weight (D,), cos/sin_ptr one token's (D,) tables; c = arange(HALF_BLOCK), ok = c < D / 2.
-    -> the halves of rope(norm(x)), rounded to the dtype at each step as the references round."""
-    dt = x1.dtype
+def norm_weight_halves(w_ptr, c, ok, D: tl.constexpr, QK_NORM: tl.constexpr):
+    """The q/k-norm weight's two halves (1, HALF_BLOCK) in fp32 (zeros, never read, without a norm)."""
+    use = ok & QK_NORM
+    w1 = tl.load(w_ptr + c, mask=use, other=0.0).to(tl.float32)[None, :]
+    w2 = tl.load(w_ptr + D // 2 + c, mask=use, other=0.0).to(tl.float32)[None, :]
+    return w1, w2
+
+
+@jit
+def rope_halves(cos_ptr, sin_ptr, c, ok, D: tl.constexpr):
+    """One token's cos and sin tables (D,) as halves (1, HALF_BLOCK) in fp32: cos1, cos2, sin1, sin2."""
     half = D // 2
+    cos1 = tl.load(cos_ptr + c, mask=ok, other=0.0).to(tl.float32)[None, :]
+    cos2 = tl.load(cos_ptr + half + c, mask=ok, other=0.0).to(tl.float32)[None, :]
+    sin1 = tl.load(sin_ptr + c, mask=ok, other=0.0).to(tl.float32)[None, :]
+    sin2 = tl.load(sin_ptr + half + c, mask=ok, other=0.0).to(tl.float32)[None, :]
+    return cos1, cos2, sin1, sin2
+
+
+@jit
+def norm_rope_loaded(
+    x1, x2, w1, w2, cos1, cos2, sin1, sin2, eps, D: tl.constexpr, QK_NORM: tl.constexpr, OFFSET: tl.constexpr
+):
+    """norm_rope_rows with the weight and the tables already loaded (norm_weight_halves, rope_halves):
+    a kernel can load them before it waits for the rows."""
+    dt = x1.dtype
     if QK_NORM:
         f1 = x1.to(tl.float32)
         f2 = x2.to(tl.float32)
         inv = tl.rsqrt((tl.sum(f1 * f1, axis=1) + tl.sum(f2 * f2, axis=1)) / D + eps)[:, None]
-        w1 = tl.load(w_ptr + c, mask=ok, other=0.0).to(tl.float32)[None, :]
-        w2 = tl.load(w_ptr + half + c, mask=ok, other=0.0).to(tl.float32)[None, :]
         if OFFSET != 0:
             x1 = (f1 * inv * (OFFSET + w1)).to(dt)
             x2 = (f2 * inv * (OFFSET + w2)).to(dt)
         else:
             x1 = (w1 * (f1 * inv).to(dt).to(tl.float32)).to(dt)
             x2 = (w2 * (f2 * inv).to(dt).to(tl.float32)).to(dt)
-    cos1 = tl.load(cos_ptr + c, mask=ok, other=0.0).to(tl.float32)[None, :]
-    cos2 = tl.load(cos_ptr + half + c, mask=ok, other=0.0).to(tl.float32)[None, :]
-    sin1 = tl.load(sin_ptr + c, mask=ok, other=0.0).to(tl.float32)[None, :]
-    sin2 = tl.load(sin_ptr + half + c, mask=ok, other=0.0).to(tl.float32)[None, :]
     f1 = x1.to(tl.float32)
     f2 = x2.to(tl.float32)
     # x * cos + rotate(x) * sin, rotate(x) = (-x2, x1); each product rounded, then the sum
     o1 = (f1 * cos1).to(dt).to(tl.float32) + (-f2 * sin1).to(dt).to(tl.float32)
     o2 = (f2 * cos2).to(dt).to(tl.float32) + (f1 * sin2).to(dt).to(tl.float32)
     return o1.to(dt), o2.to(dt)
+
+
+@jit
+def norm_rope_rows(
+    x1, x2, w_ptr, cos_ptr, sin_ptr, c, ok, eps, D: tl.constexpr, QK_NORM: tl.constexpr, OFFSET: tl.constexpr
+):
+    """Heads as rows: x1, x2 (R, HALF_BLOCK) are the two halves of R heads, in the dtype; w_ptr the
+    norm weight (D,), cos/sin_ptr one token's (D,) tables; c = arange(HALF_BLOCK), ok = c < D / 2.
+    -> the halves of rope(norm(x)), rounded to the dtype at each step as the references round."""
+    w1, w2 = norm_weight_halves(w_ptr, c, ok, D, QK_NORM)
+    cos1, cos2, sin1, sin2 = rope_halves(cos_ptr, sin_ptr, c, ok, D)
+    return norm_rope_loaded(x1, x2, w1, w2, cos1, cos2, sin1, sin2, eps, D, QK_NORM, OFFSET)
 
 
 @jit
