@@ -56,7 +56,8 @@ def test_buffers_only_when_switched_on(monkeypatch):
 @pytest.mark.parametrize("splits", [None, 1])
 def test_clocked_attention_marks_in_order_and_same_output(monkeypatch, splits):
     """The clocked build writes its marks in order for every program that has a block and only the
-    entry for those past the live length, and computes the same attention bit for bit."""
+    first two (entry, position read) for those past the live length, and computes the same
+    attention bit for bit."""
     from runtime.kernels.qkv_attention import qkv_decode_attention_triton
     from runtime.kernels.rope import rope_cos_sin
 
@@ -89,7 +90,7 @@ def test_clocked_attention_marks_in_order_and_same_output(monkeypatch, splits):
     assert written.any()
     assert (marks[written][:, 1:] >= marks[written][:, :-1]).all()
     assert (stamps[written, 2] >= stamps[written, 1]).all()
-    assert not stamps[~written][:, 4:].any()
+    assert not stamps[~written][:, 5:].any() and not stamps[~written][:, 2].any()
     summary = phase_clock.summarize(stamps)
     assert summary["programs"] == int(written.sum()) and summary["program_us"] > 0
     phase_clock.clear()
