@@ -58,7 +58,7 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention loop 1 stage": {"RUNTIME_ATTN_STAGES": "1"},
     "attention tables after the wait": {"RUNTIME_ATTN_EARLY_TABLES": "0"},
     "attention first block to L2": {"RUNTIME_ATTN_FIRST_BLOCK": "l2"},
-    "attention first block to L2, tables after the wait": {
+    "attention first block to L2 and tables after the wait": {
         "RUNTIME_ATTN_FIRST_BLOCK": "l2",
         "RUNTIME_ATTN_EARLY_TABLES": "0",
     },
