@@ -514,27 +514,3 @@ def test_qkv_rope_to_cache_ref_writes_ring_slots():
 def test_kernels_under_the_cpu_interpreter():
     """Runs this file's kernel tests on the CPU through the Triton interpreter (small cases)."""
     run_under_interpreter(__file__)
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize(
-    "B,H,Hkv,D,S,splits", [(1, 32, 8, 64, 700, None), (16, 4, 1, 256, 333, None), (3, 16, 8, 128, 130, 1)]
-)
-def test_qkv_decode_attention_first_block_in_l2(monkeypatch, B, H, Hkv, D, S, splits):
-    """RUNTIME_ATTN_FIRST_BLOCK=l2 (the first cache block prefetched to L2 before the wait, loaded
-    after it) computes the same attention and cache, bit for bit, as loading it before the wait;
-    the cache's last block is partly past its end (the prefetch clamps its slots)."""
-    qkv = rand(B, 1, (H + 2 * Hkv) * D, dtype=BF16)
-    positions = torch.randint(0, S, (B,)).to(DEVICE)
-    positions[0] = S - 1
-    cos, sin = _rope_tables(positions[:, None], D, BF16)
-    qw, kw = rand(D, dtype=BF16), rand(D, dtype=BF16)
-    k, v = rand(B, Hkv, S, D, dtype=BF16), rand(B, Hkv, S, D, dtype=BF16)
-    got = {}
-    for choice in ("registers", "l2"):
-        monkeypatch.setenv("RUNTIME_ATTN_FIRST_BLOCK", choice)
-        kc, vc = k.clone(), v.clone()
-        args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, 1.0, kc, vc, positions, D**-0.5)
-        got[choice] = (qkv_decode_attention_triton(*args, num_splits=splits), kc, vc)
-    for a, b in zip(got["registers"], got["l2"]):
-        torch.testing.assert_close(a, b, atol=0, rtol=0)

@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from runtime.kernels._triton import INTERPRETING, cdiv, next_pow2
+from runtime.kernels._triton import cdiv, next_pow2
 
 
 @functools.lru_cache(maxsize=8)
@@ -143,13 +143,3 @@ def early_tables() -> bool:
     """RUNTIME_ATTN_EARLY_TABLES=0 makes the split kernel load the q/k-norm weights and the rope
     tables after its wait, with the qkv row, instead of before it (same-process A/B; default on)."""
     return os.environ.get("RUNTIME_ATTN_EARLY_TABLES", "1") != "0"
-
-
-def first_block_l2() -> bool:
-    """RUNTIME_ATTN_FIRST_BLOCK: how the split kernel's programs fetch their first cache block
-    before the PDL wait: "registers" (load it) or "l2" (prefetch.global.L2 only, loaded after the
-    wait with the qkv row). Never "l2" under the CPU interpreter, which cannot run inline PTX."""
-    choice = os.environ.get("RUNTIME_ATTN_FIRST_BLOCK", "registers") or "registers"
-    if choice not in ("registers", "l2"):
-        raise ValueError(f"RUNTIME_ATTN_FIRST_BLOCK={choice!r}: choose registers or l2")
-    return choice == "l2" and not INTERPRETING

@@ -29,30 +29,6 @@ def _cache_block(
 
 
 @jit
-def _prefetch_rows(base, slots, stride, cols):
-    """prefetch.global.L2 at base + slots * stride + cols (one address per L2 line to fetch)."""
-    # not pure: kept although its value (always 0) is unused
-    tl.inline_asm_elementwise(
-        "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [base + slots * stride + cols],
-        dtype=tl.int32, is_pure=False, pack=1,
-    )  # fmt: skip
-
-
-@jit
-def _prefetch_block(
-    k_base, v_base, blk, BLOCK_N: tl.constexpr, n, n_slots, k_ss, v_ss, D, LINE: tl.constexpr,
-    ROW_LINES: tl.constexpr,
-):  # fmt: skip
-    """Cache block blk's K and V rows (ROW_LINES lines of LINE elements each) into L2: fire and
-    forget, nothing to wait for, so a later load finds the lines there. Slots past the cache are
-    clamped to its last one (an address inside the buffers)."""
-    slots = tl.minimum(blk * BLOCK_N + n, n_slots - 1).to(tl.int64)[:, None]
-    cols = tl.minimum(tl.arange(0, ROW_LINES) * LINE, D - 1)[None, :]
-    _prefetch_rows(k_base, slots, k_ss, cols)
-    _prefetch_rows(v_base, slots, v_ss, cols)
-
-
-@jit
 def _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32: tl.constexpr):
     """One block of the running softmax: scores of the query group against k, then the rescaled
     update of (m_i, l_i, acc) with v."""
@@ -119,9 +95,6 @@ def _qkv_split_kernel(
     BLOCK_SRC: tl.constexpr,
     PDL: tl.constexpr,
     EARLY_TABLES: tl.constexpr,
-    FIRST_L2: tl.constexpr,
-    LINE: tl.constexpr,
-    ROW_LINES: tl.constexpr,
     CLOCK: tl.constexpr = False,
 ):
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
@@ -153,15 +126,10 @@ def _qkv_split_kernel(
     k_base = k_ptr + b.to(tl.int64) * k_sb + h.to(tl.int64) * k_sh
     v_base = v_ptr + b.to(tl.int64) * v_sb + h.to(tl.int64) * v_sh
     # the first cache block's K and V are loaded before the wait, so their latency overlaps the
-    # qkv GEMV's tail (at short lengths a program has one block only). FIRST_L2: only prefetched
-    # to L2 here, loaded after the wait with the qkv row: a tile loaded into registers is moved to
-    # its dot layout through shared memory at once, and that waits for its data before the wait
-    if FIRST_L2:
-        _prefetch_block(k_base, v_base, split, BLOCK_N, n, n_slots, k_ss, v_ss, D, LINE, ROW_LINES)
-    else:
-        k1, k2, v, live = _cache_block(
-            k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
-        )
+    # qkv GEMV's tail (at short lengths a program has one block only)
+    k1, k2, v, live = _cache_block(
+        k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
+    )
     cs = cos_ptr + b.to(tl.int64) * cos_stride
     sn = sin_ptr + b.to(tl.int64) * cos_stride
     if EARLY_TABLES:
@@ -171,10 +139,6 @@ def _qkv_split_kernel(
     if PREFETCH:
         pdl_wait(PDL)
     clock_mark(clock_ptr, program, 5, length, CLOCK)
-    if FIRST_L2:
-        k1, k2, v, live = _cache_block(
-            k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
-        )
     if not EARLY_TABLES:
         qw1, qw2 = norm_weight_halves(q_w_ptr, c, c_ok, D, QK_NORM)
         kw1, kw2 = norm_weight_halves(k_w_ptr, c, c_ok, D, QK_NORM)
