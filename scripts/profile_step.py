@@ -118,11 +118,6 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
         "RUNTIME_ROWS_TUNE": "1",
     },
     "unfolded batch GEMMs on the rows kernel": {"RUNTIME_BATCH_ROWS": "fused"},
-    "unfolded batch o and down on the rows kernel": {"RUNTIME_BATCH_ROWS": "plain"},
-    "unfolded batch o and down on the rows kernel (tuned)": {
-        "RUNTIME_BATCH_ROWS": "plain",
-        "RUNTIME_ROWS_TUNE": "1",
-    },
     "merge kernel releases early (PDL)": {"RUNTIME_MERGE_PDL": "early"},
     "activation in down's prologue": {"RUNTIME_KERNELS_OFF": "norm_linear_act"},
     "sandwich GEMVs with their no-pre blocks": {"RUNTIME_GEMV_PRE_BLOCKS": "0"},

@@ -428,14 +428,6 @@ def test_ops_send_batch_buckets_to_the_rows_kernel_only_when_asked(monkeypatch):
     assert calls == []
     run(16)
     assert calls == ["norm_linear_rows_triton", "act_linear_rows_triton", "linear_rows_triton"]
-    # plain: only the products without a prologue (down after the activation kernel, and linear)
-    calls.clear()
-    monkeypatch.setenv("RUNTIME_BATCH_ROWS", "plain")
-    run(1)
-    run(17)
-    assert calls == []
-    run(16)
-    assert calls == ["linear_rows_triton", "linear_rows_triton"]
-    monkeypatch.setenv("RUNTIME_BATCH_ROWS", "rows")
+    monkeypatch.setenv("RUNTIME_BATCH_ROWS", "rows")  # a misspelt choice is refused, not ignored
     with pytest.raises(ValueError, match="RUNTIME_BATCH_ROWS='rows'"):
         run(16)

@@ -84,7 +84,6 @@ BIG_VOCAB = 2 * 262144  # a vocabulary whose top-k merge takes several rounds (_
 # the A/B settings, each recorded in the default PDL mode: they change constexprs of their kernels
 AB_SETTINGS = (
     {"RUNTIME_BATCH_ROWS": "fused"},
-    {"RUNTIME_BATCH_ROWS": "plain"},
     {"RUNTIME_ATTN_EARLY_TABLES": "0"},
     {"RUNTIME_ATTN_MERGE": "last"},
     {"RUNTIME_ATTN_PREFETCH": "0"},

@@ -122,19 +122,14 @@ def add_rms_norm(
 # dtypes) they run unfused: the prologue op as dispatched above (itself a Triton kernel on CUDA),
 # then cuBLAS. RUNTIME_BATCH_ROWS=fused sends 2..16 rows to the tl.dot kernel of fused_rows.py
 # instead (op names "<op>_rows" for RUNTIME_KERNELS_OFF): opt-in, since on the H100 its batch-16
-# step was slower than norm kernel + cuBLAS (notes/kernels.md). RUNTIME_BATCH_ROWS=plain sends only
-# the products without a prologue there (the o projection, and down after the activation kernel:
-# split K summed in the kernel, no cuBLAS split-K reduce). The LM head keeps cuBLAS past one row.
-BATCH_ROWS = ("cublas", "fused", "plain")
+# step was slower than norm kernel + cuBLAS (notes/kernels.md). The LM head keeps cuBLAS past one row.
 
 
-def _fused_rows(t: torch.Tensor, name: str, plain: bool = False) -> bool:
-    """Whether rows of t take the rows kernel `name`; plain: a product without a prologue."""
+def _fused_rows(t: torch.Tensor, name: str) -> bool:
     choice = os.environ.get("RUNTIME_BATCH_ROWS", "cublas") or "cublas"
-    if choice not in BATCH_ROWS:
-        raise ValueError(f"RUNTIME_BATCH_ROWS={choice!r}: choose one of {', '.join(BATCH_ROWS)}")
-    wanted = choice == "fused" or (plain and choice == "plain")
-    return wanted and fits_rows(t) and enabled(name, t)
+    if choice not in ("cublas", "fused"):
+        raise ValueError(f"RUNTIME_BATCH_ROWS={choice!r}: choose cublas or fused")
+    return choice == "fused" and fits_rows(t) and enabled(name, t)
 
 
 def norm_linear(
@@ -200,17 +195,14 @@ def act_linear(gate_up: torch.Tensor, activation: str, weight: torch.Tensor) -> 
         return act_linear_triton(gate_up, activation, weight)
     if gate_up.dtype == weight.dtype and _fused_rows(gate_up, "act_linear_rows"):
         return act_linear_rows_triton(gate_up, activation, weight)
-    act = gated_act(gate_up, activation)
-    if act.dtype == weight.dtype and _fused_rows(act, "linear_rows", plain=True):
-        return linear_rows_triton(act, weight)
-    return F.linear(act, weight)
+    return F.linear(gated_act(gate_up, activation), weight)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (..., K) @ weight (N, K).T."""
     if x.dtype == weight.dtype and one_row(x) and enabled("linear", x):
         return linear_triton(x, weight)
-    if x.dtype == weight.dtype and _fused_rows(x, "linear_rows", plain=True):
+    if x.dtype == weight.dtype and _fused_rows(x, "linear_rows"):
         return linear_rows_triton(x, weight)
     return F.linear(x, weight)
 
