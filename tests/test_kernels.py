@@ -514,3 +514,32 @@ def test_qkv_rope_to_cache_ref_writes_ring_slots():
 def test_kernels_under_the_cpu_interpreter():
     """Runs this file's kernel tests on the CPU through the Triton interpreter (small cases)."""
     run_under_interpreter(__file__)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "B,H,Hkv,D,S,norm,dtype,splits",
+    [(1, 32, 8, 64, 700, False, BF16, None), (16, 4, 1, 256, 333, True, BF16, None),
+     (3, 16, 8, 128, 130, True, F16, 1), (2, 10, 5, 40, 50, True, F32, 2)],
+)  # fmt: skip
+def test_qkv_decode_attention_grouped_loads(monkeypatch, B, H, Hkv, D, S, norm, dtype, splits):
+    """RUNTIME_ATTN_LOADS=grouped (the first block, weights and tables loaded as one group, the
+    tables in the heads' shape, the block's move to the dot layout after the prologue) computes
+    the same attention and cache, bit for bit, as the serial order, with the tables loaded before
+    the wait and after it."""
+    qkv = rand(B, 1, (H + 2 * Hkv) * D, dtype=dtype)
+    positions = torch.randint(0, S, (B,)).to(DEVICE)
+    positions[0] = S - 1
+    cos, sin = _rope_tables(positions[:, None], D, dtype)
+    qw, kw = (rand(D, dtype=dtype), rand(D, dtype=dtype)) if norm else (None, None)
+    k, v = rand(B, Hkv, S, D, dtype=dtype), rand(B, Hkv, S, D, dtype=dtype)
+    for early in ("1", "0"):
+        monkeypatch.setenv("RUNTIME_ATTN_EARLY_TABLES", early)
+        got = {}
+        for loads in ("serial", "grouped"):
+            monkeypatch.setenv("RUNTIME_ATTN_LOADS", loads)
+            kc, vc = k.clone(), v.clone()
+            args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, 1.0, kc, vc, positions, D**-0.5)
+            got[loads] = (qkv_decode_attention_triton(*args, num_splits=splits), kc, vc)
+        for a, b in zip(got["serial"], got["grouped"]):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)

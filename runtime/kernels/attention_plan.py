@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from runtime.kernels._triton import cdiv, next_pow2
+from runtime.kernels._triton import INTERPRETING, cdiv, next_pow2
 
 
 @functools.lru_cache(maxsize=8)
@@ -143,3 +143,15 @@ def early_tables() -> bool:
     """RUNTIME_ATTN_EARLY_TABLES=0 makes the split kernel load the q/k-norm weights and the rope
     tables after its wait, with the qkv row, instead of before it (same-process A/B; default on)."""
     return os.environ.get("RUNTIME_ATTN_EARLY_TABLES", "1") != "0"
+
+
+def grouped_loads() -> bool:
+    """RUNTIME_ATTN_LOADS=grouped: the split kernel issues its first cache block, the q/k-norm
+    weights and the rope tables as one group of loads (the tables in the shape of the heads they
+    scale, the block's move to the dot layout held back until after the prologue), instead of one
+    group after another ("serial", the default). Written from the phase clock's reading (notes,
+    tenth session); not yet timed on a GPU. Never under the CPU interpreter (inline PTX)."""
+    choice = os.environ.get("RUNTIME_ATTN_LOADS", "serial") or "serial"
+    if choice not in ("serial", "grouped"):
+        raise ValueError(f"RUNTIME_ATTN_LOADS={choice!r}: choose serial or grouped")
+    return choice == "grouped" and not INTERPRETING

@@ -29,6 +29,58 @@ def _cache_block(
 
 
 @jit
+def _tables(
+    q_w_ptr, k_w_ptr, cs, sn, c, c_ok, g, D: tl.constexpr, QK_NORM: tl.constexpr, GROUPED: tl.constexpr
+):
+    """The q/k-norm weights and the token's rope tables as halves: qw1, qw2, kw1, kw2, then cos1,
+    cos2, sin1, sin2 for q and for the new key. Without GROUPED, (1, HALF_BLOCK) tiles that q's
+    (BLOCK_G, HALF_BLOCK) tiles broadcast; each such broadcast moves its table between layouts
+    through shared memory, and that barrier holds back the loads after it. GROUPED loads q's
+    tables in q's shape (no move), the key's in its (1, HALF_BLOCK) shape."""
+    one = tl.arange(0, 1)
+    qw1, qw2 = norm_weight_halves(q_w_ptr, c, c_ok, g, D, QK_NORM, GROUPED)
+    kw1, kw2 = norm_weight_halves(k_w_ptr, c, c_ok, one, D, QK_NORM, GROUPED)
+    qcos1, qcos2, qsin1, qsin2 = rope_halves(cs, sn, c, c_ok, g, D, GROUPED)
+    if GROUPED:
+        kcos1, kcos2, ksin1, ksin2 = rope_halves(cs, sn, c, c_ok, one, D, GROUPED)
+    else:
+        kcos1, kcos2, ksin1, ksin2 = qcos1, qcos2, qsin1, qsin2
+    return qw1, qw2, kw1, kw2, qcos1, qcos2, qsin1, qsin2, kcos1, kcos2, ksin1, ksin2
+
+
+@jit
+def _query_rows(row, h, g, c, g_ok, c_ok, half, G: tl.constexpr, D: tl.constexpr):
+    """Kv head h's query group from the qkv row: two (BLOCK_G, HALF_BLOCK) halves, as stored."""
+    q_src = row + (h * G + g)[:, None] * D
+    q_ok = g_ok[:, None] & c_ok[None, :]
+    return tl.load(q_src + c[None, :], mask=q_ok, other=0.0), tl.load(
+        q_src + half + c[None, :], mask=q_ok, other=0.0
+    )
+
+
+@jit
+def _key_value_rows(row, h, c, c_ok, d, d_ok, half, n_heads, n_kv_heads, D: tl.constexpr):
+    """The new token's key (two (1, HALF_BLOCK) halves) and value (1, BLOCK_D) from the qkv row."""
+    k_src = row + (n_heads + h) * D + c[None, :]
+    kn1 = tl.load(k_src, mask=c_ok[None, :], other=0.0)
+    kn2 = tl.load(k_src + half, mask=c_ok[None, :], other=0.0)
+    vn = tl.load(row + (n_heads + n_kv_heads + h) * D + d[None, :], mask=d_ok[None, :], other=0.0)
+    return kn1, kn2, vn
+
+
+@jit
+def _pinned(x):
+    """x unchanged, through an opaque move: a tile loaded before the PDL wait for a later tl.dot is
+    otherwise moved to the dot's layout (through shared memory, behind a barrier) right after its
+    load, which waits for its data there and holds back every load after it. The move now happens
+    where this is called. Inline PTX: never under the CPU interpreter (the launch passes GROUPED
+    False there)."""
+    if x.dtype.primitive_bitwidth == 16:
+        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=x.dtype, is_pure=False, pack=2)
+    return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=x.dtype, is_pure=False, pack=1)
+
+
+@jit
 def _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32: tl.constexpr):
     """One block of the running softmax: scores of the query group against k, then the rescaled
     update of (m_i, l_i, acc) with v."""
@@ -95,12 +147,14 @@ def _qkv_split_kernel(
     BLOCK_SRC: tl.constexpr,
     PDL: tl.constexpr,
     EARLY_TABLES: tl.constexpr,
+    GROUPED: tl.constexpr,
     CLOCK: tl.constexpr = False,
 ):
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
     # what no kernel of this layer writes: the positions, the cache slots but the new one, and with
     # EARLY_TABLES the q/k-norm weights and the token's rope tables (written at the step's start,
-    # by a kernel that finished before the previous one passed its own wait)
+    # by a kernel that finished before the previous one passed its own wait). GROUPED: those loads
+    # go out as one group, each paying its latency at once (see _tables and _pinned)
     if not PREFETCH:
         pdl_wait(PDL)
     bh = tl.program_id(0)
@@ -133,36 +187,33 @@ def _qkv_split_kernel(
     cs = cos_ptr + b.to(tl.int64) * cos_stride
     sn = sin_ptr + b.to(tl.int64) * cos_stride
     if EARLY_TABLES:
-        qw1, qw2 = norm_weight_halves(q_w_ptr, c, c_ok, D, QK_NORM)
-        kw1, kw2 = norm_weight_halves(k_w_ptr, c, c_ok, D, QK_NORM)
-        cos1, cos2, sin1, sin2 = rope_halves(cs, sn, c, c_ok, D)
+        qw1, qw2, kw1, kw2, qcos1, qcos2, qsin1, qsin2, kcos1, kcos2, ksin1, ksin2 = _tables(
+            q_w_ptr, k_w_ptr, cs, sn, c, c_ok, g, D, QK_NORM, GROUPED
+        )
     if PREFETCH:
         pdl_wait(PDL)
     clock_mark(clock_ptr, program, 5, length, CLOCK)
     if not EARLY_TABLES:
-        qw1, qw2 = norm_weight_halves(q_w_ptr, c, c_ok, D, QK_NORM)
-        kw1, kw2 = norm_weight_halves(k_w_ptr, c, c_ok, D, QK_NORM)
-        cos1, cos2, sin1, sin2 = rope_halves(cs, sn, c, c_ok, D)
+        qw1, qw2, kw1, kw2, qcos1, qcos2, qsin1, qsin2, kcos1, kcos2, ksin1, ksin2 = _tables(
+            q_w_ptr, k_w_ptr, cs, sn, c, c_ok, g, D, QK_NORM, GROUPED
+        )
 
     row = qkv_ptr + b.to(tl.int64) * qkv_stride
+    if GROUPED:  # the new token's rows as one group, before any reduction's barrier
+        q1, q2 = _query_rows(row, h, g, c, g_ok, c_ok, half, G, D)
+        kn1, kn2, vn = _key_value_rows(row, h, c, c_ok, d, d_ok, half, n_heads, n_kv_heads, D)
     inv = 1.0  # ROW_SCALE: the row's 1 / rms(norm source), applied to q, k and v before anything else
     if ROW_SCALE:
         inv = row_inv_rms(src_ptr + b.to(tl.int64) * src_stride, n_src, src_eps, BLOCK_SRC)
     # the query group (BLOCK_G, D/2) x 2 halves and the new key (1, D/2) x 2, normed and rotated
-    q_src = row + (h * G + g)[:, None] * D
-    q_ok = g_ok[:, None] & c_ok[None, :]
-    q1 = tl.load(q_src + c[None, :], mask=q_ok, other=0.0)
-    q2 = tl.load(q_src + half + c[None, :], mask=q_ok, other=0.0)
+    if not GROUPED:
+        q1, q2 = _query_rows(row, h, g, c, g_ok, c_ok, half, G, D)
     q1, q2 = scale_row(q1, inv, ROW_SCALE), scale_row(q2, inv, ROW_SCALE)
-    q1, q2 = norm_rope_loaded(q1, q2, qw1, qw2, cos1, cos2, sin1, sin2, eps, D, QK_NORM, OFFSET)
-    k_src = row + (n_heads + h) * D + c[None, :]
-    kn1 = tl.load(k_src, mask=c_ok[None, :], other=0.0)
-    kn2 = tl.load(k_src + half, mask=c_ok[None, :], other=0.0)
+    q1, q2 = norm_rope_loaded(q1, q2, qw1, qw2, qcos1, qcos2, qsin1, qsin2, eps, D, QK_NORM, OFFSET)
+    if not GROUPED:
+        kn1, kn2, vn = _key_value_rows(row, h, c, c_ok, d, d_ok, half, n_heads, n_kv_heads, D)
     kn1, kn2 = scale_row(kn1, inv, ROW_SCALE), scale_row(kn2, inv, ROW_SCALE)
-    kn1, kn2 = norm_rope_loaded(kn1, kn2, kw1, kw2, cos1, cos2, sin1, sin2, eps, D, QK_NORM, OFFSET)
-    vn = tl.load(
-        row + (n_heads + n_kv_heads + h) * D + d[None, :], mask=d_ok[None, :], other=0.0
-    )  # (1, BLOCK_D)
+    kn1, kn2 = norm_rope_loaded(kn1, kn2, kw1, kw2, kcos1, kcos2, ksin1, ksin2, eps, D, QK_NORM, OFFSET)
     vn = scale_row(vn, inv, ROW_SCALE)
     if CLOCK:  # after the query group, the new key and value are all computed
         clock_mark(clock_ptr, program, 6, total_2d(q1) + total_2d(kn2) + total_2d(vn), CLOCK)
@@ -183,6 +234,8 @@ def _qkv_split_kernel(
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
 
+    if GROUPED:  # the first block's tiles move to the dot's layout only now (see _pinned)
+        k1, k2, v = _pinned(k1), _pinned(k2), _pinned(v)
     m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
     for blk in range(split + n_splits, n_blocks, n_splits):
         k1, k2, v, live = _cache_block(

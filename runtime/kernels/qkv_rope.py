@@ -65,22 +65,32 @@ def qkv_rope_to_cache_ref(
 
 
 @jit
-def norm_weight_halves(w_ptr, c, ok, D: tl.constexpr, QK_NORM: tl.constexpr):
-    """The q/k-norm weight's two halves (1, HALF_BLOCK) in fp32 (zeros, never read, without a norm)."""
-    use = ok & QK_NORM
-    w1 = tl.load(w_ptr + c, mask=use, other=0.0).to(tl.float32)[None, :]
-    w2 = tl.load(w_ptr + D // 2 + c, mask=use, other=0.0).to(tl.float32)[None, :]
-    return w1, w2
+def _halves(ptr, c, ok, rows, use, D: tl.constexpr, TILE: tl.constexpr):
+    """A (D,) vector's two halves in fp32: (1, HALF_BLOCK) rows to broadcast, or with TILE
+    (R, HALF_BLOCK) tiles, R = rows' length, loaded in the shape of the heads they meet (no
+    broadcast then moves them between layouts through shared memory)."""
+    if TILE:
+        at = c[None, :] + 0 * rows[:, None]
+        mask = use[None, :] & (rows[:, None] >= 0)
+        first = tl.load(ptr + at, mask=mask, other=0.0).to(tl.float32)
+        second = tl.load(ptr + D // 2 + at, mask=mask, other=0.0).to(tl.float32)
+    else:
+        first = tl.load(ptr + c, mask=use, other=0.0).to(tl.float32)[None, :]
+        second = tl.load(ptr + D // 2 + c, mask=use, other=0.0).to(tl.float32)[None, :]
+    return first, second
 
 
 @jit
-def rope_halves(cos_ptr, sin_ptr, c, ok, D: tl.constexpr):
-    """One token's cos and sin tables (D,) as halves (1, HALF_BLOCK) in fp32: cos1, cos2, sin1, sin2."""
-    half = D // 2
-    cos1 = tl.load(cos_ptr + c, mask=ok, other=0.0).to(tl.float32)[None, :]
-    cos2 = tl.load(cos_ptr + half + c, mask=ok, other=0.0).to(tl.float32)[None, :]
-    sin1 = tl.load(sin_ptr + c, mask=ok, other=0.0).to(tl.float32)[None, :]
-    sin2 = tl.load(sin_ptr + half + c, mask=ok, other=0.0).to(tl.float32)[None, :]
+def norm_weight_halves(w_ptr, c, ok, rows, D: tl.constexpr, QK_NORM: tl.constexpr, TILE: tl.constexpr):
+    """The q/k-norm weight's two halves (_halves; zeros, never read, without a norm)."""
+    return _halves(w_ptr, c, ok, rows, ok & QK_NORM, D, TILE)
+
+
+@jit
+def rope_halves(cos_ptr, sin_ptr, c, ok, rows, D: tl.constexpr, TILE: tl.constexpr):
+    """One token's cos and sin tables (D,) as halves (_halves): cos1, cos2, sin1, sin2."""
+    cos1, cos2 = _halves(cos_ptr, c, ok, rows, ok, D, TILE)
+    sin1, sin2 = _halves(sin_ptr, c, ok, rows, ok, D, TILE)
     return cos1, cos2, sin1, sin2
 
 
@@ -116,8 +126,8 @@ def norm_rope_rows(
     """Heads as rows: x1, x2 (R, HALF_BLOCK) are the two halves of R heads, in the dtype; w_ptr the
     norm weight (D,), cos/sin_ptr one token's (D,) tables; c = arange(HALF_BLOCK), ok = c < D / 2.
     -> the halves of rope(norm(x)), rounded to the dtype at each step as the references round."""
-    w1, w2 = norm_weight_halves(w_ptr, c, ok, D, QK_NORM)
-    cos1, cos2, sin1, sin2 = rope_halves(cos_ptr, sin_ptr, c, ok, D)
+    w1, w2 = norm_weight_halves(w_ptr, c, ok, c, D, QK_NORM, False)  # (1, HALF_BLOCK), broadcast
+    cos1, cos2, sin1, sin2 = rope_halves(cos_ptr, sin_ptr, c, ok, c, D, False)
     return norm_rope_loaded(x1, x2, w1, w2, cos1, cos2, sin1, sin2, eps, D, QK_NORM, OFFSET)
 
 
