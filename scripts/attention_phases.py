@@ -19,7 +19,6 @@ are a little longer than the real kernel's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -27,6 +26,7 @@ import statistics
 os.environ["RUNTIME_PHASE_CLOCK"] = "1"  # before any launch records its buffer
 
 import torch  # noqa: E402
+from step_timeline import step_args  # noqa: E402  (scripts/ is this script's import path)
 
 from runtime.engine.runner import Runner  # noqa: E402
 from runtime.kernels import phase_clock  # noqa: E402
@@ -69,17 +69,10 @@ def phases(model_id: str, batch: int, prompt: int, replays: int) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", action="append", help="repeatable; default: the three dev models")
-    ap.add_argument("--batch", type=int, action="append", help="repeatable; default: 1 and 16")
-    ap.add_argument("--prompt", type=int, default=256)
-    ap.add_argument("--replays", type=int, default=20)
-    ap.add_argument("--out")
-    args = ap.parse_args()
-    models = args.model or ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
+    args = step_args(__doc__.splitlines()[0], [1, 16], 20)
     results = []
-    for model_id in models:
-        for batch in args.batch or [1, 16]:
+    for model_id in args.model:
+        for batch in args.batch:
             results += phases(model_id, batch, args.prompt, args.replays)
             torch.cuda.empty_cache()
     head = ("model", "batch", "grid", "launches") + COLUMNS

@@ -144,18 +144,28 @@ def _table(first: str, rows: list[dict]) -> None:
         )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+DEV_MODELS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
+
+
+def step_args(description: str, batches: list[int], replays: int) -> argparse.Namespace:
+    """--model (repeatable, default the dev models), --batch (repeatable, default `batches`),
+    --prompt, --replays, --out: the command line of the scripts that replay captured steps."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--model", action="append", help="repeatable; default: the three dev models")
-    ap.add_argument("--batch", type=int, action="append", help="repeatable; default: 1")
+    ap.add_argument("--batch", type=int, action="append", help=f"repeatable; default: {batches}")
     ap.add_argument("--prompt", type=int, default=256)
-    ap.add_argument("--replays", type=int, default=30)
+    ap.add_argument("--replays", type=int, default=replays)
     ap.add_argument("--out")
     args = ap.parse_args()
-    models = args.model or ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
+    args.model, args.batch = args.model or DEV_MODELS, args.batch or batches
+    return args
+
+
+def main() -> None:
+    args = step_args(__doc__.splitlines()[0], [1], 30)
     results = []
-    for model_id in models:
-        for batch in args.batch or [1]:
+    for model_id in args.model:
+        for batch in args.batch:
             res = timeline(model_id, batch, args.prompt, args.replays)
             print_result(res)
             results.append(res)

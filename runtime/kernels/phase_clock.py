@@ -73,26 +73,19 @@ def clear() -> None:
 
 
 @jit
-def _cycles_after(dep):
-    """The SM's cycle counter, read once `dep` (an int32 scalar) is available."""
-    return tl.inline_asm_elementwise(
-        "mov.u64 $0, %clock64;", "=l,r", [dep], dtype=tl.int64, is_pure=False, pack=1
-    )
+def _special_after(dep, ASM: tl.constexpr):
+    """A special register (ASM moves it into the 64-bit $0), read once `dep` (an int32 scalar) is
+    available: the SM's cycle counter, the global timer (ns, the same on every SM), the SM's id."""
+    return tl.inline_asm_elementwise(ASM, "=l,r", [dep], dtype=tl.int64, is_pure=False, pack=1)
 
 
-@jit
-def _ns_after(dep):
-    """The global timer (ns, the same on every SM), read once `dep` is available."""
-    return tl.inline_asm_elementwise(
-        "mov.u64 $0, %globaltimer;", "=l,r", [dep], dtype=tl.int64, is_pure=False, pack=1
-    )
+def _asm(text: str):
+    return tl.constexpr(text) if tl is not None else text  # a jit global must be a constexpr
 
 
-@jit
-def _sm_id(dep):
-    return tl.inline_asm_elementwise(
-        "mov.u32 $0, %smid;", "=r,r", [dep], dtype=tl.int32, is_pure=False, pack=1
-    )
+CYCLES = _asm("mov.u64 $0, %clock64;")
+NS = _asm("mov.u64 $0, %globaltimer;")
+SM = _asm("{ .reg .u32 sm; mov.u32 sm, %smid; cvt.u64.u32 $0, sm; }")
 
 
 @jit
@@ -110,11 +103,11 @@ def clock_mark(clock_ptr, program, field: tl.constexpr, dep, CLOCK: tl.constexpr
         d = dep.to(tl.float32).to(tl.int32, bitcast=True)
         row = clock_ptr + program.to(tl.int64) * 9
         if field == 3:
-            tl.store(row, _sm_id(d).to(tl.int64))
-            tl.store(row + 1, _ns_after(d))
-        tl.store(row + field, _cycles_after(d))
+            tl.store(row, _special_after(d, SM))
+            tl.store(row + 1, _special_after(d, NS))
+        tl.store(row + field, _special_after(d, CYCLES))
         if field == 8:
-            tl.store(row + 2, _ns_after(d))
+            tl.store(row + 2, _special_after(d, NS))
 
 
 def summarize(stamps: torch.Tensor) -> dict | None:
