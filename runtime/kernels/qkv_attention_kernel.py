@@ -208,6 +208,10 @@ def _qkv_split_kernel(
     # the query group (BLOCK_G, D/2) x 2 halves and the new key (1, D/2) x 2, normed and rotated
     if not GROUPED:
         q1, q2 = _query_rows(row, h, g, c, g_ok, c_ok, half, G, D)
+    else:  # where q meets them: without the norm's reductions in between, the layout q takes in
+        # the dot reaches back to its tables, whose move would otherwise follow their loads
+        qw1, qw2, qcos1, qcos2 = _pinned(qw1), _pinned(qw2), _pinned(qcos1), _pinned(qcos2)
+        qsin1, qsin2 = _pinned(qsin1), _pinned(qsin2)
     q1, q2 = scale_row(q1, inv, ROW_SCALE), scale_row(q2, inv, ROW_SCALE)
     q1, q2 = norm_rope_loaded(q1, q2, qw1, qw2, qcos1, qcos2, qsin1, qsin2, eps, D, QK_NORM, OFFSET)
     if not GROUPED:
