@@ -41,9 +41,10 @@ for stage in $STAGES; do
     profile) python3 scripts/profile_step.py --out "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile_step.log" | tail -60 ;;
     barrier) timeout 120 python3 scripts/bench_grid_barrier.py --out "$OUT/grid_barrier.json" 2>&1 | tee "$OUT/grid_barrier.log" | tail -5 ;;
     timeline) timeout 240 python3 scripts/step_timeline.py --batch 1 --batch 16 --out "$OUT/timeline.json" 2>&1 | tee "$OUT/timeline.log" | grep -v -i warn | tail -60 ;;
-    # where the attention kernel's programs spend their time (the phase clock), after its own test
+    # where the attention and GEMV kernels' programs spend their time (the phase clock), after its tests
     phases) python3 -m pytest -q -p no:cacheprovider tests/test_phase_clock.py 2>&1 | tail -2
-            timeout 300 python3 scripts/attention_phases.py ${PHASES_ARGS:-} --out "$OUT/phases.json" 2>&1 | tee "$OUT/phases.log" | grep '^|' ;;
+            timeout 300 python3 scripts/kernel_phases.py --kernels "${PHASE_KERNELS:-attention,gemv}" ${PHASES_ARGS:-} \
+              --out "$OUT/phases.json" 2>&1 | tee "$OUT/phases.log" | grep '^[|#]' ;;
     kbench) python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 | tee "$OUT/bench_kernels.log" | tail -30 ;;
     chat) python3 scripts/chat_gpu_check.py "${CHAT_ARGS[@]}" 2>&1 | tee "$OUT/chat.log" | tail -8 ;;
     # the full suite, resumable: rerun the same stage (carrying results/$FULL_DIR) until it completes

@@ -23,7 +23,7 @@ def test_summary_of_synthetic_stamps():
             _row(9, 2_000, 10_000, [50, 2_050, 4_050, 8_050, 12_050, 16_050]),  # 1, 1, 2, 2, 2 us; 8 us
         ]
     )
-    s = phase_clock.summarize(stamps)
+    s = phase_clock.summarize(stamps, phase_clock.MARKS["attention"])
     assert s["programs"] == 3
     assert s["ghz"] == 2.0
     assert s["span_us"] == 9.0  # first start 1000 ns, last end 10000 ns
@@ -35,21 +35,47 @@ def test_summary_of_synthetic_stamps():
     assert s["prologue_to_loop_us"] == 2.0
     assert s["loop_to_stored_us"] == 1.0
     assert s["most_per_sm"] == 2
-    assert phase_clock.summarize(torch.zeros((3, len(phase_clock.FIELDS)), dtype=torch.int64)) is None
+    zeros = torch.zeros((3, len(phase_clock.FIELDS)), dtype=torch.int64)
+    assert phase_clock.summarize(zeros, phase_clock.MARKS["gemv"]) is None
+    # the GEMV's names for the same columns
+    assert phase_clock.summarize(stamps, phase_clock.MARKS["gemv"])["first_tile_to_waited_us"] == 1.0
 
 
-def test_buffers_only_when_switched_on(monkeypatch):
+def test_buffers_only_for_the_families_asked_for(monkeypatch):
     phase_clock.clear()
+    cpu = torch.device("cpu")
     monkeypatch.delenv(phase_clock.ENV, raising=False)
-    assert phase_clock.clock_buffer("k", 4, torch.device("cpu")) is None
-    monkeypatch.setenv(phase_clock.ENV, "1")
-    buf = phase_clock.clock_buffer("k", 4, torch.device("cpu"))
+    assert phase_clock.clock_buffer("gemv", "g", 4, cpu) is None
+    monkeypatch.setenv(phase_clock.ENV, "attention")
+    assert phase_clock.clock_buffer("gemv", "g", 4, cpu) is None
+    buf = phase_clock.clock_buffer("attention", "a", 4, cpu)
     assert buf.shape == (4, len(phase_clock.FIELDS)) and not buf.any()
+    monkeypatch.setenv(phase_clock.ENV, "1")
+    with phase_clock.paused():  # the GEMV tuner's candidates
+        assert phase_clock.clock_buffer("gemv", "g", 3, cpu) is None
+    other = phase_clock.clock_buffer("gemv", "g", 3, cpu)
+    assert other.shape == (3, len(phase_clock.FIELDS))
     buf.fill_(3)
+    other.fill_(5)
+    assert not buf.eq(5).any()  # rows of one slab, never shared between launches
     phase_clock.zero_all()
-    assert phase_clock.records()[0][1] is buf and not buf.any()
+    assert [(f, label) for f, label, _ in phase_clock.records()] == [("attention", "a"), ("gemv", "g")]
+    assert phase_clock.records()[0][2] is buf and not buf.any() and not other.any()
     phase_clock.clear()
     assert phase_clock.records() == []
+    monkeypatch.setenv(phase_clock.ENV, "attention,gemm")
+    with pytest.raises(ValueError, match="RUNTIME_PHASE_CLOCK='attention,gemm'"):
+        phase_clock.clock_buffer("attention", "a", 4, cpu)
+
+
+def _marks_in_order(stamps: torch.Tensor) -> torch.Tensor:
+    """The rows that reached the last mark, checked: marks in order, the timer's end after its start."""
+    marks = stamps[:, 3:]
+    written = marks[:, -1] != 0
+    assert written.any()
+    assert (marks[written][:, 1:] >= marks[written][:, :-1]).all()
+    assert (stamps[written, 2] >= stamps[written, 1]).all()
+    return written
 
 
 @pytest.mark.cuda
@@ -79,18 +105,43 @@ def test_clocked_attention_marks_in_order_and_same_output(monkeypatch, splits):
     clocked = run(True)
     torch.cuda.synchronize()
     torch.testing.assert_close(clocked, plain, atol=0, rtol=0)
-    ((_, stamps),) = phase_clock.records()
+    ((family, _, stamps),) = phase_clock.records()
     stamps = stamps.cpu()
-    marks = stamps[:, 3:]
-    written = marks[:, -1] != 0
-    assert (marks[:, 0] != 0).all()  # every program stamps its entry
+    written = _marks_in_order(stamps)
+    assert family == "attention" and (stamps[:, 3] != 0).all()  # every program stamps its entry
     n_splits = stamps.shape[0] // (B * Hkv)
     # row 0 has 41 live slots: with several splits, its programs past its blocks stamp nothing
     assert written.sum() < stamps.shape[0] or n_splits == 1
-    assert written.any()
-    assert (marks[written][:, 1:] >= marks[written][:, :-1]).all()
-    assert (stamps[written, 2] >= stamps[written, 1]).all()
     assert not stamps[~written][:, 5:].any() and not stamps[~written][:, 2].any()
-    summary = phase_clock.summarize(stamps)
+    summary = phase_clock.summarize(stamps, phase_clock.MARKS[family])
     assert summary["programs"] == int(written.sum()) and summary["program_us"] > 0
+    phase_clock.clear()
+
+
+@pytest.mark.cuda
+def test_clocked_gemv_marks_in_order_and_same_output(monkeypatch):
+    """The clocked batch-1 GEMV (norm prologue, the sandwich pre-norm) stamps every program's marks
+    in order and computes the same row, bit for bit."""
+    from runtime.kernels.fused_linear import norm_linear_triton
+
+    torch.manual_seed(0)
+    K, N = 1152, 1000
+    h, res = (torch.randn(1, K, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    norm_w, pre_w = (torch.randn(K, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    weight = torch.randn(N, K, device="cuda", dtype=torch.bfloat16)
+
+    def run(clocked: bool):
+        monkeypatch.setenv(phase_clock.ENV, "gemv" if clocked else "")
+        return norm_linear_triton(h, res, norm_w, 1e-6, 1.0, pre_w, weight)
+
+    phase_clock.clear()
+    plain = run(False)
+    clocked = run(True)
+    torch.cuda.synchronize()
+    for a, b in zip(clocked, plain):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    ((family, label, stamps),) = phase_clock.records()
+    stamps = stamps.cpu()
+    assert family == "gemv" and label == f"gemv norm pre {N}x{K}"
+    assert _marks_in_order(stamps).all()  # no program skips a mark
     phase_clock.clear()

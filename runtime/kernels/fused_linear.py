@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from runtime.kernels._triton import INTERPRETING, cdiv, next_pow2, pdl
 from runtime.kernels.activation import ACTIVATIONS, gated_act_ref
 from runtime.kernels.gemv_kernel import _gemv_kernel
+from runtime.kernels.phase_clock import clock_buffer
 from runtime.kernels.rmsnorm import add_rms_norm_ref, rms_norm_ref
 
 MAX_NORM_K = 16384  # norm_linear holds a whole row in registers for its statistics
@@ -171,12 +172,20 @@ def _launch(
     block_n, block_k, num_warps = config
     block = next_pow2(K) if prologue == _NORM else 1  # the statistics' whole-row block (norm only)
     dummy = weight  # unused pointer arguments
-    _gemv_kernel[(cdiv(N, block_n // 2 if gated else block_n),)](
+    programs = cdiv(N, block_n // 2 if gated else block_n)
+    kind = (
+        ("plain", "norm", "act")[prologue]
+        + (" gated" if gated else "")
+        + (" pre" if pre_w is not None else "")
+    )
+    clock = clock_buffer("gemv", f"gemv {kind} {weight.shape[0]}x{K}", programs, weight.device)
+    _gemv_kernel[(programs,)](
         x if x is not None else dummy, res if res is not None else dummy,
         norm_w if norm_w is not None else dummy, pre_w if pre_w is not None else dummy,
-        weight, y, res_out if res_out is not None else y, N, K, eps,
+        weight, y, res_out if res_out is not None else y, clock if clock is not None else y, N, K, eps,
         PROLOGUE=prologue, OFFSET=float(offset), HAS_H=x is not None, HAS_PRE=pre_w is not None, GELU=gelu,
-        GATED=gated, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK=block, num_warps=num_warps, **pdl(weight.device),
+        GATED=gated, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK=block, CLOCK=clock is not None,
+        num_warps=num_warps, **pdl(weight.device),
     )  # fmt: skip
 
 

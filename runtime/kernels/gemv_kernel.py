@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from runtime.kernels._triton import jit, pdl_release, pdl_wait, tl
 from runtime.kernels.activation import _gated
+from runtime.kernels.phase_clock import clock_mark
 from runtime.kernels.rmsnorm import _apply_norm, _inv_rms
 
 
@@ -46,6 +47,7 @@ def _gemv_kernel(
     w_ptr,
     y_ptr,
     res_out_ptr,
+    clock_ptr,
     N,
     K,
     eps,
@@ -59,12 +61,14 @@ def _gemv_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK: tl.constexpr,
     PDL: tl.constexpr,
+    CLOCK: tl.constexpr = False,
 ):
     # x: the input row (K,) (norm: h; act: gate_up (2K,)); W (N, K); y (N,). Program p owns rows
     # [p * BLOCK_N, (p + 1) * BLOCK_N); int64 row offsets since N * K may pass 2^31.
     # GATED: W is (2N, K) = [gate | up] and y (N,) = act(gate) * up; program p owns outputs
     # [p * BLOCK_N / 2, (p + 1) * BLOCK_N / 2), its tile rows alternate gate row o, up row N + o
     pid = tl.program_id(0)
+    clock_mark(clock_ptr, pid, 3, pid, CLOCK)  # CLOCK (a diagnostic, phase_clock.py): the marks
     if GATED:
         pair = tl.arange(0, BLOCK_N)
         outs = pid * (BLOCK_N // 2) + pair // 2
@@ -85,7 +89,9 @@ def _gemv_kernel(
         other=0.0,
         eviction_policy="evict_first",
     )
+    clock_mark(clock_ptr, pid, 4, pid, CLOCK)
     pdl_wait(PDL)
+    clock_mark(clock_ptr, pid, 5, pid, CLOCK)
 
     inv = 0.0
     inv_pre = 0.0
@@ -104,6 +110,7 @@ def _gemv_kernel(
             if pid == 0:  # a separate buffer: the other programs still read the old residual
                 tl.store(res_out_ptr + row_cols, s_row, mask=row_mask_k)
         inv = _inv_rms(s_row, K, eps)
+    clock_mark(clock_ptr, pid, 6, inv + inv_pre + pid, CLOCK)  # the row statistics
 
     x = _input_chunk(
         x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU
@@ -123,6 +130,8 @@ def _gemv_kernel(
             eviction_policy="evict_first",
         )
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    if CLOCK:  # once the whole tile is summed
+        clock_mark(clock_ptr, pid, 7, tl.sum(tl.sum(acc, axis=1), axis=0), CLOCK)
     pdl_release(PDL)
     # rounded to the weights' dtype first, as F.linear(...).to(y's dtype) rounds (float32 logits)
     y = tl.sum(acc, axis=1).to(w_ptr.dtype.element_ty)
@@ -132,3 +141,4 @@ def _gemv_kernel(
         tl.store(y_ptr + outs, _gated(gate, up, GELU).to(y_ptr.dtype.element_ty), mask=outs < N)
     else:
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_mask)
+    clock_mark(clock_ptr, pid, 8, pid, CLOCK)

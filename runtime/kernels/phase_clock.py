@@ -1,9 +1,10 @@
 """A diagnostic: per-program timestamps at the phases of a kernel, read back after a replay.
 
 A kernel timeline (scripts/step_timeline.py) says how long a kernel runs, not where its programs
-spend that time. With RUNTIME_PHASE_CLOCK=1 a kernel that supports it writes, per program, its
-SM, the global timer (ns) at its start and end, and the SM's cycle counter at each phase mark;
-scripts/attention_phases.py turns those into per-phase medians. Off by default: the kernel is
+spend that time. With RUNTIME_PHASE_CLOCK set (1: every family below; or a comma list of them) a
+kernel that supports it writes, per program, its SM, the global timer (ns) at its first and last
+mark, and the SM's cycle counter at each of its six marks (MARKS, per kernel family);
+scripts/kernel_phases.py turns those into per-phase medians. Off by default: the kernel is
 then built without a single extra instruction (CLOCK is a constexpr). Each mark reads the counter
 only after a value of the phase it closes is computed (an input operand of the read), which costs
 a reduction per mark: the clocked build is slightly slower than the real one.
@@ -16,30 +17,55 @@ capture would come from the graph's pool, whose memory other graphs' kernels may
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
+from collections.abc import Iterator
 
 import torch
 
 from runtime.kernels._triton import jit, tl
 
 ENV = "RUNTIME_PHASE_CLOCK"
-# per program: its SM, global timer (ns) at the first and last mark, then cycle counts at the marks
-# (clock_mark writes rows of 9: keep the two in step)
-FIELDS = ("sm", "ns_first", "ns_last", "entry", "positioned", "waited", "prologue", "loop", "stored")
-MARKS = FIELDS[3:]
-_RECORDS: list[tuple[str, torch.Tensor]] = []
-_SLAB_ROWS = 1 << 19  # 32 MB: every launch of a few models' captures
+# per program: its SM, global timer (ns) at the first and last mark, then cycle counts at the six
+# marks (clock_mark writes rows of 9: keep the two in step)
+FIELDS = ("sm", "ns_first", "ns_last", "mark0", "mark1", "mark2", "mark3", "mark4", "mark5")
+# what each family's marks close: the attention split kernel (qkv_attention_kernel.py) and the
+# batch-1 GEMV (gemv_kernel.py)
+MARKS = {
+    "attention": ("entry", "positioned", "waited", "prologue", "loop", "stored"),
+    "gemv": ("entry", "first_tile", "waited", "prologue", "loop", "stored"),
+}
+_RECORDS: list[tuple[str, str, torch.Tensor]] = []  # (family, launch label, buffer)
+_SLAB_ROWS = 1 << 20  # 72 MB: every launch of a model's captures, the GEMVs' included
 _SLAB: dict[torch.device, list] = {}  # device -> [slab, rows handed out]
+_PAUSED = [0]  # paused() depth: launches that time themselves (the GEMV tuner) are not clocked
 
 
-def enabled() -> bool:
-    return os.environ.get(ENV) == "1"
+def enabled(family: str) -> bool:
+    """Whether RUNTIME_PHASE_CLOCK asks for this kernel family ("1": all of them)."""
+    choice = os.environ.get(ENV, "") or ""
+    wanted = {f.strip() for f in choice.split(",") if f.strip() and f.strip() != "0"}
+    unknown = wanted - set(MARKS) - {"1"}
+    if unknown:
+        raise ValueError(f"{ENV}={choice!r}: name 1 or kernel families among {', '.join(MARKS)}")
+    return ("1" in wanted or family in wanted) and not _PAUSED[0]
 
 
-def clock_buffer(kernel: str, programs: int, device: torch.device) -> torch.Tensor | None:
-    """A zeroed (programs, FIELDS) int64 buffer for one launch of `kernel`, or None when off."""
-    if not enabled():
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """No launch inside is clocked (the GEMV tuner's candidates: thousands of launches)."""
+    _PAUSED[0] += 1
+    try:
+        yield
+    finally:
+        _PAUSED[0] -= 1
+
+
+def clock_buffer(family: str, label: str, programs: int, device: torch.device) -> torch.Tensor | None:
+    """A zeroed (programs, FIELDS) int64 buffer for one launch of a kernel of `family` (`label`
+    tells the launch apart, e.g. its shape), or None when the clock is off for it."""
+    if not enabled(family):
         return None
     slab = _SLAB.get(device)
     if slab is None:
@@ -49,17 +75,17 @@ def clock_buffer(kernel: str, programs: int, device: torch.device) -> torch.Tens
         raise RuntimeError(f"{ENV}: the clock's {_SLAB_ROWS} rows are used up; call phase_clock.clear()")
     slab[1] = start + programs
     buf = slab[0][start : start + programs]
-    _RECORDS.append((kernel, buf))
+    _RECORDS.append((family, label, buf))
     return buf
 
 
-def records() -> list[tuple[str, torch.Tensor]]:
+def records() -> list[tuple[str, str, torch.Tensor]]:
     return list(_RECORDS)
 
 
 def zero_all() -> None:
     with torch.inference_mode():  # the buffers of launches made in inference mode are inference tensors
-        for _, buf in _RECORDS:
+        for _, _, buf in _RECORDS:
             buf.zero_()
 
 
@@ -110,9 +136,10 @@ def clock_mark(clock_ptr, program, field: tl.constexpr, dep, CLOCK: tl.constexpr
             tl.store(row + 2, _special_after(d, NS))
 
 
-def summarize(stamps: torch.Tensor) -> dict | None:
-    """Per-phase medians (us) of one launch's (programs, FIELDS) stamps; programs that did not reach
-    the last mark (past the live length: they return after the first) are left out. Cycles become
+def summarize(stamps: torch.Tensor, marks: tuple[str, ...]) -> dict | None:
+    """Per-phase medians (us) of one launch's (programs, FIELDS) stamps, the phases named by the
+    family's `marks`; programs that did not reach the last mark (attention's past the live length
+    return after the second) are left out. Cycles become
     time through the launch's own ratio of timer ns to cycles over all its programs."""
     last = len(FIELDS) - 1
     rows = [r for r in stamps.tolist() if r[3] != 0 and r[last] != 0]
@@ -138,6 +165,6 @@ def summarize(stamps: torch.Tensor) -> dict | None:
         "most_per_sm": max(per_sm.values()),
         "ghz": round(1 / ns_per_cycle, 3) if ns_per_cycle else None,
     }
-    for i, name in enumerate(MARKS[1:], start=4):
-        out[f"{MARKS[i - 4]}_to_{name}_us"] = us([(r[i] - r[i - 1]) * ns_per_cycle for r in rows])
+    for i, name in enumerate(marks[1:], start=4):
+        out[f"{marks[i - 4]}_to_{name}_us"] = us([(r[i] - r[i - 1]) * ns_per_cycle for r in rows])
     return out

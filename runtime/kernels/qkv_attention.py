@@ -117,7 +117,7 @@ def qkv_decode_attention_triton(
     launch = pdl(qkv.device)
     counters = arrival_counters(B * Hkv, qkv.device) if merge else ml
     norm = q_weight is not None
-    clock = clock_buffer("qkv_split", B * Hkv * splits, qkv.device)  # None unless RUNTIME_PHASE_CLOCK=1
+    clock = clock_buffer("attention", f"attention {B}x{Hkv}x{splits} S{S}", B * Hkv * splits, qkv.device)
     _qkv_split_kernel[(B * Hkv, splits)](
         qkv2, q_weight if norm else qkv2, k_weight if norm else qkv2, cos2, sin2, positions, k_cache, v_cache,
         acc, ml, out, counters, src, ml if clock is None else clock, scale * math.log2(math.e), eps, norm_eps, src.shape[1], src.stride(0),
