@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 
 import torch
 from step_timeline import step_args
@@ -91,14 +90,16 @@ def print_tables(results: list[dict]) -> None:
 
 
 def main() -> None:
-    kernels = "attention"
-    if "--kernels" in sys.argv:  # ours, before step_args parses the rest
-        at = sys.argv.index("--kernels")
-        kernels = sys.argv[at + 1]
-        del sys.argv[at : at + 2]
-    os.environ[phase_clock.ENV] = kernels  # read at each launch: before the first
-    phase_clock.enabled("")  # an unknown family name fails here, before any model loads
-    args = step_args(__doc__.splitlines()[0] + " --kernels attention,gemv (default attention)", [1, 16], 20)
+    args = step_args(
+        __doc__.splitlines()[0],
+        [1, 16],
+        20,
+        lambda ap: ap.add_argument(
+            "--kernels", default="attention", help="families to clock: attention, gemv"
+        ),
+    )
+    os.environ[phase_clock.ENV] = args.kernels  # read at each launch: before the first
+    phase_clock.enabled("")  # an unknown family fails here, before any model loads
     results = []
     for model_id in args.model:
         for batch in args.batch:

@@ -19,6 +19,7 @@ import json
 import os
 import statistics
 import tempfile
+from collections.abc import Callable
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -147,10 +148,18 @@ def _table(first: str, rows: list[dict]) -> None:
 DEV_MODELS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
 
 
-def step_args(description: str, batches: list[int], replays: int) -> argparse.Namespace:
+def step_args(
+    description: str,
+    batches: list[int],
+    replays: int,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
     """--model (repeatable, default the dev models), --batch (repeatable, default `batches`),
-    --prompt, --replays, --out: the command line of the scripts that replay captured steps."""
+    --prompt, --replays, --out, and what `extra` adds: the command line of the scripts that replay
+    captured steps."""
     ap = argparse.ArgumentParser(description=description)
+    if extra is not None:
+        extra(ap)
     ap.add_argument("--model", action="append", help="repeatable; default: the three dev models")
     ap.add_argument("--batch", type=int, action="append", help=f"repeatable; default: {batches}")
     ap.add_argument("--prompt", type=int, default=256)
