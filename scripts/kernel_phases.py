@@ -30,24 +30,16 @@ import os
 import statistics
 
 import torch
-from step_timeline import step_args
+from step_timeline import step_args, warm_runner
 
-from runtime.engine.runner import Runner
 from runtime.kernels import phase_clock
-from runtime.models.loader import load_model
 
 COLUMNS = ("programs", "span_us", "start_median_us", "start_max_us", "program_us", "most_per_sm", "ghz")
 
 
 def phases(model_id: str, batch: int, prompt: int, replays: int) -> list[dict]:
     phase_clock.clear()
-    loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
-    runner = Runner(loaded, capacity=prompt + 64 + replays, max_batch=batch, mode="graph")
-    ids = torch.randint(3, loaded.spec.vocab - 1, (prompt,)).tolist()
-    for row in range(batch):
-        runner.prefill(row, ids, 0, "greedy")
-    for _ in range(10):
-        runner.step(batch, "greedy")
+    runner = warm_runner(model_id, batch, prompt, replays, 10)
     found: dict[tuple[str, str], list[dict]] = {}
     for _ in range(replays):
         phase_clock.zero_all()

@@ -58,14 +58,21 @@ def short(name: str) -> str:
     return name if len(name) < 48 else name[:45] + "..."
 
 
-def timeline(model_id: str, batch: int, prompt: int, replays: int) -> dict:
+def warm_runner(model_id: str, batch: int, prompt: int, replays: int, warm_steps: int) -> Runner:
+    """A graph Runner of model_id with random weights and room for `replays` more steps: `batch`
+    rows prefilled with one random prompt of `prompt` tokens, then `warm_steps` greedy steps."""
     loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
     runner = Runner(loaded, capacity=prompt + 64 + replays, max_batch=max(batch, 1), mode="graph")
     ids = torch.randint(3, loaded.spec.vocab - 1, (prompt,)).tolist()
     for row in range(batch):
         runner.prefill(row, ids, 0, "greedy")
-    for _ in range(20):
+    for _ in range(warm_steps):
         runner.step(batch, "greedy")
+    return runner
+
+
+def timeline(model_id: str, batch: int, prompt: int, replays: int) -> dict:
+    runner = warm_runner(model_id, batch, prompt, replays, 20)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(replays):

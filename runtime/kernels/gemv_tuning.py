@@ -199,8 +199,8 @@ def tune_rows(
     op: str, M_bucket: int, N: int, K: int, dtype: torch.dtype, device
 ) -> tuple[int, int, int, int, int]:
     """The fastest of rows_config's choice and CANDIDATE_CONFIGS for op ("norm_linear", "lm_head",
-    "act_linear", "linear", "gated_linear") at M_bucket rows and an (N, K) weight, remembered for the launches (timed
-    as gemv_tuning times the batch-1 kernel: L2 flushed, median). Before graph capture: it allocates
+    "act_linear", "linear", "gated_linear") at M_bucket rows and an (N, K) weight, remembered for
+    the launches (timed as gemv_tuning times the batch-1 kernel: L2 flushed, median). Before graph capture: it allocates
     and synchronises. Off CUDA a no-op that returns the heuristic."""
     heuristic = rows_config(N, K, dtype.itemsize, _OP_COST[op])
     if torch.device(device).type != "cuda" or not AVAILABLE or INTERPRETING:

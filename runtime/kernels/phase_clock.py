@@ -38,7 +38,7 @@ MARKS = {
 }
 _RECORDS: list[tuple[str, str, torch.Tensor]] = []  # (family, launch label, buffer)
 _SLAB_ROWS = 1 << 20  # 72 MB: every launch of a model's captures, the GEMVs' included
-_SLAB: dict[torch.device, list] = {}  # device -> [slab, rows handed out]
+_SLAB: dict[torch.device, torch.Tensor] = {}  # device -> its slab; rows go out in record order
 _PAUSED = [0]  # paused() depth: launches that time themselves (the GEMV tuner) are not clocked
 
 
@@ -69,12 +69,11 @@ def clock_buffer(family: str, label: str, programs: int, device: torch.device) -
         return None
     slab = _SLAB.get(device)
     if slab is None:
-        slab = _SLAB[device] = [torch.zeros((_SLAB_ROWS, len(FIELDS)), dtype=torch.int64, device=device), 0]
-    start = slab[1]
+        slab = _SLAB[device] = torch.zeros((_SLAB_ROWS, len(FIELDS)), dtype=torch.int64, device=device)
+    start = sum(b.shape[0] for _, _, b in _RECORDS if b.device == slab.device)  # the rows handed out
     if start + programs > _SLAB_ROWS:
         raise RuntimeError(f"{ENV}: the clock's {_SLAB_ROWS} rows are used up; call phase_clock.clear()")
-    slab[1] = start + programs
-    buf = slab[0][start : start + programs]
+    buf = slab[start : start + programs]
     _RECORDS.append((family, label, buf))
     return buf
 
@@ -94,8 +93,7 @@ def clear() -> None:
     _RECORDS.clear()
     with torch.inference_mode():
         for slab in _SLAB.values():
-            slab[0].zero_()
-            slab[1] = 0
+            slab.zero_()
 
 
 @jit
@@ -139,8 +137,8 @@ def clock_mark(clock_ptr, program, field: tl.constexpr, dep, CLOCK: tl.constexpr
 def summarize(stamps: torch.Tensor, marks: tuple[str, ...]) -> dict | None:
     """Per-phase medians (us) of one launch's (programs, FIELDS) stamps, the phases named by the
     family's `marks`; programs that did not reach the last mark (attention's past the live length
-    return after the second) are left out. Cycles become
-    time through the launch's own ratio of timer ns to cycles over all its programs."""
+    return after the second) are left out. Cycles become time through the launch's own ratio of
+    timer ns to cycles over all its programs."""
     last = len(FIELDS) - 1
     rows = [r for r in stamps.tolist() if r[3] != 0 and r[last] != 0]
     if not rows:

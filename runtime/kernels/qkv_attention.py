@@ -120,7 +120,8 @@ def qkv_decode_attention_triton(
     clock = clock_buffer("attention", f"attention {B}x{Hkv}x{splits} S{S}", B * Hkv * splits, qkv.device)
     _qkv_split_kernel[(B * Hkv, splits)](
         qkv2, q_weight if norm else qkv2, k_weight if norm else qkv2, cos2, sin2, positions, k_cache, v_cache,
-        acc, ml, out, counters, src, ml if clock is None else clock, scale * math.log2(math.e), eps, norm_eps, src.shape[1], src.stride(0),
+        acc, ml, out, counters, src, ml if clock is None else clock, scale * math.log2(math.e), eps, norm_eps,
+        src.shape[1], src.stride(0),
         heads, Hkv, splits, S, qkv2.stride(0), D,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2), out.stride(0),
@@ -129,8 +130,8 @@ def qkv_decode_attention_triton(
         DOT_F32=INTERPRETING, MERGE=merge, DIRECT=direct, BLOCK_P=merge_block(D, splits),
         PREFETCH=prefetch_enabled(), ROW_SCALE=norm_source is not None,
         BLOCK_SRC=next_pow2(src.shape[1]) if norm_source is not None else 16,
-        EARLY_TABLES=early_tables(), GROUPED=grouped_loads(), CLOCK=clock is not None, num_warps=split_warps(D, k_cache.element_size(), B),
-        num_stages=split_stages(B, splits), **launch,
+        EARLY_TABLES=early_tables(), GROUPED=grouped_loads(), CLOCK=clock is not None,
+        num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(B, splits), **launch,
     )  # fmt: skip
     if not merge and not direct:
         merge_partials(acc, ml, positions, out, block_n, S, from_positions=True, launch=launch)

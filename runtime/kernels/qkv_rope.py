@@ -65,10 +65,11 @@ def qkv_rope_to_cache_ref(
 
 
 @jit
-def _halves(ptr, c, ok, rows, use, D: tl.constexpr, TILE: tl.constexpr):
-    """A (D,) vector's two halves in fp32: (1, HALF_BLOCK) rows to broadcast, or with TILE
-    (R, HALF_BLOCK) tiles, R = rows' length, loaded in the shape of the heads they meet (no
-    broadcast then moves them between layouts through shared memory)."""
+def _halves(ptr, c, rows, use, D: tl.constexpr, TILE: tl.constexpr):
+    """A (D,) vector's two halves in fp32 where `use` (HALF_BLOCK,) holds, zeros elsewhere:
+    (1, HALF_BLOCK) rows to broadcast (`rows` unused), or with TILE (R, HALF_BLOCK) tiles, R =
+    rows' length, loaded in the shape of the heads they meet (no broadcast then moves them between
+    layouts through shared memory)."""
     if TILE:
         at = c[None, :] + 0 * rows[:, None]
         mask = use[None, :] & (rows[:, None] >= 0)
@@ -83,14 +84,14 @@ def _halves(ptr, c, ok, rows, use, D: tl.constexpr, TILE: tl.constexpr):
 @jit
 def norm_weight_halves(w_ptr, c, ok, rows, D: tl.constexpr, QK_NORM: tl.constexpr, TILE: tl.constexpr):
     """The q/k-norm weight's two halves (_halves; zeros, never read, without a norm)."""
-    return _halves(w_ptr, c, ok, rows, ok & QK_NORM, D, TILE)
+    return _halves(w_ptr, c, rows, ok & QK_NORM, D, TILE)
 
 
 @jit
 def rope_halves(cos_ptr, sin_ptr, c, ok, rows, D: tl.constexpr, TILE: tl.constexpr):
     """One token's cos and sin tables (D,) as halves (_halves): cos1, cos2, sin1, sin2."""
-    cos1, cos2 = _halves(cos_ptr, c, ok, rows, ok, D, TILE)
-    sin1, sin2 = _halves(sin_ptr, c, ok, rows, ok, D, TILE)
+    cos1, cos2 = _halves(cos_ptr, c, rows, ok, D, TILE)
+    sin1, sin2 = _halves(sin_ptr, c, rows, ok, D, TILE)
     return cos1, cos2, sin1, sin2
 
 

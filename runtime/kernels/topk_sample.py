@@ -100,7 +100,8 @@ def sample_topk_triton(
     nonfinite_at: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """sampler.sample(..., candidates=K) in two launches (three above GROUP / K chunks), for float
-    logits (B, V) (bf16 and fp16 widened as they load: the float32 values decide) with unit stride and K as `supported` requires; per-row settings (B,).
+    logits (B, V) (bf16 and fp16 widened as they load: the float32 values decide) with unit stride
+    and K as `supported` requires; per-row settings (B,).
     -> next tokens (B,) int64.
     tokens (B,) int64 given (sampler.sample_step, in place): `positions` are the rows' current
     positions, the token goes at positions + 1; the last launch writes it into tokens, advances
