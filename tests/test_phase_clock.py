@@ -68,6 +68,25 @@ def test_buffers_only_for_the_families_asked_for(monkeypatch):
         phase_clock.clock_buffer("attention", "a", 4, cpu)
 
 
+def test_eager_launches_reuse_their_rows(monkeypatch):
+    """Outside a capture a launch takes the rows of the last launch with its label, zeroed: the
+    warm-ups before each capture and a prefill's eager GEMVs once used up the whole slab."""
+    phase_clock.clear()
+    cpu = torch.device("cpu")
+    monkeypatch.setenv(phase_clock.ENV, "1")
+    monkeypatch.setattr(phase_clock, "_SLAB_ROWS", 16)
+    monkeypatch.setattr(phase_clock, "_SLAB", {})
+    first = phase_clock.clock_buffer("gemv", "g", 4, cpu)
+    first.fill_(7)
+    for _ in range(10):  # 40 rows asked for, of 16
+        again = phase_clock.clock_buffer("gemv", "g", 4, cpu)
+        assert again.data_ptr() == first.data_ptr() and not again.any()
+    other = phase_clock.clock_buffer("gemv", "h", 4, cpu)
+    assert other.data_ptr() != first.data_ptr()
+    assert [label for _, label, _ in phase_clock.records()] == ["g", "h"]
+    phase_clock.clear()
+
+
 def _marks_in_order(stamps: torch.Tensor) -> torch.Tensor:
     """The rows that reached the last mark, checked: marks in order, the timer's end after its start."""
     marks = stamps[:, 3:]

@@ -13,6 +13,8 @@ Buffers (programs, FIELDS) int64, one per launch, kept in launch order; a graph'
 theirs, so zero them (`zero_all`) before the replay to read and take the ones written since. They
 are rows of one slab made at the first launch (before any capture): a buffer allocated during a
 capture would come from the graph's pool, whose memory other graphs' kernels may also write.
+Each captured launch gets rows of its own; an eager launch reuses the rows of the last eager
+launch with its label (the warm-ups before each capture would otherwise use up the slab).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ MARKS = {
 _RECORDS: list[tuple[str, str, torch.Tensor]] = []  # (family, launch label, buffer)
 _SLAB_ROWS = 1 << 20  # 72 MB: every launch of a model's captures, the GEMVs' included
 _SLAB: dict[torch.device, torch.Tensor] = {}  # device -> its slab; rows go out in record order
+# (device, family, label, programs) -> the rows of the last such launch made outside a capture
+_EAGER: dict[tuple[torch.device, str, str, int], torch.Tensor] = {}
 _PAUSED = [0]  # paused() depth: launches that time themselves (the GEMV tuner) are not clocked
 
 
@@ -67,6 +71,15 @@ def clock_buffer(family: str, label: str, programs: int, device: torch.device) -
     tells the launch apart, e.g. its shape), or None when the clock is off for it."""
     if not enabled(family):
         return None
+    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    key = (torch.device(device), family, label, programs)
+    if not capturing and key in _EAGER:
+        # an eager launch (warm-ups before each capture, a prefill's head) is read, if ever, before
+        # the next one of its kind: reusing its rows keeps the slab for the captured launches
+        buf = _EAGER[key]
+        with torch.inference_mode():
+            buf.zero_()
+        return buf
     slab = _SLAB.get(device)
     if slab is None:
         slab = _SLAB[device] = torch.zeros((_SLAB_ROWS, len(FIELDS)), dtype=torch.int64, device=device)
@@ -75,6 +88,8 @@ def clock_buffer(family: str, label: str, programs: int, device: torch.device) -
         raise RuntimeError(f"{ENV}: the clock's {_SLAB_ROWS} rows are used up; call phase_clock.clear()")
     buf = slab[start : start + programs]
     _RECORDS.append((family, label, buf))
+    if not capturing:
+        _EAGER[key] = buf
     return buf
 
 
@@ -91,6 +106,7 @@ def zero_all() -> None:
 def clear() -> None:
     """Forget every buffer (the slab's rows are handed out again from the first)."""
     _RECORDS.clear()
+    _EAGER.clear()
     with torch.inference_mode():
         for slab in _SLAB.values():
             slab.zero_()
