@@ -58,7 +58,6 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention loop 1 stage": {"RUNTIME_ATTN_STAGES": "1"},
     "attention tables after the wait": {"RUNTIME_ATTN_EARLY_TABLES": "0"},
     "attention loads serial": {"RUNTIME_ATTN_LOADS": "serial"},
-    "gemv norm statistics first": {"RUNTIME_GEMV_NORM": "prologue"},
     "cuBLASLt for the batch GEMMs": {"PROFILE_BLAS": "cublaslt"},
     "norm 1 warp": {"RUNTIME_NORM_WARPS": "1"},
     "norm 2 warps": {"RUNTIME_NORM_WARPS": "2"},

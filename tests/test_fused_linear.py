@@ -80,13 +80,10 @@ NORM_CASES = cases(
 
 
 @kernel_test
-@pytest.mark.parametrize("norm", ["deferred", "prologue"])
 @pytest.mark.parametrize("mode", ["first", "add", "sandwich"])
 @pytest.mark.parametrize("offset", [0.0, 1.0])
 @pytest.mark.parametrize("lead,K,N,dtype,config", NORM_CASES)
-def test_norm_linear(poisoned, monkeypatch, lead, K, N, dtype, config, offset, mode, norm):
-    """norm: the row's 1 / rms applied after the product (deferred, the input unrounded) or before it."""
-    monkeypatch.setenv("RUNTIME_GEMV_NORM", norm)
+def test_norm_linear(poisoned, monkeypatch, lead, K, N, dtype, config, offset, mode):
     planted(monkeypatch, "norm_linear", N, K, dtype, config)
     h = rand(*lead, K, dtype=dtype) if mode != "first" else None
     residual = rand(*lead, K, dtype=dtype, scale=4.0)
@@ -158,16 +155,13 @@ GATED_CASES = cases(
 
 
 @kernel_test
-@pytest.mark.parametrize("norm", ["deferred", "prologue"])
 @pytest.mark.parametrize("mode", ["first", "add", "sandwich"])
 @pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
 @pytest.mark.parametrize("lead,K,inter,dtype,config", GATED_CASES)
-def test_norm_linear_act(poisoned, monkeypatch, lead, K, inter, dtype, config, activation, mode, norm):
+def test_norm_linear_act(poisoned, monkeypatch, lead, K, inter, dtype, config, activation, mode):
     """The gated epilogue: each output pairs gate row o with up row inter + o (a wrong pairing or a
     missed output fails by O(1)); gate and up are rounded before the activation, as the reference's
-    two ops round them, so the only differences left are their fp32 sum order (and, deferred, the
-    normed input's rounding)."""
-    monkeypatch.setenv("RUNTIME_GEMV_NORM", norm)
+    two ops round them, so the only differences left are their fp32 sum order."""
     h = rand(*lead, K, dtype=dtype) if mode != "first" else None
     residual = rand(*lead, K, dtype=dtype, scale=4.0)
     norm_w, pre_w = rand(K, dtype=dtype), rand(K, dtype=dtype) if mode == "sandwich" else None
@@ -418,18 +412,6 @@ def test_gemv_shapes_are_what_the_step_launches(monkeypatch, env):
         }
         want = {(op, *weights[w].shape) for op, w in launches}
         assert set(model.gemv_shapes()) == want and len(model.gemv_shapes()) == len(want), family
-
-
-def test_norm_setting(monkeypatch):
-    """The norm GEMVs defer the row's 1 / rms past the product unless RUNTIME_GEMV_NORM=prologue;
-    a misspelt value is refused, not ignored."""
-    monkeypatch.delenv("RUNTIME_GEMV_NORM", raising=False)
-    assert fl.deferred_norm()
-    monkeypatch.setenv("RUNTIME_GEMV_NORM", "prologue")
-    assert not fl.deferred_norm()
-    monkeypatch.setenv("RUNTIME_GEMV_NORM", "defered")
-    with pytest.raises(ValueError, match="RUNTIME_GEMV_NORM='defered'"):
-        fl.deferred_norm()
 
 
 def test_untuned_setting_ignores_tuned_blocks(monkeypatch):

@@ -86,7 +86,6 @@ AB_SETTINGS = (
     {"RUNTIME_BATCH_ROWS": "fused"},
     {"RUNTIME_ATTN_EARLY_TABLES": "0"},
     {"RUNTIME_ATTN_LOADS": "serial"},
-    {"RUNTIME_GEMV_NORM": "prologue"},
     {"RUNTIME_ATTN_LOADS": "serial", "RUNTIME_ATTN_EARLY_TABLES": "0"},
     {"RUNTIME_PHASE_CLOCK": "1"},
     {"RUNTIME_ATTN_MERGE": "last"},

@@ -10,9 +10,7 @@ Four ops fold them into the product (W is nn.Linear's (N, K), row-major; no bias
                epilogue: each program takes gate and up rows of the same outputs, so the down
                projection after it is a plain `linear` (no activation recomputed per program)
 The kernel recomputes the prologue chunk by chunk in the references' rounding (see rmsnorm.py and
-activation.py, whose jit helpers it shares), so it differs from them only by the order of fp32 sums;
-a norm's 1 / rms is by default applied after the product instead (deferred_norm), where the normed
-input is not rounded to the dtype.
+activation.py, whose jit helpers it shares), so it differs from them only by the order of fp32 sums.
 The Triton entry points take one row (leading dims whose product is 1); more rows take the reference
 here, and ops.py sends them to the prologue kernels and cuBLAS (prefill, batched decode: cuBLAS GEMM
 is the right tool there).
@@ -186,7 +184,7 @@ def _launch(
         norm_w if norm_w is not None else dummy, pre_w if pre_w is not None else dummy,
         weight, y, res_out if res_out is not None else y, clock if clock is not None else y, N, K, eps,
         PROLOGUE=prologue, OFFSET=float(offset), HAS_H=x is not None, HAS_PRE=pre_w is not None, GELU=gelu,
-        GATED=gated, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK=block, DEFER=deferred_norm(), CLOCK=clock is not None,
+        GATED=gated, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK=block, CLOCK=clock is not None,
         num_warps=num_warps, **pdl(weight.device),
     )  # fmt: skip
 
@@ -280,20 +278,6 @@ def linear_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- which blocks to launch
-
-
-def deferred_norm() -> bool:
-    """RUNTIME_GEMV_NORM: "deferred" (the default): a norm GEMV sums its input's squares chunk by
-    chunk in the loop and scales its sums by the row's 1 / rms after it, W (w * s) / rms(s) =
-    W (w * s / rms(s)), so no program waits for a whole-row reduction between the previous
-    kernel's end and its first product (the phase clock put that wait at 0.6-2.9 us per norm GEMV,
-    notes/kernels.md); the input is then not rounded to the dtype before the product, as the
-    reference rounds it. "prologue": the statistics first, over the whole row, in the reference's
-    rounding. The sandwich pre-norm's statistic comes first either way (the residual needs it)."""
-    choice = os.environ.get("RUNTIME_GEMV_NORM", "deferred") or "deferred"
-    if choice not in ("deferred", "prologue"):
-        raise ValueError(f"RUNTIME_GEMV_NORM={choice!r}: choose deferred or prologue")
-    return choice == "deferred"
 
 
 def tuning_enabled() -> bool:

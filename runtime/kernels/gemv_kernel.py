@@ -15,45 +15,6 @@ from runtime.kernels.rmsnorm import _apply_norm, _inv_rms
 
 
 @jit
-def _residual_chunk(
-    x_ptr,
-    res_ptr,
-    pre_w_ptr,
-    cols,
-    mask,
-    inv_pre,
-    OFFSET: tl.constexpr,
-    HAS_H: tl.constexpr,
-    HAS_PRE: tl.constexpr,
-):
-    """The norm's input at `cols`: residual + h (h first normed by the sandwich pre-norm, whose
-    1 / rms is inv_pre), in the dtype, as the reference rounds it (the new residual's chunk)."""
-    s = tl.load(res_ptr + cols, mask=mask, other=0.0)
-    if HAS_H:
-        h = tl.load(x_ptr + cols, mask=mask, other=0.0)
-        if HAS_PRE:
-            h = _apply_norm(h, inv_pre, pre_w_ptr, cols, mask, OFFSET).to(h.dtype)
-        s = (s.to(tl.float32) + h.to(tl.float32)).to(s.dtype)
-    return s
-
-
-@jit
-def _deferred_chunk(
-    x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, res_out_ptr, cols, mask, inv_pre, sum_sq, pid,
-    OFFSET: tl.constexpr, HAS_H: tl.constexpr, HAS_PRE: tl.constexpr,
-):  # fmt: skip
-    """DEFER: the norm's input chunk s (program 0 stores it: the new residual) times the norm's
-    weight, in fp32, not yet divided by the row's rms, a scalar that scales the GEMV's sums once,
-    after the loop; and sum_sq (BLOCK_K,) plus the chunk's squares, from which that rms comes."""
-    s = _residual_chunk(x_ptr, res_ptr, pre_w_ptr, cols, mask, inv_pre, OFFSET, HAS_H, HAS_PRE)
-    if HAS_H and pid == 0:  # a separate buffer: the other programs still read the old residual
-        tl.store(res_out_ptr + cols, s, mask=mask)
-    sf = s.to(tl.float32)
-    w = tl.load(norm_w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    return sf * (OFFSET + w) if OFFSET != 0 else sf * w, sum_sq + sf * sf
-
-
-@jit
 def _input_chunk(
     x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre,
     PROLOGUE: tl.constexpr, OFFSET: tl.constexpr, HAS_H: tl.constexpr, HAS_PRE: tl.constexpr, GELU: tl.constexpr,
@@ -61,7 +22,12 @@ def _input_chunk(
     """The GEMV's input at columns `cols` (BLOCK_K,), in the dtype, with the prologue applied."""
     if PROLOGUE == 1:
         # the normed chunk again, from L2, in the reference's rounding
-        s = _residual_chunk(x_ptr, res_ptr, pre_w_ptr, cols, mask, inv_pre, OFFSET, HAS_H, HAS_PRE)
+        s = tl.load(res_ptr + cols, mask=mask, other=0.0)
+        if HAS_H:
+            h = tl.load(x_ptr + cols, mask=mask, other=0.0)
+            if HAS_PRE:
+                h = _apply_norm(h, inv_pre, pre_w_ptr, cols, mask, OFFSET).to(h.dtype)
+            s = (s.to(tl.float32) + h.to(tl.float32)).to(s.dtype)
         x = _apply_norm(s, inv, norm_w_ptr, cols, mask, OFFSET).to(s.dtype)
     elif PROLOGUE == 2:
         gate = tl.load(x_ptr + cols, mask=mask, other=0.0)
@@ -95,7 +61,6 @@ def _gemv_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK: tl.constexpr,
     PDL: tl.constexpr,
-    DEFER: tl.constexpr = False,
     CLOCK: tl.constexpr = False,
 ):
     # x: the input row (K,) (norm: h; act: gate_up (2K,)); W (N, K); y (N,). Program p owns rows
@@ -130,12 +95,7 @@ def _gemv_kernel(
 
     inv = 0.0
     inv_pre = 0.0
-    if PROLOGUE == 1 and DEFER and HAS_H and HAS_PRE:
-        # DEFER: only the sandwich pre-norm's statistic comes first (the chunks of the new residual
-        # depend on it); the norm's own is summed chunk by chunk in the loop and applied after it
-        row_cols = tl.arange(0, BLOCK)
-        inv_pre = _inv_rms(tl.load(x_ptr + row_cols, mask=row_cols < K, other=0.0), K, eps)
-    if PROLOGUE == 1 and not DEFER:
+    if PROLOGUE == 1:
         # row statistics over the whole of K (BLOCK >= K): s = residual + h' in the dtype, its 1 / rms,
         # and h's own 1 / rms for the sandwich norm (names differ from the loop's, which would be loop-carried)
         row_cols = tl.arange(0, BLOCK)
@@ -152,30 +112,17 @@ def _gemv_kernel(
         inv = _inv_rms(s_row, K, eps)
     clock_mark(clock_ptr, pid, 6, inv + inv_pre + pid, CLOCK)  # the row statistics
 
-    # DEFER: sum_sq (BLOCK_K,) gathers the squares of the norm's input, chunk by chunk
-    sum_sq = tl.zeros([BLOCK_K], tl.float32)
-    if DEFER and PROLOGUE == 1:
-        x, sum_sq = _deferred_chunk(
-            x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, res_out_ptr, cols, mask, inv_pre, sum_sq, pid, OFFSET, HAS_H, HAS_PRE
-        )  # fmt: skip
-    else:
-        x = _input_chunk(
-            x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU
-        )  # fmt: skip
+    x = _input_chunk(
+        x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU
+    )  # fmt: skip
     # (BLOCK_N, BLOCK_K), summed over K once, after the loop
     acc = w.to(tl.float32) * x.to(tl.float32)[None, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         mask = cols < K
-        if DEFER and PROLOGUE == 1:
-            x, sum_sq = _deferred_chunk(
-                x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, res_out_ptr, cols, mask, inv_pre, sum_sq, pid,
-                OFFSET, HAS_H, HAS_PRE,
-            )  # fmt: skip
-        else:
-            x = _input_chunk(
-                x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU
-            )  # fmt: skip
+        x = _input_chunk(
+            x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU
+        )  # fmt: skip
         w = tl.load(
             w_rows + cols[None, :],
             mask=row_mask[:, None] & mask[None, :],
@@ -186,11 +133,8 @@ def _gemv_kernel(
     if CLOCK:  # once the whole tile is summed
         clock_mark(clock_ptr, pid, 7, tl.sum(tl.sum(acc, axis=1), axis=0), CLOCK)
     pdl_release(PDL)
-    y = tl.sum(acc, axis=1)
-    if DEFER and PROLOGUE == 1:  # the row's 1 / rms, a factor of every output
-        y = y * tl.rsqrt(tl.sum(sum_sq, axis=0) / K + eps)
     # rounded to the weights' dtype first, as F.linear(...).to(y's dtype) rounds (float32 logits)
-    y = y.to(w_ptr.dtype.element_ty)
+    y = tl.sum(acc, axis=1).to(w_ptr.dtype.element_ty)
     if GATED:  # (BLOCK_N,) = gate, up, gate, up, ... -> BLOCK_N / 2 outputs, gated_act_ref's rounding
         gate, up = tl.split(tl.reshape(y, (BLOCK_N // 2, 2)))
         outs = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
