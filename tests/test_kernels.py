@@ -218,6 +218,18 @@ def _lengths(B: int, S: int) -> torch.Tensor:
     return lengths.to(DEVICE)
 
 
+def _nan_past(k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor, new_slots: torch.Tensor | None = None):
+    """Copies of the caches k, v (B, Hkv, S, D) with NaN in every slot at or past each row's length
+    (B,) and, given new_slots (B,), in the slot each row's new token takes (it may hold an older
+    token, which must not be read): a kernel that reads any of them poisons its output."""
+    B, S = k.shape[0], k.shape[2]
+    dead = torch.arange(S, device=k.device)[None, :] >= lengths[:, None]  # (B, S)
+    if new_slots is not None:
+        dead[torch.arange(B, device=k.device), new_slots] = True
+    dead = dead[:, None, :, None]
+    return k.masked_fill(dead, math.nan), v.masked_fill(dead, math.nan)
+
+
 @kernel_test
 @pytest.mark.parametrize("B,H,Hkv,D,S,dtype,splits", ATTN_CASES)
 def test_decode_attention(poisoned, B, H, Hkv, D, S, dtype, splits):
@@ -225,10 +237,7 @@ def test_decode_attention(poisoned, B, H, Hkv, D, S, dtype, splits):
     k, v = rand(B, Hkv, S, D, dtype=dtype, scale=2.0), rand(B, Hkv, S, D, dtype=dtype)
     lengths = _lengths(B, S)
     want = decode_attention_ref(q, k, v, lengths, D**-0.5)
-    # slots past each row's length hold NaN: reading one would poison the output
-    dead = torch.arange(S, device=DEVICE)[None, :] >= lengths[:, None]  # (B, S)
-    k_nan = k.masked_fill(dead[:, None, :, None], math.nan)
-    v_nan = v.masked_fill(dead[:, None, :, None], math.nan)
+    k_nan, v_nan = _nan_past(k, v, lengths)
     got = decode_attention_triton(q, k_nan, v_nan, lengths, D**-0.5, num_splits=splits)
     assert_matches(got, want, dtype, scale=3.0)  # softmax weights are rounded to the dtype before P @ V
 
@@ -282,12 +291,7 @@ def test_qkv_decode_attention(
     qw, kw = (rand(D, dtype=dtype), rand(D, dtype=dtype)) if norm else (None, None)
     k_want, v_want = rand(B, Hkv, S, D, dtype=dtype, scale=2.0), rand(B, Hkv, S, D, dtype=dtype)
     lengths = torch.clamp(positions + 1, max=S)
-    # the kernel's copy: NaN in every dead slot and in the slot the new token takes (it may hold an
-    # older token there, which must not be read)
-    dead = torch.arange(S, device=DEVICE)[None, :] >= lengths[:, None]
-    dead[torch.arange(B, device=DEVICE), positions % S] = True
-    k_got = k_want.masked_fill(dead[:, None, :, None], math.nan)
-    v_got = v_want.masked_fill(dead[:, None, :, None], math.nan)
+    k_got, v_got = _nan_past(k_want, v_want, lengths, positions % S)  # the kernel's copy
     args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, offset)
     got = qkv_decode_attention_triton(*args, k_got, v_got, positions, D**-0.5, num_splits=splits)
     want = qkv_decode_attention_ref(*args, k_want, v_want, positions, D**-0.5)
@@ -537,18 +541,13 @@ def test_qkv_decode_attention_grouped_loads(monkeypatch, B, H, Hkv, D, S, norm, 
     qw, kw = (rand(D, dtype=dtype), rand(D, dtype=dtype)) if norm else (None, None)
     k, v = rand(B, Hkv, S, D, dtype=dtype), rand(B, Hkv, S, D, dtype=dtype)
     lengths = torch.clamp(positions + 1, max=S)
-    dead = torch.arange(S, device=DEVICE)[None, :] >= lengths[:, None]
-    dead[torch.arange(B, device=DEVICE), positions % S] = True  # the new token's slot too
     args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, 1.0)
     for early in ("1", "0"):
         monkeypatch.setenv("RUNTIME_ATTN_EARLY_TABLES", early)
         got, err = {}, {}
         for loads in ("serial", "grouped"):
             monkeypatch.setenv("RUNTIME_ATTN_LOADS", loads)
-            kc, vc = (
-                k.masked_fill(dead[:, None, :, None], math.nan),
-                v.masked_fill(dead[:, None, :, None], math.nan),
-            )
+            kc, vc = _nan_past(k, v, lengths, positions % S)
             out = qkv_decode_attention_triton(*args, kc, vc, positions, D**-0.5, num_splits=splits)
             got[loads] = (out, kc, vc)
         q = qkv_rope_ref(qkv, H, Hkv, cos, sin, qw, kw, 1e-6, 1.0)[0][:, 0]
