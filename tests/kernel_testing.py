@@ -1,7 +1,7 @@
 """Helpers shared by the kernel test files (test_kernels.py, test_fused_linear.py).
 
 On a GPU the kernel tests carry the `cuda` marker and run over full case lists. Without one, each
-file re-runs itself in a child process with TRITON_INTERPRET=1 (run_under_interpreter): the
+file re-runs itself in a child process with TRITON_INTERPRET=1 (assert_passes_under_interpreter): the
 interpreter is chosen when kernels are decorated, so it cannot be switched on inside a process that
 already imported them; the child runs small case lists on the CPU.
 """
@@ -84,8 +84,9 @@ def assert_matches(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype, sc
     torch.testing.assert_close(got.float(), want.float(), equal_nan=False, **tol(dtype, scale))
 
 
-def run_under_interpreter(test_file: str) -> None:
-    """Runs test_file's kernel tests on the CPU through the Triton interpreter, in a child process."""
+def assert_passes_under_interpreter(test_file: str) -> None:
+    """Runs test_file's kernel tests on the CPU through the Triton interpreter, in a child process,
+    and fails unless every one of them passes."""
     path = Path(test_file)
     root = str(path.parent.parent.resolve())  # the child runs in tests/: make the package importable
     pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)

@@ -19,13 +19,13 @@ from kernel_testing import (
     INTERPRET,
     assert_linear_close,
     assert_matches,
+    assert_passes_under_interpreter,
     assert_same_bits,
     cases,
     kernel_test,
     needs_triton,
     poisoned_fixture,
     rand,
-    run_under_interpreter,
 )
 
 from runtime.kernels import _triton, ops
@@ -431,4 +431,4 @@ def test_untuned_setting_ignores_tuned_blocks(monkeypatch):
 @needs_triton
 def test_fused_linear_under_the_cpu_interpreter():
     """Runs this file's kernel tests on the CPU through the Triton interpreter (small cases)."""
-    run_under_interpreter(__file__)
+    assert_passes_under_interpreter(__file__)

@@ -19,13 +19,13 @@ from kernel_testing import (
     INTERPRET,
     assert_linear_close,
     assert_matches,
+    assert_passes_under_interpreter,
     assert_same_bits,
     cases,
     kernel_test,
     needs_triton,
     poisoned_fixture,
     rand,
-    run_under_interpreter,
     tol,
 )
 
@@ -393,7 +393,7 @@ def test_tune_rows_on_the_gpu_picks_a_candidate_the_launch_then_uses(monkeypatch
 @needs_triton
 def test_fused_rows_under_the_cpu_interpreter():
     """Runs this file's kernel tests on the CPU through the Triton interpreter (small cases)."""
-    run_under_interpreter(__file__)
+    assert_passes_under_interpreter(__file__)
 
 
 def test_ops_send_batch_buckets_to_the_rows_kernel_only_when_asked(monkeypatch):

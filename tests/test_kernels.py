@@ -24,12 +24,12 @@ from kernel_testing import (
     F32,
     INTERPRET,
     assert_matches,
+    assert_passes_under_interpreter,
     cases,
     kernel_test,
     needs_triton,
     poisoned_fixture,
     rand,
-    run_under_interpreter,
     tol,
 )
 
@@ -517,7 +517,7 @@ def test_qkv_rope_to_cache_ref_writes_ring_slots():
 @needs_triton
 def test_kernels_under_the_cpu_interpreter():
     """Runs this file's kernel tests on the CPU through the Triton interpreter (small cases)."""
-    run_under_interpreter(__file__)
+    assert_passes_under_interpreter(__file__)
 
 
 @pytest.mark.cuda

@@ -8,11 +8,11 @@ import pytest
 import torch
 from kernel_testing import (
     INTERPRET,
+    assert_passes_under_interpreter,
     cases,
     kernel_test,
     needs_triton,
     poisoned_fixture,
-    run_under_interpreter,
 )
 
 from runtime.kernels import argmax as argmax_mod
@@ -217,7 +217,7 @@ def test_top_candidates_selects_exactly_through_merge_rounds(poisoned, monkeypat
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the compiled kernels instead")
 @needs_triton
 def test_sampling_kernels_under_the_cpu_interpreter():
-    run_under_interpreter(__file__)
+    assert_passes_under_interpreter(__file__)
 
 
 # ---------------------------------------------------------------- the fused "topk" sampler variant

@@ -17,13 +17,13 @@ from kernel_testing import (
     DEVICE,
     F32,
     INTERPRET,
+    assert_passes_under_interpreter,
     assert_same_bits,
     cases,
     kernel_test,
     needs_triton,
     poisoned_fixture,
     rand,
-    run_under_interpreter,
 )
 
 from runtime.kernels import ops
@@ -164,4 +164,4 @@ def test_embed_rope_ref_is_the_decoders_math():
 @needs_triton
 def test_step_inputs_under_the_cpu_interpreter():
     """Runs this file's kernel tests on the CPU through the Triton interpreter (small cases)."""
-    run_under_interpreter(__file__)
+    assert_passes_under_interpreter(__file__)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from kernel_testing import (
     INTERPRET,
+    assert_passes_under_interpreter,
     cases,
     kernel_test,
     needs_triton,
     poisoned_fixture,
-    run_under_interpreter,
 )
 from tiny_configs import tiny_config
 
@@ -279,4 +279,4 @@ def test_nonfinite_logits_reach_generate_with_the_op_on(monkeypatch):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU runs the compiled kernels instead")
 @needs_triton
 def test_step_tail_under_the_cpu_interpreter():
-    run_under_interpreter(__file__)
+    assert_passes_under_interpreter(__file__)
