@@ -9,9 +9,8 @@ import sys
 
 import pandas as pd
 
+from runtime.bench.compare import compare, compare_markdown
 from runtime.bench.report import (
-    compare,
-    compare_markdown,
     header_lines,
     load_run,
     render_summary,

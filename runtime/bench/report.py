@@ -1,4 +1,5 @@
-"""Rows -> the benchmark log's tables (markdown), summary.csv, and speed-up tables between two runs.
+"""Rows -> the benchmark log's tables (markdown) and summary.csv (speed-ups between two runs:
+compare.py).
 
 Pure pandas: this file never imports torch, so a run folder can be re-rendered anywhere.
 Tables: rows = configs (with the batch size when it is not 1, and the engine when it is not the
@@ -37,7 +38,8 @@ FIRST = ["model_name", "weights", "dtype", "device", "mode", "prompt_tokens", "m
 CSV_COLUMNS = ["model", *FIRST, "config", "engine", "batch_size", "trials", *METRICS]
 
 
-def _num(value: Any) -> float | None:
+def number_or_none(value: Any) -> float | None:
+    """value as a float, or None where it is missing, not a number, or NaN (an empty table cell)."""
     if value is None:
         return None
     try:
@@ -49,7 +51,7 @@ def _num(value: Any) -> float | None:
 
 def _fmt(spec: str) -> Callable[[Any], str]:
     def fmt(value: Any) -> str:
-        v = _num(value)
+        v = number_or_none(value)
         return "-" if v is None else format(v, spec)
 
     return fmt
@@ -229,55 +231,10 @@ def summary_csv(summary: pd.DataFrame) -> str:
     return summary.reindex(columns=CSV_COLUMNS).to_csv(index=False, float_format="%.6g")
 
 
-SPEEDUPS = [
-    ("E2E tok/s", "e2e_tok_s", True),
-    ("Decode tok/s", "decode_tok_s", True),
-    ("Per-step latency P50", "step_p50_ms", False),
-    ("TTFT", "ttft_ms", False),
-]
-
-
-def compare(new_rows: list[dict], base_rows: list[dict]) -> pd.DataFrame:
-    """The new run's summary with the base run's medians beside it (`<metric>_base`), matched on
-    model, config, engine and batch size; a speed-up column per SPEEDUPS metric (> 1 = new is faster)."""
-    new, base = summarize(new_rows), summarize(base_rows)
-    if new.empty or base.empty:
-        return new.iloc[0:0]
-    merged = new.merge(base[[*GROUP, *METRICS]], on=GROUP, how="left", suffixes=("", "_base"))
-    for _, metric, higher in SPEEDUPS:
-        a, b = merged[metric], merged[f"{metric}_base"]
-        ratio = a / b if higher else b / a
-        merged[f"{metric}_speedup"] = ratio.where((a > 0) & (b > 0))
-    return merged
-
-
-def compare_markdown(merged: pd.DataFrame, new_name: str, base_name: str) -> str:
-    lines = [
-        f"# Speed-up: {new_name} over {base_name}",
-        "",
-        "Above 1 means the first run is faster (tok/s: new / base; latencies: base / new); medians of trials.",
-    ]
-    if merged.empty:
-        return "\n".join([*lines, "", "_nothing to compare: a run has no completed measurements_"]) + "\n"
-    for title, metric, _ in SPEEDUPS:
-        lines += [
-            "",
-            f"## {title}",
-            "",
-            pivot(merged, lambda r, m=metric: _times(getattr(r, f"{m}_speedup"))),
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _times(value: Any) -> str:
-    v = _num(value)
-    return "-" if v is None else f"{v:.2f}x"
-
-
 def _by_model(summary: pd.DataFrame, column: str) -> dict[str, dict[str, float | None]]:
     out: dict[str, dict[str, float | None]] = {}
     for r in summary.itertuples(index=False):
-        v = _num(getattr(r, column))
+        v = number_or_none(getattr(r, column))
         out.setdefault(r.model_label, {})[r.row_label] = None if v is None else round(v, 3)
     return out
 

@@ -19,9 +19,8 @@ def report(
     no_save: bool = typer.Option(False, "--no-save", help="Print only; do not rewrite the folder's files."),
 ) -> None:
     """Re-render a benchmark run, or compare two runs."""
+    from runtime.bench.compare import compare, compare_markdown
     from runtime.bench.report import (
-        compare,
-        compare_markdown,
         load_run,
         render_summary,
         result_line,
