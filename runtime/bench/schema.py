@@ -1,6 +1,6 @@
-"""The benchmark YAML: read it with line numbers, validate every key and type, and return frozen
-dataclasses. Every problem is a ConfigError naming the file, the key and (where known) the line,
-raised before any model loads.
+"""The benchmark YAML: read it with line numbers (yaml_reader.py), validate every key and type, and
+return frozen dataclasses. Every problem is a ConfigError naming the file, the key and (where known)
+the line, raised before any model loads.
 """
 
 from __future__ import annotations
@@ -10,17 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from runtime.errors import ConfigError
+from runtime.bench.yaml_reader import Path_, YamlReader, read_yaml
 
 # runtime: graphs on CUDA, eager elsewhere; the rest name one engine exactly
 ENGINES = ("runtime", "runtime_graph", "runtime_eager", "transformers_eager", "transformers_compile")
 WEIGHTS = ("auto", "checkpoint", "random")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
-
-Path_ = tuple[Any, ...]  # a key path inside the file: ("configs", "short", "prompt_tokens")
 
 
 @dataclass(frozen=True)
@@ -68,131 +64,6 @@ class BenchFile:
         return next(c for c in self.configs if c.name == name)
 
 
-class _Reader:
-    """Type checks that report `file:line: key.path: problem`."""
-
-    def __init__(self, file: str, lines: dict[Path_, int]):
-        self.file, self.lines = file, lines
-
-    def error(self, path: Path_, message: str) -> ConfigError:
-        for i in range(len(path), -1, -1):  # the nearest key that has a line
-            if path[:i] in self.lines:
-                where = f"{self.file}:{self.lines[path[:i]]}"
-                break
-        else:
-            where = self.file
-        dotted = ".".join(str(p) for p in path)
-        return ConfigError(f"{where}: {dotted + ': ' if dotted else ''}{message}")
-
-    def mapping(self, value: Any, path: Path_, allowed: tuple[str, ...] | None = None) -> dict:
-        if not isinstance(value, dict):
-            raise self.error(path, f"expected a mapping, got {_show(value)}")
-        for key in value:
-            if not isinstance(key, str):
-                raise self.error(path, f"keys must be strings, got {_show(key)}")
-            if allowed is not None and key not in allowed:
-                where = ".".join(str(p) for p in path) or "the top level"
-                raise self.error(
-                    (*path, key), f"unknown key {key!r} in {where} (allowed: {', '.join(allowed)})"
-                )
-        return value
-
-    def integer(self, value: Any, path: Path_, minimum: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(path, f"expected an integer, got {_show(value)}")
-        if minimum is not None and value < minimum:
-            raise self.error(path, f"must be >= {minimum}, got {value}")
-        return value
-
-    def number(self, value: Any, path: Path_, check, rule: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.error(path, f"expected a number, got {_show(value)}")
-        if not check(value):
-            raise self.error(path, f"must be {rule}, got {value}")
-        return float(value)
-
-    def boolean(self, value: Any, path: Path_) -> bool:
-        if not isinstance(value, bool):
-            raise self.error(path, f"expected true or false, got {_show(value)}")
-        return value
-
-    def string(self, value: Any, path: Path_, choices: tuple[str, ...] | None = None) -> str:
-        if not isinstance(value, str) or not value:
-            raise self.error(path, f"expected a non-empty string, got {_show(value)}")
-        if choices is not None and value not in choices:
-            raise self.error(path, f"{value!r} is not one of {', '.join(choices)}")
-        return value
-
-    def sequence(self, value: Any, path: Path_) -> list:
-        if not isinstance(value, list) or not value:
-            raise self.error(path, f"expected a non-empty list, got {_show(value)}")
-        return value
-
-    def int_list(self, value: Any, path: Path_, minimum: int) -> tuple[int, ...]:
-        """An integer or a list of integers (a list expands the matrix)."""
-        if not isinstance(value, list):
-            return (self.integer(value, path, minimum),)
-        if not value:
-            raise self.error(path, "expected an integer or a non-empty list of integers")
-        return tuple(self.integer(v, (*path, i), minimum) for i, v in enumerate(value))
-
-    def engines(self, value: Any, path: Path_) -> tuple[str, ...]:
-        items = self.sequence(value, path)
-        return tuple(self.string(v, (*path, i), ENGINES) for i, v in enumerate(items))
-
-
-def _show(value: Any) -> str:
-    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
-
-
-def _plain(node: yaml.Node, path: Path_, lines: dict[Path_, int], constructor, reader: _Reader) -> Any:
-    """A composed YAML node -> plain Python values, recording the line of every key and item."""
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = constructor.construct_object(key_node, deep=True)
-            if not isinstance(key, (str, int, float, bool)) or key is None:
-                raise reader.error(path, f"unsupported key {key_node.value!r}")
-            lines[(*path, key)] = key_node.start_mark.line + 1
-            if key in out:
-                raise reader.error((*path, key), f"duplicate key {key!r}")
-            out[key] = _plain(value_node, (*path, key), lines, constructor, reader)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        items = []
-        for i, item in enumerate(node.value):
-            lines[(*path, i)] = item.start_mark.line + 1
-            items.append(_plain(item, (*path, i), lines, constructor, reader))
-        return items
-    return constructor.construct_object(node, deep=True)
-
-
-def read_yaml(path: Path) -> tuple[Any, _Reader]:
-    """Parse a YAML file into plain values plus a reader that knows each key's line."""
-    name = str(path)
-    if not path.exists():
-        raise ConfigError(f"{name}: no such benchmark file")
-    if path.is_dir():
-        raise ConfigError(f"{name}: is a folder, not a benchmark YAML file")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{name}: cannot read it ({e})") from e
-    lines: dict[Path_, int] = {}
-    reader = _Reader(name, lines)
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is None:
-            raise ConfigError(f"{name}: the file is empty")
-        data = _plain(node, (), lines, yaml.constructor.SafeConstructor(), reader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{name}:{mark.line + 1}" if mark is not None else name
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"{where}: not valid YAML ({problem})") from e
-    return data, reader
-
-
 TOP_KEYS = (
     "models",
     "configs",
@@ -219,7 +90,7 @@ REQUEST_KEYS = (
 CONFIG_KEYS = (*REQUEST_KEYS, "engines", "batch_size")
 
 
-def _model(r: _Reader, value: Any, path: Path_) -> ModelEntry:
+def _model(r: YamlReader, value: Any, path: Path_) -> ModelEntry:
     if isinstance(value, str):
         return ModelEntry(r.string(value, path))
     m = r.mapping(value, path, MODEL_KEYS)
@@ -232,7 +103,7 @@ def _model(r: _Reader, value: Any, path: Path_) -> ModelEntry:
     )
 
 
-def _config(r: _Reader, name: Any, value: Any, path: Path_) -> BenchConfig:
+def _config(r: YamlReader, name: Any, value: Any, path: Path_) -> BenchConfig:
     if not isinstance(name, str) or not _NAME.match(name):
         raise r.error(path, f"config names use letters, digits, _ . -; got {name!r}")
     c = r.mapping(value, path, CONFIG_KEYS)
@@ -251,12 +122,12 @@ def _config(r: _Reader, name: Any, value: Any, path: Path_) -> BenchConfig:
             c.get("repetition_penalty", 1.0), at("repetition_penalty"), lambda v: v > 0, "> 0"
         ),
         ignore_eos=r.boolean(c.get("ignore_eos", True), at("ignore_eos")),
-        engines=r.engines(c["engines"], at("engines")) if "engines" in c else None,
+        engines=r.string_list(c["engines"], at("engines"), ENGINES) if "engines" in c else None,
         batch_size=r.int_list(c["batch_size"], at("batch_size"), 1) if "batch_size" in c else None,
     )
 
 
-def parse_bench(data: Any, r: _Reader) -> BenchFile:
+def parse_bench(data: Any, r: YamlReader) -> BenchFile:
     """Validate plain YAML values into a BenchFile."""
     top = r.mapping(data, (), TOP_KEYS)
     for required in ("models", "configs"):
@@ -292,7 +163,7 @@ def parse_bench(data: Any, r: _Reader) -> BenchFile:
         suites=suites,
         suite=suite,
         batch_size=r.int_list(top.get("batch_size", 1), ("batch_size",), 1),
-        engines=r.engines(top["engines"], ("engines",)) if "engines" in top else ("runtime",),
+        engines=r.string_list(top["engines"], ("engines",), ENGINES) if "engines" in top else ("runtime",),
         warmup=r.integer(top.get("warmup", 2), ("warmup",), 0),
         trials=r.integer(top.get("trials", 3), ("trials",), 1),
         seed=r.integer(top.get("seed", 42), ("seed",), 0),
@@ -307,5 +178,5 @@ def load_bench(path: str | Path) -> BenchFile:
 
 def config_from_flags(name: str, values: dict[str, Any]) -> BenchConfig:
     """Validate an ad-hoc config given as command-line flags, with the same checks as the file."""
-    reader = _Reader("command line", {})
+    reader = YamlReader("command line", {})
     return _config(reader, name, {k: v for k, v in values.items() if v is not None}, ())
