@@ -1,4 +1,4 @@
-"""ChatSession: one conversation kept in a runner's KV cache, and the slash commands that steer it.
+"""ChatSession: one conversation kept in a runner's KV cache (its slash commands: chat_commands.py).
 
 No terminal I/O here (runtime/chat.py owns that), so tests drive a session directly.
 
@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime.chat_commands import CommandResult, parse_settings, run_command
 from runtime.engine.generate import LAG, generate
 from runtime.engine.runner import Runner
 from runtime.engine.sampler import SamplingParams
@@ -31,24 +32,6 @@ from runtime.errors import CapacityError, RuntimeUserError
 from runtime.tokens import TextStream, chat_text, has_chat_template
 
 Message = dict[str, str]
-
-# /set keys and how their values parse
-SETTINGS: dict[str, type] = {
-    "temperature": float,
-    "top_k": int,
-    "top_p": float,
-    "repetition_penalty": float,
-    "seed": int,
-    "max_new_tokens": int,
-}
-COMMANDS = {
-    "/clear": "forget the conversation (the system prompt stays)",
-    "/system TEXT": "set the system prompt (no TEXT: show it)",
-    "/set KEY=VALUE ...": "change settings: " + ", ".join(SETTINGS),
-    "/stats": "per-turn tokens, TTFT and decode speed; cache use",
-    "/help": "this list",
-    "/exit": "leave (also Ctrl-D)",
-}
 
 
 @dataclass
@@ -69,12 +52,6 @@ class Reply:
     dropped_turns: int = 0  # oldest exchanges dropped to make room (--drop-oldest)
 
 
-@dataclass
-class CommandResult:
-    text: str
-    exit: bool = False
-
-
 def common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b):
@@ -82,11 +59,6 @@ def common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
-
-
-def help_text() -> str:
-    width = max(len(k) for k in COMMANDS)
-    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in COMMANDS.items())
 
 
 def format_stats(stats: TurnStats) -> str:
@@ -273,19 +245,7 @@ class ChatSession:
 
     def apply_settings(self, assignments: list[str]) -> str:
         """KEY=VALUE pairs, all applied or none; a bad value raises with the validation message."""
-        changes: dict[str, Any] = {}
-        for pair in assignments:
-            key, sep, value = pair.partition("=")
-            key = key.strip()
-            if not sep or key not in SETTINGS:
-                raise RuntimeUserError(
-                    f"unknown setting {pair!r}; use KEY=VALUE with KEY one of {', '.join(SETTINGS)}"
-                )
-            try:
-                changes[key] = SETTINGS[key](value.strip())
-            except ValueError:
-                kind = "an integer" if SETTINGS[key] is int else "a number"
-                raise RuntimeUserError(f"{key} needs {kind}, got {value.strip()!r}") from None
+        changes = parse_settings(assignments)
         max_new = changes.pop("max_new_tokens", self.max_new_tokens)
         self._check_budget(max_new)
         self.params = dataclasses.replace(self.params, **changes)  # validates
@@ -306,30 +266,5 @@ class ChatSession:
         return "\n".join(lines)
 
     def command(self, line: str) -> CommandResult:
-        """Run one slash command; errors come back as text so the session goes on."""
-        name, _, arg = line.strip().partition(" ")
-        arg = arg.strip()
-        try:
-            if name == "/exit":
-                return CommandResult("", exit=True)
-            if name == "/help":
-                return CommandResult(help_text())
-            if name == "/clear":
-                self.clear()
-                return CommandResult("conversation cleared")
-            if name == "/system":
-                if not arg:
-                    return CommandResult(
-                        f"system prompt: {self.system!r}" if self.system else "no system prompt"
-                    )
-                self.set_system(arg)
-                return CommandResult("system prompt set")
-            if name == "/set":
-                if not arg:
-                    return CommandResult(self.settings_text())
-                return CommandResult(self.apply_settings(arg.split()))
-            if name == "/stats":
-                return CommandResult(self.stats_text())
-        except RuntimeUserError as e:
-            return CommandResult(f"error: {e}")
-        return CommandResult(f"unknown command {name}; the commands are:\n{help_text()}")
+        """Run one slash command (chat_commands.py); errors come back as text so the session goes on."""
+        return run_command(self, line)
