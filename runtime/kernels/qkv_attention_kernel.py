@@ -75,9 +75,8 @@ def _pinned(x):
     load, which waits for its data there and holds back every load after it. The move now happens
     where this is called. Inline PTX: never under the CPU interpreter (the launch passes GROUPED
     False there)."""
-    if x.dtype.primitive_bitwidth == 16:
-        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=x.dtype, is_pure=False, pack=2)
-    return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=x.dtype, is_pure=False, pack=1)
+    pack: tl.constexpr = 2 if x.dtype.primitive_bitwidth == 16 else 1  # two 16-bit values per register
+    return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=x.dtype, is_pure=False, pack=pack)
 
 
 @jit
