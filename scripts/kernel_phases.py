@@ -37,9 +37,9 @@ from runtime.kernels import phase_clock
 COLUMNS = ("programs", "span_us", "start_median_us", "start_max_us", "program_us", "most_per_sm", "ghz")
 
 
-def phases(model_id: str, batch: int, prompt: int, replays: int) -> list[dict]:
+def phases(model_id: str, batch: int, prompt: int, replays: int, capacity: int | None = None) -> list[dict]:
     phase_clock.clear()
-    runner = warm_runner(model_id, batch, prompt, replays, 10)
+    runner = warm_runner(model_id, batch, prompt, replays, 10, capacity)
     found: dict[tuple[str, str], list[dict]] = {}
     for _ in range(replays):
         phase_clock.zero_all()
@@ -95,7 +95,7 @@ def main() -> None:
     results = []
     for model_id in args.model:
         for batch in args.batch:
-            results += phases(model_id, batch, args.prompt, args.replays)
+            results += phases(model_id, batch, args.prompt, args.replays, args.capacity)
             torch.cuda.empty_cache()
     print_tables(results)
     if args.out:

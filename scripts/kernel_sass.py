@@ -6,7 +6,8 @@ kernels whose name contains --kernel for the target with Triton's bundled ptxas,
 build: registers, spills, shared memory, and for each loop (a backward branch in the SASS) its
 length in instructions per warp and the instructions that cost a loop its latency: barriers
 (BAR), shared-memory loads and stores (LDS, STS, LDSM), tensor-core MMAs (HMMA), shuffles,
-special-function ops (MUFU), asynchronous copies (LDGSTS).
+special-function ops (MUFU), asynchronous copies (LDGSTS). With --order, also the PTX's order of
+global loads, barriers and the PDL wait before the first loop: which loads go out as one group.
 
   python3 scripts/kernel_sass.py --model Qwen/Qwen3-1.7B --batch 16 --kernel split RUNTIME_ATTN_STAGES=4
 
@@ -52,12 +53,36 @@ def loops(sass: str) -> list[tuple[int, collections.Counter]]:
     return found
 
 
+def load_order(ptx: str) -> str:
+    """The PTX's global loads (runs counted), barriers and PDL wait before its first loop, e.g.
+    "ld x6, wait, ld x4, bar x2, ld x2": a load after a barrier is issued only once the barrier passes."""
+    events: list[list] = []
+    for line in ptx.splitlines():
+        if "Loop Header" in line:
+            break
+        op = re.sub(r"^@!?%p\d+\s+", "", line.strip()).split(" ")[0].rstrip(";")
+        kind = (
+            "ld" if op.startswith("ld.global")
+            else "bar" if op.startswith("bar.sync")
+            else "wait" if op.startswith("griddepcontrol.wait")
+            else None
+        )  # fmt: skip
+        if kind is None:
+            continue
+        if events and events[-1][0] == kind:
+            events[-1][1] += 1
+        else:
+            events.append([kind, 1])
+    return ", ".join(k if n == 1 else f"{k} x{n}" for k, n in events)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="meta-llama/Llama-3.2-1B-Instruct")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--kernel", default="split", help="a part of the kernel names to build")
     ap.add_argument("--target", default="sm_90", choices=[t.name for t in compile_tests.TARGETS])
+    ap.add_argument("--order", action="store_true", help="print the load order before the first loop")
     ap.add_argument("switches", nargs="*", help="KEY=VALUE runtime switches")
     args = ap.parse_args()
     target = next(t for t in compile_tests.TARGETS if t.name == args.target)
@@ -89,6 +114,8 @@ def main() -> None:
             f"registers {regs.group(1) if regs else '?'} spills {spill.group(1) if spill else '?'} "
             f"shared {kernel.metadata.shared} B; {compile_tests.describe(launch)}"
         )
+        if args.order:
+            print(f"  before the first loop: {load_order(kernel.asm['ptx'])}")
         for length, ops in loops(sass):
             if length > 1:
                 print(

@@ -122,6 +122,9 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "merge kernel releases early (PDL)": {"RUNTIME_MERGE_PDL": "early"},
     "activation in down's prologue": {"RUNTIME_KERNELS_OFF": "norm_linear_act"},
     "sandwich GEMVs with their no-pre blocks": {"RUNTIME_GEMV_PRE_BLOCKS": "0"},
+    "norm GEMVs load their first chunk early": {"RUNTIME_GEMV_FIRST_CHUNK": "early"},
+    "attention 16 splits at batch 1": {"RUNTIME_ATTN_ROW_SPLITS": "16"},
+    "attention merge in 8 column chunks": {"RUNTIME_ATTN_MERGE_CHUNKS": "8"},
 }
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 
@@ -210,10 +213,19 @@ def run(model_id: str, prompt: int, steps: int, profiled: int, copy_gbs: float) 
 
 
 def ab(
-    model_id: str, prompt: int, steps: int, repeat: int = 1, settings: list[str] | None = None
+    model_id: str,
+    prompt: int,
+    steps: int,
+    repeat: int = 1,
+    settings: list[str] | None = None,
+    capacity: int | None = None,
 ) -> list[dict]:
     """Greedy and topk step ms under each of SETTINGS, same process, same weights; the whole list
-    `repeat` times over (trial 0, 1, ...), so the spread between trials shows the noise."""
+    `repeat` times over (trial 0, 1, ...), so the spread between trials shows the noise. `capacity`
+    (KV slots, default what the steps need) sets the batch-1 attention's split count."""
+    need = prompt + steps + 16
+    if capacity is not None and capacity < need:
+        raise SystemExit(f"--capacity {capacity} is too small: prompt + steps + 16 = {need} slots")
     loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
     ids = torch.randint(3, loaded.spec.vocab - 1, (prompt,)).tolist()
     rows = []
@@ -225,7 +237,9 @@ def ab(
         if "PROFILE_BLAS" in env:
             torch.backends.cuda.preferred_blas_library(env["PROFILE_BLAS"])
         try:
-            runner = Runner(loaded, capacity=prompt + 2 * steps + 32, max_batch=BATCH, mode="graph")
+            runner = Runner(
+                loaded, capacity=capacity or prompt + 2 * steps + 32, max_batch=BATCH, mode="graph"
+            )
         except Exception as e:  # a kernel that fails here must not cost the other settings
             print(f"{model_id} / {name}: {type(e).__name__}: {e}")
             continue
@@ -306,6 +320,7 @@ def main() -> None:
     ap.add_argument("--no-profile", action="store_true", help="with --ab: skip the per-kernel profile")
     ap.add_argument("--repeat", type=int, default=1, help="with --ab: run the settings list this many times")
     ap.add_argument("--settings", help="with --ab: a comma-separated subset of SETTINGS' names")
+    ap.add_argument("--capacity", type=int, help="with --ab: KV cache slots (default: what the steps need)")
     ap.add_argument(
         "--best-from", help="print the RUNTIME_KERNELS_OFF of the fastest setting in an --ab JSON"
     )
@@ -320,7 +335,11 @@ def main() -> None:
     if unknown:  # a misspelt name would silently drop its setting from the A/B
         ap.error(f"unknown --settings {unknown}; the names are: {', '.join(SETTINGS)}")
     if args.ab:
-        table = [r for m in args.model or ARCHS for r in ab(m, args.prompt, args.steps, args.repeat, chosen)]
+        table = [
+            r
+            for m in args.model or ARCHS
+            for r in ab(m, args.prompt, args.steps, args.repeat, chosen, args.capacity)
+        ]
         print(f"| model | setting | trial | greedy step ms | topk step ms | topk / greedy | b{BATCH} ms | "
               f"b{BATCH} / b1 | capture s |")  # fmt: skip
         print("|---|---|---|---|---|---|---|---|---|")

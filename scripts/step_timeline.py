@@ -9,7 +9,10 @@ replay's kernels are put in launch order and each gets:
 Medians over the profiled replays, per position in the step; then per role in a layer (kernels
 per layer found from the step's repeating period), which is where a fusion's saving would come from.
 
-  python3 scripts/step_timeline.py [--model M] [--batch 1] [--prompt 256] --out $OUT/timeline.json
+  python3 scripts/step_timeline.py [--model M] [--batch 1] [--prompt 256] [--capacity N] --out $OUT/timeline.json
+
+--capacity sets the KV cache's slots (default: just enough for the replays), which sets the batch-1
+attention's split count: compare a short cache with a long one at the same position.
 """
 
 from __future__ import annotations
@@ -58,11 +61,14 @@ def short(name: str) -> str:
     return name if len(name) < 48 else name[:45] + "..."
 
 
-def warm_runner(model_id: str, batch: int, prompt: int, replays: int, warm_steps: int) -> Runner:
-    """A graph Runner of model_id with random weights and room for `replays` more steps: `batch`
-    rows prefilled with one random prompt of `prompt` tokens, then `warm_steps` greedy steps."""
+def warm_runner(
+    model_id: str, batch: int, prompt: int, replays: int, warm_steps: int, capacity: int | None = None
+) -> Runner:
+    """A graph Runner of model_id with random weights and room for `replays` more steps (or
+    `capacity` slots): `batch` rows prefilled with one random prompt of `prompt` tokens, then
+    `warm_steps` greedy steps."""
     loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
-    runner = Runner(loaded, capacity=prompt + 64 + replays, max_batch=max(batch, 1), mode="graph")
+    runner = Runner(loaded, capacity=capacity or prompt + 64 + replays, max_batch=max(batch, 1), mode="graph")
     ids = torch.randint(3, loaded.spec.vocab - 1, (prompt,)).tolist()
     for row in range(batch):
         runner.prefill(row, ids, 0, "greedy")
@@ -71,8 +77,8 @@ def warm_runner(model_id: str, batch: int, prompt: int, replays: int, warm_steps
     return runner
 
 
-def timeline(model_id: str, batch: int, prompt: int, replays: int) -> dict:
-    runner = warm_runner(model_id, batch, prompt, replays, 20)
+def timeline(model_id: str, batch: int, prompt: int, replays: int, capacity: int | None = None) -> dict:
+    runner = warm_runner(model_id, batch, prompt, replays, 20, capacity)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(replays):
@@ -82,6 +88,7 @@ def timeline(model_id: str, batch: int, prompt: int, replays: int) -> dict:
         path = os.path.join(tmp, "trace.json")
         prof.export_chrome_trace(path)
         kernels = step_kernels(path)
+    runner_capacity = runner.capacity
     runner.release()
     per_step = len(kernels) // replays
     steps = [kernels[i * per_step : (i + 1) * per_step] for i in range(replays)]
@@ -126,6 +133,8 @@ def timeline(model_id: str, batch: int, prompt: int, replays: int) -> dict:
     return {
         "model": model_id,
         "batch": batch,
+        "prompt": prompt,
+        "capacity": runner_capacity,
         "kernels_per_step": per_step,
         "step_us_end_to_end": round(step_us, 1) if step_us else None,
         "period": p,
@@ -135,7 +144,8 @@ def timeline(model_id: str, batch: int, prompt: int, replays: int) -> dict:
 
 
 def print_result(res: dict) -> None:
-    print(f"\n### {res['model']}, batch {res['batch']}: {res['kernels_per_step']} kernels, "
+    print(f"\n### {res['model']}, batch {res['batch']}, prompt {res['prompt']}, capacity {res['capacity']}: "
+          f"{res['kernels_per_step']} kernels, "
           f"step {res['step_us_end_to_end']} us (last end to last end), {res['period']} kernels per layer")  # fmt: skip
     _table("role", res["roles"])
     edge = [r for r in res["kernels"] if r["i"] < res["period"] + 3 or r["i"] >= res["kernels_per_step"] - 6]
@@ -171,6 +181,7 @@ def step_args(
     ap.add_argument("--batch", type=int, action="append", help=f"repeatable; default: {batches}")
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--replays", type=int, default=replays)
+    ap.add_argument("--capacity", type=int, help="KV cache slots (default: what the replays need)")
     ap.add_argument("--out")
     args = ap.parse_args()
     args.model, args.batch = args.model or DEV_MODELS, args.batch or batches
@@ -182,7 +193,7 @@ def main() -> None:
     results = []
     for model_id in args.model:
         for batch in args.batch:
-            res = timeline(model_id, batch, args.prompt, args.replays)
+            res = timeline(model_id, batch, args.prompt, args.replays, args.capacity)
             print_result(res)
             results.append(res)
             torch.cuda.empty_cache()

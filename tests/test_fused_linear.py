@@ -174,6 +174,42 @@ def test_norm_linear_act(poisoned, monkeypatch, lead, K, inter, dtype, config, a
     assert_matches(y, want_y, dtype, scale=2.0)
 
 
+@kernel_test
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("mode", ["first", "add", "sandwich"])
+@pytest.mark.parametrize("K,N,dtype,config", cases(
+    full=[(2048, 3072, BF16, (2, 1024, 4)), (1152, 13824, BF16, (16, 256, 4)), (2048, 16384, BF16, (2, 2048, 4)),
+          (1000, 100, F16, None), (77, 6, F32, None)],
+    small=[(1000, 100, BF16, (4, 256, 4)), (77, 6, F32, None), (1152, 40, F16, (8, 128, 4))],
+))  # fmt: skip
+def test_early_first_chunk_changes_no_bit(poisoned, monkeypatch, K, N, dtype, config, mode, gated):
+    """RUNTIME_GEMV_FIRST_CHUNK=early moves loads, not arithmetic: the norm GEMVs' outputs and new
+    residual equal the late order's bit for bit, and the product stays the reference's (a first
+    chunk taken from the wrong columns, or normed with the wrong weight, fails both)."""
+    h = rand(1, K, dtype=dtype) if mode != "first" else None
+    residual = rand(1, K, dtype=dtype, scale=4.0)
+    norm_w, pre_w = rand(K, dtype=dtype), rand(K, dtype=dtype) if mode == "sandwich" else None
+    weight = rand(N, K, dtype=dtype, scale=K**-0.5)
+    op = fl.gemv_op("norm_linear_act" if gated else "norm_linear", pre_w)
+    planted(monkeypatch, op, N, K, dtype, config)
+
+    def run(order: str):
+        monkeypatch.setenv("RUNTIME_GEMV_FIRST_CHUNK", order)
+        if gated:
+            return norm_linear_act_triton(h, residual, norm_w, EPS, 1.0, pre_w, weight, "silu")
+        return norm_linear_triton(h, residual, norm_w, EPS, 0.0, pre_w, weight)
+
+    (y_late, res_late), (y_early, res_early) = run("late"), run("early")
+    assert_same_bits(y_early, y_late)
+    assert_same_bits(res_early, res_late)
+    if gated:
+        want_y, _ = norm_linear_act_ref(h, residual, norm_w, EPS, 1.0, pre_w, weight, "silu")
+        assert_matches(y_early, want_y, dtype, scale=2.0)
+    else:
+        _, want_res = norm_linear_ref(h, residual, norm_w, EPS, 0.0, pre_w, weight)
+        assert_linear_close(y_early, rms_norm_ref(want_res, norm_w, EPS, 0.0), weight)
+
+
 # (leading dims, K, N, dtype, config); the GPU list holds every dev projection shape, and the Gemma
 # LM head (N * K past 2^28: the row offsets must not wrap)
 LINEAR_CASES = cases(

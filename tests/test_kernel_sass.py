@@ -38,3 +38,26 @@ def test_loops_are_the_spans_that_branch_back():
     [(length, ops)] = kernel_sass.loops(SASS)
     assert length == 5
     assert (ops["LDGSTS"], ops["BAR"], ops["LDS"], ops["HMMA"], ops["BRA"]) == (1, 1, 1, 1, 1)
+
+
+PTX = """
+@%p1 ld.global.L1::evict_first.L2::cache_hint.v4.b32 { %r20, %r21, %r22, %r23 }, [ %rd9 + 0 ], %rd8;
+@%p1 ld.global.v4.b32 { %r25, %r26, %r27, %r28 }, [ %rd11 + 0 ];
+griddepcontrol.wait; // dummy %r37
+@%p2 ld.global.v4.b32 { %r38, %r39, %r40, %r41 }, [ %rd16 + 0 ];
+st.shared.v2.b32 [ %r5 + 0 ], { %r6, %r7 };
+bar.sync 	0;
+bar.sync 	0;
+@!%p6 ld.global.v2.b32 { %r50, %r51 }, [ %rd18 + 0 ];
+@%p10 bra 	$L__BB0_3;
+$L__BB0_2:                              // %.lr.ph
+// =>This Inner Loop Header: Depth=1
+@%p11 ld.global.v2.b32 { %r172, %r173 }, [ %rd31 + 0 ];
+bar.sync 	0;
+"""
+
+
+def test_load_order_stops_at_the_first_loop():
+    """Runs of global loads, barriers and the PDL wait, predicates stripped, counted up to the first
+    loop header (the loop's own load and barrier are not part of it); shared stores are not listed."""
+    assert kernel_sass.load_order(PTX) == "ld x2, wait, ld, bar x2, ld"

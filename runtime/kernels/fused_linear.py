@@ -184,7 +184,8 @@ def _launch(
         norm_w if norm_w is not None else dummy, pre_w if pre_w is not None else dummy,
         weight, y, res_out if res_out is not None else y, clock if clock is not None else y, N, K, eps,
         PROLOGUE=prologue, OFFSET=float(offset), HAS_H=x is not None, HAS_PRE=pre_w is not None, GELU=gelu,
-        GATED=gated, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK=block, CLOCK=clock is not None,
+        GATED=gated, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK=block, EARLY_CHUNK=early_first_chunk(),
+        CLOCK=clock is not None,
         num_warps=num_warps, **pdl(weight.device),
     )  # fmt: skip
 
@@ -278,6 +279,16 @@ def linear_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- which blocks to launch
+
+
+def early_first_chunk() -> bool:
+    """RUNTIME_GEMV_FIRST_CHUNK: "early" has the norm GEMVs load their first input chunk with the
+    row statistics' loads (and the norm weights before the PDL wait); "late" loads the chunk after
+    the statistics (same-process A/B)."""
+    choice = os.environ.get("RUNTIME_GEMV_FIRST_CHUNK", "late") or "late"
+    if choice not in ("early", "late"):
+        raise ValueError(f"RUNTIME_GEMV_FIRST_CHUNK={choice!r}: choose early or late")
+    return choice == "early"
 
 
 def tuning_enabled() -> bool:

@@ -11,7 +11,41 @@ from __future__ import annotations
 from runtime.kernels._triton import jit, pdl_release, pdl_wait, tl
 from runtime.kernels.activation import _gated
 from runtime.kernels.phase_clock import clock_mark
-from runtime.kernels.rmsnorm import _apply_norm, _inv_rms
+from runtime.kernels.rmsnorm import _apply_norm, _inv_rms, apply_norm_loaded
+
+
+@jit
+def _norm_chunk_loads(x_ptr, res_ptr, cols, mask, HAS_H: tl.constexpr):
+    """The activations behind the norm prologue's chunk at `cols`: the residual and h (the residual
+    again where there is no h: unused then)."""
+    s = tl.load(res_ptr + cols, mask=mask, other=0.0)
+    h = s
+    if HAS_H:
+        h = tl.load(x_ptr + cols, mask=mask, other=0.0)
+    return s, h
+
+
+@jit
+def _norm_weight_loads(norm_w_ptr, pre_w_ptr, cols, mask, HAS_PRE: tl.constexpr):
+    """The norm weights at `cols`: the norm's and the sandwich pre-norm's (the norm's again where
+    there is none: unused then). No kernel writes them, so they may be loaded before the PDL wait."""
+    nw = tl.load(norm_w_ptr + cols, mask=mask, other=0.0)
+    pw = nw
+    if HAS_PRE:
+        pw = tl.load(pre_w_ptr + cols, mask=mask, other=0.0)
+    return nw, pw
+
+
+@jit
+def _normed_chunk(
+    s, h, nw, pw, inv, inv_pre, OFFSET: tl.constexpr, HAS_H: tl.constexpr, HAS_PRE: tl.constexpr
+):
+    """The norm prologue's chunk from its loads, in the reference's rounding: rms_norm(s + h')."""
+    if HAS_H:
+        if HAS_PRE:
+            h = apply_norm_loaded(h, inv_pre, pw, OFFSET).to(h.dtype)
+        s = (s.to(tl.float32) + h.to(tl.float32)).to(s.dtype)
+    return apply_norm_loaded(s, inv, nw, OFFSET).to(s.dtype)
 
 
 @jit
@@ -22,13 +56,9 @@ def _input_chunk(
     """The GEMV's input at columns `cols` (BLOCK_K,), in the dtype, with the prologue applied."""
     if PROLOGUE == 1:
         # the normed chunk again, from L2, in the reference's rounding
-        s = tl.load(res_ptr + cols, mask=mask, other=0.0)
-        if HAS_H:
-            h = tl.load(x_ptr + cols, mask=mask, other=0.0)
-            if HAS_PRE:
-                h = _apply_norm(h, inv_pre, pre_w_ptr, cols, mask, OFFSET).to(h.dtype)
-            s = (s.to(tl.float32) + h.to(tl.float32)).to(s.dtype)
-        x = _apply_norm(s, inv, norm_w_ptr, cols, mask, OFFSET).to(s.dtype)
+        s, h = _norm_chunk_loads(x_ptr, res_ptr, cols, mask, HAS_H)
+        nw, pw = _norm_weight_loads(norm_w_ptr, pre_w_ptr, cols, mask, HAS_PRE)
+        x = _normed_chunk(s, h, nw, pw, inv, inv_pre, OFFSET, HAS_H, HAS_PRE)
     elif PROLOGUE == 2:
         gate = tl.load(x_ptr + cols, mask=mask, other=0.0)
         up = tl.load(x_ptr + K + cols, mask=mask, other=0.0)
@@ -61,6 +91,7 @@ def _gemv_kernel(
     BLOCK_K: tl.constexpr,
     BLOCK: tl.constexpr,
     PDL: tl.constexpr,
+    EARLY_CHUNK: tl.constexpr = False,
     CLOCK: tl.constexpr = False,
 ):
     # x: the input row (K,) (norm: h; act: gate_up (2K,)); W (N, K); y (N,). Program p owns rows
@@ -89,6 +120,16 @@ def _gemv_kernel(
         other=0.0,
         eviction_policy="evict_first",
     )
+    # EARLY_CHUNK (norm prologue): the norm weights the statistics and the first chunk need are
+    # loaded before the wait (no kernel writes them), the first chunk's activations with the row's,
+    # so no load waits behind the statistics' reductions (each a barrier, then one more round trip)
+    early: tl.constexpr = PROLOGUE == 1 and EARLY_CHUNK
+    row_cols = tl.arange(0, BLOCK)
+    row_mask_k = row_cols < K
+    if early:
+        nw0, pw0 = _norm_weight_loads(norm_w_ptr, pre_w_ptr, cols, mask, HAS_PRE)
+        if HAS_PRE:  # the sandwich pre-norm's weight over the whole row, for h's statistics
+            pw_row = tl.load(pre_w_ptr + row_cols, mask=row_mask_k, other=0.0)
     clock_mark(clock_ptr, pid, 4, pid, CLOCK)
     pdl_wait(PDL)
     clock_mark(clock_ptr, pid, 5, pid, CLOCK)
@@ -98,23 +139,32 @@ def _gemv_kernel(
     if PROLOGUE == 1:
         # row statistics over the whole of K (BLOCK >= K): s = residual + h' in the dtype, its 1 / rms,
         # and h's own 1 / rms for the sandwich norm (names differ from the loop's, which would be loop-carried)
-        row_cols = tl.arange(0, BLOCK)
-        row_mask_k = row_cols < K
         s_row = tl.load(res_ptr + row_cols, mask=row_mask_k, other=0.0)
         if HAS_H:
             h_row = tl.load(x_ptr + row_cols, mask=row_mask_k, other=0.0)
+        if early:
+            s0, h0 = _norm_chunk_loads(x_ptr, res_ptr, cols, mask, HAS_H)
+        if HAS_H:
             if HAS_PRE:
                 inv_pre = _inv_rms(h_row, K, eps)
-                h_row = _apply_norm(h_row, inv_pre, pre_w_ptr, row_cols, row_mask_k, OFFSET).to(h_row.dtype)
+                if early:
+                    h_row = apply_norm_loaded(h_row, inv_pre, pw_row, OFFSET).to(s_row.dtype)
+                else:
+                    h_row = _apply_norm(h_row, inv_pre, pre_w_ptr, row_cols, row_mask_k, OFFSET).to(
+                        s_row.dtype
+                    )
             s_row = (s_row.to(tl.float32) + h_row.to(tl.float32)).to(s_row.dtype)
             if pid == 0:  # a separate buffer: the other programs still read the old residual
                 tl.store(res_out_ptr + row_cols, s_row, mask=row_mask_k)
         inv = _inv_rms(s_row, K, eps)
     clock_mark(clock_ptr, pid, 6, inv + inv_pre + pid, CLOCK)  # the row statistics
 
-    x = _input_chunk(
-        x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU
-    )  # fmt: skip
+    if early:
+        x = _normed_chunk(s0, h0, nw0, pw0, inv, inv_pre, OFFSET, HAS_H, HAS_PRE)
+    else:
+        x = _input_chunk(
+            x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU
+        )  # fmt: skip
     # (BLOCK_N, BLOCK_K), summed over K once, after the loop
     acc = w.to(tl.float32) * x.to(tl.float32)[None, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):

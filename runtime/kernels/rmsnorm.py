@@ -78,8 +78,15 @@ def _inv_rms(x, n_cols, eps):
 def _apply_norm(x, inv_rms, w_ptr, cols, mask, OFFSET: tl.constexpr):
     """Any slice x of a row (its columns `cols`), inv_rms the whole row's -> fp32 values whose cast to the
     output dtype is the reference's result (split from the statistics so a caller can go chunk by chunk)."""
+    return apply_norm_loaded(x, inv_rms, tl.load(w_ptr + cols, mask=mask, other=0.0), OFFSET)
+
+
+@jit
+def apply_norm_loaded(x, inv_rms, w, OFFSET: tl.constexpr):
+    """_apply_norm with the weight's slice w (x's shape) already loaded: a caller can issue that load
+    early, before the statistics it waits for."""
     normed = x.to(tl.float32) * inv_rms
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    w = w.to(tl.float32)
     if OFFSET != 0:
         return normed * (OFFSET + w)
     # offset 0 rounds the normalised row to the input dtype before the product
