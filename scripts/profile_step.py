@@ -123,6 +123,12 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "activation in down's prologue": {"RUNTIME_KERNELS_OFF": "norm_linear_act"},
     "sandwich GEMVs with their no-pre blocks": {"RUNTIME_GEMV_PRE_BLOCKS": "0"},
     "norm GEMVs load their first chunk early": {"RUNTIME_GEMV_FIRST_CHUNK": "early"},
+    "norm GEMVs load their first chunk late": {"RUNTIME_GEMV_FIRST_CHUNK": "late"},
+    "residual add left to the next norm GEMV": {"RUNTIME_KERNELS_OFF": "linear_add"},
+    "first chunk late, residual add in the norm GEMV": {
+        "RUNTIME_GEMV_FIRST_CHUNK": "late",
+        "RUNTIME_KERNELS_OFF": "linear_add",
+    },
     "attention 16 splits at batch 1": {"RUNTIME_ATTN_ROW_SPLITS": "16"},
     "attention merge in 8 column chunks": {"RUNTIME_ATTN_MERGE_CHUNKS": "8"},
 }

@@ -35,6 +35,7 @@ from runtime.kernels.fused_linear import (
     act_linear_ref,
     act_linear_triton,
     gemv_config,
+    linear_add_triton,
     linear_ref,
     linear_triton,
     norm_linear_act_ref,
@@ -231,6 +232,22 @@ def test_linear(poisoned, monkeypatch, lead, K, N, dtype, config):
     y = linear_triton(x, weight)
     assert y.shape == linear_ref(x, weight).shape
     assert_linear_close(y, x, weight)
+
+
+@kernel_test
+@pytest.mark.parametrize("lead,K,N,dtype,config", LINEAR_CASES)
+def test_linear_add(poisoned, monkeypatch, lead, K, N, dtype, config):
+    """The residual's add in the plain GEMV's epilogue: the product rounded to the dtype first, then
+    the add rounded once, so the result is bit for bit residual + linear_triton(x, W), which
+    test_linear holds to the reference; the residual itself is left as it was."""
+    planted(monkeypatch, "linear", N, K, dtype, config)
+    x, weight = rand(*lead, K, dtype=dtype), rand(N, K, dtype=dtype, scale=K**-0.5)
+    residual = rand(*lead, N, dtype=dtype, scale=4.0)
+    before = residual.clone()
+    y = linear_add_triton(x, weight, residual)
+    assert y.shape == residual.shape and y.dtype == dtype
+    assert torch.equal(residual, before)
+    assert_same_bits(y, (residual.float() + linear_triton(x, weight).float()).to(dtype))
 
 
 @pytest.mark.cuda

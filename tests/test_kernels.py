@@ -343,6 +343,33 @@ def test_qkv_decode_attention_with_folded_norm(poisoned, B, H, Hkv, D, S, norm, 
 # ---------------------------------------------------------------- the whole model on Triton kernels
 
 
+def _tiny_model(family: str, dtype: torch.dtype):
+    """A tiny random model of `family` whose norms are off identity too, so every weight matters."""
+    from tiny_configs import tiny_config
+
+    from runtime.models.spec import ModelSpec
+    from runtime.models.weights import random_model
+
+    model = random_model(ModelSpec.from_hf(tiny_config(family)), DEVICE, dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
+def _greedy_logits(model, prompt: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """The prompt's logits (T, V), then each greedy decode step's (1, V), under the current switches."""
+    from runtime.engine.state import KVCache
+
+    cache = KVCache(model.spec, 1, 32, DEVICE, model.dtype)
+    logits = [model.prefill(prompt, cache, all_logits=True)[0]]
+    token = logits[0][-1:].argmax(-1)
+    for pos in range(prompt.shape[1], prompt.shape[1] + steps):
+        logits.append(model.decode(token, torch.tensor([pos], device=DEVICE), cache))
+        token = logits[-1].argmax(-1)
+    return logits
+
+
 @kernel_test
 @pytest.mark.parametrize(
     "family", ["gemma3", "qwen3"] if INTERPRET else ["gemma3", "qwen3", "llama", "qwen2"]
@@ -350,30 +377,39 @@ def test_qkv_decode_attention_with_folded_norm(poisoned, B, H, Hkv, D, S, norm, 
 def test_model_logits_triton_vs_torch(monkeypatch, family):
     """A tiny random model, fp32: prefill + decode steps past Gemma's ring wrap give the same logits
     with every op on Triton as with every op on the references (RUNTIME_KERNELS switched per call)."""
-    from tiny_configs import tiny_config
-
-    from runtime.engine.state import KVCache
-    from runtime.models.spec import ModelSpec
-    from runtime.models.weights import random_model
-
-    spec = ModelSpec.from_hf(tiny_config(family))
-    model = random_model(spec, DEVICE, torch.float32)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)  # norms off identity too, so every weight matters
-    prompt = torch.randint(3, spec.vocab, (1, 11), device=DEVICE)
+    model = _tiny_model(family, torch.float32)
+    prompt = torch.randint(3, model.spec.vocab, (1, 11), device=DEVICE)
     logits = {}
     for backend in ("torch", "triton"):
         monkeypatch.setenv("RUNTIME_KERNELS", backend)
-        cache = KVCache(spec, 1, 32, DEVICE, torch.float32)
-        steps = [model.prefill(prompt, cache, all_logits=True)[0]]  # (T, V)
-        token = steps[0][-1:].argmax(-1)
-        for pos in range(11, 11 + (10 if INTERPRET else 20)):  # gemma3's window is 8
-            steps.append(model.decode(token, torch.tensor([pos], device=DEVICE), cache))
-            token = steps[-1].argmax(-1)
-        logits[backend] = steps
+        logits[backend] = _greedy_logits(model, prompt, 10 if INTERPRET else 20)  # gemma3's window is 8
     for got, want in zip(logits["triton"], logits["torch"]):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@kernel_test
+@pytest.mark.parametrize("family", ["qwen3"] if INTERPRET else ["qwen3", "llama", "gemma3"])
+@pytest.mark.parametrize("dtype", [torch.float32] if INTERPRET else [torch.float32, BF16])
+def test_residual_add_in_the_branch_epilogue_changes_no_bit(monkeypatch, family, dtype):
+    """At batch 1 the o and down GEMVs of a family without sandwich norms add the residual in their
+    epilogue (linear_add) and the next norm GEMV reads one row: the same roundings as adding it
+    there, so every logit is bit-equal to RUNTIME_KERNELS_OFF=linear_add's. Gemma's branches are
+    normed before they join: it never takes the epilogue."""
+    model = _tiny_model(family, dtype)
+    prompt = torch.randint(3, model.spec.vocab, (1, 7), device=DEVICE)
+    monkeypatch.setenv("RUNTIME_KERNELS", "triton")
+    calls = []
+    real = ops.linear_add_triton
+    monkeypatch.setattr(ops, "linear_add_triton", lambda *a: calls.append(1) or real(*a))
+    fused = _greedy_logits(model, prompt, 6)
+    taken = len(calls)
+    monkeypatch.setenv("RUNTIME_KERNELS_OFF", "linear_add")
+    pending = _greedy_logits(model, prompt, 6)
+    assert len(calls) == taken  # none with the switch off
+    # each decode step: o and down in every layer (prefill's rows take the pending add)
+    assert taken == (0 if model.spec.sandwich_norms else 6 * 2 * model.spec.layers)
+    for got, want in zip(fused, pending):
+        assert torch.equal(got, want)
 
 
 # ---------------------------------------------------------------- dispatcher (CPU, no Triton needed)

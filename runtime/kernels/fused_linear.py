@@ -6,6 +6,9 @@ Four ops fold them into the product (W is nn.Linear's (N, K), row-major; no bias
   norm_linear  (residual add +) RMSNorm, then the product: the qkv and gate/up projections
   act_linear   the gated activation of [gate | up], then the product: the down projection
   linear       the product alone (o projection)
+  linear_add   residual + the product, the add in the epilogue: the o and down projections of a
+               family whose branches join the residual without a norm of their own, so the next
+               norm_linear reads one row (the new residual) instead of adding two
   norm_linear_act  norm_linear over the packed [gate | up] weight with the gated activation as its
                epilogue: each program takes gate and up rows of the same outputs, so the down
                projection after it is a plain `linear` (no activation recomputed per program)
@@ -101,6 +104,12 @@ def act_linear_ref(gate_up: torch.Tensor, activation: str, weight: torch.Tensor)
     return F.linear(gated_act_ref(gate_up, activation), weight)
 
 
+def linear_add_ref(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """x (..., K), weight (N, K), residual (..., N) -> residual + x @ W.T, the product rounded to the
+    dtype first (as the unfused add of a linear's output rounds)."""
+    return residual + F.linear(x, weight)
+
+
 def linear_ref(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (..., K), weight (N, K) -> (..., N)."""
     return F.linear(x, weight)
@@ -162,10 +171,10 @@ def one_row(t: torch.Tensor) -> bool:
 
 
 def _launch(
-    prologue, x, res, norm_w, pre_w, weight, y, res_out, eps, offset, gelu, config, gated=False
+    prologue, x, res, norm_w, pre_w, weight, y, res_out, eps, offset, gelu, config, gated=False, add_res=False
 ) -> None:
     """x, res: (K,) rows (x is (2K,) for act); y (N,) ((N / 2,) gated: weight is [gate | up]);
-    res_out (K,) or None."""
+    res_out (K,) or None; add_res: res is (N,) and y = res + the product (plain prologue only)."""
     assert weight.dim() == 2 and weight.is_contiguous(), "W must be a contiguous (N, K) nn.Linear weight"
     N, K = weight.shape
     N = N // 2 if gated else N  # the outputs
@@ -177,6 +186,7 @@ def _launch(
         ("plain", "norm", "act")[prologue]
         + (" gated" if gated else "")
         + (" pre" if pre_w is not None else "")
+        + (" add" if add_res else "")
     )
     clock = clock_buffer("gemv", f"gemv {kind} {weight.shape[0]}x{K}", programs, weight.device)
     _gemv_kernel[(programs,)](
@@ -185,7 +195,7 @@ def _launch(
         weight, y, res_out if res_out is not None else y, clock if clock is not None else y, N, K, eps,
         PROLOGUE=prologue, OFFSET=float(offset), HAS_H=x is not None, HAS_PRE=pre_w is not None, GELU=gelu,
         GATED=gated, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK=block, EARLY_CHUNK=early_first_chunk(),
-        CLOCK=clock is not None,
+        ADD_RES=add_res, CLOCK=clock is not None,
         num_warps=num_warps, **pdl(weight.device),
     )  # fmt: skip
 
@@ -266,6 +276,21 @@ def act_linear_triton(gate_up: torch.Tensor, activation: str, weight: torch.Tens
     return y
 
 
+def linear_add_triton(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Same contract as linear_add_ref; one kernel for one row (one dtype), the reference otherwise.
+    Never in place: the residual may still be read by the kernels of this step that follow."""
+    if not one_row(x) or residual.dtype != weight.dtype:
+        return linear_add_ref(x, weight, residual)
+    N, K = weight.shape
+    assert residual.shape[-1] == N, (residual.shape, weight.shape)
+    y = torch.empty(residual.shape, dtype=weight.dtype, device=weight.device)
+    _launch(
+        _NONE, _row(x), _row(residual), None, None, weight, y, None, 0.0, 0.0, False,
+        _config("linear", N, K, weight.dtype), add_res=True,
+    )  # fmt: skip
+    return y
+
+
 def linear_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Same contract as linear_ref; one kernel for one row, the reference for more."""
     if not one_row(x):
@@ -282,10 +307,11 @@ def linear_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def early_first_chunk() -> bool:
-    """RUNTIME_GEMV_FIRST_CHUNK: "early" has the norm GEMVs load their first input chunk with the
-    row statistics' loads (and the norm weights before the PDL wait); "late" loads the chunk after
-    the statistics (same-process A/B)."""
-    choice = os.environ.get("RUNTIME_GEMV_FIRST_CHUNK", "late") or "late"
+    """RUNTIME_GEMV_FIRST_CHUNK: "early" (the default) has the norm GEMVs load their first input
+    chunk with the row statistics' loads (and the norm weights before the PDL wait); "late" loads
+    it after the statistics' reductions, one more L2 round trip (same-process A/B, H100: Gemma's
+    step -16..-29 us, Llama -14..+3, Qwen3 -15..+1; notes/kernels.md)."""
+    choice = os.environ.get("RUNTIME_GEMV_FIRST_CHUNK", "early") or "early"
     if choice not in ("early", "late"):
         raise ValueError(f"RUNTIME_GEMV_FIRST_CHUNK={choice!r}: choose early or late")
     return choice == "early"

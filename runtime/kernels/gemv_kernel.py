@@ -92,12 +92,14 @@ def _gemv_kernel(
     BLOCK: tl.constexpr,
     PDL: tl.constexpr,
     EARLY_CHUNK: tl.constexpr = False,
+    ADD_RES: tl.constexpr = False,
     CLOCK: tl.constexpr = False,
 ):
     # x: the input row (K,) (norm: h; act: gate_up (2K,)); W (N, K); y (N,). Program p owns rows
     # [p * BLOCK_N, (p + 1) * BLOCK_N); int64 row offsets since N * K may pass 2^31.
     # GATED: W is (2N, K) = [gate | up] and y (N,) = act(gate) * up; program p owns outputs
     # [p * BLOCK_N / 2, (p + 1) * BLOCK_N / 2), its tile rows alternate gate row o, up row N + o
+    # ADD_RES (plain product only): y = residual + W x, the residual's add in the epilogue (res_ptr (N,))
     pid = tl.program_id(0)
     clock_mark(clock_ptr, pid, 3, pid, CLOCK)  # CLOCK (a diagnostic, phase_clock.py): the marks
     if GATED:
@@ -133,6 +135,8 @@ def _gemv_kernel(
     clock_mark(clock_ptr, pid, 4, pid, CLOCK)
     pdl_wait(PDL)
     clock_mark(clock_ptr, pid, 5, pid, CLOCK)
+    if ADD_RES:  # written by the previous kernel; loaded now, so it has arrived by the epilogue
+        res_rows = tl.load(res_ptr + rows, mask=row_mask, other=0.0)
 
     inv = 0.0
     inv_pre = 0.0
@@ -190,5 +194,7 @@ def _gemv_kernel(
         outs = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
         tl.store(y_ptr + outs, _gated(gate, up, GELU).to(y_ptr.dtype.element_ty), mask=outs < N)
     else:
+        if ADD_RES:  # the product rounded first, then the add rounded once: residual + F.linear(x, W)
+            y = (res_rows.to(tl.float32) + y.to(tl.float32)).to(res_rows.dtype)
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_mask)
     clock_mark(clock_ptr, pid, 8, pid, CLOCK)

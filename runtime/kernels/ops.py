@@ -31,6 +31,8 @@ from runtime.kernels.attention import prefill_attention_ref
 from runtime.kernels.decode_attention import decode_attention_ref, decode_attention_triton
 from runtime.kernels.fused_linear import (
     act_linear_triton,
+    linear_add_ref,
+    linear_add_triton,
     linear_triton,
     norm_linear_act_triton,
     norm_linear_triton,
@@ -196,6 +198,20 @@ def act_linear(gate_up: torch.Tensor, activation: str, weight: torch.Tensor) -> 
     if gate_up.dtype == weight.dtype and _fused_rows(gate_up, "act_linear_rows"):
         return act_linear_rows_triton(gate_up, activation, weight)
     return F.linear(gated_act(gate_up, activation), weight)
+
+
+def residual_epilogue(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a projection of this row adds its residual in the GEMV's epilogue (linear_add): one
+    row on Triton, one dtype. RUNTIME_KERNELS_OFF=linear_add leaves the add to the next norm_linear
+    (a same-process A/B)."""
+    return x.dtype == weight.dtype and one_row(x) and enabled("linear", x) and not turned_off("linear_add")
+
+
+def linear_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """residual (..., N) + x (..., K) @ weight (N, K).T: one kernel where residual_epilogue says so."""
+    if residual_epilogue(x, weight):
+        return linear_add_triton(x, weight, residual)
+    return linear_add_ref(x, weight, residual)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

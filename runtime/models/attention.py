@@ -1,5 +1,6 @@
-"""The attention block of a decoder layer: packed qkv in, o projection out, for prefill (eager or
-padded to a length bucket) and for the captured decode step; and the KV cache write of a padded prompt.
+"""The attention block of a decoder layer: packed qkv in, the attention's output (before o_proj, which
+the layer applies: decoder.py joins it to the residual) out, for prefill (eager or padded to a length
+bucket) and for the captured decode step; and the KV cache write of a padded prompt.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class Attention(nn.Module):
         return self.q_norm.weight, self.k_norm.weight, self.eps, self.offset
 
     def prefill(self, qkv, cos, sin, cache: KVCacheLike, row: int, start: int) -> torch.Tensor:
-        """qkv (1, T, q + 2 kv) projected rows at positions [start, start + T) of cache row `row`."""
+        """qkv (1, T, q + 2 kv) projected rows at positions [start, start + T) of cache row `row`
+        -> attention (1, T, q), before o_proj."""
         T = qkv.shape[1]
         q, k, v = ops.qkv_rope(qkv, self.heads, self.kv_heads, cos, sin, *self._qk_args())
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (1, H|Hkv, T, D)
@@ -69,13 +71,14 @@ class Attention(nn.Module):
         out = ops.prefill_attention(
             q, keys, values, q_pos, k_pos, self.scale, self.window, from_start=start == 0
         )
-        return ops.linear(out.transpose(1, 2).reshape(1, T, -1), self.o_proj.weight)
+        return out.transpose(1, 2).reshape(1, T, -1)
 
     def prefill_padded(
         self, qkv, cos, sin, cache: KVCacheLike, row: torch.Tensor, n: torch.Tensor
     ) -> torch.Tensor:
         """qkv (1, T, q + 2 kv) at positions [0, T), of which the first n[0] are the prompt and the
-        rest padding; row (1,) and n (1,) on the device.  # graph: no host reads, shapes fixed by T
+        rest padding; row (1,) and n (1,) on the device -> attention (1, T, q), before o_proj.
+        # graph: no host reads, shapes fixed by T
         Causal attention never lets a prompt token see the padding after it; the cache write keeps
         the padding out of every slot the decode steps will read (write_prompt_kv)."""
         T = qkv.shape[1]
@@ -85,12 +88,11 @@ class Attention(nn.Module):
         write_prompt_kv(cache.v[self.layer], v, row, n)
         pos = torch.arange(T, device=qkv.device)
         out = ops.prefill_attention(q, k, v, pos, pos, self.scale, self.window, from_start=True)
-        return ops.linear(out.transpose(1, 2).reshape(1, T, -1), self.o_proj.weight)
+        return out.transpose(1, 2).reshape(1, T, -1)
 
     def decode(self, qkv, cos, sin, cache: KVCacheLike, positions: torch.Tensor) -> torch.Tensor:
-        """qkv (B, 1, q + 2 kv); positions (B,) on the device -> o_proj(attention) (B, 1, hidden)."""
-        out = self.attend_decode(qkv, cos, sin, cache, positions)
-        return ops.linear(out.reshape(qkv.shape[0], 1, -1), self.o_proj.weight)
+        """qkv (B, 1, q + 2 kv); positions (B,) on the device -> attention (B, 1, q), before o_proj."""
+        return self.attend_decode(qkv, cos, sin, cache, positions).reshape(qkv.shape[0], 1, -1)
 
     def attend_decode(
         self, qkv, cos, sin, cache: KVCacheLike, positions, norm_source=None, norm_eps: float = 0.0

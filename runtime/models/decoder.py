@@ -8,7 +8,9 @@ passed in (runtime/engine/state.py), and sampling happens elsewhere. Three entry
   decode(tokens (B,), positions (B,), cache) -> logits (B, V), graph-safe: shapes fixed by B,
       positions read from a device tensor, no host sync.
 Each residual add and norm is folded into the projection that follows it (ops.norm_linear: the
-add, the norm and the matrix product in one kernel at batch 1), the gated activation into the
+add, the norm and the matrix product in one kernel at batch 1), or at batch 1, where a branch joins
+the residual without a norm of its own, into the o or down projection that ends the branch
+(ops.linear_add: the next norm_linear then reads one row instead of adding two), the gated activation into the
 gate/up projection's epilogue at batch 1 (ops.norm_linear_act) and into the down projection's
 prologue otherwise (ops.act_linear), the final norm into the LM head, and in decode the q/k-norm,
 rope, KV-cache write and attention are one op (ops.qkv_decode_attention). Prefill runs these ops
@@ -42,16 +44,18 @@ class MLP(nn.Module):
         return ops.act_linear(gate_up, self.activation, self.down.weight)
 
     def forward(
-        self, h: torch.Tensor, x: torch.Tensor, norm: RMSNorm, pre: RMSNorm | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (x + pre(h), down(act(gate) * up) of norm(x + pre(h))). One row: the activation is the
-        gate/up GEMV's epilogue and down a plain GEMV; otherwise it rides in down's prologue."""
+        self, h: torch.Tensor | None, x: torch.Tensor, norm: RMSNorm, pre: RMSNorm | None, joins: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """-> (x + pre(h), down(act(gate) * up) of norm(x + pre(h))), h None adding nothing. One row:
+        the activation is the gate/up GEMV's epilogue and down a plain GEMV, which adds its output to
+        the residual itself where it `joins` it without a norm (then (the new residual, None));
+        otherwise the activation rides in down's prologue."""
         if self.gate_up.bias is None and ops.gated_epilogue(x, self.gate_up.weight):
             pre_w = None if pre is None else pre.weight
             act, x = ops.norm_linear_act(
                 h, x, norm.weight, norm.eps, norm.offset, pre_w, self.gate_up.weight, self.activation
             )
-            return x, ops.linear(act, self.down.weight)
+            return _join(act, self.down, x, joins)
         gate_up, x = _norm_linear(h, x, norm, pre, self.gate_up)
         return x, self.down_of(gate_up)
 
@@ -68,14 +72,32 @@ class DecoderLayer(nn.Module):
 
     def forward(
         self, x: torch.Tensor, pending: torch.Tensor | None, pending_norm: RMSNorm | None, attend
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, T, hidden) is the residual stream; `pending` the previous layer's MLP output, not
-        yet added (None before the first layer), to be normed by `pending_norm` first (Gemma).
-        Returns (x, this layer's MLP output): each residual add and norm rides in the projection
-        after it; `attend` maps the packed qkv rows to the attention block's output."""
+        yet added (None: nothing to add), to be normed by `pending_norm` first (Gemma).
+        Returns (x, this layer's MLP output, None where down added it already): each residual add
+        and norm rides in a projection next to it; `attend` maps the packed qkv rows to the
+        attention's output before o_proj."""
         qkv, x = _norm_linear(pending, x, self.attn_norm, pending_norm, self.attn.qkv)
-        h = attend(self.attn, qkv)
-        return self.mlp(h, x, self.mlp_norm, self.attn_out_norm)
+        x, h = _join(attend(self.attn, qkv), self.attn.o_proj, x, self.attn_out_norm is None)
+        return self.mlp(h, x, self.mlp_norm, self.attn_out_norm, self.mlp_out_norm is None)
+
+
+def _join(
+    out: torch.Tensor, linear: nn.Linear, x: torch.Tensor, joins: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A branch's last projection of out -> (residual, pending): (x + linear(out), None) where the
+    branch `joins` the residual x without a norm of its own and the GEMV adds it in its epilogue
+    (ops.residual_epilogue), else (x, linear(out)) for the next norm_linear to add."""
+    if joins and linear.bias is None and ops.residual_epilogue(out, linear.weight):
+        return ops.linear_add(out, linear.weight, x), None
+    y = ops.linear(out, linear.weight)
+    return x, (y if linear.bias is None else y + linear.bias)
+
+
+def _pick(h: torch.Tensor | None, rows) -> torch.Tensor | None:
+    """rows(h) of a pending MLP output; None where the down projection added it already."""
+    return None if h is None else rows(h)
 
 
 def _norm_linear(
@@ -154,9 +176,10 @@ class DecoderLM(nn.Module):
         scale = self.embed_scale if self.spec.embed_scale != 1.0 else 1.0
         return ops.embed_rope(tokens, positions, self.embed.weight, scale, self.inv_freqs, self.dtype)
 
-    def _logits(self, h: torch.Tensor, x: torch.Tensor, widen: bool = True) -> torch.Tensor:
-        """The last layer's MLP output h and the residual x (..., hidden) -> float32 logits (..., V):
-        the final add and norm ride in the LM head (one kernel for one row, like the projections).
+    def _logits(self, h: torch.Tensor | None, x: torch.Tensor, widen: bool = True) -> torch.Tensor:
+        """The last layer's MLP output h (None: added already) and the residual x (..., hidden) ->
+        float32 logits (..., V): the final add and norm ride in the LM head (one kernel for one row,
+        like the projections).
         widen False: logits cuBLAS wrote in the weights' dtype stay in it (the same values)."""
         pre = self.layers[-1].mlp_out_norm
         softcap = self.spec.final_softcap
@@ -194,7 +217,7 @@ class DecoderLM(nn.Module):
             positions,
             lambda attn, qkv, cos, sin: attn.prefill(qkv, cos, sin, cache, row, start),
         )
-        return self._logits(h, x) if all_logits else self._logits(h[:, -1], x[:, -1])
+        return self._logits(h, x) if all_logits else self._logits(_pick(h, lambda t: t[:, -1]), x[:, -1])
 
     @torch.inference_mode()
     def prefill_padded(
@@ -210,7 +233,8 @@ class DecoderLM(nn.Module):
             lambda attn, qkv, cos, sin: attn.prefill_padded(qkv, cos, sin, cache, row, n),
         )
         last = n - 1
-        return self._logits(h.index_select(1, last)[:, 0], x.index_select(1, last)[:, 0])
+        at_last = lambda t: t.index_select(1, last)[:, 0]  # noqa: E731
+        return self._logits(_pick(h, at_last), at_last(x))
 
     @torch.inference_mode()
     def decode(
@@ -228,4 +252,4 @@ class DecoderLM(nn.Module):
             positions[:, None],
             lambda attn, qkv, cos, sin: attn.decode(qkv, cos, sin, cache, positions),
         )
-        return self._logits(h[:, 0], x[:, 0], widen_logits)
+        return self._logits(_pick(h, lambda t: t[:, 0]), x[:, 0], widen_logits)
