@@ -125,13 +125,17 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "norm GEMVs load their first chunk early": {"RUNTIME_GEMV_FIRST_CHUNK": "early"},
     "norm GEMVs load their first chunk late": {"RUNTIME_GEMV_FIRST_CHUNK": "late"},
     "residual add left to the next norm GEMV": {"RUNTIME_KERNELS_OFF": "linear_add"},
-    "first chunk late, residual add in the norm GEMV": {
+    "residual add in the down GEMV only": {"RUNTIME_KERNELS_OFF": "linear_add_o"},
+    "residual add in the o GEMV only": {"RUNTIME_KERNELS_OFF": "linear_add_down"},
+    "first chunk late and residual add in the norm GEMV": {
         "RUNTIME_GEMV_FIRST_CHUNK": "late",
         "RUNTIME_KERNELS_OFF": "linear_add",
     },
     "attention 16 splits at batch 1": {"RUNTIME_ATTN_ROW_SPLITS": "16"},
     "attention merge in 8 column chunks": {"RUNTIME_ATTN_MERGE_CHUNKS": "8"},
 }
+# --settings splits its list on commas: a name holding one could never be chosen
+assert not [name for name in SETTINGS if "," in name], "a SETTINGS name holds a comma"
 GEMM = re.compile(r"gemm|gemv|cutlass|nvjet|sm90_xmma|splitk|_linear_", re.IGNORECASE)
 
 

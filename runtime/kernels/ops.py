@@ -200,16 +200,18 @@ def act_linear(gate_up: torch.Tensor, activation: str, weight: torch.Tensor) -> 
     return F.linear(gated_act(gate_up, activation), weight)
 
 
-def residual_epilogue(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether a projection of this row adds its residual in the GEMV's epilogue (linear_add): one
-    row on Triton, one dtype. RUNTIME_KERNELS_OFF=linear_add leaves the add to the next norm_linear
-    (a same-process A/B)."""
-    return x.dtype == weight.dtype and one_row(x) and enabled("linear", x) and not turned_off("linear_add")
+def residual_epilogue(x: torch.Tensor, weight: torch.Tensor, role: str) -> bool:
+    """Whether the `role` projection ("o" or "down") of this row adds its residual in the GEMV's
+    epilogue (linear_add): one row on Triton, one dtype. RUNTIME_KERNELS_OFF=linear_add (or
+    linear_add_o, linear_add_down) leaves the add to the next norm_linear (a same-process A/B)."""
+    off = turned_off("linear_add") or turned_off(f"linear_add_{role}")
+    return x.dtype == weight.dtype and one_row(x) and enabled("linear", x) and not off
 
 
 def linear_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """residual (..., N) + x (..., K) @ weight (N, K).T: one kernel where residual_epilogue says so."""
-    if residual_epilogue(x, weight):
+    """residual (..., N) + x (..., K) @ weight (N, K).T: one kernel where the GEMV runs (one row on
+    Triton, one dtype), else the reference."""
+    if x.dtype == weight.dtype and one_row(x) and enabled("linear", x):
         return linear_add_triton(x, weight, residual)
     return linear_add_ref(x, weight, residual)
 

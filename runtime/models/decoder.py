@@ -55,7 +55,7 @@ class MLP(nn.Module):
             act, x = ops.norm_linear_act(
                 h, x, norm.weight, norm.eps, norm.offset, pre_w, self.gate_up.weight, self.activation
             )
-            return _join(act, self.down, x, joins)
+            return _join(act, self.down, x, joins, "down")
         gate_up, x = _norm_linear(h, x, norm, pre, self.gate_up)
         return x, self.down_of(gate_up)
 
@@ -79,17 +79,17 @@ class DecoderLayer(nn.Module):
         and norm rides in a projection next to it; `attend` maps the packed qkv rows to the
         attention's output before o_proj."""
         qkv, x = _norm_linear(pending, x, self.attn_norm, pending_norm, self.attn.qkv)
-        x, h = _join(attend(self.attn, qkv), self.attn.o_proj, x, self.attn_out_norm is None)
+        x, h = _join(attend(self.attn, qkv), self.attn.o_proj, x, self.attn_out_norm is None, "o")
         return self.mlp(h, x, self.mlp_norm, self.attn_out_norm, self.mlp_out_norm is None)
 
 
 def _join(
-    out: torch.Tensor, linear: nn.Linear, x: torch.Tensor, joins: bool
+    out: torch.Tensor, linear: nn.Linear, x: torch.Tensor, joins: bool, role: str
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A branch's last projection of out -> (residual, pending): (x + linear(out), None) where the
     branch `joins` the residual x without a norm of its own and the GEMV adds it in its epilogue
     (ops.residual_epilogue), else (x, linear(out)) for the next norm_linear to add."""
-    if joins and linear.bias is None and ops.residual_epilogue(out, linear.weight):
+    if joins and linear.bias is None and ops.residual_epilogue(out, linear.weight, role):
         return ops.linear_add(out, linear.weight, x), None
     y = ops.linear(out, linear.weight)
     return x, (y if linear.bias is None else y + linear.bias)
