@@ -127,6 +127,7 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "residual add left to the next norm GEMV": {"RUNTIME_KERNELS_OFF": "linear_add"},
     "residual add in the down GEMV only": {"RUNTIME_KERNELS_OFF": "linear_add_o"},
     "residual add in the o GEMV only": {"RUNTIME_KERNELS_OFF": "linear_add_down"},
+    "residual add loads its rows after the loop": {"RUNTIME_GEMV_ADD_LOAD": "epilogue"},
     "first chunk late and residual add in the norm GEMV": {
         "RUNTIME_GEMV_FIRST_CHUNK": "late",
         "RUNTIME_KERNELS_OFF": "linear_add",
