@@ -244,13 +244,10 @@ def test_linear_add(poisoned, monkeypatch, lead, K, N, dtype, config):
     x, weight = rand(*lead, K, dtype=dtype), rand(N, K, dtype=dtype, scale=K**-0.5)
     residual = rand(*lead, N, dtype=dtype, scale=4.0)
     before = residual.clone()
-    want = (residual.float() + linear_triton(x, weight).float()).to(dtype)
-    for load in ("wait", "epilogue"):  # RUNTIME_GEMV_ADD_LOAD: where the residual rows are loaded
-        monkeypatch.setenv("RUNTIME_GEMV_ADD_LOAD", load)
-        y = linear_add_triton(x, weight, residual)
-        assert y.shape == residual.shape and y.dtype == dtype
-        assert torch.equal(residual, before)
-        assert_same_bits(y, want)
+    y = linear_add_triton(x, weight, residual)
+    assert y.shape == residual.shape and y.dtype == dtype
+    assert torch.equal(residual, before)
+    assert_same_bits(y, (residual.float() + linear_triton(x, weight).float()).to(dtype))
 
 
 @pytest.mark.cuda

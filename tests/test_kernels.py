@@ -391,25 +391,42 @@ def test_model_logits_triton_vs_torch(monkeypatch, family):
 @pytest.mark.parametrize("family", ["qwen3"] if INTERPRET else ["qwen3", "llama", "gemma3"])
 @pytest.mark.parametrize("dtype", [torch.float32] if INTERPRET else [torch.float32, BF16])
 def test_residual_add_in_the_branch_epilogue_changes_no_bit(monkeypatch, family, dtype):
-    """At batch 1 the o and down GEMVs of a family without sandwich norms add the residual in their
-    epilogue (linear_add) and the next norm GEMV reads one row: the same roundings as adding it
-    there, so every logit is bit-equal to RUNTIME_KERNELS_OFF=linear_add's. Gemma's branches are
-    normed before they join: it never takes the epilogue."""
+    """At batch 1 the o (by default) and down GEMVs of a family without sandwich norms add the
+    residual in their epilogue (linear_add) and the next norm GEMV reads one row: the same roundings
+    as adding it there, so every logit is bit-equal to RUNTIME_RESIDUAL_ADD=none's whichever roles
+    add. Gemma's branches are normed before they join: it never takes the epilogue."""
     model = _tiny_model(family, dtype)
     prompt = torch.randint(3, model.spec.vocab, (1, 7), device=DEVICE)
     monkeypatch.setenv("RUNTIME_KERNELS", "triton")
     calls = []
     real = ops.linear_add_triton
     monkeypatch.setattr(ops, "linear_add_triton", lambda *a: calls.append(1) or real(*a))
-    fused = _greedy_logits(model, prompt, 6)
-    taken = len(calls)
-    monkeypatch.setenv("RUNTIME_KERNELS_OFF", "linear_add")
-    pending = _greedy_logits(model, prompt, 6)
-    assert len(calls) == taken  # none with the switch off
-    # each decode step: o and down in every layer (prefill's rows take the pending add)
-    assert taken == (0 if model.spec.sandwich_norms else 6 * 2 * model.spec.layers)
-    for got, want in zip(fused, pending):
-        assert torch.equal(got, want)
+    logits = {}
+    for roles in ("none", "o,down", "down", None):  # None: the default, "o"
+        if roles is None:
+            monkeypatch.delenv("RUNTIME_RESIDUAL_ADD", raising=False)
+        else:
+            monkeypatch.setenv("RUNTIME_RESIDUAL_ADD", roles)
+        calls.clear()
+        logits[roles] = _greedy_logits(model, prompt, 6)
+        # each of the 6 decode steps: the roles' projections in every layer (prefill's rows add later)
+        per_layer = 0 if model.spec.sandwich_norms else {"none": 0, "o,down": 2}.get(roles, 1)
+        assert len(calls) == 6 * per_layer * model.spec.layers, roles
+    for roles in ("o,down", "down", None):
+        for got, want in zip(logits[roles], logits["none"]):
+            assert torch.equal(got, want), roles
+
+
+def test_residual_add_roles_refuses_unknown_ones(monkeypatch):
+    monkeypatch.delenv("RUNTIME_RESIDUAL_ADD", raising=False)
+    assert ops.residual_add_roles() == {"o"}
+    monkeypatch.setenv("RUNTIME_RESIDUAL_ADD", " down , o ")
+    assert ops.residual_add_roles() == {"o", "down"}
+    monkeypatch.setenv("RUNTIME_RESIDUAL_ADD", "none")
+    assert ops.residual_add_roles() == set()
+    monkeypatch.setenv("RUNTIME_RESIDUAL_ADD", "o,gate")
+    with pytest.raises(ValueError, match="RUNTIME_RESIDUAL_ADD.*gate"):
+        ops.residual_add_roles()
 
 
 # ---------------------------------------------------------------- dispatcher (CPU, no Triton needed)

@@ -195,7 +195,7 @@ def _launch(
         weight, y, res_out if res_out is not None else y, clock if clock is not None else y, N, K, eps,
         PROLOGUE=prologue, OFFSET=float(offset), HAS_H=x is not None, HAS_PRE=pre_w is not None, GELU=gelu,
         GATED=gated, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK=block, EARLY_CHUNK=early_first_chunk(),
-        ADD_RES=add_res, ADD_LATE=add_res and late_residual_load(), CLOCK=clock is not None,
+        ADD_RES=add_res, CLOCK=clock is not None,
         num_warps=num_warps, **pdl(weight.device),
     )  # fmt: skip
 
@@ -304,15 +304,6 @@ def linear_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- which blocks to launch
-
-
-def late_residual_load() -> bool:
-    """RUNTIME_GEMV_ADD_LOAD: where linear_add's GEMV loads the residual rows it adds: "wait" (the
-    default) right after the PDL wait, "epilogue" after the loop (same-process A/B)."""
-    choice = os.environ.get("RUNTIME_GEMV_ADD_LOAD", "wait") or "wait"
-    if choice not in ("wait", "epilogue"):
-        raise ValueError(f"RUNTIME_GEMV_ADD_LOAD={choice!r}: choose wait or epilogue")
-    return choice == "epilogue"
 
 
 def early_first_chunk() -> bool:

@@ -93,7 +93,6 @@ def _gemv_kernel(
     PDL: tl.constexpr,
     EARLY_CHUNK: tl.constexpr = False,
     ADD_RES: tl.constexpr = False,
-    ADD_LATE: tl.constexpr = False,
     CLOCK: tl.constexpr = False,
 ):
     # x: the input row (K,) (norm: h; act: gate_up (2K,)); W (N, K); y (N,). Program p owns rows
@@ -136,7 +135,7 @@ def _gemv_kernel(
     clock_mark(clock_ptr, pid, 4, pid, CLOCK)
     pdl_wait(PDL)
     clock_mark(clock_ptr, pid, 5, pid, CLOCK)
-    if ADD_RES and not ADD_LATE:  # written by an earlier kernel; loaded now, arrived by the epilogue
+    if ADD_RES:  # written by an earlier kernel; loaded now, so it has arrived by the epilogue
         res_rows = tl.load(res_ptr + rows, mask=row_mask, other=0.0)
 
     inv = 0.0
@@ -196,8 +195,6 @@ def _gemv_kernel(
         tl.store(y_ptr + outs, _gated(gate, up, GELU).to(y_ptr.dtype.element_ty), mask=outs < N)
     else:
         if ADD_RES:  # the product rounded first, then the add rounded once: residual + F.linear(x, W)
-            if ADD_LATE:  # ADD_LATE: loaded only here, after the loop
-                res_rows = tl.load(res_ptr + rows, mask=row_mask, other=0.0)
             y = (res_rows.to(tl.float32) + y.to(tl.float32)).to(res_rows.dtype)
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_mask)
     clock_mark(clock_ptr, pid, 8, pid, CLOCK)

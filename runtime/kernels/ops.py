@@ -200,12 +200,28 @@ def act_linear(gate_up: torch.Tensor, activation: str, weight: torch.Tensor) -> 
     return F.linear(gated_act(gate_up, activation), weight)
 
 
+RESIDUAL_ADD_ROLES = ("o", "down")
+
+
+def residual_add_roles() -> set[str]:
+    """RUNTIME_RESIDUAL_ADD: the batch-1 projections whose GEMV adds the residual in its epilogue
+    (linear_add), comma-separated from RESIDUAL_ADD_ROLES, or "none". Default "o": in same-process
+    A/Bs on the H100 the o GEMV's add was a tie to -10 us per step, the down GEMV's -16..-23 us on
+    Llama-3.2-1B but +22..+36 us on Qwen3-1.7B (not explained yet; notes/kernels.md)."""
+    raw = (os.environ.get("RUNTIME_RESIDUAL_ADD") or "o").strip()
+    roles = set() if raw == "none" else {r.strip() for r in raw.split(",") if r.strip()}
+    unknown = roles - set(RESIDUAL_ADD_ROLES)
+    if unknown:
+        raise ValueError(
+            f"RUNTIME_RESIDUAL_ADD={raw!r}: {sorted(unknown)} unknown; choose from {RESIDUAL_ADD_ROLES} or none"
+        )
+    return roles
+
+
 def residual_epilogue(x: torch.Tensor, weight: torch.Tensor, role: str) -> bool:
     """Whether the `role` projection ("o" or "down") of this row adds its residual in the GEMV's
-    epilogue (linear_add): one row on Triton, one dtype. RUNTIME_KERNELS_OFF=linear_add (or
-    linear_add_o, linear_add_down) leaves the add to the next norm_linear (a same-process A/B)."""
-    off = turned_off("linear_add") or turned_off(f"linear_add_{role}")
-    return x.dtype == weight.dtype and one_row(x) and enabled("linear", x) and not off
+    epilogue (linear_add): one row on Triton, one dtype, the role in residual_add_roles()."""
+    return x.dtype == weight.dtype and one_row(x) and enabled("linear", x) and role in residual_add_roles()
 
 
 def linear_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
