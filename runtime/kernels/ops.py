@@ -206,8 +206,8 @@ RESIDUAL_ADD_ROLES = ("o", "down")
 def residual_add_roles() -> set[str]:
     """RUNTIME_RESIDUAL_ADD: the batch-1 projections whose GEMV adds the residual in its epilogue
     (linear_add), comma-separated from RESIDUAL_ADD_ROLES, or "none". Default "o": in same-process
-    A/Bs on the H100 the o GEMV's add was a tie to -10 us per step, the down GEMV's -16..-23 us on
-    Llama-3.2-1B but +22..+36 us on Qwen3-1.7B (not explained yet; notes/kernels.md)."""
+    A/Bs on the H100 the o GEMV's add was -10..+3 us per step, the down GEMV's -16..-23 us on
+    Llama-3.2-1B but +16..+22 us on Qwen3-1.7B (not explained yet; notes/kernels.md)."""
     raw = (os.environ.get("RUNTIME_RESIDUAL_ADD") or "o").strip()
     roles = set() if raw == "none" else {r.strip() for r in raw.split(",") if r.strip()}
     unknown = roles - set(RESIDUAL_ADD_ROLES)
