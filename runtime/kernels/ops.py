@@ -210,31 +210,35 @@ def residual_add_roles() -> set[str]:
     Llama-3.2-1B but +16..+22 us on Qwen3-1.7B (not explained yet; notes/kernels.md)."""
     raw = (os.environ.get("RUNTIME_RESIDUAL_ADD") or "o").strip()
     roles = set() if raw == "none" else {r.strip() for r in raw.split(",") if r.strip()}
-    unknown = roles - set(RESIDUAL_ADD_ROLES)
+    unknown = sorted(roles - set(RESIDUAL_ADD_ROLES))
     if unknown:
-        raise ValueError(
-            f"RUNTIME_RESIDUAL_ADD={raw!r}: {sorted(unknown)} unknown; choose from {RESIDUAL_ADD_ROLES} or none"
-        )
+        choices = ", ".join(RESIDUAL_ADD_ROLES)
+        raise ValueError(f"RUNTIME_RESIDUAL_ADD={raw!r}: {unknown} unknown; name roles of {choices}, or none")
     return roles
+
+
+def _gemv_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether x @ weight.T runs as the batch-1 GEMV (linear, linear_add): one row on Triton, one dtype."""
+    return x.dtype == weight.dtype and one_row(x) and enabled("linear", x)
 
 
 def residual_epilogue(x: torch.Tensor, weight: torch.Tensor, role: str) -> bool:
     """Whether the `role` projection ("o" or "down") of this row adds its residual in the GEMV's
     epilogue (linear_add): one row on Triton, one dtype, the role in residual_add_roles()."""
-    return x.dtype == weight.dtype and one_row(x) and enabled("linear", x) and role in residual_add_roles()
+    return _gemv_row(x, weight) and role in residual_add_roles()
 
 
 def linear_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """residual (..., N) + x (..., K) @ weight (N, K).T: one kernel where the GEMV runs (one row on
     Triton, one dtype), else the reference."""
-    if x.dtype == weight.dtype and one_row(x) and enabled("linear", x):
+    if _gemv_row(x, weight):
         return linear_add_triton(x, weight, residual)
     return linear_add_ref(x, weight, residual)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (..., K) @ weight (N, K).T."""
-    if x.dtype == weight.dtype and one_row(x) and enabled("linear", x):
+    if _gemv_row(x, weight):
         return linear_triton(x, weight)
     if x.dtype == weight.dtype and _fused_rows(x, "linear_rows"):
         return linear_rows_triton(x, weight)
