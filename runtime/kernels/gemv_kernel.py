@@ -15,25 +15,15 @@ from runtime.kernels.rmsnorm import _apply_norm, _inv_rms, apply_norm_loaded
 
 
 @jit
-def _norm_chunk_loads(x_ptr, res_ptr, cols, mask, HAS_H: tl.constexpr):
-    """The activations behind the norm prologue's chunk at `cols`: the residual and h (the residual
-    again where there is no h: unused then)."""
-    s = tl.load(res_ptr + cols, mask=mask, other=0.0)
-    h = s
-    if HAS_H:
-        h = tl.load(x_ptr + cols, mask=mask, other=0.0)
-    return s, h
-
-
-@jit
-def _norm_weight_loads(norm_w_ptr, pre_w_ptr, cols, mask, HAS_PRE: tl.constexpr):
-    """The norm weights at `cols`: the norm's and the sandwich pre-norm's (the norm's again where
-    there is none: unused then). No kernel writes them, so they may be loaded before the PDL wait."""
-    nw = tl.load(norm_w_ptr + cols, mask=mask, other=0.0)
-    pw = nw
-    if HAS_PRE:
-        pw = tl.load(pre_w_ptr + cols, mask=mask, other=0.0)
-    return nw, pw
+def _load_pair(a_ptr, b_ptr, cols, mask, HAS_B: tl.constexpr):
+    """(a, b) at `cols`, b being a again where HAS_B is off (unused then). The norm prologue's
+    activations (the residual, h) and its weights (the norm's, the sandwich pre-norm's; no kernel
+    writes those, so they may be loaded before the PDL wait)."""
+    a = tl.load(a_ptr + cols, mask=mask, other=0.0)
+    b = a
+    if HAS_B:
+        b = tl.load(b_ptr + cols, mask=mask, other=0.0)
+    return a, b
 
 
 @jit
@@ -56,8 +46,8 @@ def _input_chunk(
     """The GEMV's input at columns `cols` (BLOCK_K,), in the dtype, with the prologue applied."""
     if PROLOGUE == 1:
         # the normed chunk again, from L2, in the reference's rounding
-        s, h = _norm_chunk_loads(x_ptr, res_ptr, cols, mask, HAS_H)
-        nw, pw = _norm_weight_loads(norm_w_ptr, pre_w_ptr, cols, mask, HAS_PRE)
+        s, h = _load_pair(res_ptr, x_ptr, cols, mask, HAS_H)
+        nw, pw = _load_pair(norm_w_ptr, pre_w_ptr, cols, mask, HAS_PRE)
         x = _normed_chunk(s, h, nw, pw, inv, inv_pre, OFFSET, HAS_H, HAS_PRE)
     elif PROLOGUE == 2:
         gate = tl.load(x_ptr + cols, mask=mask, other=0.0)
@@ -129,7 +119,7 @@ def _gemv_kernel(
     row_cols = tl.arange(0, BLOCK)
     row_mask_k = row_cols < K
     if early:
-        nw0, pw0 = _norm_weight_loads(norm_w_ptr, pre_w_ptr, cols, mask, HAS_PRE)
+        nw0, pw0 = _load_pair(norm_w_ptr, pre_w_ptr, cols, mask, HAS_PRE)
         if HAS_PRE:  # the sandwich pre-norm's weight over the whole row, for h's statistics
             pw_row = tl.load(pre_w_ptr + row_cols, mask=row_mask_k, other=0.0)
     clock_mark(clock_ptr, pid, 4, pid, CLOCK)
@@ -147,7 +137,7 @@ def _gemv_kernel(
         if HAS_H:
             h_row = tl.load(x_ptr + row_cols, mask=row_mask_k, other=0.0)
         if early:
-            s0, h0 = _norm_chunk_loads(x_ptr, res_ptr, cols, mask, HAS_H)
+            s0, h0 = _load_pair(res_ptr, x_ptr, cols, mask, HAS_H)
         if HAS_H:
             if HAS_PRE:
                 inv_pre = _inv_rms(h_row, K, eps)
