@@ -28,13 +28,12 @@ from kernel_testing import (
     rand,
 )
 
-from runtime.kernels import _triton, ops
+from runtime.kernels import _triton, gemv_blocks, ops
 from runtime.kernels import fused_linear as fl
 from runtime.kernels.activation import gated_act_ref
 from runtime.kernels.fused_linear import (
     act_linear_ref,
     act_linear_triton,
-    gemv_config,
     linear_add_triton,
     linear_ref,
     linear_triton,
@@ -43,6 +42,7 @@ from runtime.kernels.fused_linear import (
     norm_linear_ref,
     norm_linear_triton,
 )
+from runtime.kernels.gemv_blocks import gemv_config
 from runtime.kernels.gemv_tuning import candidates, tune, tune_shapes
 from runtime.kernels.rmsnorm import rms_norm_ref
 
@@ -167,7 +167,7 @@ def test_norm_linear_act(poisoned, monkeypatch, lead, K, inter, dtype, config, a
     residual = rand(*lead, K, dtype=dtype, scale=4.0)
     norm_w, pre_w = rand(K, dtype=dtype), rand(K, dtype=dtype) if mode == "sandwich" else None
     weight = rand(2 * inter, K, dtype=dtype, scale=K**-0.5)
-    planted(monkeypatch, fl.gemv_op("norm_linear_act", pre_w), 2 * inter, K, dtype, config)
+    planted(monkeypatch, gemv_blocks.gemv_op("norm_linear_act", pre_w), 2 * inter, K, dtype, config)
     y, new_res = norm_linear_act_triton(h, residual, norm_w, EPS, 0.0, pre_w, weight, activation)
     want_y, want_res = norm_linear_act_ref(h, residual, norm_w, EPS, 0.0, pre_w, weight, activation)
     assert y.shape == want_y.shape == (*lead, inter) and y.dtype == dtype
@@ -191,7 +191,7 @@ def test_early_first_chunk_changes_no_bit(poisoned, monkeypatch, K, N, dtype, co
     residual = rand(1, K, dtype=dtype, scale=4.0)
     norm_w, pre_w = rand(K, dtype=dtype), rand(K, dtype=dtype) if mode == "sandwich" else None
     weight = rand(N, K, dtype=dtype, scale=K**-0.5)
-    op = fl.gemv_op("norm_linear_act" if gated else "norm_linear", pre_w)
+    op = gemv_blocks.gemv_op("norm_linear_act" if gated else "norm_linear", pre_w)
     planted(monkeypatch, op, N, K, dtype, config)
 
     def run(order: str):
@@ -308,14 +308,17 @@ def test_gated_op_names_and_blocks(monkeypatch):
     """The sandwich pre-norm tunes apart ("_pre"), unless RUNTIME_GEMV_PRE_BLOCKS=0; a gated op
     never launches BLOCK_N 1 (its tile rows come in gate/up pairs), tuned, planted or heuristic."""
     pre = torch.ones(4)
-    assert fl.gemv_op("lm_head", None) == "lm_head" and fl.gemv_op("lm_head", pre) == "lm_head_pre"
+    assert (
+        gemv_blocks.gemv_op("lm_head", None) == "lm_head"
+        and gemv_blocks.gemv_op("lm_head", pre) == "lm_head_pre"
+    )
     monkeypatch.setenv("RUNTIME_GEMV_PRE_BLOCKS", "0")
-    assert fl.gemv_op("norm_linear_act", pre) == "norm_linear_act"
+    assert gemv_blocks.gemv_op("norm_linear_act", pre) == "norm_linear_act"
     monkeypatch.setattr(fl, "INTERPRETING", False)
     monkeypatch.setattr(fl, "_TUNED", {("norm_linear_act", 100, 64, BF16): (1, 64, 4)})
     assert fl._config("norm_linear_act", 100, 64, BF16) == (2, 64, 4)
     assert fl._config("norm_linear", 100, 64, BF16) == gemv_config(100, 64, 2, 3)
-    for op in fl.GATED_OPS:
+    for op in gemv_blocks.GATED_OPS:
         assert tune(op, 8, 2048, BF16, "cpu")[0] >= 2  # off CUDA: the heuristic, clamped
         assert all(n >= 2 for n, _, _ in candidates(op, 8, 2048, BF16))
 
@@ -323,7 +326,9 @@ def test_gated_op_names_and_blocks(monkeypatch):
 def test_tune_is_the_heuristic_off_cuda(monkeypatch):
     monkeypatch.setattr(fl, "_TUNED", {})
     for op in ("norm_linear", "act_linear", "linear"):
-        assert tune(op, 3072, 2048, BF16, "cpu") == gemv_config(3072, 2048, 2, fl._PROLOGUE_VECTORS[op])
+        assert tune(op, 3072, 2048, BF16, "cpu") == gemv_config(
+            3072, 2048, 2, gemv_blocks._PROLOGUE_VECTORS[op]
+        )
     assert fl._TUNED == {}
 
 
@@ -338,10 +343,10 @@ def test_gemv_config_is_a_sane_launch(N, K, elem_bytes, vectors):
     assert 1 <= block_n <= 16 and 16 <= block_k <= max(16, _triton.next_pow2(K)) and num_warps in (4, 8)
     if K * elem_bytes >= 512:
         assert block_k * elem_bytes >= 512  # a warp's 16-byte loads stay on one row
-    if N >= 16 * 4 * fl.SMS:
+    if N >= 16 * 4 * gemv_blocks.SMS:
         assert block_n == 16
-    elif N >= 4 * fl.SMS:
-        assert math.ceil(N / block_n) >= 2 * fl.SMS  # enough programs to fill the SMs
+    elif N >= 4 * gemv_blocks.SMS:
+        assert math.ceil(N / block_n) >= 2 * gemv_blocks.SMS  # enough programs to fill the SMs
 
 
 def _inputs() -> dict:

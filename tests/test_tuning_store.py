@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from runtime.kernels import fused_linear as fl
-from runtime.kernels import gemv_tuning, tuning_store
+from runtime.kernels import gemv_blocks, gemv_tuning, tuning_store
 from runtime.kernels.tuning_store import Card
 
 BF16 = torch.bfloat16
@@ -351,10 +351,10 @@ def test_describe_names_each_shapes_blocks_and_their_source(fresh_process, monke
         [
             f"norm_linear 3072x2048 {'/'.join(map(str, fl._TUNED[('norm_linear', 3072, 2048, BF16)]))} shipped",
             f"linear 2048x2048 {'/'.join(map(str, fl._TUNED[('linear', 2048, 2048, BF16)]))} shipped",
-            f"linear 4096x4096 {'/'.join(map(str, fl.gemv_config(4096, 4096, 2)))} heuristic",
+            f"linear 4096x4096 {'/'.join(map(str, gemv_blocks.gemv_config(4096, 4096, 2)))} heuristic",
         ]
     )
     monkeypatch.setenv("RUNTIME_GEMV_TUNE", "0")  # the launches ignore the choices then: so does the record
     assert gemv_tuning.describe(LLAMA[:1], BF16) == (
-        f"norm_linear 3072x2048 {'/'.join(map(str, fl.gemv_config(3072, 2048, 2, 3)))} heuristic"
+        f"norm_linear 3072x2048 {'/'.join(map(str, gemv_blocks.gemv_config(3072, 2048, 2, 3)))} heuristic"
     )

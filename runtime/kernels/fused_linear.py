@@ -18,42 +18,32 @@ The Triton entry points take one row (leading dims whose product is 1); more row
 here, and ops.py sends them to the prologue kernels and cuBLAS (prefill, batched decode: cuBLAS GEMM
 is the right tool there).
 
-gemv_config picks the blocks from the shape; gemv_tuning.tune() times CANDIDATE_CONFIGS on the GPU
-and its choice wins from then on (call it before graph capture: it allocates and synchronises).
+gemv_blocks.gemv_config picks the blocks from the shape; gemv_tuning.tune() times the candidates on the
+GPU and its choice wins from then on (call it before graph capture: it allocates and synchronises).
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
 from runtime.kernels._triton import INTERPRETING, cdiv, next_pow2, pdl
 from runtime.kernels.activation import ACTIVATIONS, gated_act_ref
+from runtime.kernels.gemv_blocks import (
+    _PROLOGUE_VECTORS,
+    GATED_OPS,
+    early_first_chunk,
+    gemv_config,
+    gemv_op,
+    tuning_enabled,
+)
 from runtime.kernels.gemv_kernel import _gemv_kernel
 from runtime.kernels.phase_clock import clock_buffer
 from runtime.kernels.rmsnorm import add_rms_norm_ref, rms_norm_ref
 
 MAX_NORM_K = 16384  # norm_linear holds a whole row in registers for its statistics
-SMS = 132  # H100 SXM; the heuristic only needs the order of magnitude
-
-# (BLOCK_N, BLOCK_K, num_warps) that tune() times; each compiles once per op and dtype
-# (short BLOCK_K tiles waste no lanes on K = 1152 = 9 x 128, Gemma's hidden size)
-CANDIDATE_CONFIGS = [
-    (1, 2048, 4), (2, 1024, 4), (4, 512, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4), (16, 512, 8),
-    (16, 128, 4), (32, 128, 4), (32, 256, 8), (2, 2048, 8), (1, 4096, 8),
-]  # fmt: skip
-# K-long vectors each op's prologue reloads per K step (norm: residual, h, norm_w; act: gate, up)
-# ("lm_head": norm_linear with a wider output dtype, the float32 logits, compiled and tuned apart)
-# "_pre" ops: the same with Gemma's sandwich pre-norm of h (two more row reductions and one more
-# vector per step), tuned apart since their best blocks differ (gemv_op)
-_PROLOGUE_VECTORS = {
-    "linear": 0, "norm_linear": 3, "act_linear": 2, "lm_head": 3, "norm_linear_act": 3,
-    "norm_linear_pre": 4, "lm_head_pre": 4, "norm_linear_act_pre": 4,
-}  # fmt: skip
-GATED_OPS = ("norm_linear_act", "norm_linear_act_pre")  # BLOCK_N >= 2: (gate, up) row pairs
 _TUNED: dict[tuple[str, int, int, torch.dtype], tuple[int, int, int]] = {}
 
 _NONE, _NORM, _ACT = 0, 1, 2  # the kernel's PROLOGUE
@@ -118,26 +108,6 @@ def linear_ref(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------- launch configuration
 
 
-def gemv_config(N: int, K: int, elem_bytes: int, vectors: int = 0) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps) for an (N, K) weight of elem_bytes per element.
-
-    Memory-bound: the bytes in flight are about (resident programs) x (tile bytes), so
-    - BLOCK_N: the largest power of 2 <= 16 leaving >= 4 programs per SM (>= 2 when the prologue
-      reloads `vectors` K-long vectors from L2 per step: fewer, taller programs reload them less often);
-    - BLOCK_K: a ~8 KB weight tile (128 threads x four 16-byte loads in flight each), at least 512 B
-      of each row (one warp's contiguous 16-byte loads), at most 4096 and next_pow2(K);
-    - 4 warps, 8 when the tile ends up wider than 8 KB.
-    """
-    min_programs = (2 if vectors else 4) * SMS
-    block_n = 16
-    while block_n > 1 and cdiv(N, block_n) < min_programs:
-        block_n //= 2
-    block_k = max(512 // elem_bytes, 8192 // (block_n * elem_bytes))
-    block_k = max(16, min(block_k, 4096, next_pow2(K)))
-    num_warps = 8 if block_n * block_k * elem_bytes > 8192 else 4
-    return block_n, block_k, num_warps
-
-
 def _config(op: str, N: int, K: int, dtype: torch.dtype) -> tuple[int, int, int]:
     """tune()'s choice for this shape, else the heuristic; BLOCK_K never past next_pow2(K)."""
     config = _TUNED.get((op, N, K, dtype)) if tuning_enabled() else None
@@ -148,15 +118,6 @@ def _config(op: str, N: int, K: int, dtype: torch.dtype) -> tuple[int, int, int]
         config = gemv_config(N, K, dtype.itemsize, _PROLOGUE_VECTORS[op])
     block_n, block_k, num_warps = config
     return max(block_n, 2 if op in GATED_OPS else 1), max(16, min(block_k, next_pow2(K))), num_warps
-
-
-def gemv_op(base: str, pre_w: torch.Tensor | None) -> str:
-    """The tuning name of a launch: base ("norm_linear", "lm_head", "norm_linear_act"), "_pre"
-    appended under a sandwich pre-norm, unless RUNTIME_GEMV_PRE_BLOCKS=0 (an A/B: the blocks tuned
-    without it)."""
-    if pre_w is None or os.environ.get("RUNTIME_GEMV_PRE_BLOCKS", "1") == "0":
-        return base
-    return f"{base}_pre"
 
 
 def _row(t: torch.Tensor) -> torch.Tensor:
@@ -301,22 +262,3 @@ def linear_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         _NONE, _row(x), None, None, None, weight, y, None, 0.0, 0.0, False, _config("linear", N, K, weight.dtype)
     )  # fmt: skip
     return y
-
-
-# ---------------------------------------------------------------- which blocks to launch
-
-
-def early_first_chunk() -> bool:
-    """RUNTIME_GEMV_FIRST_CHUNK: "early" (the default) has the norm GEMVs load their first input
-    chunk with the row statistics' loads (and the norm weights before the PDL wait); "late" loads
-    it after the statistics' reductions, one more L2 round trip (same-process A/B, H100: Gemma's
-    step -16..-29 us, Llama -14..+3, Qwen3 -15..+1; notes/kernels.md)."""
-    choice = os.environ.get("RUNTIME_GEMV_FIRST_CHUNK", "early") or "early"
-    if choice not in ("early", "late"):
-        raise ValueError(f"RUNTIME_GEMV_FIRST_CHUNK={choice!r}: choose early or late")
-    return choice == "early"
-
-
-def tuning_enabled() -> bool:
-    """RUNTIME_GEMV_TUNE=0 launches the heuristic's blocks even where tune() chose others."""
-    return os.environ.get("RUNTIME_GEMV_TUNE", "1") != "0"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from runtime.kernels._triton import INTERPRETING, cdiv, next_pow2
-from runtime.kernels.fused_linear import tuning_enabled
+from runtime.kernels.gemv_blocks import tuning_enabled
 
 MIN_ROWS, MAX_ROWS = 2, 16  # one row is fused_linear's; BLOCK_M = 16 is tl.dot's smallest tile
 BLOCK_M = 16

@@ -19,17 +19,7 @@ import torch
 
 from runtime.kernels import fused_linear, fused_rows, fused_rows_config, phase_clock, tuning_store
 from runtime.kernels._triton import AVAILABLE, INTERPRETING, next_pow2
-from runtime.kernels.fused_linear import (
-    _ACT,
-    _NONE,
-    _NORM,
-    _PROLOGUE_VECTORS,
-    CANDIDATE_CONFIGS,
-    GATED_OPS,
-    _launch,
-    gemv_config,
-    tuning_enabled,
-)
+from runtime.kernels.fused_linear import _ACT, _NONE, _NORM, _launch
 from runtime.kernels.fused_rows_config import (
     _OP_COST,
     MAX_ROWS,
@@ -38,6 +28,13 @@ from runtime.kernels.fused_rows_config import (
     rows_config,
 )
 from runtime.kernels.fused_rows_config import CANDIDATE_CONFIGS as ROWS_CANDIDATES
+from runtime.kernels.gemv_blocks import (
+    _PROLOGUE_VECTORS,
+    CANDIDATE_CONFIGS,
+    GATED_OPS,
+    gemv_config,
+    tuning_enabled,
+)
 
 # every timing tune() took: (op, N, K, dtype) -> {(BLOCK_N, BLOCK_K, num_warps): device us}
 TIMINGS: dict[tuple[str, int, int, torch.dtype], dict[tuple[int, int, int], float]] = {}

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from runtime.kernels import _triton
-from runtime.kernels.fused_linear import _PROLOGUE_VECTORS
+from runtime.kernels.gemv_blocks import _PROLOGUE_VECTORS
 from runtime.models.sources import cache_root
 
 FORMAT = 1  # bump when the file layout or the meaning of a config changes

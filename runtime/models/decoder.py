@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from runtime.kernels import ops
-from runtime.kernels.fused_linear import gemv_op
+from runtime.kernels.gemv_blocks import gemv_op
 from runtime.kernels.rope import inverse_frequencies
 from runtime.models.attention import Attention, KVCacheLike
 from runtime.models.folded_norms import decode_rows, folded_rows
