@@ -75,7 +75,7 @@ class DecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, T, hidden) is the residual stream; `pending` the previous layer's MLP output, not
         yet added (None: nothing to add), to be normed by `pending_norm` first (Gemma).
-        Returns (x, this layer's MLP output, None where down added it already): each residual add
+        Returns (x, this layer's MLP output or None where down added it already): each residual add
         and norm rides in a projection next to it; `attend` maps the packed qkv rows to the
         attention's output before o_proj."""
         qkv, x = _norm_linear(pending, x, self.attn_norm, pending_norm, self.attn.qkv)
