@@ -45,6 +45,13 @@ for stage in $STAGES; do
     phases) python3 -m pytest -q -p no:cacheprovider tests/test_phase_clock.py 2>&1 | tail -2
             timeout 300 python3 scripts/kernel_phases.py --kernels "${PHASE_KERNELS:-attention,gemv}" ${PHASES_ARGS:-} \
               --out "$OUT/phases.json" 2>&1 | tee "$OUT/phases.log" | grep '^[|#]' ;;
+    # the batch-1 GEMVs' phases with the residual add in the o GEMV only (the default) and in o and down:
+    # where Qwen3's down GEMV loses 1.7 us per layer with its add while Llama's gains (notes/kernels.md)
+    residual) for roles in o o,down; do
+                RUNTIME_RESIDUAL_ADD=$roles timeout 200 python3 scripts/kernel_phases.py --kernels gemv --batch 1 \
+                  --model Qwen/Qwen3-1.7B --model meta-llama/Llama-3.2-1B-Instruct --out "$OUT/phases_residual_${roles/,/_}.json" \
+                  2>&1 | tee "$OUT/phases_residual_${roles/,/_}.log" | grep '^[|#]'
+              done ;;
     kbench) python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 | tee "$OUT/bench_kernels.log" | tail -30 ;;
     chat) python3 scripts/chat_gpu_check.py "${CHAT_ARGS[@]}" 2>&1 | tee "$OUT/chat.log" | tail -8 ;;
     # the full suite, resumable: rerun the same stage (carrying results/$FULL_DIR) until it completes
