@@ -242,23 +242,25 @@ def linear_add_triton(x: torch.Tensor, weight: torch.Tensor, residual: torch.Ten
     Never in place: the residual may still be read by the kernels of this step that follow."""
     if not one_row(x) or residual.dtype != weight.dtype:
         return linear_add_ref(x, weight, residual)
-    N, K = weight.shape
-    assert residual.shape[-1] == N, (residual.shape, weight.shape)
-    y = torch.empty(residual.shape, dtype=weight.dtype, device=weight.device)
-    _launch(
-        _NONE, _row(x), _row(residual), None, None, weight, y, None, 0.0, 0.0, False,
-        _config("linear", N, K, weight.dtype), add_res=True,
-    )  # fmt: skip
-    return y
+    assert residual.shape[-1] == weight.shape[0], (residual.shape, weight.shape)
+    return _plain_launch(x, weight, residual)
 
 
 def linear_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Same contract as linear_ref; one kernel for one row, the reference for more."""
     if not one_row(x):
         return linear_ref(x, weight)
+    return _plain_launch(x, weight, None)
+
+
+def _plain_launch(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+    """The one-row launch of linear and linear_add (residual (..., N) added in the epilogue)."""
     N, K = weight.shape
-    y = torch.empty((*x.shape[:-1], N), dtype=weight.dtype, device=weight.device)
+    shape = (*x.shape[:-1], N) if residual is None else residual.shape
+    y = torch.empty(shape, dtype=weight.dtype, device=weight.device)
+    res = None if residual is None else _row(residual)
     _launch(
-        _NONE, _row(x), None, None, None, weight, y, None, 0.0, 0.0, False, _config("linear", N, K, weight.dtype)
+        _NONE, _row(x), res, None, None, weight, y, None, 0.0, 0.0, False, _config("linear", N, K, weight.dtype),
+        add_res=residual is not None,
     )  # fmt: skip
     return y
