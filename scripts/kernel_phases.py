@@ -34,7 +34,10 @@ from step_timeline import step_args, warm_runner
 
 from runtime.kernels import phase_clock
 
-COLUMNS = ("programs", "span_us", "start_median_us", "start_max_us", "program_us", "most_per_sm", "ghz")
+COLUMNS = (
+    "programs", "span_us", "start_median_us", "start_max_us", "late_share", "program_us", "most_per_sm",
+    "most_resident", "ghz",
+)  # fmt: skip
 
 
 def phases(model_id: str, batch: int, prompt: int, replays: int, capacity: int | None = None) -> list[dict]:

@@ -83,11 +83,13 @@ def main() -> None:
     ap.add_argument("--kernel", default="split", help="a part of the kernel names to build")
     ap.add_argument("--target", default="sm_90", choices=[t.name for t in compile_tests.TARGETS])
     ap.add_argument("--order", action="store_true", help="print the load order before the first loop")
+    ap.add_argument("--shipped", action="store_true", help="the GEMV blocks shipped for the target's card")
     ap.add_argument("switches", nargs="*", help="KEY=VALUE runtime switches")
     args = ap.parse_args()
     target = next(t for t in compile_tests.TARGETS if t.name == args.target)
     env = dict(s.split("=", 1) for s in args.switches)
-    with compile_tests.recording(target) as rec, compile_tests.setting(rec, "sass", env):
+    blocks = compile_tests.shipped_gemv(target.capability) if args.shipped else None
+    with compile_tests.recording(target) as rec, compile_tests.setting(rec, "sass", env, blocks):
         compile_tests.decode(compile_tests.model(args.model), args.batch)
     from triton.backends.nvidia.compiler import get_ptxas
 

@@ -35,6 +35,11 @@ def test_summary_of_synthetic_stamps():
     assert s["prologue_to_loop_us"] == 2.0
     assert s["loop_to_stored_us"] == 1.0
     assert s["most_per_sm"] == 2
+    assert s["most_resident"] == 2  # SM 5's programs overlap from 3000 to 5000 ns
+    assert s["late_share"] == 0.333  # only the start at 3000 ns is more than 1 us after the first
+    apart = stamps.clone()
+    apart[1, 1], apart[1, 2] = 6_000, 9_000  # SM 5's second program starts after the first ended
+    assert phase_clock.summarize(apart, phase_clock.MARKS["attention"])["most_resident"] == 1
     zeros = torch.zeros((3, len(phase_clock.FIELDS)), dtype=torch.int64)
     assert phase_clock.summarize(zeros, phase_clock.MARKS["gemv"]) is None
     # the GEMV's names for the same columns

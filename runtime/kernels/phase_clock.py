@@ -163,20 +163,31 @@ def summarize(stamps: torch.Tensor, marks: tuple[str, ...]) -> dict | None:
     cycles = sum(r[last] - r[3] for r in rows)
     ns_per_cycle = ns / cycles if cycles > 0 else 0.0
     first = min(r[1] for r in rows)
-    per_sm: dict[int, int] = {}
+    per_sm: dict[int, list[tuple[int, int]]] = {}  # SM -> its programs' (start, end) timer ns
     for r in rows:
-        per_sm[r[0]] = per_sm.get(r[0], 0) + 1
+        per_sm.setdefault(r[0], []).append((r[1], r[2]))
 
     def us(values: list[float]) -> float:
         return round(statistics.median(values) / 1000, 3)
 
+    # the most programs one SM held at once (their [start, end] timer intervals overlapping): where
+    # fewer fit than the grid asks, the rest start late, a partial second wave
+    resident = 0
+    for spans in per_sm.values():
+        events = sorted(e for start, end in spans for e in ((start, 1), (end, -1)))
+        held = 0
+        for _, step in events:
+            held += step
+            resident = max(resident, held)
     out = {
         "programs": len(rows),
         "span_us": round((max(r[2] for r in rows) - first) / 1000, 3),
         "start_median_us": us([r[1] - first for r in rows]),
         "start_max_us": round(max(r[1] - first for r in rows) / 1000, 3),
         "program_us": us([(r[last] - r[3]) * ns_per_cycle for r in rows]),
-        "most_per_sm": max(per_sm.values()),
+        "most_per_sm": max(len(spans) for spans in per_sm.values()),
+        "most_resident": resident,
+        "late_share": round(sum(r[1] - first > 1000 for r in rows) / len(rows), 3),
         "ghz": round(1 / ns_per_cycle, 3) if ns_per_cycle else None,
     }
     for i, name in enumerate(marks[1:], start=4):
