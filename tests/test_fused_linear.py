@@ -211,6 +211,40 @@ def test_early_first_chunk_changes_no_bit(poisoned, monkeypatch, K, N, dtype, co
         assert_linear_close(y_early, rms_norm_ref(want_res, norm_w, EPS, 0.0), weight)
 
 
+@kernel_test
+@pytest.mark.parametrize("gated", [False, True])
+@pytest.mark.parametrize("K,N,dtype,config", cases(
+    full=[(2048, 4096, BF16, (4, 512, 4)), (1152, 13824, BF16, (16, 256, 4)), (2048, 3072, BF16, (2, 1024, 4)),
+          (1000, 37, F16, (8, 128, 4)), (77, 6, F32, (2, 32, 4))],
+    small=[(1000, 37, BF16, (8, 128, 4)), (77, 6, F32, (2, 32, 4))],
+))  # fmt: skip
+def test_first_tile_after_row_changes_no_bit(poisoned, monkeypatch, K, N, dtype, config, gated):
+    """RUNTIME_GEMV_FIRST_TILE=after_row moves the norm GEMVs' first weight load, not arithmetic: the
+    outputs and new residual equal the default order's bit for bit (sandwich norm included), and the
+    product stays the reference's (a first tile from the wrong columns fails both)."""
+    weight = rand(2 * N if gated else N, K, dtype=dtype, scale=K**-0.5)
+    h, residual = rand(1, K, dtype=dtype), rand(1, K, dtype=dtype, scale=4.0)
+    norm_w, pre_w = rand(K, dtype=dtype), rand(K, dtype=dtype)
+    op = gemv_blocks.gemv_op("norm_linear_act" if gated else "norm_linear", pre_w)
+    planted(monkeypatch, op, weight.shape[0], K, dtype, config)
+
+    def run(choice: str):
+        monkeypatch.setenv("RUNTIME_GEMV_FIRST_TILE", choice)
+        if gated:
+            return norm_linear_act_triton(h, residual, norm_w, EPS, 1.0, pre_w, weight, "gelu_tanh")
+        return norm_linear_triton(h, residual, norm_w, EPS, 1.0, pre_w, weight)
+
+    (y_early, res_early), (y_late, res_late) = run("early"), run("after_row")
+    assert_same_bits(y_late, y_early)
+    assert_same_bits(res_late, res_early)
+    if gated:
+        want_y, _ = norm_linear_act_ref(h, residual, norm_w, EPS, 1.0, pre_w, weight, "gelu_tanh")
+        assert_matches(y_late, want_y, dtype, scale=2.0)
+    else:
+        _, want_res = norm_linear_ref(h, residual, norm_w, EPS, 1.0, pre_w, weight)
+        assert_linear_close(y_late, rms_norm_ref(want_res, norm_w, EPS, 1.0), weight)
+
+
 # (leading dims, K, N, dtype, config); the GPU list holds every dev projection shape, and the Gemma
 # LM head (N * K past 2^28: the row offsets must not wrap)
 LINEAR_CASES = cases(
@@ -321,6 +355,28 @@ def test_gated_op_names_and_blocks(monkeypatch):
     for op in gemv_blocks.GATED_OPS:
         assert tune(op, 8, 2048, BF16, "cpu")[0] >= 2  # off CUDA: the heuristic, clamped
         assert all(n >= 2 for n, _, _ in candidates(op, 8, 2048, BF16))
+
+
+def test_gemv_switches_refuse_typos(monkeypatch):
+    """RUNTIME_GEMV_FIRST_TILE and RUNTIME_GEMV_BLOCKS: early / empty by default; an override names
+    one launch (op and shape) and wins over tune()'s choice; a malformed value is refused by name."""
+    for name in ("RUNTIME_GEMV_FIRST_TILE", "RUNTIME_GEMV_BLOCKS"):
+        monkeypatch.delenv(name, raising=False)
+    assert not gemv_blocks.tile_after_row() and gemv_blocks.block_override("linear", 2048, 8192) is None
+    monkeypatch.setenv("RUNTIME_GEMV_FIRST_TILE", "after_row")
+    assert gemv_blocks.tile_after_row()
+    monkeypatch.setenv("RUNTIME_GEMV_FIRST_TILE", "late")
+    with pytest.raises(ValueError, match="RUNTIME_GEMV_FIRST_TILE='late'"):
+        gemv_blocks.tile_after_row()
+    monkeypatch.setenv(
+        "RUNTIME_GEMV_BLOCKS", "norm_linear_act:12288x2048=16/256/4; linear:2048x8192=4/2048/8"
+    )
+    planted(monkeypatch, "linear", 2048, 8192, BF16, (1, 4096, 8))
+    assert fl._config("linear", 2048, 8192, BF16) == (4, 2048, 8)
+    assert fl._config("linear", 2048, 6144, BF16) != (4, 2048, 8)  # another shape: not named
+    monkeypatch.setenv("RUNTIME_GEMV_BLOCKS", "linear:2048x8192=4,2048,8")
+    with pytest.raises(ValueError, match="op:NxK=BLOCK_N/BLOCK_K/warps"):
+        gemv_blocks.block_override("linear", 2048, 8192)
 
 
 def test_tune_is_the_heuristic_off_cuda(monkeypatch):

@@ -343,14 +343,14 @@ def test_qkv_decode_attention_with_folded_norm(poisoned, B, H, Hkv, D, S, norm, 
 # ---------------------------------------------------------------- the whole model on Triton kernels
 
 
-def _tiny_model(family: str, dtype: torch.dtype):
+def _tiny_model(family: str, dtype: torch.dtype, device: str = DEVICE):
     """A tiny random model of `family` whose norms are off identity too, so every weight matters."""
     from tiny_configs import tiny_config
 
     from runtime.models.spec import ModelSpec
     from runtime.models.weights import random_model
 
-    model = random_model(ModelSpec.from_hf(tiny_config(family)), DEVICE, dtype)
+    model = random_model(ModelSpec.from_hf(tiny_config(family)), device, dtype)
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0, 0.2)
@@ -361,11 +361,11 @@ def _greedy_logits(model, prompt: torch.Tensor, steps: int) -> list[torch.Tensor
     """The prompt's logits (T, V), then each greedy decode step's (1, V), under the current switches."""
     from runtime.engine.state import KVCache
 
-    cache = KVCache(model.spec, 1, 32, DEVICE, model.dtype)
+    cache = KVCache(model.spec, 1, 32, prompt.device, model.dtype)
     logits = [model.prefill(prompt, cache, all_logits=True)[0]]
     token = logits[0][-1:].argmax(-1)
     for pos in range(prompt.shape[1], prompt.shape[1] + steps):
-        logits.append(model.decode(token, torch.tensor([pos], device=DEVICE), cache))
+        logits.append(model.decode(token, torch.tensor([pos], device=prompt.device), cache))
         token = logits[-1].argmax(-1)
     return logits
 
@@ -417,6 +417,51 @@ def test_residual_add_in_the_branch_epilogue_changes_no_bit(monkeypatch, family,
             assert torch.equal(got, want), roles
 
 
+@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
+def test_only_the_qkv_gemv_may_release_early(monkeypatch, family):
+    """Each layer's qkv GEMV asks for the early release (attention_plan.qkv_releases_early decides
+    at launch); no other norm GEMV does (gate/up, the LM head). On the CPU the reference runs: the
+    request is only recorded."""
+    model = _tiny_model(family, torch.float32, "cpu")
+    prompt = torch.randint(3, model.spec.vocab, (1, 5))
+    flags = []
+    real = ops.norm_linear
+
+    def spy(*args, **kwargs):
+        if args[1].numel() == model.spec.hidden:  # a decode row (prefill's rows are no batch-1 GEMV)
+            flags.append((any(args[6] is w for w in qkv), kwargs.get("early_release", False)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "norm_linear", spy)
+    qkv = [layer.attn.qkv.weight for layer in model.layers]
+    _greedy_logits(model, prompt, 2)
+    assert sum(is_qkv for is_qkv, _ in flags) == 2 * model.spec.layers
+    assert any(not is_qkv for is_qkv, _ in flags)  # the LM head at least
+    assert all(flag == is_qkv for is_qkv, flag in flags)
+
+
+def test_qkv_releases_early_where_its_programs_fit(monkeypatch):
+    """RUNTIME_QKV_PDL: "auto" releases early up to QKV_EARLY_PER_SM programs per SM (Qwen3's 1024 qkv
+    programs on 132 SMs: yes; Llama's 1536: no), "early" and "late" force it, a typo is refused."""
+    from runtime.kernels import attention_plan
+
+    monkeypatch.setattr(attention_plan, "sm_count", lambda device: 132)
+    cuda = torch.device("cuda", 0)
+    monkeypatch.delenv("RUNTIME_QKV_PDL", raising=False)
+    assert attention_plan.qkv_releases_early(1024, cuda) and attention_plan.qkv_releases_early(384, cuda)
+    assert not attention_plan.qkv_releases_early(1536, cuda)
+    assert attention_plan.qkv_releases_early(8 * 132, cuda) and not attention_plan.qkv_releases_early(
+        8 * 132 + 1, cuda
+    )
+    monkeypatch.setenv("RUNTIME_QKV_PDL", "early")
+    assert attention_plan.qkv_releases_early(1536, cuda)
+    monkeypatch.setenv("RUNTIME_QKV_PDL", "late")
+    assert not attention_plan.qkv_releases_early(384, cuda)
+    monkeypatch.setenv("RUNTIME_QKV_PDL", "soon")
+    with pytest.raises(ValueError, match="RUNTIME_QKV_PDL"):
+        attention_plan.qkv_releases_early(384, cuda)
+
+
 def test_residual_add_roles_refuses_unknown_ones(monkeypatch):
     monkeypatch.delenv("RUNTIME_RESIDUAL_ADD", raising=False)
     assert ops.residual_add_roles() == {"o"}
@@ -443,6 +488,7 @@ def test_merge_launch_releases_early_only_under_pdl(monkeypatch):
     monkeypatch.setenv("RUNTIME_MERGE_PDL", "early")
     assert merge_launch(on) == {"PDL": 1, "launch_pdl": True} and merge_launch(off) == off
     assert on == {"PDL": 2, "launch_pdl": True}  # the step's own arguments untouched
+    assert _triton.released_early(on) == {"PDL": 1, "launch_pdl": True} and _triton.released_early(off) == off
     monkeypatch.setenv("RUNTIME_MERGE_PDL", "soon")
     with pytest.raises(ValueError, match="RUNTIME_MERGE_PDL"):
         merge_launch(on)

@@ -101,6 +101,12 @@ def pdl(device: torch.device) -> dict[str, int | bool]:
     return {"PDL": mode, "launch_pdl": True}
 
 
+def released_early(launch: dict[str, int | bool]) -> dict[str, int | bool]:
+    """A pdl() launch changed to the early release (right after the kernel's wait) where PDL is on:
+    for one kernel whose dependent has loads worth starting while it drains."""
+    return {**launch, "PDL": PDL_MODES["early"]} if launch.get("PDL") else launch
+
+
 @jit
 def pdl_wait(PDL: tl.constexpr):
     """Wait for the previous kernel (its writes are visible after this); in the early mode, then let
@@ -135,6 +141,7 @@ __all__ = [
     "next_pow2",
     "pdl",
     "pdl_release",
+    "released_early",
     "pdl_wait",
     "tl",
     "triton",

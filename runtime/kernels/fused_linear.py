@@ -29,14 +29,17 @@ import math
 import torch
 import torch.nn.functional as F
 
-from runtime.kernels._triton import INTERPRETING, cdiv, next_pow2, pdl
+from runtime.kernels._triton import INTERPRETING, cdiv, next_pow2, pdl, released_early
 from runtime.kernels.activation import ACTIVATIONS, gated_act_ref
+from runtime.kernels.attention_plan import qkv_releases_early
 from runtime.kernels.gemv_blocks import (
     _PROLOGUE_VECTORS,
     GATED_OPS,
+    block_override,
     early_first_chunk,
     gemv_config,
     gemv_op,
+    tile_after_row,
     tuning_enabled,
 )
 from runtime.kernels.gemv_kernel import _gemv_kernel
@@ -110,7 +113,7 @@ def linear_ref(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def _config(op: str, N: int, K: int, dtype: torch.dtype) -> tuple[int, int, int]:
     """tune()'s choice for this shape, else the heuristic; BLOCK_K never past next_pow2(K)."""
-    config = _TUNED.get((op, N, K, dtype)) if tuning_enabled() else None
+    config = block_override(op, N, K) or (_TUNED.get((op, N, K, dtype)) if tuning_enabled() else None)
     if config is None and INTERPRETING:
         # NumPy runs the programs one after another: a few big ones (the tests plant GPU-like blocks)
         return min(64, next_pow2(N)), max(16, min(512, next_pow2(K))), 4
@@ -132,10 +135,13 @@ def one_row(t: torch.Tensor) -> bool:
 
 
 def _launch(
-    prologue, x, res, norm_w, pre_w, weight, y, res_out, eps, offset, gelu, config, gated=False, add_res=False
-) -> None:
+    prologue, x, res, norm_w, pre_w, weight, y, res_out, eps, offset, gelu, config, gated=False, add_res=False,
+    early_release=False,
+) -> None:  # fmt: skip
     """x, res: (K,) rows (x is (2K,) for act); y (N,) ((N / 2,) gated: weight is [gate | up]);
-    res_out (K,) or None; add_res: res is (N,) and y = res + the product (plain prologue only)."""
+    res_out (K,) or None; add_res: res is (N,) and y = res + the product (plain prologue only);
+    early_release: the GEMV feeding the attention, which may launch right after this one's wait
+    (_triton.released_early) where attention_plan.qkv_releases_early says so."""
     assert weight.dim() == 2 and weight.is_contiguous(), "W must be a contiguous (N, K) nn.Linear weight"
     N, K = weight.shape
     N = N // 2 if gated else N  # the outputs
@@ -150,14 +156,17 @@ def _launch(
         + (" add" if add_res else "")
     )
     clock = clock_buffer("gemv", f"gemv {kind} {weight.shape[0]}x{K}", programs, weight.device)
+    launch = pdl(weight.device)
+    if early_release and launch["PDL"] and qkv_releases_early(programs, weight.device):
+        launch = released_early(launch)
     _gemv_kernel[(programs,)](
         x if x is not None else dummy, res if res is not None else dummy,
         norm_w if norm_w is not None else dummy, pre_w if pre_w is not None else dummy,
         weight, y, res_out if res_out is not None else y, clock if clock is not None else y, N, K, eps,
         PROLOGUE=prologue, OFFSET=float(offset), HAS_H=x is not None, HAS_PRE=pre_w is not None, GELU=gelu,
         GATED=gated, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK=block, EARLY_CHUNK=early_first_chunk(),
-        ADD_RES=add_res, CLOCK=clock is not None,
-        num_warps=num_warps, **pdl(weight.device),
+        ADD_RES=add_res, CLOCK=clock is not None, TILE_AFTER_ROW=tile_after_row(),
+        num_warps=num_warps, **launch,
     )  # fmt: skip
 
 
@@ -173,14 +182,15 @@ def norm_linear_triton(
     pre_w: torch.Tensor | None,
     weight: torch.Tensor,
     out_dtype: torch.dtype | None = None,
+    early_release: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as norm_linear_ref (one dtype throughout); one kernel for one row, the reference
-    for more rows or K > MAX_NORM_K."""
+    for more rows or K > MAX_NORM_K. early_release: see _launch."""
     K = residual.shape[-1]
     if not one_row(residual) or K > MAX_NORM_K:
         return norm_linear_ref(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype)
     op = "norm_linear" if (out_dtype or weight.dtype) == weight.dtype else "lm_head"
-    return _norm_launch(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype, op, None)
+    return _norm_launch(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype, op, None, early_release)
 
 
 def norm_linear_act_triton(
@@ -203,8 +213,9 @@ def norm_linear_act_triton(
 
 
 def _norm_launch(
-    h, residual, norm_w, eps, offset, pre_w, weight, out_dtype, op: str, activation: str | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+    h, residual, norm_w, eps, offset, pre_w, weight, out_dtype, op: str, activation: str | None,
+    early_release: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The one-row launch of norm_linear (activation None) and norm_linear_act (the gated epilogue:
     weight (2I, K), I outputs): (y, residual + h'), the residual itself when h is None."""
     N, K = weight.shape
@@ -216,7 +227,7 @@ def _norm_launch(
     _launch(
         _NORM, _row(h) if h is not None else None, _row(residual), norm_w, pre_w, weight, y,
         new_residual if h is not None else None, eps, offset, activation == "gelu_tanh",
-        _config(gemv_op(op, pre_w), N, K, weight.dtype), gated=activation is not None,
+        _config(gemv_op(op, pre_w), N, K, weight.dtype), gated=activation is not None, early_release=early_release,
     )  # fmt: skip
     return y, new_residual
 

@@ -70,6 +70,35 @@ def early_first_chunk() -> bool:
     return choice == "early"
 
 
+def tile_after_row() -> bool:
+    """RUNTIME_GEMV_FIRST_TILE: "early" (the default) has every GEMV load its first weight tile before
+    the PDL wait; "after_row" has the norm GEMVs load it after their row statistics' loads."""
+    choice = os.environ.get("RUNTIME_GEMV_FIRST_TILE", "early") or "early"
+    if choice not in ("early", "after_row"):
+        raise ValueError(f"RUNTIME_GEMV_FIRST_TILE={choice!r}: choose early or after_row")
+    return choice == "after_row"
+
+
+def block_override(op: str, N: int, K: int) -> tuple[int, int, int] | None:
+    """RUNTIME_GEMV_BLOCKS, for in-graph A/Bs of block choices: entries "op:NxK=BLOCK_N/BLOCK_K/warps"
+    separated by spaces or semicolons (e.g. "norm_linear_act:12288x2048=16/256/4"); the blocks of
+    that launch, whatever tune() chose."""
+    raw = os.environ.get("RUNTIME_GEMV_BLOCKS", "")
+    for entry in raw.replace(";", " ").split():
+        try:
+            key, value = entry.split("=")
+            name, shape = key.split(":")
+            n, k = (int(v) for v in shape.split("x"))
+            block_n, block_k, warps = (int(v) for v in value.split("/"))
+        except ValueError:
+            raise ValueError(
+                f"RUNTIME_GEMV_BLOCKS entry {entry!r}: write op:NxK=BLOCK_N/BLOCK_K/warps"
+            ) from None
+        if (name, n, k) == (op, N, K):
+            return block_n, block_k, warps
+    return None
+
+
 def tuning_enabled() -> bool:
     """RUNTIME_GEMV_TUNE=0 launches the heuristic's blocks even where tune() chose others."""
     return os.environ.get("RUNTIME_GEMV_TUNE", "1") != "0"

@@ -27,6 +27,14 @@ def _load_pair(a_ptr, b_ptr, cols, mask, HAS_B: tl.constexpr):
 
 
 @jit
+def _weight_tile(w_rows, row_mask, cols, K):
+    """W's (BLOCK_N, BLOCK_K) tile at `cols` (zero past K). W is read once per step: evict-first, so it
+    does not push the activations out of L2."""
+    mask = row_mask[:, None] & (cols < K)[None, :]
+    return tl.load(w_rows + cols[None, :], mask=mask, other=0.0, eviction_policy="evict_first")
+
+
+@jit
 def _normed_chunk(
     s, h, nw, pw, inv, inv_pre, OFFSET: tl.constexpr, HAS_H: tl.constexpr, HAS_PRE: tl.constexpr
 ):
@@ -84,6 +92,7 @@ def _gemv_kernel(
     EARLY_CHUNK: tl.constexpr = False,
     ADD_RES: tl.constexpr = False,
     CLOCK: tl.constexpr = False,
+    TILE_AFTER_ROW: tl.constexpr = False,
 ):
     # x: the input row (K,) (norm: h; act: gate_up (2K,)); W (N, K); y (N,). Program p owns rows
     # [p * BLOCK_N, (p + 1) * BLOCK_N); int64 row offsets since N * K may pass 2^31.
@@ -106,12 +115,12 @@ def _gemv_kernel(
     # previous kernel's tail (for the small projections, most of the weight is in flight then)
     cols = tl.arange(0, BLOCK_K)
     mask = cols < K
-    w = tl.load(
-        w_rows + cols[None, :],
-        mask=row_mask[:, None] & mask[None, :],
-        other=0.0,
-        eviction_policy="evict_first",
-    )
+    # TILE_AFTER_ROW (norm prologue): the first tile goes out after the row statistics' loads
+    # instead, so those L2 reads do not queue behind its DRAM reads (a program's wait returns at
+    # once, the previous kernel having ended as it became resident: nothing overlaps the tile)
+    tile_after_row: tl.constexpr = PROLOGUE == 1 and TILE_AFTER_ROW
+    if not tile_after_row:
+        w = _weight_tile(w_rows, row_mask, cols, K)
     # EARLY_CHUNK (norm prologue): the norm weights the statistics and the first chunk need are
     # loaded before the wait (no kernel writes them), the first chunk's activations with the row's,
     # so no load waits behind the statistics' reductions (each a barrier, then one more round trip)
@@ -138,6 +147,8 @@ def _gemv_kernel(
             h_row = tl.load(x_ptr + row_cols, mask=row_mask_k, other=0.0)
         if early:
             s0, h0 = _load_pair(res_ptr, x_ptr, cols, mask, HAS_H)
+        if tile_after_row:
+            w = _weight_tile(w_rows, row_mask, cols, K)
         if HAS_H:
             if HAS_PRE:
                 inv_pre = _inv_rms(h_row, K, eps)
@@ -167,12 +178,7 @@ def _gemv_kernel(
         x = _input_chunk(
             x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU
         )  # fmt: skip
-        w = tl.load(
-            w_rows + cols[None, :],
-            mask=row_mask[:, None] & mask[None, :],
-            other=0.0,
-            eviction_policy="evict_first",
-        )
+        w = _weight_tile(w_rows, row_mask, cols, K)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     if CLOCK:  # once the whole tile is summed
         clock_mark(clock_ptr, pid, 7, tl.sum(tl.sum(acc, axis=1), axis=0), CLOCK)

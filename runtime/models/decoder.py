@@ -78,7 +78,7 @@ class DecoderLayer(nn.Module):
         Returns (x, this layer's MLP output or None where down added it already): each residual add
         and norm rides in a projection next to it; `attend` maps the packed qkv rows to the
         attention's output before o_proj."""
-        qkv, x = _norm_linear(pending, x, self.attn_norm, pending_norm, self.attn.qkv)
+        qkv, x = _norm_linear(pending, x, self.attn_norm, pending_norm, self.attn.qkv, early_release=True)
         x, h = _join(attend(self.attn, qkv), self.attn.o_proj, x, self.attn_out_norm is None, "o")
         return self.mlp(h, x, self.mlp_norm, self.attn_out_norm, self.mlp_out_norm is None)
 
@@ -101,11 +101,20 @@ def _pick(h: torch.Tensor | None, rows) -> torch.Tensor | None:
 
 
 def _norm_linear(
-    h: torch.Tensor | None, x: torch.Tensor, norm: RMSNorm, pre: RMSNorm | None, linear: nn.Linear
+    h: torch.Tensor | None,
+    x: torch.Tensor,
+    norm: RMSNorm,
+    pre: RMSNorm | None,
+    linear: nn.Linear,
+    early_release: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (linear(norm(x + pre(h))), x + pre(h)); h None (the first layer) adds nothing."""
+    """-> (linear(norm(x + pre(h))), x + pre(h)); h None (the first layer) adds nothing.
+    early_release: the GEMV may let the kernel after it launch early (ops.norm_linear): the qkv
+    projection, whose attention has K/V blocks to load."""
     pre_w = None if pre is None else pre.weight
-    y, x = ops.norm_linear(h, x, norm.weight, norm.eps, norm.offset, pre_w, linear.weight)
+    y, x = ops.norm_linear(
+        h, x, norm.weight, norm.eps, norm.offset, pre_w, linear.weight, early_release=early_release
+    )
     return (y if linear.bias is None else y + linear.bias), x
 
 
