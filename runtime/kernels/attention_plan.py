@@ -120,17 +120,18 @@ def merge_launch(launch: dict) -> dict:
     return released_early(launch) if choice == "early" else launch
 
 
-QKV_EARLY_PER_SM = 8  # the most qkv GEMV programs per SM at which it releases the attention early
+QKV_EARLY_PER_SM = 4  # the most qkv GEMV programs per SM at which it releases the attention early
 
 
 def qkv_releases_early(programs: int, device: torch.device) -> bool:
     """Whether the batch-1 qkv GEMV (`programs` of them) lets the attention launch right after its own
-    wait instead of after its loop: split programs then take the SM slots of qkv programs as they
-    leave and load their first K/V block while the GEMV drains. That pays where every qkv program
-    is resident from the start; where some wait for a slot, the attention's programs take it
-    first. H100, same-process A/B: Gemma (384 programs, 2.9 per SM) -22 us per step, Qwen3 (1024,
-    7.8) -9..-15 us near position 2000 and within the noise near 300, Llama (1536, 11.6) +26 us.
-    RUNTIME_QKV_PDL: "auto" (the default: at most QKV_EARLY_PER_SM programs per SM), "early", "late"."""
+    wait instead of after its loop: split programs then take SM slots as qkv programs leave and run
+    their loads (the first K/V block, the norm weights and rope tables) and Gemma's long prologue
+    while the GEMV drains. H100, same-process A/Bs against the late release, us per step: Gemma
+    (384 programs, 2.9 per SM) -19..-22 near position 300; Qwen3 (1024, 7.8 per SM) +14 near 300
+    but -9..-15 near 2000 (the K/V blocks come from DRAM there, not L2); Llama (1536, 11.6 per SM,
+    some waiting for a slot) +26. RUNTIME_QKV_PDL: "auto" (the default: at most QKV_EARLY_PER_SM
+    programs per SM), "early", "late"."""
     choice = os.environ.get("RUNTIME_QKV_PDL", "auto") or "auto"
     if choice not in ("auto", "late", "early"):
         raise ValueError(f"RUNTIME_QKV_PDL={choice!r}: choose auto, late or early")
