@@ -441,18 +441,17 @@ def test_only_the_qkv_gemv_may_release_early(monkeypatch, family):
 
 
 def test_qkv_releases_early_where_its_programs_fit(monkeypatch):
-    """RUNTIME_QKV_PDL: "auto" releases early up to QKV_EARLY_PER_SM programs per SM (Qwen3's 1024 qkv
-    programs on 132 SMs: yes; Llama's 1536: no), "early" and "late" force it, a typo is refused."""
+    """RUNTIME_QKV_PDL: "auto" releases early up to QKV_EARLY_PER_SM programs per SM (Gemma's 384 qkv
+    programs on 132 SMs: yes; Qwen3's 1024 and Llama's 1536: no), "early" and "late" force it, a
+    typo is refused."""
     from runtime.kernels import attention_plan
 
     monkeypatch.setattr(attention_plan, "sm_count", lambda device: 132)
     cuda = torch.device("cuda", 0)
     monkeypatch.delenv("RUNTIME_QKV_PDL", raising=False)
-    assert attention_plan.qkv_releases_early(1024, cuda) and attention_plan.qkv_releases_early(384, cuda)
-    assert not attention_plan.qkv_releases_early(1536, cuda)
-    assert attention_plan.qkv_releases_early(8 * 132, cuda) and not attention_plan.qkv_releases_early(
-        8 * 132 + 1, cuda
-    )
+    early = lambda programs: attention_plan.qkv_releases_early(programs, cuda)  # noqa: E731
+    assert early(384) and early(4 * 132)
+    assert not early(4 * 132 + 1) and not early(1024) and not early(1536)
     monkeypatch.setenv("RUNTIME_QKV_PDL", "early")
     assert attention_plan.qkv_releases_early(1536, cuda)
     monkeypatch.setenv("RUNTIME_QKV_PDL", "late")
