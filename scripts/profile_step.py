@@ -53,6 +53,7 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "PDL released early and attention 4 warps": {"RUNTIME_PDL": "early", "RUNTIME_ATTN_WARPS": "4"},
     "qkv GEMV releases early": {"RUNTIME_QKV_PDL": "early"},
     "qkv GEMV releases late": {"RUNTIME_QKV_PDL": "late"},
+    "qkv GEMV releases early past the L2 position": {"RUNTIME_QKV_PDL": "long"},
     "qkv GEMV releases early and attention 4 warps": {"RUNTIME_QKV_PDL": "early", "RUNTIME_ATTN_WARPS": "4"},
     "attention 4 programs per SM": {"RUNTIME_ATTN_PER_SM": "4"},
     "attention 1 program per SM": {"RUNTIME_ATTN_PER_SM": "1"},

@@ -419,46 +419,98 @@ def test_residual_add_in_the_branch_epilogue_changes_no_bit(monkeypatch, family,
 
 @pytest.mark.parametrize("family", ["qwen3", "gemma3"])
 def test_only_the_qkv_gemv_may_release_early(monkeypatch, family):
-    """Each layer's qkv GEMV asks for the early release (attention_plan.qkv_releases_early decides
-    at launch); no other norm GEMV does (gate/up, the LM head). On the CPU the reference runs: the
-    request is only recorded."""
+    """At decode each layer's qkv GEMV gets the step's QkvRelease (the row's positions and the
+    position where its K/V outgrow L2), which attention_plan.qkv_release turns into a release point
+    at launch; no other norm GEMV gets one (gate/up, the LM head), nor does prefill. On the CPU the
+    reference runs: the argument is only recorded."""
+    from runtime.kernels.attention_plan import NEVER, QkvRelease
+
     model = _tiny_model(family, torch.float32, "cpu")
     prompt = torch.randint(3, model.spec.vocab, (1, 5))
-    flags = []
+    seen = []
     real = ops.norm_linear
 
     def spy(*args, **kwargs):
-        if args[1].numel() == model.spec.hidden:  # a decode row (prefill's rows are no batch-1 GEMV)
-            flags.append((any(args[6] is w for w in qkv), kwargs.get("early_release", False)))
+        seen.append(
+            (any(args[6] is w for w in qkv), args[1].numel() == model.spec.hidden, kwargs.get("release"))
+        )
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ops, "norm_linear", spy)
     qkv = [layer.attn.qkv.weight for layer in model.layers]
     _greedy_logits(model, prompt, 2)
-    assert sum(is_qkv for is_qkv, _ in flags) == 2 * model.spec.layers
-    assert any(not is_qkv for is_qkv, _ in flags)  # the LM head at least
-    assert all(flag == is_qkv for is_qkv, flag in flags)
+    decode_qkv = [r for is_qkv, one_row, r in seen if is_qkv and one_row]
+    assert len(decode_qkv) == 2 * model.spec.layers
+    assert all(
+        isinstance(r, QkvRelease) and r.from_position == NEVER for r in decode_qkv
+    )  # no L2 off the GPU
+    assert [p for r in decode_qkv for p in r.positions.tolist()] == [5] * model.spec.layers + [
+        6
+    ] * model.spec.layers
+    assert all(r is None for is_qkv, one_row, r in seen if not (is_qkv and one_row))
+    assert any(not is_qkv for is_qkv, _, _ in seen)  # the LM head at least
 
 
-def test_qkv_releases_early_where_its_programs_fit(monkeypatch):
+def test_qkv_release_point_from_the_grid(monkeypatch):
     """RUNTIME_QKV_PDL: "auto" releases early up to QKV_EARLY_PER_SM programs per SM (Gemma's 384 qkv
-    programs on 132 SMs: yes; Qwen3's 1024 and Llama's 1536: no), "early" and "late" force it, a
-    typo is refused."""
+    programs on 132 SMs), from the L2 spill position on up to QKV_LONG_PER_SM (Qwen3's 1024), late
+    past that (Llama's 1536); "early", "long" and "late" force one; a typo is refused."""
     from runtime.kernels import attention_plan
 
     monkeypatch.setattr(attention_plan, "sm_count", lambda device: 132)
     cuda = torch.device("cuda", 0)
     monkeypatch.delenv("RUNTIME_QKV_PDL", raising=False)
-    early = lambda programs: attention_plan.qkv_releases_early(programs, cuda)  # noqa: E731
-    assert early(384) and early(4 * 132)
-    assert not early(4 * 132 + 1) and not early(1024) and not early(1536)
-    monkeypatch.setenv("RUNTIME_QKV_PDL", "early")
-    assert attention_plan.qkv_releases_early(1536, cuda)
-    monkeypatch.setenv("RUNTIME_QKV_PDL", "late")
-    assert not attention_plan.qkv_releases_early(384, cuda)
+    when = lambda programs: attention_plan.qkv_release(programs, cuda)  # noqa: E731
+    assert when(384) == when(4 * 132) == "early"
+    assert when(4 * 132 + 1) == when(1024) == when(8 * 132) == "long"
+    assert when(8 * 132 + 1) == when(1536) == "late"
+    for forced in ("early", "long", "late"):
+        monkeypatch.setenv("RUNTIME_QKV_PDL", forced)
+        assert when(1536) == when(384) == forced
     monkeypatch.setenv("RUNTIME_QKV_PDL", "soon")
     with pytest.raises(ValueError, match="RUNTIME_QKV_PDL"):
-        attention_plan.qkv_releases_early(384, cuda)
+        when(384)
+
+
+def test_l2_spill_position(monkeypatch):
+    """The first position whose K/V (all layers without a window) passes the card's L2: Qwen3-1.7B's
+    28 layers x 8 kv heads x 128 x 2 (k, v) x 2 bytes = 114688 bytes a position in a 50 MiB L2 -> 458;
+    never off the GPU or without such layers."""
+    from types import SimpleNamespace
+
+    from runtime.kernels import attention_plan
+
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda device: SimpleNamespace(L2_cache_size=50 << 20)
+    )
+    cuda = torch.device("cuda", 0)
+    assert attention_plan.l2_spill_position(114688, cuda) == 458
+    assert attention_plan.l2_spill_position(0, cuda) == attention_plan.NEVER
+    assert attention_plan.l2_spill_position(114688, torch.device("cpu")) == attention_plan.NEVER
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(INTERPRET, reason="the PDL release points exist on the GPU only")
+@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
+def test_qkv_release_points_change_no_bit(monkeypatch, family):
+    """Where the qkv GEMV lets the attention launch (after its loop, after its wait, or after its wait
+    from a position on, read in the kernel, either side of it) changes no logit, and no release
+    point leaves the chain hung (each program releases once)."""
+    from runtime.models import decoder
+
+    model = _tiny_model(family, BF16)
+    prompt = torch.randint(3, model.spec.vocab, (1, 7), device=DEVICE)
+    monkeypatch.setenv("RUNTIME_KERNELS", "triton")
+    runs = {}
+    for name, choice, spill in (("late", "late", None), ("early", "early", None), ("long, past", "long", 0),
+                                ("long, before", "long", 1 << 20), ("long, midway", "long", 10)):  # fmt: skip
+        monkeypatch.setenv("RUNTIME_QKV_PDL", choice)
+        if spill is not None:
+            monkeypatch.setattr(decoder, "l2_spill_position", lambda per_position, device, at=spill: at)
+        runs[name] = _greedy_logits(model, prompt, 6)
+    for name, logits in runs.items():
+        for got, want in zip(logits, runs["late"]):
+            assert torch.equal(got, want), name
 
 
 def test_residual_add_roles_refuses_unknown_ones(monkeypatch):

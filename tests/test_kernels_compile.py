@@ -98,6 +98,7 @@ AB_SETTINGS = (
     {"RUNTIME_BATCH_GEMM": "rows"},
     {"RUNTIME_GEMV_FIRST_TILE": "after_row"},
     {"RUNTIME_QKV_PDL": "early"},
+    {"RUNTIME_QKV_PDL": "long"},
 )
 
 # @jit kernels no recorded path launches, with the reason

@@ -125,6 +125,16 @@ def pdl_release(PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
+@jit
+def pdl_release_if(flag, PDL: tl.constexpr):
+    """Let the next kernel launch now if `flag` (a runtime scalar, the same in every program): for a
+    kernel whose release point depends on the step's data. Each program calls it once with flag and
+    once with its negation, so the release happens exactly once, at one of the two points."""
+    if PDL:
+        if flag:
+            gdc_launch_dependents()
+
+
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -141,6 +151,7 @@ __all__ = [
     "next_pow2",
     "pdl",
     "pdl_release",
+    "pdl_release_if",
     "released_early",
     "pdl_wait",
     "tl",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -120,24 +121,55 @@ def merge_launch(launch: dict) -> dict:
     return released_early(launch) if choice == "early" else launch
 
 
-QKV_EARLY_PER_SM = 4  # the most qkv GEMV programs per SM at which it releases the attention early
+QKV_EARLY_PER_SM = 4  # the most qkv GEMV programs per SM at which it always releases the attention early
+QKV_LONG_PER_SM = 8  # ... at which it releases early once the K/V reads outgrow L2
+QKV_RELEASES = ("auto", "early", "long", "late")
 
 
-def qkv_releases_early(programs: int, device: torch.device) -> bool:
-    """Whether the batch-1 qkv GEMV (`programs` of them) lets the attention launch right after its own
-    wait instead of after its loop: split programs then take SM slots as qkv programs leave and run
-    their loads (the first K/V block, the norm weights and rope tables) and Gemma's long prologue
-    while the GEMV drains. H100, same-process A/Bs against the late release, us per step: Gemma
-    (384 programs, 2.9 per SM) -19..-22 near position 300; Qwen3 (1024, 7.8 per SM) +14 near 300
-    but -9..-15 near 2000 (the K/V blocks come from DRAM there, not L2); Llama (1536, 11.6 per SM,
-    some waiting for a slot) +26. RUNTIME_QKV_PDL: "auto" (the default: at most QKV_EARLY_PER_SM
-    programs per SM), "early", "late"."""
+@dataclass(frozen=True)
+class QkvRelease:
+    """What the batch-1 qkv GEMV needs to release the attention early past a position: the row's
+    position (1,) (read in the kernel: a captured step serves every position) and the first
+    position at which one step's K/V reads no longer fit L2 (l2_spill_position)."""
+
+    positions: torch.Tensor
+    from_position: int
+
+
+def l2_spill_position(kv_bytes_per_position: int, device: torch.device) -> int:
+    """The first position at which a row's K/V (kv_bytes_per_position over its layers) outgrows the
+    card's L2: below it the cache stays in L2 between steps (the weights stream evict-first)."""
+    if device.type != "cuda" or kv_bytes_per_position <= 0:
+        return NEVER
+    return cdiv(torch.cuda.get_device_properties(device).L2_cache_size, kv_bytes_per_position)
+
+
+NEVER = 2**31 - 1  # a position no cache reaches
+
+
+def qkv_release(programs: int, device: torch.device) -> str:
+    """When the batch-1 qkv GEMV (`programs` of them) lets the attention launch: "early" (right after
+    its own wait), "long" (early once the row's position reaches QkvRelease.from_position, else
+    after its loop) or "late" (after its loop). Released early, split programs take SM slots as qkv
+    programs leave and run their loads (the first K/V block, the norm weights and rope tables) and
+    Gemma's long prologue while the GEMV drains. H100, same-process A/Bs against the late release,
+    us per step: Gemma (384 programs, 2.9 per SM) -19..-22 near position 300; Qwen3 (1024, 7.8 per
+    SM) +14 near 300 but -9..-15 near 2000, where the K/V blocks come from DRAM, not L2; Llama
+    (1536, 11.6 per SM, some waiting for a slot) +26. RUNTIME_QKV_PDL: "auto" (the default: early
+    up to QKV_EARLY_PER_SM programs per SM, long up to QKV_LONG_PER_SM), or one of the three."""
     choice = os.environ.get("RUNTIME_QKV_PDL", "auto") or "auto"
-    if choice not in ("auto", "late", "early"):
-        raise ValueError(f"RUNTIME_QKV_PDL={choice!r}: choose auto, late or early")
-    if choice == "auto":
-        return programs <= QKV_EARLY_PER_SM * sm_count(device)
-    return choice == "early"
+    if choice not in QKV_RELEASES:
+        raise ValueError(f"RUNTIME_QKV_PDL={choice!r}: choose one of {', '.join(QKV_RELEASES)}")
+    if choice != "auto":
+        return choice
+    sms = sm_count(device)
+    return (
+        "early"
+        if programs <= QKV_EARLY_PER_SM * sms
+        else "long"
+        if programs <= QKV_LONG_PER_SM * sms
+        else "late"
+    )
 
 
 def merge_in_kernel() -> bool:

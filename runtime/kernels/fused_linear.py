@@ -29,9 +29,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from runtime.kernels._triton import INTERPRETING, cdiv, next_pow2, pdl, released_early
+from runtime.kernels._triton import INTERPRETING, PDL_MODES, cdiv, next_pow2, pdl, released_early
 from runtime.kernels.activation import ACTIVATIONS, gated_act_ref
-from runtime.kernels.attention_plan import qkv_releases_early
+from runtime.kernels.attention_plan import QkvRelease, qkv_release
 from runtime.kernels.gemv_blocks import (
     _PROLOGUE_VECTORS,
     GATED_OPS,
@@ -136,12 +136,12 @@ def one_row(t: torch.Tensor) -> bool:
 
 def _launch(
     prologue, x, res, norm_w, pre_w, weight, y, res_out, eps, offset, gelu, config, gated=False, add_res=False,
-    early_release=False,
+    release: QkvRelease | None = None,
 ) -> None:  # fmt: skip
     """x, res: (K,) rows (x is (2K,) for act); y (N,) ((N / 2,) gated: weight is [gate | up]);
     res_out (K,) or None; add_res: res is (N,) and y = res + the product (plain prologue only);
-    early_release: the GEMV feeding the attention, which may launch right after this one's wait
-    (_triton.released_early) where attention_plan.qkv_releases_early says so."""
+    release: the qkv GEMV's, whose attention may launch right after this one's wait (always, or
+    from a position on: attention_plan.qkv_release)."""
     assert weight.dim() == 2 and weight.is_contiguous(), "W must be a contiguous (N, K) nn.Linear weight"
     N, K = weight.shape
     N = N // 2 if gated else N  # the outputs
@@ -157,15 +157,20 @@ def _launch(
     )
     clock = clock_buffer("gemv", f"gemv {kind} {weight.shape[0]}x{K}", programs, weight.device)
     launch = pdl(weight.device)
-    if early_release and launch["PDL"] and qkv_releases_early(programs, weight.device):
+    late = launch["PDL"] == PDL_MODES["late"]
+    when = qkv_release(programs, weight.device) if release is not None and late else "late"
+    if when == "early":
         launch = released_early(launch)
+    release_at = release if when == "long" else None
     _gemv_kernel[(programs,)](
         x if x is not None else dummy, res if res is not None else dummy,
         norm_w if norm_w is not None else dummy, pre_w if pre_w is not None else dummy,
-        weight, y, res_out if res_out is not None else y, clock if clock is not None else y, N, K, eps,
+        weight, y, res_out if res_out is not None else y, clock if clock is not None else y,
+        release_at.positions if release_at is not None else y, N, K, eps,
+        release_at.from_position if release_at is not None else 0,
         PROLOGUE=prologue, OFFSET=float(offset), HAS_H=x is not None, HAS_PRE=pre_w is not None, GELU=gelu,
         GATED=gated, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK=block, EARLY_CHUNK=early_first_chunk(),
-        ADD_RES=add_res, CLOCK=clock is not None, TILE_AFTER_ROW=tile_after_row(),
+        ADD_RES=add_res, CLOCK=clock is not None, TILE_AFTER_ROW=tile_after_row(), RELEASE_AT=release_at is not None,
         num_warps=num_warps, **launch,
     )  # fmt: skip
 
@@ -182,15 +187,15 @@ def norm_linear_triton(
     pre_w: torch.Tensor | None,
     weight: torch.Tensor,
     out_dtype: torch.dtype | None = None,
-    early_release: bool = False,
+    release: QkvRelease | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as norm_linear_ref (one dtype throughout); one kernel for one row, the reference
-    for more rows or K > MAX_NORM_K. early_release: see _launch."""
+    for more rows or K > MAX_NORM_K. release: see _launch."""
     K = residual.shape[-1]
     if not one_row(residual) or K > MAX_NORM_K:
         return norm_linear_ref(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype)
     op = "norm_linear" if (out_dtype or weight.dtype) == weight.dtype else "lm_head"
-    return _norm_launch(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype, op, None, early_release)
+    return _norm_launch(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype, op, None, release)
 
 
 def norm_linear_act_triton(
@@ -214,7 +219,7 @@ def norm_linear_act_triton(
 
 def _norm_launch(
     h, residual, norm_w, eps, offset, pre_w, weight, out_dtype, op: str, activation: str | None,
-    early_release: bool = False,
+    release: QkvRelease | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The one-row launch of norm_linear (activation None) and norm_linear_act (the gated epilogue:
     weight (2I, K), I outputs): (y, residual + h'), the residual itself when h is None."""
@@ -227,7 +232,7 @@ def _norm_launch(
     _launch(
         _NORM, _row(h) if h is not None else None, _row(residual), norm_w, pre_w, weight, y,
         new_residual if h is not None else None, eps, offset, activation == "gelu_tanh",
-        _config(gemv_op(op, pre_w), N, K, weight.dtype), gated=activation is not None, early_release=early_release,
+        _config(gemv_op(op, pre_w), N, K, weight.dtype), gated=activation is not None, release=release,
     )  # fmt: skip
     return y, new_residual
 

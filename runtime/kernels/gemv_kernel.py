@@ -8,7 +8,7 @@ at the end. The prologue keeps the references' rounding (rmsnorm.py's and activa
 
 from __future__ import annotations
 
-from runtime.kernels._triton import jit, pdl_release, pdl_wait, tl
+from runtime.kernels._triton import jit, pdl_release, pdl_release_if, pdl_wait, tl
 from runtime.kernels.activation import _gated
 from runtime.kernels.phase_clock import clock_mark
 from runtime.kernels.rmsnorm import _apply_norm, _inv_rms, apply_norm_loaded
@@ -76,9 +76,11 @@ def _gemv_kernel(
     y_ptr,
     res_out_ptr,
     clock_ptr,
+    pos_ptr,
     N,
     K,
     eps,
+    release_from,
     PROLOGUE: tl.constexpr,
     OFFSET: tl.constexpr,
     HAS_H: tl.constexpr,
@@ -93,12 +95,15 @@ def _gemv_kernel(
     ADD_RES: tl.constexpr = False,
     CLOCK: tl.constexpr = False,
     TILE_AFTER_ROW: tl.constexpr = False,
+    RELEASE_AT: tl.constexpr = False,
 ):
     # x: the input row (K,) (norm: h; act: gate_up (2K,)); W (N, K); y (N,). Program p owns rows
     # [p * BLOCK_N, (p + 1) * BLOCK_N); int64 row offsets since N * K may pass 2^31.
     # GATED: W is (2N, K) = [gate | up] and y (N,) = act(gate) * up; program p owns outputs
     # [p * BLOCK_N / 2, (p + 1) * BLOCK_N / 2), its tile rows alternate gate row o, up row N + o
     # ADD_RES (plain product only): y = residual + W x, the residual's add in the epilogue (res_ptr (N,))
+    # RELEASE_AT (PDL late): the next kernel launches right after the wait where the row's position
+    # (pos_ptr, a scalar written steps before) is >= release_from, else after the loop
     pid = tl.program_id(0)
     clock_mark(clock_ptr, pid, 3, pid, CLOCK)  # CLOCK (a diagnostic, phase_clock.py): the marks
     if GATED:
@@ -133,6 +138,9 @@ def _gemv_kernel(
             pw_row = tl.load(pre_w_ptr + row_cols, mask=row_mask_k, other=0.0)
     clock_mark(clock_ptr, pid, 4, pid, CLOCK)
     pdl_wait(PDL)
+    if RELEASE_AT:  # the late release, or the early one from the row's position release_from on
+        position = tl.load(pos_ptr)
+        pdl_release_if(position >= release_from, PDL)
     clock_mark(clock_ptr, pid, 5, pid, CLOCK)
     if ADD_RES:  # written by an earlier kernel; loaded now, so it has arrived by the epilogue
         res_rows = tl.load(res_ptr + rows, mask=row_mask, other=0.0)
@@ -182,7 +190,10 @@ def _gemv_kernel(
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     if CLOCK:  # once the whole tile is summed
         clock_mark(clock_ptr, pid, 7, tl.sum(tl.sum(acc, axis=1), axis=0), CLOCK)
-    pdl_release(PDL)
+    if RELEASE_AT:
+        pdl_release_if(position < release_from, PDL)
+    else:
+        pdl_release(PDL)
     # rounded to the weights' dtype first, as F.linear(...).to(y's dtype) rounds (float32 logits)
     y = tl.sum(acc, axis=1).to(w_ptr.dtype.element_ty)
     if GATED:  # (BLOCK_N,) = gate, up, gate, up, ... -> BLOCK_N / 2 outputs, gated_act_ref's rounding

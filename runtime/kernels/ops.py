@@ -28,6 +28,7 @@ from runtime.kernels import _triton
 from runtime.kernels.activation import gated_act_ref, gated_act_triton
 from runtime.kernels.argmax import argmax_checked_ref, argmax_checked_triton
 from runtime.kernels.attention import prefill_attention_ref
+from runtime.kernels.attention_plan import QkvRelease
 from runtime.kernels.decode_attention import decode_attention_ref, decode_attention_triton
 from runtime.kernels.fused_linear import (
     act_linear_triton,
@@ -145,7 +146,7 @@ def norm_linear(
     out_dtype: torch.dtype | None = None,
     name: str = "norm_linear",
     widen: bool = True,
-    early_release: bool = False,
+    release: QkvRelease | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (linear(rms_norm(residual + h')), residual + h'), h' = h or rms_norm(h, pre_w); h None:
     no add (the residual comes back as it is). Chosen on `residual`, since h may be None.
@@ -153,11 +154,11 @@ def norm_linear(
     name: the op name RUNTIME_KERNELS_OFF knows this call by ("lm_head" for the LM head).
     widen False: a product that cuBLAS wrote in the weights' dtype comes back as it is, holding
     the values out_dtype would (for a consumer that widens as it loads: no copy kernel).
-    early_release: the one-row GEMV may let the next kernel launch right after its wait (the qkv
-    projection before the attention: fused_linear._launch)."""
+    release: the qkv projection's (attention_plan.QkvRelease): its one-row GEMV may let the
+    attention launch right after its wait (fused_linear._launch)."""
     same = all(t.dtype == weight.dtype for t in (h, residual, norm_w, pre_w) if t is not None)
     if same and one_row(residual) and enabled(name, residual):
-        return norm_linear_triton(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype, early_release)
+        return norm_linear_triton(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype, release)
     if same and name != "lm_head" and _fused_rows(residual, f"{name}_rows"):
         return norm_linear_rows_triton(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype)
     if h is None:

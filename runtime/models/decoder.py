@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from runtime.kernels import ops
+from runtime.kernels.attention_plan import QkvRelease, l2_spill_position
 from runtime.kernels.gemv_blocks import gemv_op
 from runtime.kernels.rope import inverse_frequencies
 from runtime.models.attention import Attention, KVCacheLike
@@ -71,14 +72,20 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(spec)
 
     def forward(
-        self, x: torch.Tensor, pending: torch.Tensor | None, pending_norm: RMSNorm | None, attend
+        self,
+        x: torch.Tensor,
+        pending: torch.Tensor | None,
+        pending_norm: RMSNorm | None,
+        attend,
+        release: QkvRelease | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (B, T, hidden) is the residual stream; `pending` the previous layer's MLP output, not
-        yet added (None: nothing to add), to be normed by `pending_norm` first (Gemma).
+        yet added (None: nothing to add), to be normed by `pending_norm` first (Gemma); `release`
+        the decode step's qkv release (attention_plan.QkvRelease), None elsewhere.
         Returns (x, this layer's MLP output or None where down added it already): each residual add
         and norm rides in a projection next to it; `attend` maps the packed qkv rows to the
         attention's output before o_proj."""
-        qkv, x = _norm_linear(pending, x, self.attn_norm, pending_norm, self.attn.qkv, early_release=True)
+        qkv, x = _norm_linear(pending, x, self.attn_norm, pending_norm, self.attn.qkv, release)
         x, h = _join(attend(self.attn, qkv), self.attn.o_proj, x, self.attn_out_norm is None, "o")
         return self.mlp(h, x, self.mlp_norm, self.attn_out_norm, self.mlp_out_norm is None)
 
@@ -106,15 +113,12 @@ def _norm_linear(
     norm: RMSNorm,
     pre: RMSNorm | None,
     linear: nn.Linear,
-    early_release: bool = False,
+    release: QkvRelease | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (linear(norm(x + pre(h))), x + pre(h)); h None (the first layer) adds nothing.
-    early_release: the GEMV may let the kernel after it launch early (ops.norm_linear): the qkv
-    projection, whose attention has K/V blocks to load."""
+    release: the qkv projection's at decode (ops.norm_linear)."""
     pre_w = None if pre is None else pre.weight
-    y, x = ops.norm_linear(
-        h, x, norm.weight, norm.eps, norm.offset, pre_w, linear.weight, early_release=early_release
-    )
+    y, x = ops.norm_linear(h, x, norm.weight, norm.eps, norm.offset, pre_w, linear.weight, release=release)
     return (y if linear.bias is None else y + linear.bias), x
 
 
@@ -200,17 +204,25 @@ class DecoderLM(nn.Module):
             logits = torch.tanh(logits / softcap) * softcap
         return logits
 
+    def _l2_spill_position(self, device: torch.device) -> int:
+        """The first position at which a row's K/V over the layers without a window outgrows L2."""
+        s = self.spec
+        global_layers = sum(w is None for w in s.sliding_window)
+        per_position = 2 * s.kv_heads * s.head_dim * self.dtype.itemsize * global_layers
+        return l2_spill_position(per_position, device)
+
     def _run(
-        self, tokens: torch.Tensor, positions: torch.Tensor, attend
+        self, tokens: torch.Tensor, positions: torch.Tensor, attend, release: QkvRelease | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens, positions (B, T) -> (residual stream, last layer's MLP output), (B, T, hidden)
-        each, before the final add and norm (which _logits folds into the LM head)."""
+        each, before the final add and norm (which _logits folds into the LM head); release: the
+        decode step's qkv release."""
         x, tables = self._inputs(tokens, positions)  # once per step
         h = None
         for i, layer in enumerate(self.layers):
             cos, sin = tables[self.rope_index[i]]
             prev = self.layers[i - 1].mlp_out_norm if i else None
-            x, h = layer(x, h, prev, lambda attn, qkv, cos=cos, sin=sin: attend(attn, qkv, cos, sin))
+            x, h = layer(x, h, prev, lambda attn, qkv, cos=cos, sin=sin: attend(attn, qkv, cos, sin), release)
         return x, h
 
     @torch.inference_mode()
@@ -260,5 +272,6 @@ class DecoderLM(nn.Module):
             tokens[:, None],
             positions[:, None],
             lambda attn, qkv, cos, sin: attn.decode(qkv, cos, sin, cache, positions),
+            QkvRelease(positions, self._l2_spill_position(positions.device)),
         )
         return self._logits(_pick(h, lambda t: t[:, 0]), x[:, 0], widen_logits)
