@@ -121,8 +121,7 @@ def merge_launch(launch: dict) -> dict:
     return released_early(launch) if choice == "early" else launch
 
 
-QKV_EARLY_PER_SM = 4  # the most qkv GEMV programs per SM at which it always releases the attention early
-QKV_LONG_PER_SM = 8  # ... at which it releases early once the K/V reads outgrow L2
+QKV_EARLY_PER_SM = 4  # the most qkv GEMV programs per SM at which it releases the attention early
 QKV_RELEASES = ("auto", "early", "long", "late")
 
 
@@ -149,27 +148,22 @@ NEVER = 2**31 - 1  # a position no cache reaches
 
 def qkv_release(programs: int, device: torch.device) -> str:
     """When the batch-1 qkv GEMV (`programs` of them) lets the attention launch: "early" (right after
-    its own wait), "long" (early once the row's position reaches QkvRelease.from_position, else
-    after its loop) or "late" (after its loop). Released early, split programs take SM slots as qkv
+    its own wait), "late" (after its loop) or "long" (early once the row's position reaches
+    QkvRelease.from_position, else late). Released early, split programs take SM slots as qkv
     programs leave and run their loads (the first K/V block, the norm weights and rope tables) and
     Gemma's long prologue while the GEMV drains. H100, same-process A/Bs against the late release,
-    us per step: Gemma (384 programs, 2.9 per SM) -19..-22 near position 300; Qwen3 (1024, 7.8 per
-    SM) +14 near 300 but -9..-15 near 2000, where the K/V blocks come from DRAM, not L2; Llama
-    (1536, 11.6 per SM, some waiting for a slot) +26. RUNTIME_QKV_PDL: "auto" (the default: early
-    up to QKV_EARLY_PER_SM programs per SM, long up to QKV_LONG_PER_SM), or one of the three."""
+    us per step: Gemma (384 programs, 2.9 per SM) -13..-22 near position 300; Qwen3 (1024, 7.8 per
+    SM) +12..+15 near 300 but -9..-15 near 2000, where the K/V blocks come from DRAM, not L2; Llama
+    (1536, 11.6 per SM, some waiting for a slot) +26. "long" read the position after the wait when
+    timed (Qwen3: +16..+21 near 300, -0..-6 near 2000: the read delayed every program's statistics);
+    it now reads it before the wait, not timed yet. RUNTIME_QKV_PDL: "auto" (the default: early up
+    to QKV_EARLY_PER_SM programs per SM, else late) or one of the three."""
     choice = os.environ.get("RUNTIME_QKV_PDL", "auto") or "auto"
     if choice not in QKV_RELEASES:
         raise ValueError(f"RUNTIME_QKV_PDL={choice!r}: choose one of {', '.join(QKV_RELEASES)}")
     if choice != "auto":
         return choice
-    sms = sm_count(device)
-    return (
-        "early"
-        if programs <= QKV_EARLY_PER_SM * sms
-        else "long"
-        if programs <= QKV_LONG_PER_SM * sms
-        else "late"
-    )
+    return "early" if programs <= QKV_EARLY_PER_SM * sm_count(device) else "late"
 
 
 def merge_in_kernel() -> bool:

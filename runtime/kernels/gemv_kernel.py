@@ -137,9 +137,10 @@ def _gemv_kernel(
         if HAS_PRE:  # the sandwich pre-norm's weight over the whole row, for h's statistics
             pw_row = tl.load(pre_w_ptr + row_cols, mask=row_mask_k, other=0.0)
     clock_mark(clock_ptr, pid, 4, pid, CLOCK)
-    pdl_wait(PDL)
-    if RELEASE_AT:  # the late release, or the early one from the row's position release_from on
+    if RELEASE_AT:  # written steps before (by the host or an earlier step's tail): read before the wait
         position = tl.load(pos_ptr)
+    pdl_wait(PDL)
+    if RELEASE_AT:  # the early release from the row's position release_from on, else the late one
         pdl_release_if(position >= release_from, PDL)
     clock_mark(clock_ptr, pid, 5, pid, CLOCK)
     if ADD_RES:  # written by an earlier kernel; loaded now, so it has arrived by the epilogue
