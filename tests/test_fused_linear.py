@@ -193,22 +193,33 @@ def test_early_first_chunk_changes_no_bit(poisoned, monkeypatch, K, N, dtype, co
     weight = rand(N, K, dtype=dtype, scale=K**-0.5)
     op = gemv_blocks.gemv_op("norm_linear_act" if gated else "norm_linear", pre_w)
     planted(monkeypatch, op, N, K, dtype, config)
+    offset, activation = (1.0, "silu") if gated else (0.0, None)
+    args = (h, residual, norm_w, pre_w, weight, offset, activation)
+    _orders_agree_bit_for_bit(monkeypatch, "RUNTIME_GEMV_FIRST_CHUNK", "late", "early", *args)
+
+
+def _orders_agree_bit_for_bit(
+    monkeypatch, switch, before, after, h, residual, norm_w, pre_w, weight, offset, activation
+):
+    """A load-order switch of the norm GEMVs (activation None: norm_linear, else norm_linear_act):
+    the outputs and new residual under `after` equal those under `before` bit for bit, and the
+    product stays the reference's."""
 
     def run(order: str):
-        monkeypatch.setenv("RUNTIME_GEMV_FIRST_CHUNK", order)
-        if gated:
-            return norm_linear_act_triton(h, residual, norm_w, EPS, 1.0, pre_w, weight, "silu")
-        return norm_linear_triton(h, residual, norm_w, EPS, 0.0, pre_w, weight)
+        monkeypatch.setenv(switch, order)
+        if activation is not None:
+            return norm_linear_act_triton(h, residual, norm_w, EPS, offset, pre_w, weight, activation)
+        return norm_linear_triton(h, residual, norm_w, EPS, offset, pre_w, weight)
 
-    (y_late, res_late), (y_early, res_early) = run("late"), run("early")
-    assert_same_bits(y_early, y_late)
-    assert_same_bits(res_early, res_late)
-    if gated:
-        want_y, _ = norm_linear_act_ref(h, residual, norm_w, EPS, 1.0, pre_w, weight, "silu")
-        assert_matches(y_early, want_y, dtype, scale=2.0)
+    (y_before, res_before), (y_after, res_after) = run(before), run(after)
+    assert_same_bits(y_after, y_before)
+    assert_same_bits(res_after, res_before)
+    if activation is not None:
+        want_y, _ = norm_linear_act_ref(h, residual, norm_w, EPS, offset, pre_w, weight, activation)
+        assert_matches(y_after, want_y, weight.dtype, scale=2.0)
     else:
-        _, want_res = norm_linear_ref(h, residual, norm_w, EPS, 0.0, pre_w, weight)
-        assert_linear_close(y_early, rms_norm_ref(want_res, norm_w, EPS, 0.0), weight)
+        _, want_res = norm_linear_ref(h, residual, norm_w, EPS, offset, pre_w, weight)
+        assert_linear_close(y_after, rms_norm_ref(want_res, norm_w, EPS, offset), weight)
 
 
 @kernel_test
@@ -227,22 +238,8 @@ def test_first_tile_after_row_changes_no_bit(poisoned, monkeypatch, K, N, dtype,
     norm_w, pre_w = rand(K, dtype=dtype), rand(K, dtype=dtype)
     op = gemv_blocks.gemv_op("norm_linear_act" if gated else "norm_linear", pre_w)
     planted(monkeypatch, op, weight.shape[0], K, dtype, config)
-
-    def run(choice: str):
-        monkeypatch.setenv("RUNTIME_GEMV_FIRST_TILE", choice)
-        if gated:
-            return norm_linear_act_triton(h, residual, norm_w, EPS, 1.0, pre_w, weight, "gelu_tanh")
-        return norm_linear_triton(h, residual, norm_w, EPS, 1.0, pre_w, weight)
-
-    (y_early, res_early), (y_late, res_late) = run("early"), run("after_row")
-    assert_same_bits(y_late, y_early)
-    assert_same_bits(res_late, res_early)
-    if gated:
-        want_y, _ = norm_linear_act_ref(h, residual, norm_w, EPS, 1.0, pre_w, weight, "gelu_tanh")
-        assert_matches(y_late, want_y, dtype, scale=2.0)
-    else:
-        _, want_res = norm_linear_ref(h, residual, norm_w, EPS, 1.0, pre_w, weight)
-        assert_linear_close(y_late, rms_norm_ref(want_res, norm_w, EPS, 1.0), weight)
+    args = (h, residual, norm_w, pre_w, weight, 1.0, "gelu_tanh" if gated else None)
+    _orders_agree_bit_for_bit(monkeypatch, "RUNTIME_GEMV_FIRST_TILE", "early", "after_row", *args)
 
 
 # (leading dims, K, N, dtype, config); the GPU list holds every dev projection shape, and the Gemma
