@@ -52,6 +52,15 @@ for stage in $STAGES; do
                   --model Qwen/Qwen3-1.7B --model meta-llama/Llama-3.2-1B-Instruct --out "$OUT/phases_residual_${roles/,/_}.json" \
                   2>&1 | tee "$OUT/phases_residual_${roles/,/_}.log" | grep '^[|#]'
               done ;;
+    # the qkv GEMV's position-gated early release (RUNTIME_QKV_PDL=long, not timed with its position
+    # read before the wait): its GPU test, then Qwen3 near positions 2000 and 300 against late and early
+    qkvlong) timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "qkv_release or l2_spill" 2>&1 \
+               | tee "$OUT/tests_qkv_release.log" | tail -2
+             for p in 1900 256; do
+               timeout 200 python3 scripts/profile_step.py --ab --no-profile --repeat 2 --prompt $p --steps 100 --capacity 2048 \
+                 --model Qwen/Qwen3-1.7B --settings "default,qkv GEMV releases early past the L2 position,qkv GEMV releases early" \
+                 --out "$OUT/qkv_long_$p.json" 2>&1 | tee "$OUT/qkv_long_$p.log" | grep '^| Q'
+             done ;;
     kbench) python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 | tee "$OUT/bench_kernels.log" | tail -30 ;;
     chat) python3 scripts/chat_gpu_check.py "${CHAT_ARGS[@]}" 2>&1 | tee "$OUT/chat.log" | tail -8 ;;
     # the full suite, resumable: rerun the same stage (carrying results/$FULL_DIR) until it completes
