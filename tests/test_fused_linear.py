@@ -195,10 +195,10 @@ def test_early_first_chunk_changes_no_bit(poisoned, monkeypatch, K, N, dtype, co
     planted(monkeypatch, op, N, K, dtype, config)
     offset, activation = (1.0, "silu") if gated else (0.0, None)
     args = (h, residual, norm_w, pre_w, weight, offset, activation)
-    _orders_agree_bit_for_bit(monkeypatch, "RUNTIME_GEMV_FIRST_CHUNK", "late", "early", *args)
+    assert_orders_agree_bit_for_bit(monkeypatch, "RUNTIME_GEMV_FIRST_CHUNK", "late", "early", *args)
 
 
-def _orders_agree_bit_for_bit(
+def assert_orders_agree_bit_for_bit(
     monkeypatch, switch, before, after, h, residual, norm_w, pre_w, weight, offset, activation
 ):
     """A load-order switch of the norm GEMVs (activation None: norm_linear, else norm_linear_act):
@@ -239,7 +239,7 @@ def test_first_tile_after_row_changes_no_bit(poisoned, monkeypatch, K, N, dtype,
     op = gemv_blocks.gemv_op("norm_linear_act" if gated else "norm_linear", pre_w)
     planted(monkeypatch, op, weight.shape[0], K, dtype, config)
     args = (h, residual, norm_w, pre_w, weight, 1.0, "gelu_tanh" if gated else None)
-    _orders_agree_bit_for_bit(monkeypatch, "RUNTIME_GEMV_FIRST_TILE", "early", "after_row", *args)
+    assert_orders_agree_bit_for_bit(monkeypatch, "RUNTIME_GEMV_FIRST_TILE", "early", "after_row", *args)
 
 
 # (leading dims, K, N, dtype, config); the GPU list holds every dev projection shape, and the Gemma
