@@ -135,15 +135,15 @@ class QkvRelease:
     from_position: int
 
 
+NEVER = 2**31 - 1  # a position no cache reaches
+
+
 def l2_spill_position(kv_bytes_per_position: int, device: torch.device) -> int:
     """The first position at which a row's K/V (kv_bytes_per_position over its layers) outgrows the
     card's L2: below it the cache stays in L2 between steps (the weights stream evict-first)."""
     if device.type != "cuda" or kv_bytes_per_position <= 0:
         return NEVER
     return cdiv(torch.cuda.get_device_properties(device).L2_cache_size, kv_bytes_per_position)
-
-
-NEVER = 2**31 - 1  # a position no cache reaches
 
 
 def qkv_release(programs: int, device: torch.device) -> str:
