@@ -121,6 +121,10 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
         "RUNTIME_BATCH_GEMM": "rows_down",
         "RUNTIME_ROWS_TUNE": "1",
     },
+    "batch GEMMs on cuBLAS": {"RUNTIME_BATCH_GEMM": "cublas"},
+    "batch qkv GEMM on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows_qkv"},
+    "batch qkv GEMM on the rows kernel (tuned)": {"RUNTIME_BATCH_GEMM": "rows_qkv", "RUNTIME_ROWS_TUNE": "1"},
+    "batch qkv and o GEMMs on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows_qkv_o"},
     "unfolded batch norms in the rows kernel": {
         "RUNTIME_BATCH_ROWS": "fused",
         "RUNTIME_KERNELS_OFF": "act_linear_rows,linear_rows",

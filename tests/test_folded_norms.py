@@ -88,20 +88,21 @@ def test_batch_step_launches_only_the_final_norm(monkeypatch):
     torch.testing.assert_close(folded, unfolded, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("choice", ["rows", "rows_mlp", "rows_down"])
+@pytest.mark.parametrize("choice", ["rows", "rows_mlp", "rows_down", "rows_qkv"])
 def test_rows_kernel_switch_takes_its_products(monkeypatch, choice):
     """RUNTIME_BATCH_GEMM=rows sends each layer's four products of a batch step to the rows kernel
-    (here recorders around the references): qkv a product, gate/up with the gated activation as its
-    epilogue, o and down accumulated into the residual rows in place; rows_mlp only the MLP's two;
-    rows_down only down (gate/up and its activation stay on cuBLAS and the activation op).
-    The logits do not change; an unknown value is refused."""
+    (here recorders around the references): qkv a product that releases the attention early, gate/up
+    with the gated activation as its epilogue, o and down accumulated into the residual rows in
+    place; rows_mlp only the MLP's two; rows_down only down (gate/up and its activation stay on
+    cuBLAS and the activation op); rows_qkv only qkv. The logits do not change; an unknown value is
+    refused."""
     _, spec, ours = hf_and_ours("llama")
     seqs, cache = _prefill_rows(ours, spec)
     _, want = _decode_steps(ours, seqs, cache, 1)
     calls = []
 
-    def product(x, w):
-        calls.append(("product", *w.shape))
+    def product(x, w, release_early=False):
+        calls.append(("product", *w.shape, release_early))
         return torch.nn.functional.linear(x, w)
 
     def accumulate(out, x, w):
@@ -119,14 +120,41 @@ def test_rows_kernel_switch_takes_its_products(monkeypatch, choice):
     monkeypatch.setenv("RUNTIME_BATCH_GEMM", choice)
     _, got = _decode_steps(ours, seqs, cache, 1)
     layer = ours.layers[0]
-    attention = [("product", *layer.attn.qkv.weight.shape), ("add", *layer.attn.o_proj.weight.shape)]
+    attention = [("product", *layer.attn.qkv.weight.shape, True), ("add", *layer.attn.o_proj.weight.shape)]
     mlp = [("gated", *layer.mlp.gate_up.weight.shape), ("add", *layer.mlp.down.weight.shape)]
-    taken = {"rows": attention + mlp, "rows_mlp": mlp, "rows_down": mlp[1:]}[choice]
+    taken = {"rows": attention + mlp, "rows_mlp": mlp, "rows_down": mlp[1:], "rows_qkv": attention[:1]}[
+        choice
+    ]
     assert calls == taken * spec.layers
     torch.testing.assert_close(got, want)
     monkeypatch.setenv("RUNTIME_BATCH_GEMM", "tiles")
     with pytest.raises(ValueError, match="RUNTIME_BATCH_GEMM"):
         _decode_steps(ours, seqs, cache, 1)
+
+
+def test_rows_qkv_takes_the_qkv_product_of_a_family_that_cannot_fold(monkeypatch):
+    """Gemma's batch step keeps its norm kernels; by default (RUNTIME_BATCH_GEMM=rows_qkv) the qkv
+    product after them (and only it: not o, gate/up, down or the LM head) goes to the rows kernel,
+    with the early release, for the same logits; "cublas" sends none."""
+    _, spec, ours = hf_and_ours("gemma3")
+    seqs, cache = _prefill_rows(ours, spec)
+    _, want = _decode_steps(ours, seqs, cache, 1)
+    calls = []
+
+    def product(x, w, release_early=False):
+        calls.append((*w.shape, release_early))
+        return torch.nn.functional.linear(x, w)
+
+    monkeypatch.setattr(ops, "enabled", lambda name, t: name == "linear_rows")
+    monkeypatch.setattr(ops, "linear_rows_triton", product)
+    monkeypatch.delenv("RUNTIME_BATCH_GEMM", raising=False)
+    _, got = _decode_steps(ours, seqs, cache, 1)
+    assert calls == [(*ours.layers[0].attn.qkv.weight.shape, True)] * spec.layers
+    torch.testing.assert_close(got, want)
+    calls.clear()
+    monkeypatch.setenv("RUNTIME_BATCH_GEMM", "cublas")
+    _decode_steps(ours, seqs, cache, 1)
+    assert calls == []
 
 
 def test_fold_is_idempotent_and_leaves_the_source_state_alone():

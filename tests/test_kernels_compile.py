@@ -96,6 +96,7 @@ AB_SETTINGS = (
     {"RUNTIME_ATTN_STAGES": "3"},
     {"RUNTIME_MERGE_PDL": "early"},
     {"RUNTIME_BATCH_GEMM": "rows"},
+    {"RUNTIME_BATCH_GEMM": "rows_qkv"},
     {"RUNTIME_GEMV_FIRST_TILE": "after_row"},
     {"RUNTIME_QKV_PDL": "early"},
     {"RUNTIME_QKV_PDL": "long"},

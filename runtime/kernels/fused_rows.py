@@ -38,7 +38,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from runtime.kernels._triton import INTERPRETING, cdiv, pdl
+from runtime.kernels._triton import INTERPRETING, cdiv, pdl, released_early
 from runtime.kernels.activation import ACTIVATIONS, gated_act_ref
 from runtime.kernels.arrival import arrival_counters
 from runtime.kernels.fused_linear import _ACT, _NONE, _NORM, act_linear_ref, linear_ref, norm_linear_ref
@@ -66,12 +66,14 @@ def _one_dtype(weight: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
 
 def _launch(
     prologue, x, res, norm_w, pre_w, weight, y, res_out, eps, offset, gelu, config, accumulate=False,
-    gated=False, row_scale=False,
+    gated=False, row_scale=False, release_early=False,
 ) -> None:  # fmt: skip
     """x, res: (M, K) rows of unit column stride (x is (M, 2K) for act); y (M, N) and res_out (M, K)
     contiguous (res_out None: nothing to write); accumulate: y += the product, in place. gated: W is
     (2N, K) = [gate | up], y (M, N) = act(gate) * up (K unsplit), each gate and up row first divided
-    by rms of x's row (eps) with row_scale."""
+    by rms of x's row (eps) with row_scale. release_early: under PDL the next kernel may launch
+    right after this one's wait (the qkv product: the attention's programs then load their first
+    cache block and tables while this one streams W), not only when it exits."""
     assert weight.dim() == 2 and weight.is_contiguous(), "W must be a contiguous (N, K) nn.Linear weight"
     N, K = weight.shape
     N = N // 2 if gated else N
@@ -84,6 +86,7 @@ def _launch(
         part = torch.empty((splits, M, N), dtype=torch.float32, device=weight.device)
         counters = arrival_counters(n_blocks, weight.device)
     dummy = weight
+    launch = pdl(weight.device)
     _rows_kernel[(n_blocks, splits)](
         x if x is not None else dummy, x.stride(0) if x is not None else 0,
         res if res is not None else dummy, res.stride(0) if res is not None else 0,
@@ -92,7 +95,8 @@ def _launch(
         PROLOGUE=prologue, OFFSET=float(offset), HAS_H=prologue == _NORM and x is not None,
         HAS_PRE=prologue == _NORM and x is not None and pre_w is not None, GELU=gelu, SPLIT=splits,
         BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, DOT_F32=INTERPRETING, ACCUMULATE=accumulate,
-        GATED=gated, ROW_SCALE=row_scale, num_warps=num_warps, num_stages=num_stages, **pdl(weight.device),
+        GATED=gated, ROW_SCALE=row_scale, num_warps=num_warps, num_stages=num_stages,
+        **(released_early(launch) if release_early else launch),
     )  # fmt: skip
 
 
@@ -148,8 +152,9 @@ def act_linear_rows_triton(gate_up: torch.Tensor, activation: str, weight: torch
     return y
 
 
-def linear_rows_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Same contract as linear_ref; one kernel for 2..MAX_ROWS rows, else (or mixed dtypes) the reference."""
+def linear_rows_triton(x: torch.Tensor, weight: torch.Tensor, release_early: bool = False) -> torch.Tensor:
+    """Same contract as linear_ref; one kernel for 2..MAX_ROWS rows, else (or mixed dtypes) the
+    reference. release_early: see _launch (the batch step's qkv product)."""
     if not fits_rows(x) or not _one_dtype(weight, x):
         return linear_ref(x, weight)
     N, K = weight.shape
@@ -157,7 +162,7 @@ def linear_rows_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     y = torch.empty((*x.shape[:-1], N), dtype=weight.dtype, device=weight.device)
     _launch(
         _NONE, _rows(x), None, None, None, weight, y, None, 0.0, 0.0, False,
-        config_for("linear", rows_of(x), N, K, weight.dtype, "linear"),
+        config_for("linear", rows_of(x), N, K, weight.dtype, "linear"), release_early=release_early,
     )  # fmt: skip
     return y
 

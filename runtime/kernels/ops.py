@@ -135,6 +135,42 @@ def _fused_rows(t: torch.Tensor, name: str) -> bool:
     return choice == "fused" and fits_rows(t) and enabled(name, t)
 
 
+# RUNTIME_BATCH_GEMM's choices -> the batch step's products they put on the rows kernel
+BATCH_GEMM_PRODUCTS = {
+    "cublas": (),
+    "rows": ("qkv", "o", "gate_up", "down"),
+    "rows_mlp": ("gate_up", "down"),
+    "rows_down": ("down",),
+    "rows_qkv": ("qkv",),
+    "rows_qkv_o": ("qkv", "o"),
+}
+
+
+BATCH_GEMM_DEFAULT = "rows_qkv"
+
+
+def on_rows_kernel(x: torch.Tensor, product: str) -> bool:
+    """RUNTIME_BATCH_GEMM (read when the step is captured): which products of a batch step ("qkv",
+    "o", "gate_up", "down") run on fused_rows' tl.dot kernel, which streams each weight once for up
+    to 16 rows and launches under PDL, instead of cuBLAS.
+    "rows_qkv" (the default): qkv, in every family (Gemma's after its norm kernel), releasing the
+      attention right after its wait. cuBLAS lets the next kernel launch only when it ends, so the
+      attention's loads before its own wait (first cache block, tables) overlapped nothing. On the
+      H100 the product itself is slower than cuBLAS's (+0.6..+1.5 us per layer) and the attention
+      after it faster by more (-1.2..-3.1 us): batch-16 step Llama -8..-19, Qwen3 -18..-35, Gemma
+      -18..-53 us (notes/kernels.md).
+    "cublas": none. "rows": all four (folded-norm families; the gated activation as gate/up's
+      epilogue, the residual adds as o's and down's); "rows_mlp": the MLP's two; "rows_down": down
+      (split K summed in the kernel, no split-K reduce launch); "rows_qkv_o": qkv and o (folded path).
+      These were as fast as cuBLAS or slower on the H100: the rows kernel streams the big matrices
+      slower than cuBLAS."""
+    choice = os.environ.get("RUNTIME_BATCH_GEMM", BATCH_GEMM_DEFAULT) or BATCH_GEMM_DEFAULT
+    if choice not in BATCH_GEMM_PRODUCTS:
+        raise ValueError(f"RUNTIME_BATCH_GEMM={choice!r}: choose one of {', '.join(BATCH_GEMM_PRODUCTS)}")
+    on = product in BATCH_GEMM_PRODUCTS[choice]
+    return on and fits_rows(x) and enabled("linear_rows", x)
+
+
 def norm_linear(
     h: torch.Tensor | None,
     residual: torch.Tensor,
@@ -155,7 +191,8 @@ def norm_linear(
     widen False: a product that cuBLAS wrote in the weights' dtype comes back as it is, holding
     the values out_dtype would (for a consumer that widens as it loads: no copy kernel).
     release: the qkv projection's (attention_plan.QkvRelease): its one-row GEMV may let the
-    attention launch right after its wait (fused_linear._launch)."""
+    attention launch right after its wait (fused_linear._launch); a batch step's goes to the rows
+    kernel with the early release where RUNTIME_BATCH_GEMM puts qkv there (on_rows_kernel)."""
     same = all(t.dtype == weight.dtype for t in (h, residual, norm_w, pre_w) if t is not None)
     if same and one_row(residual) and enabled(name, residual):
         return norm_linear_triton(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype, release)
@@ -165,6 +202,8 @@ def norm_linear(
         normed, new_residual = rms_norm(residual, norm_w, eps, offset), residual
     else:
         normed, new_residual = add_rms_norm(h, residual, norm_w, eps, offset, pre_w)
+    if release is not None and same and out_dtype is None and on_rows_kernel(normed, "qkv"):
+        return linear_rows_triton(normed, weight, release_early=True), new_residual  # a batch step's qkv
     y = F.linear(normed, weight)
     return (y if out_dtype is None or not widen else y.to(out_dtype)), new_residual
 

@@ -98,7 +98,7 @@ def decode_rows(model, tokens: torch.Tensor, positions: torch.Tensor, cache) -> 
         qkv = _product(x, attn.qkv.weight, "qkv")  # (B, q + 2 kv): 1 / rms(x) still to apply
         out = attn.attend_decode(qkv[:, None], cos, sin, cache, positions, x, layer.attn_norm.eps)
         _accumulate(x, out.reshape(x.shape[0], -1), attn.o_proj.weight, "o")
-        if _on_rows_kernel(x, "gate_up"):  # the activation as the gate/up product's epilogue
+        if ops.on_rows_kernel(x, "gate_up"):  # the activation as the gate/up product's epilogue
             act = ops.gated_linear_rows_triton(x, mlp.gate_up.weight, mlp.activation, layer.mlp_norm.eps)
         else:
             gate_up = _product(x, mlp.gate_up.weight, "gate_up")
@@ -107,37 +107,18 @@ def decode_rows(model, tokens: torch.Tensor, positions: torch.Tensor, cache) -> 
     return x
 
 
-# RUNTIME_BATCH_GEMM's choices -> the products of a layer they put on the rows kernel
-_ROWS_PRODUCTS = {
-    "cublas": (),
-    "rows": ("qkv", "o", "gate_up", "down"),
-    "rows_mlp": ("gate_up", "down"),
-    "rows_down": ("down",),
-}
-
-
-def _on_rows_kernel(x: torch.Tensor, product: str) -> bool:
-    """RUNTIME_BATCH_GEMM (an A/B switch, read when the step is captured): "rows" puts the batch
-    step's products on fused_rows' tl.dot kernel, which streams each weight once for up to 16 rows
-    and launches under PDL, the gated activation as gate/up's epilogue; "rows_mlp" only the MLP's
-    two; "rows_down" only down (split K summed in the kernel, no cuBLAS split-K reduce launch);
-    the default, "cublas", none. product: "qkv", "o", "gate_up" or "down"."""
-    choice = os.environ.get("RUNTIME_BATCH_GEMM", "cublas") or "cublas"
-    if choice not in _ROWS_PRODUCTS:
-        raise ValueError(f"RUNTIME_BATCH_GEMM={choice!r}: choose one of {', '.join(_ROWS_PRODUCTS)}")
-    on = product in _ROWS_PRODUCTS[choice]
-    return on and ops.fits_rows(x) and ops.enabled("linear_rows", x)
-
-
 def _product(x: torch.Tensor, weight: torch.Tensor, product: str) -> torch.Tensor:
-    """x (B, K) @ weight (N, K).T (qkv, gate/up)."""
-    return ops.linear_rows_triton(x, weight) if _on_rows_kernel(x, product) else F.linear(x, weight)
+    """x (B, K) @ weight (N, K).T (qkv, gate/up); on the rows kernel, qkv lets the attention launch
+    right after its wait (ops.on_rows_kernel)."""
+    if ops.on_rows_kernel(x, product):
+        return ops.linear_rows_triton(x, weight, release_early=product == "qkv")
+    return F.linear(x, weight)
 
 
 def _accumulate(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, product: str) -> None:
     """x (B, N) += h (B, K) @ weight (N, K).T in place, rounded once (the o and down products with
     the residual add as cuBLAS's beta = 1, or the rows kernel's accumulate)."""
-    if _on_rows_kernel(h, product):
+    if ops.on_rows_kernel(h, product):
         ops.linear_rows_add_triton(x, h, weight)
     else:
         x.addmm_(h, weight.t())
