@@ -125,6 +125,19 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "batch qkv GEMM on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows_qkv"},
     "batch qkv GEMM on the rows kernel (tuned)": {"RUNTIME_BATCH_GEMM": "rows_qkv", "RUNTIME_ROWS_TUNE": "1"},
     "batch qkv and o GEMMs on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows_qkv_o"},
+    # the batch qkv product's rows-kernel blocks (Llama, Qwen3, Gemma shapes; BLOCK_N/BLOCK_K/SPLIT/warps/stages)
+    "rows qkv blocks 16 wide": {
+        "RUNTIME_ROWS_BLOCKS": "linear:3072x2048=16/256/1/4/4 linear:4096x2048=16/256/1/4/4 linear:1536x1152=16/128/1/4/4"
+    },
+    "rows qkv blocks 2 stages": {
+        "RUNTIME_ROWS_BLOCKS": "linear:3072x2048=32/256/1/4/2 linear:4096x2048=32/256/1/4/2 linear:1536x1152=16/256/1/4/2"
+    },
+    "rows qkv blocks 8 warps": {
+        "RUNTIME_ROWS_BLOCKS": "linear:3072x2048=32/256/1/8/4 linear:4096x2048=32/256/1/8/4 linear:1536x1152=16/256/1/8/4"
+    },
+    "rows qkv blocks split 2": {
+        "RUNTIME_ROWS_BLOCKS": "linear:3072x2048=16/256/2/4/4 linear:4096x2048=16/256/2/4/4 linear:1536x1152=16/128/2/4/4"
+    },
     "unfolded batch norms in the rows kernel": {
         "RUNTIME_BATCH_ROWS": "fused",
         "RUNTIME_KERNELS_OFF": "act_linear_rows,linear_rows",

@@ -360,6 +360,21 @@ def test_untuned_setting_ignores_tuned_blocks(monkeypatch):
     assert frc.config_for("linear", 4, 100, 64, BF16, "linear") == rows_config(100, 64, 2, "linear")
 
 
+def test_rows_blocks_override_names_one_launch(monkeypatch):
+    """RUNTIME_ROWS_BLOCKS (an in-graph A/B) sets the blocks of the launch it names (op and shape),
+    over tuned blocks and the heuristic alike; another shape keeps its own; a malformed entry is
+    refused with the form to write."""
+    monkeypatch.setitem(frc._TUNED_ROWS, ("linear", 16, 3072, 2048, BF16), (32, 128, 2, 4, 3))
+    monkeypatch.setattr(frc, "INTERPRETING", False)
+    monkeypatch.setenv("RUNTIME_ROWS_BLOCKS", "linear:3072x2048=16/256/1/8/2 linear:1536x1152=16/128/2/4/4")
+    assert frc.config_for("linear", 16, 3072, 2048, BF16, "linear") == (16, 256, 1, 8, 2)
+    assert frc.config_for("linear", 16, 1536, 1152, BF16, "linear") == (16, 128, 2, 4, 4)
+    assert frc.config_for("linear", 16, 4096, 2048, BF16, "linear") == rows_config(4096, 2048, 2, "linear")
+    monkeypatch.setenv("RUNTIME_ROWS_BLOCKS", "linear:3072x2048=16/256/1")
+    with pytest.raises(ValueError, match="RUNTIME_ROWS_BLOCKS entry .*BLOCK_N/BLOCK_K/SPLIT/warps/stages"):
+        frc.config_for("linear", 16, 3072, 2048, BF16, "linear")
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(INTERPRET, reason="tune_rows times compiled kernels on the GPU")
 @pytest.mark.parametrize("op", ["norm_linear", "act_linear", "linear", "lm_head", "gated_linear"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from runtime.kernels._triton import INTERPRETING, cdiv, next_pow2
-from runtime.kernels.gemv_blocks import tuning_enabled
+from runtime.kernels.gemv_blocks import block_override, tuning_enabled
 
 MIN_ROWS, MAX_ROWS = 2, 16  # one row is fused_linear's; BLOCK_M = 16 is tl.dot's smallest tile
 BLOCK_M = 16
@@ -125,8 +125,12 @@ def _gated_config(N: int, K: int, elem_bytes: int) -> tuple[int, int, int, int, 
 def config_for(
     op: str, M: int, N: int, K: int, dtype: torch.dtype, cost: str
 ) -> tuple[int, int, int, int, int]:
-    """tune_rows()'s choice for this shape, else the heuristic; BLOCK_K never past next_pow2(K)."""
-    config = _TUNED_ROWS.get((op, M, N, K, dtype)) if tuning_enabled() else None
+    """RUNTIME_ROWS_BLOCKS' entry for this launch (an in-graph A/B, "op:NxK=BLOCK_N/BLOCK_K/SPLIT/
+    warps/stages"), else tune_rows()'s choice for this shape, else the heuristic; BLOCK_K never past
+    next_pow2(K)."""
+    config = block_override(op, N, K, "RUNTIME_ROWS_BLOCKS", "BLOCK_N/BLOCK_K/SPLIT/warps/stages")
+    if config is None and tuning_enabled():
+        config = _TUNED_ROWS.get((op, M, N, K, dtype))
     if config is None and INTERPRETING:
         # NumPy runs the programs one after another: a few big ones (the tests plant GPU-like blocks)
         return min(64, max(16, next_pow2(N))), max(16, min(256, next_pow2(K))), 1, 4, 1

@@ -79,23 +79,25 @@ def tile_after_row() -> bool:
     return choice == "after_row"
 
 
-def block_override(op: str, N: int, K: int) -> tuple[int, int, int] | None:
-    """RUNTIME_GEMV_BLOCKS, for in-graph A/Bs of block choices: entries "op:NxK=BLOCK_N/BLOCK_K/warps"
-    separated by spaces or semicolons (e.g. "norm_linear_act:12288x2048=16/256/4"); the blocks of
-    that launch, whatever tune() chose."""
-    raw = os.environ.get("RUNTIME_GEMV_BLOCKS", "")
+def block_override(
+    op: str, N: int, K: int, variable: str = "RUNTIME_GEMV_BLOCKS", fields: str = "BLOCK_N/BLOCK_K/warps"
+) -> tuple[int, ...] | None:
+    """An in-graph A/B of block choices: the environment `variable` holds entries "op:NxK=<fields>"
+    separated by spaces or semicolons (RUNTIME_GEMV_BLOCKS, e.g. "norm_linear_act:12288x2048=16/256/4";
+    fused_rows_config's RUNTIME_ROWS_BLOCKS has five fields); the launch's blocks, whatever tuning chose."""
+    raw = os.environ.get(variable, "")
     for entry in raw.replace(";", " ").split():
         try:
             key, value = entry.split("=")
             name, shape = key.split(":")
             n, k = (int(v) for v in shape.split("x"))
-            block_n, block_k, warps = (int(v) for v in value.split("/"))
+            blocks = tuple(int(v) for v in value.split("/"))
+            if len(blocks) != len(fields.split("/")):
+                raise ValueError
         except ValueError:
-            raise ValueError(
-                f"RUNTIME_GEMV_BLOCKS entry {entry!r}: write op:NxK=BLOCK_N/BLOCK_K/warps"
-            ) from None
+            raise ValueError(f"{variable} entry {entry!r}: write op:NxK={fields}") from None
         if (name, n, k) == (op, N, K):
-            return block_n, block_k, warps
+            return blocks
     return None
 
 
