@@ -135,6 +135,23 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "rows qkv blocks 8 warps": {
         "RUNTIME_ROWS_BLOCKS": "linear:3072x2048=32/256/1/8/4 linear:4096x2048=32/256/1/8/4 linear:1536x1152=16/256/1/8/4"
     },
+    # the batch o product on the rows kernel too (Llama's and Qwen3's o are both 2048 x 2048)
+    "rows qkv and o with o 16 wide": {
+        "RUNTIME_BATCH_GEMM": "rows_qkv_o",
+        "RUNTIME_ROWS_BLOCKS": "linear:2048x2048=16/256/1/4/4",
+    },
+    "rows qkv and o with o 16 wide 512 deep": {
+        "RUNTIME_BATCH_GEMM": "rows_qkv_o",
+        "RUNTIME_ROWS_BLOCKS": "linear:2048x2048=16/512/1/4/3",
+    },
+    "rows qkv and o with o 16 wide split 2": {
+        "RUNTIME_BATCH_GEMM": "rows_qkv_o",
+        "RUNTIME_ROWS_BLOCKS": "linear:2048x2048=16/256/2/4/4",
+    },
+    "rows qkv and o with o 32 wide split 2": {
+        "RUNTIME_BATCH_GEMM": "rows_qkv_o",
+        "RUNTIME_ROWS_BLOCKS": "linear:2048x2048=32/256/2/4/4",
+    },
     "rows qkv blocks split 2": {
         "RUNTIME_ROWS_BLOCKS": "linear:3072x2048=16/256/2/4/4 linear:4096x2048=16/256/2/4/4 linear:1536x1152=16/128/2/4/4"
     },
