@@ -122,6 +122,7 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
         "RUNTIME_ROWS_TUNE": "1",
     },
     "batch GEMMs on cuBLAS": {"RUNTIME_BATCH_GEMM": "cublas"},
+    "batch qkv norm releases late": {"RUNTIME_BATCH_NORM_RELEASE": "late"},
     "batch qkv GEMM on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows_qkv"},
     "batch qkv GEMM on the rows kernel (tuned)": {"RUNTIME_BATCH_GEMM": "rows_qkv", "RUNTIME_ROWS_TUNE": "1"},
     "batch qkv and o GEMMs on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows_qkv_o"},

@@ -135,26 +135,42 @@ def test_rows_kernel_switch_takes_its_products(monkeypatch, choice):
 def test_rows_qkv_takes_the_qkv_product_of_a_family_that_cannot_fold(monkeypatch):
     """Gemma's batch step keeps its norm kernels; by default (RUNTIME_BATCH_GEMM=rows_qkv) the qkv
     product after them (and only it: not o, gate/up, down or the LM head) goes to the rows kernel,
-    with the early release, for the same logits; "cublas" sends none."""
+    with the early release, and the add + norm kernel before it releases it early too (not the
+    norms before gate/up or the LM head), for the same logits; "cublas" sends none, and
+    RUNTIME_BATCH_NORM_RELEASE=late keeps the norm's late release."""
     _, spec, ours = hf_and_ours("gemma3")
     seqs, cache = _prefill_rows(ours, spec)
     _, want = _decode_steps(ours, seqs, cache, 1)
-    calls = []
+    calls, norms = [], []
 
     def product(x, w, release_early=False):
         calls.append((*w.shape, release_early))
         return torch.nn.functional.linear(x, w)
 
-    monkeypatch.setattr(ops, "enabled", lambda name, t: name == "linear_rows")
+    def add_norm(x, residual, weight, eps, offset=0.0, pre_weight=None, release_early=False):
+        norms.append(release_early)
+        return ops.add_rms_norm_ref(x, residual, weight, eps, offset, pre_weight)
+
+    monkeypatch.setattr(ops, "enabled", lambda name, t: name in ("linear_rows", "add_rms_norm"))
     monkeypatch.setattr(ops, "linear_rows_triton", product)
+    monkeypatch.setattr(ops, "add_rms_norm_triton", add_norm)
     monkeypatch.delenv("RUNTIME_BATCH_GEMM", raising=False)
     _, got = _decode_steps(ours, seqs, cache, 1)
     assert calls == [(*ours.layers[0].attn.qkv.weight.shape, True)] * spec.layers
+    # layer 0's gate/up norm; then each later layer's qkv norm and gate/up norm; the final norm
+    before_qkv = [False] + [True, False] * (spec.layers - 1) + [False]
+    assert norms == before_qkv
     torch.testing.assert_close(got, want)
+    norms.clear()
+    monkeypatch.setenv("RUNTIME_BATCH_NORM_RELEASE", "late")
+    _decode_steps(ours, seqs, cache, 1)
+    assert not any(norms)
     calls.clear()
     monkeypatch.setenv("RUNTIME_BATCH_GEMM", "cublas")
+    monkeypatch.delenv("RUNTIME_BATCH_NORM_RELEASE")
+    norms.clear()
     _decode_steps(ours, seqs, cache, 1)
-    assert calls == []
+    assert calls == [] and not any(norms)
 
 
 def test_fold_is_idempotent_and_leaves_the_source_state_alone():

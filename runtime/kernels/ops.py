@@ -112,12 +112,15 @@ def add_rms_norm(
     eps: float,
     offset: float = 0.0,
     pre_weight: torch.Tensor | None = None,
+    release_early: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """-> (rms_norm(residual + x'), residual + x'), x' = x or rms_norm(x, pre_weight).
-    The kernel needs one dtype throughout; mixed dtypes take the reference."""
+    The kernel needs one dtype throughout; mixed dtypes take the reference. release_early: the
+    kernel lets the next one launch right after its wait (rmsnorm._launch)."""
     same = x.dtype == residual.dtype == weight.dtype and (pre_weight is None or pre_weight.dtype == x.dtype)
-    fn = add_rms_norm_triton if same and enabled("add_rms_norm", x) else add_rms_norm_ref
-    return fn(x, residual, weight, eps, offset, pre_weight)
+    if same and enabled("add_rms_norm", x):
+        return add_rms_norm_triton(x, residual, weight, eps, offset, pre_weight, release_early)
+    return add_rms_norm_ref(x, residual, weight, eps, offset, pre_weight)
 
 
 # The decode projections with their prologue folded in: one row (batch 1) takes the GEMV of
@@ -171,6 +174,17 @@ def on_rows_kernel(x: torch.Tensor, product: str) -> bool:
     return on and fits_rows(x) and enabled("linear_rows", x)
 
 
+def norm_releases_early() -> bool:
+    """RUNTIME_BATCH_NORM_RELEASE: "early" (the default) has the norm kernel before a batch step's
+    qkv product on the rows kernel (Gemma's add + sandwich norm) let that product launch right after
+    its wait, so the product's programs load their first weight tile while the norm runs; "late",
+    when the norm ends (an A/B)."""
+    choice = os.environ.get("RUNTIME_BATCH_NORM_RELEASE", "early") or "early"
+    if choice not in ("early", "late"):
+        raise ValueError(f"RUNTIME_BATCH_NORM_RELEASE={choice!r}: choose early or late")
+    return choice == "early"
+
+
 def norm_linear(
     h: torch.Tensor | None,
     residual: torch.Tensor,
@@ -198,12 +212,14 @@ def norm_linear(
         return norm_linear_triton(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype, release)
     if same and name != "lm_head" and _fused_rows(residual, f"{name}_rows"):
         return norm_linear_rows_triton(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype)
+    rows_qkv = release is not None and same and out_dtype is None and on_rows_kernel(residual, "qkv")
     if h is None:
         normed, new_residual = rms_norm(residual, norm_w, eps, offset), residual
-    else:
-        normed, new_residual = add_rms_norm(h, residual, norm_w, eps, offset, pre_w)
-    if release is not None and same and out_dtype is None and on_rows_kernel(normed, "qkv"):
-        return linear_rows_triton(normed, weight, release_early=True), new_residual  # a batch step's qkv
+    else:  # before a batch step's qkv on the rows kernel, the norm releases it early (norm_releases_early)
+        release_norm = rows_qkv and norm_releases_early()
+        normed, new_residual = add_rms_norm(h, residual, norm_w, eps, offset, pre_w, release_norm)
+    if rows_qkv:
+        return linear_rows_triton(normed, weight, release_early=True), new_residual
     y = F.linear(normed, weight)
     return (y if out_dtype is None or not widen else y.to(out_dtype)), new_residual
 

@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from runtime.kernels._triton import jit, next_pow2, pdl, pdl_wait, tl
+from runtime.kernels._triton import jit, next_pow2, pdl, pdl_wait, released_early, tl
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
@@ -152,7 +152,9 @@ def norm_warps(block: int, rows: int) -> int:
     return 8 if rows <= 64 else min(max(block // 512, 1), 8)
 
 
-def _launch(x, residual, weight, pre_weight, eps, offset, out_dtype):
+def _launch(x, residual, weight, pre_weight, eps, offset, out_dtype, release_early=False):
+    """release_early: under PDL the next kernel may launch right after this one's wait (a batch
+    step's qkv product on the rows kernel: its programs load their first weight tile meanwhile)."""
     n = x.shape[-1]
     x2 = _rows(x)
     rows = x2.shape[0]
@@ -160,11 +162,12 @@ def _launch(x, residual, weight, pre_weight, eps, offset, out_dtype):
     res2 = _rows(residual) if residual is not None else x2
     res_out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else out
     block = next_pow2(n)
+    launch = pdl(x.device)
     _rms_norm_kernel[(rows,)](
         x2, res2, weight, pre_weight if pre_weight is not None else weight, out, res_out,
         n, eps, x2.stride(0), res2.stride(0), n, n,
         OFFSET=float(offset), HAS_RES=residual is not None, HAS_PRE=pre_weight is not None,
-        BLOCK=block, num_warps=norm_warps(block, rows), **pdl(x.device),
+        BLOCK=block, num_warps=norm_warps(block, rows), **(released_early(launch) if release_early else launch),
     )  # fmt: skip
     return out, res_out
 
@@ -182,6 +185,8 @@ def add_rms_norm_triton(
     eps: float,
     offset: float = 0.0,
     pre_weight: torch.Tensor | None = None,
+    release_early: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as add_rms_norm_ref (x, residual and the weights share one dtype); one kernel."""
-    return _launch(x, residual, weight, pre_weight, eps, offset, x.dtype)
+    """Same contract as add_rms_norm_ref (x, residual and the weights share one dtype); one kernel.
+    release_early: see _launch."""
+    return _launch(x, residual, weight, pre_weight, eps, offset, x.dtype, release_early)
