@@ -69,6 +69,7 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention merge by the last split program": {"RUNTIME_ATTN_MERGE": "last"},
     "attention loop 1 stage": {"RUNTIME_ATTN_STAGES": "1"},
     "attention tables after the wait": {"RUNTIME_ATTN_EARLY_TABLES": "0"},
+    "attention batch row scale after the wait": {"RUNTIME_ATTN_EARLY_ROW_SCALE": "0"},
     "attention loads serial": {"RUNTIME_ATTN_LOADS": "serial"},
     "cuBLASLt for the batch GEMMs": {"PROFILE_BLAS": "cublaslt"},
     "norm 1 warp": {"RUNTIME_NORM_WARPS": "1"},

@@ -317,9 +317,10 @@ FOLDED_ATTN_CASES = cases(
 
 @kernel_test
 @pytest.mark.parametrize("B,H,Hkv,D,S,norm,dtype", FOLDED_ATTN_CASES)
-def test_qkv_decode_attention_with_folded_norm(poisoned, B, H, Hkv, D, S, norm, dtype):
+def test_qkv_decode_attention_with_folded_norm(poisoned, monkeypatch, B, H, Hkv, D, S, norm, dtype):
     """qkv projected from un-normed rows: q, the new k and v are each divided by their row's
-    rms(source) before the q/k-norm and rope; the cache gets the scaled k and v."""
+    rms(source) before the q/k-norm and rope; the cache gets the scaled k and v. The row's 1 / rms
+    taken after the kernel's wait (RUNTIME_ATTN_EARLY_ROW_SCALE=0) gives the same bits as before it."""
     qkv = rand(B, 1, (H + 2 * Hkv) * D, dtype=dtype)
     source = rand(B, 300, dtype=dtype)
     source[0] *= 10  # rows of different rms: a factor shared between rows fails
@@ -338,6 +339,11 @@ def test_qkv_decode_attention_with_folded_norm(poisoned, B, H, Hkv, D, S, norm, 
         torch.testing.assert_close(new_got.float(), new_want.float(), **tol(dtype))
     unscaled = qkv_decode_attention_ref(*args, k_want.clone(), v_want.clone(), positions, D**-0.5)
     assert not torch.allclose(want.float(), unscaled.float(), atol=1e-2, rtol=1e-2)
+    monkeypatch.setenv("RUNTIME_ATTN_EARLY_ROW_SCALE", "0")
+    k_late, v_late = k_want.clone(), v_want.clone()
+    late = qkv_decode_attention_triton(*args, k_late, v_late, positions, D**-0.5, source, 1e-6)
+    assert torch.equal(late, got)
+    assert torch.equal(k_late[rows, :, positions % S], k_got[rows, :, positions % S])
 
 
 # ---------------------------------------------------------------- the whole model on Triton kernels

@@ -85,6 +85,7 @@ BIG_VOCAB = 2 * 262144  # a vocabulary whose top-k merge takes several rounds (_
 AB_SETTINGS = (
     {"RUNTIME_BATCH_ROWS": "fused"},
     {"RUNTIME_ATTN_EARLY_TABLES": "0"},
+    {"RUNTIME_ATTN_EARLY_ROW_SCALE": "0"},
     {"RUNTIME_ATTN_LOADS": "serial"},
     {"RUNTIME_ATTN_LOADS": "serial", "RUNTIME_ATTN_EARLY_TABLES": "0"},
     {"RUNTIME_PHASE_CLOCK": "1"},

@@ -189,6 +189,13 @@ def early_tables() -> bool:
     return os.environ.get("RUNTIME_ATTN_EARLY_TABLES", "1") != "0"
 
 
+def early_row_scale() -> bool:
+    """RUNTIME_ATTN_EARLY_ROW_SCALE=0 makes the split kernel take a batch row's 1 / rms (the folded
+    norm's row scale) after its wait, with the qkv row, instead of before it (same-process A/B;
+    default on)."""
+    return os.environ.get("RUNTIME_ATTN_EARLY_ROW_SCALE", "1") != "0"
+
+
 def grouped_loads() -> bool:
     """RUNTIME_ATTN_LOADS: "grouped" (the default) has the split kernel issue its first cache block,
     the q/k-norm weights and the rope tables as one group of loads (the tables in the shape of the

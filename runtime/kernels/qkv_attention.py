@@ -23,6 +23,7 @@ import torch
 from runtime.kernels._triton import INTERPRETING, next_pow2, pdl
 from runtime.kernels.arrival import arrival_counters
 from runtime.kernels.attention_plan import (
+    early_row_scale,
     early_tables,
     grouped_loads,
     merge_block,
@@ -131,6 +132,7 @@ def qkv_decode_attention_triton(
         PREFETCH=prefetch_enabled(), ROW_SCALE=norm_source is not None,
         BLOCK_SRC=next_pow2(src.shape[1]) if norm_source is not None else 16,
         EARLY_TABLES=early_tables(), GROUPED=grouped_loads(), CLOCK=clock is not None,
+        EARLY_ROW_SCALE=early_row_scale(),
         num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(B, splits), **launch,
     )  # fmt: skip
     if not merge and not direct:

@@ -148,6 +148,7 @@ def _qkv_split_kernel(
     EARLY_TABLES: tl.constexpr,
     GROUPED: tl.constexpr,
     CLOCK: tl.constexpr = False,
+    EARLY_ROW_SCALE: tl.constexpr = False,
 ):
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
     # what no kernel of this layer writes: the positions, the cache slots but the new one, and with
@@ -189,6 +190,14 @@ def _qkv_split_kernel(
         qw1, qw2, kw1, kw2, qcos1, qcos2, qsin1, qsin2, kcos1, kcos2, ksin1, ksin2 = _tables(
             q_w_ptr, k_w_ptr, cs, sn, c, c_ok, g, D, QK_NORM, GROUPED
         )
+    # ROW_SCALE: the row's 1 / rms(norm source), applied to q, k and v before anything else. With
+    # EARLY_ROW_SCALE (and PREFETCH) it is taken before the wait: the source (the residual rows the
+    # qkv product read) was last written two launches back, by a kernel that had ended before the
+    # product passed its own wait, and so before this launch began
+    early_scale: tl.constexpr = ROW_SCALE and EARLY_ROW_SCALE and PREFETCH
+    inv = 1.0
+    if early_scale:
+        inv = row_inv_rms(src_ptr + b.to(tl.int64) * src_stride, n_src, src_eps, BLOCK_SRC)
     if PREFETCH:
         pdl_wait(PDL)
     clock_mark(clock_ptr, program, 5, length, CLOCK)
@@ -201,8 +210,7 @@ def _qkv_split_kernel(
     if GROUPED:  # the new token's rows as one group, before any reduction's barrier
         q1, q2 = _query_rows(row, h, g, c, g_ok, c_ok, half, G, D)
         kn1, kn2, vn = _key_value_rows(row, h, c, c_ok, d, d_ok, half, n_heads, n_kv_heads, D)
-    inv = 1.0  # ROW_SCALE: the row's 1 / rms(norm source), applied to q, k and v before anything else
-    if ROW_SCALE:
+    if ROW_SCALE and not early_scale:
         inv = row_inv_rms(src_ptr + b.to(tl.int64) * src_stride, n_src, src_eps, BLOCK_SRC)
     # the query group (BLOCK_G, D/2) x 2 halves and the new key (1, D/2) x 2, normed and rotated
     if not GROUPED:
