@@ -320,7 +320,8 @@ FOLDED_ATTN_CASES = cases(
 def test_qkv_decode_attention_with_folded_norm(poisoned, monkeypatch, B, H, Hkv, D, S, norm, dtype):
     """qkv projected from un-normed rows: q, the new k and v are each divided by their row's
     rms(source) before the q/k-norm and rope; the cache gets the scaled k and v. The row's 1 / rms
-    taken after the kernel's wait (RUNTIME_ATTN_EARLY_ROW_SCALE=0) gives the same bits as before it."""
+    taken after the kernel's wait (RUNTIME_ATTN_EARLY_ROW_SCALE=0) matches the reference too (not
+    bit for bit the early order's: on the H100 the bf16 D = 64 case differs in the last bits)."""
     qkv = rand(B, 1, (H + 2 * Hkv) * D, dtype=dtype)
     source = rand(B, 300, dtype=dtype)
     source[0] *= 10  # rows of different rms: a factor shared between rows fails
@@ -342,8 +343,9 @@ def test_qkv_decode_attention_with_folded_norm(poisoned, monkeypatch, B, H, Hkv,
     monkeypatch.setenv("RUNTIME_ATTN_EARLY_ROW_SCALE", "0")
     k_late, v_late = k_want.clone(), v_want.clone()
     late = qkv_decode_attention_triton(*args, k_late, v_late, positions, D**-0.5, source, 1e-6)
-    assert torch.equal(late, got)
-    assert torch.equal(k_late[rows, :, positions % S], k_got[rows, :, positions % S])
+    assert_matches(late, want, dtype, scale=3.0)
+    late_new = k_late[rows, :, positions % S].float()
+    torch.testing.assert_close(late_new, k_want[rows, :, positions % S].float(), **tol(dtype))
 
 
 # ---------------------------------------------------------------- the whole model on Triton kernels
