@@ -458,8 +458,8 @@ def test_more_rows_run_unfused_with_the_prologue_kernels(monkeypatch):
         monkeypatch.setattr(ops, f"{name}_triton", lambda *a, _name=name: calls.append(_name))
     for name in ("rms_norm", "add_rms_norm", "gated_act"):
         ref = getattr(ops, f"{name}_ref")
-        monkeypatch.setattr(
-            ops, f"{name}_triton", lambda *a, _ref=ref, _name=name: calls.append(_name) or _ref(*a)
+        monkeypatch.setattr(  # launch options (release_early) mean nothing to the reference
+            ops, f"{name}_triton", lambda *a, _ref=ref, _name=name, **launch: calls.append(_name) or _ref(*a)
         )
     monkeypatch.setattr(_triton, "AVAILABLE", True)
     monkeypatch.setenv("RUNTIME_KERNELS", "triton")

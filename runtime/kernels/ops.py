@@ -119,7 +119,7 @@ def add_rms_norm(
     kernel lets the next one launch right after its wait (rmsnorm._launch)."""
     same = x.dtype == residual.dtype == weight.dtype and (pre_weight is None or pre_weight.dtype == x.dtype)
     if same and enabled("add_rms_norm", x):
-        return add_rms_norm_triton(x, residual, weight, eps, offset, pre_weight, release_early)
+        return add_rms_norm_triton(x, residual, weight, eps, offset, pre_weight, release_early=release_early)
     return add_rms_norm_ref(x, residual, weight, eps, offset, pre_weight)
 
 
