@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from runtime.kernels import _triton
+from runtime.kernels import _triton, batch_products
 
 # the <op>_ref / <op>_triton pairs below are module attributes on purpose: _dispatch looks them up
 # by name at call time (so a test can stand in for one)
@@ -138,51 +138,10 @@ def _fused_rows(t: torch.Tensor, name: str) -> bool:
     return choice == "fused" and fits_rows(t) and enabled(name, t)
 
 
-# RUNTIME_BATCH_GEMM's choices -> the batch step's products they put on the rows kernel
-BATCH_GEMM_PRODUCTS = {
-    "cublas": (),
-    "rows": ("qkv", "o", "gate_up", "down"),
-    "rows_mlp": ("gate_up", "down"),
-    "rows_down": ("down",),
-    "rows_qkv": ("qkv",),
-    "rows_qkv_o": ("qkv", "o"),
-}
-
-
-BATCH_GEMM_DEFAULT = "rows_qkv"
-
-
 def on_rows_kernel(x: torch.Tensor, product: str) -> bool:
-    """RUNTIME_BATCH_GEMM (read when the step is captured): which products of a batch step ("qkv",
-    "o", "gate_up", "down") run on fused_rows' tl.dot kernel, which streams each weight once for up
-    to 16 rows and launches under PDL, instead of cuBLAS.
-    "rows_qkv" (the default): qkv, in every family (Gemma's after its norm kernel), releasing the
-      attention right after its wait. cuBLAS lets the next kernel launch only when it ends, so the
-      attention's loads before its own wait (first cache block, tables) overlapped nothing. On the
-      H100 the product itself is slower than cuBLAS's (+0.6..+1.5 us per layer) and the attention
-      after it faster by more (-1.2..-3.1 us): batch-16 step Llama -8..-19, Qwen3 -18..-35, Gemma
-      -18..-53 us (notes/kernels.md).
-    "cublas": none. "rows": all four (folded-norm families; the gated activation as gate/up's
-      epilogue, the residual adds as o's and down's); "rows_mlp": the MLP's two; "rows_down": down
-      (split K summed in the kernel, no split-K reduce launch); "rows_qkv_o": qkv and o (folded path).
-      These were as fast as cuBLAS or slower on the H100: the rows kernel streams the big matrices
-      slower than cuBLAS."""
-    choice = os.environ.get("RUNTIME_BATCH_GEMM", BATCH_GEMM_DEFAULT) or BATCH_GEMM_DEFAULT
-    if choice not in BATCH_GEMM_PRODUCTS:
-        raise ValueError(f"RUNTIME_BATCH_GEMM={choice!r}: choose one of {', '.join(BATCH_GEMM_PRODUCTS)}")
-    on = product in BATCH_GEMM_PRODUCTS[choice]
-    return on and fits_rows(x) and enabled("linear_rows", x)
-
-
-def norm_releases_early() -> bool:
-    """RUNTIME_BATCH_NORM_RELEASE: "early" (the default) has the norm kernel before a batch step's
-    qkv product on the rows kernel (Gemma's add + sandwich norm) let that product launch right after
-    its wait, so the product's programs load their first weight tile while the norm runs; "late",
-    when the norm ends (an A/B)."""
-    choice = os.environ.get("RUNTIME_BATCH_NORM_RELEASE", "early") or "early"
-    if choice not in ("early", "late"):
-        raise ValueError(f"RUNTIME_BATCH_NORM_RELEASE={choice!r}: choose early or late")
-    return choice == "early"
+    """Whether a batch step's `product` ("qkv", "o", "gate_up", "down") of rows x runs on the rows
+    kernel instead of cuBLAS: RUNTIME_BATCH_GEMM names it (batch_products.py) and the kernel takes x."""
+    return batch_products.rows_products_named(product) and fits_rows(x) and enabled("linear_rows", x)
 
 
 def norm_linear(
@@ -216,7 +175,7 @@ def norm_linear(
     if h is None:
         normed, new_residual = rms_norm(residual, norm_w, eps, offset), residual
     else:  # before a batch step's qkv on the rows kernel, the norm releases it early (norm_releases_early)
-        release_norm = rows_qkv and norm_releases_early()
+        release_norm = rows_qkv and batch_products.norm_releases_early()
         normed, new_residual = add_rms_norm(h, residual, norm_w, eps, offset, pre_w, release_norm)
     if rows_qkv:
         return linear_rows_triton(normed, weight, release_early=True), new_residual
