@@ -552,6 +552,21 @@ def test_merge_launch_releases_early_only_under_pdl(monkeypatch):
         merge_launch(on)
 
 
+def test_pdl_early_is_the_early_release_where_pdl_is_on(monkeypatch):
+    """pdl(device, early=True): RUNTIME_PDL's mode changed to the early release on a card that has
+    PDL; no PDL (an older card, a CPU tensor) stays off."""
+    monkeypatch.setattr(_triton, "INTERPRETING", False)
+    monkeypatch.setattr(_triton, "gdc_wait", object())
+    monkeypatch.setattr(_triton, "_capability", lambda index: (9, 0))
+    monkeypatch.delenv("RUNTIME_PDL", raising=False)
+    gpu = torch.device("cuda", 0)
+    assert _triton.pdl(gpu) == {"PDL": 2, "launch_pdl": True}
+    assert _triton.pdl(gpu, early=True) == {"PDL": 1, "launch_pdl": True}
+    assert _triton.pdl(torch.device("cpu"), early=True) == {"PDL": 0}
+    monkeypatch.setattr(_triton, "_capability", lambda index: (8, 0))
+    assert _triton.pdl(gpu, early=True) == {"PDL": 0}
+
+
 def test_dispatcher_choice(monkeypatch):
     cpu = torch.zeros(1)
     monkeypatch.delenv("RUNTIME_KERNELS", raising=False)

@@ -191,7 +191,7 @@ def recording(target: Target) -> Iterator[prebuild.Recorder]:
         mp.setattr(_triton, "_capability", lambda index: target.capability)
         for module in kernel_modules():
             if getattr(module, "pdl", None) is real_pdl:
-                mp.setattr(module, "pdl", lambda device: real_pdl(torch.device("cuda", 0)))
+                mp.setattr(module, "pdl", lambda device, **kw: real_pdl(torch.device("cuda", 0), **kw))
         mp.setattr(attention_plan, "sm_count", lambda device: target.sms)
         mp.setattr(fused_linear, "_TUNED", {})
         mp.setattr(fused_rows_config, "_TUNED_ROWS", {})

@@ -81,11 +81,11 @@ def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
-def pdl(device: torch.device) -> dict[str, int | bool]:
+def pdl(device: torch.device, early: bool = False) -> dict[str, int | bool]:
     """Launch arguments for a kernel that takes a `PDL: tl.constexpr` and calls pdl_wait (and
     pdl_release): the RUNTIME_PDL mode (read at every call, so one process can A/B it) on CUDA
     cards of compute capability >= 9.0 (Hopper, Blackwell); elsewhere (older cards, the CPU
-    interpreter) off."""
+    interpreter) off. early: the early release where PDL is on (released_early)."""
     choice = os.environ.get("RUNTIME_PDL", PDL_DEFAULT) or PDL_DEFAULT
     if choice not in PDL_MODES:
         raise ValueError(f"RUNTIME_PDL={choice!r}: choose one of {', '.join(PDL_MODES)}")
@@ -98,7 +98,8 @@ def pdl(device: torch.device) -> dict[str, int | bool]:
         or _capability(device.index if device.index is not None else torch.cuda.current_device()) < (9, 0)
     ):
         return {"PDL": 0}
-    return {"PDL": mode, "launch_pdl": True}
+    launch = {"PDL": mode, "launch_pdl": True}
+    return released_early(launch) if early else launch
 
 
 def released_early(launch: dict[str, int | bool]) -> dict[str, int | bool]:

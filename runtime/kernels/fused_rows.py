@@ -38,7 +38,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from runtime.kernels._triton import INTERPRETING, cdiv, pdl, released_early
+from runtime.kernels._triton import INTERPRETING, cdiv, pdl
 from runtime.kernels.activation import ACTIVATIONS, gated_act_ref
 from runtime.kernels.arrival import arrival_counters
 from runtime.kernels.fused_linear import _ACT, _NONE, _NORM, act_linear_ref, linear_ref, norm_linear_ref
@@ -86,7 +86,6 @@ def _launch(
         part = torch.empty((splits, M, N), dtype=torch.float32, device=weight.device)
         counters = arrival_counters(n_blocks, weight.device)
     dummy = weight
-    launch = pdl(weight.device)
     _rows_kernel[(n_blocks, splits)](
         x if x is not None else dummy, x.stride(0) if x is not None else 0,
         res if res is not None else dummy, res.stride(0) if res is not None else 0,
@@ -96,7 +95,7 @@ def _launch(
         HAS_PRE=prologue == _NORM and x is not None and pre_w is not None, GELU=gelu, SPLIT=splits,
         BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_K=block_k, DOT_F32=INTERPRETING, ACCUMULATE=accumulate,
         GATED=gated, ROW_SCALE=row_scale, num_warps=num_warps, num_stages=num_stages,
-        **(released_early(launch) if release_early else launch),
+        **pdl(weight.device, early=release_early),
     )  # fmt: skip
 
 

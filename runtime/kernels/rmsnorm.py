@@ -16,7 +16,7 @@ import os
 
 import torch
 
-from runtime.kernels._triton import jit, next_pow2, pdl, pdl_wait, released_early, tl
+from runtime.kernels._triton import jit, next_pow2, pdl, pdl_wait, tl
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
@@ -162,12 +162,11 @@ def _launch(x, residual, weight, pre_weight, eps, offset, out_dtype, release_ear
     res2 = _rows(residual) if residual is not None else x2
     res_out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else out
     block = next_pow2(n)
-    launch = pdl(x.device)
     _rms_norm_kernel[(rows,)](
         x2, res2, weight, pre_weight if pre_weight is not None else weight, out, res_out,
         n, eps, x2.stride(0), res2.stride(0), n, n,
         OFFSET=float(offset), HAS_RES=residual is not None, HAS_PRE=pre_weight is not None,
-        BLOCK=block, num_warps=norm_warps(block, rows), **(released_early(launch) if release_early else launch),
+        BLOCK=block, num_warps=norm_warps(block, rows), **pdl(x.device, early=release_early),
     )  # fmt: skip
     return out, res_out
 
