@@ -552,6 +552,24 @@ def test_merge_launch_releases_early_only_under_pdl(monkeypatch):
         merge_launch(on)
 
 
+def test_env_choice_reads_a_switch_and_refuses_unknown_values(monkeypatch):
+    """The switches' one reader: unset or empty -> the default; a listed value as it is; anything
+    else refused with the switch's name and its choices ("a or b" for two)."""
+    from runtime.kernels.switches import env_choice
+
+    monkeypatch.delenv("RUNTIME_TEST_SWITCH", raising=False)
+    assert env_choice("RUNTIME_TEST_SWITCH", ("early", "late"), "early") == "early"
+    monkeypatch.setenv("RUNTIME_TEST_SWITCH", "")
+    assert env_choice("RUNTIME_TEST_SWITCH", ("early", "late"), "late") == "late"
+    monkeypatch.setenv("RUNTIME_TEST_SWITCH", "late")
+    assert env_choice("RUNTIME_TEST_SWITCH", {"early": 1, "late": 2}, "early") == "late"
+    monkeypatch.setenv("RUNTIME_TEST_SWITCH", "soon")
+    with pytest.raises(ValueError, match=r"^RUNTIME_TEST_SWITCH='soon': choose early or late$"):
+        env_choice("RUNTIME_TEST_SWITCH", ("early", "late"), "early")
+    with pytest.raises(ValueError, match=r"^RUNTIME_TEST_SWITCH='soon': choose one of a, b, c$"):
+        env_choice("RUNTIME_TEST_SWITCH", ("a", "b", "c"), "a")
+
+
 def test_pdl_early_is_the_early_release_where_pdl_is_on(monkeypatch):
     """pdl(device, early=True): RUNTIME_PDL's mode changed to the early release on a card that has
     PDL; no PDL (an older card, a CPU tensor) stays off."""

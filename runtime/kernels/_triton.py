@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from runtime.kernels.switches import env_choice
+
 try:
     import triton
     import triton.language as tl
@@ -86,10 +88,7 @@ def pdl(device: torch.device, early: bool = False) -> dict[str, int | bool]:
     pdl_release): the RUNTIME_PDL mode (read at every call, so one process can A/B it) on CUDA
     cards of compute capability >= 9.0 (Hopper, Blackwell); elsewhere (older cards, the CPU
     interpreter) off. early: the early release where PDL is on (released_early)."""
-    choice = os.environ.get("RUNTIME_PDL", PDL_DEFAULT) or PDL_DEFAULT
-    if choice not in PDL_MODES:
-        raise ValueError(f"RUNTIME_PDL={choice!r}: choose one of {', '.join(PDL_MODES)}")
-    mode = PDL_MODES[choice]
+    mode = PDL_MODES[env_choice("RUNTIME_PDL", PDL_MODES, PDL_DEFAULT)]
     if (
         mode == 0
         or gdc_wait is None

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from runtime.kernels._triton import INTERPRETING, cdiv, next_pow2, released_early
+from runtime.kernels.switches import env_choice
 
 
 @functools.lru_cache(maxsize=8)
@@ -58,9 +59,7 @@ def fills_card(batch: int, kv_heads: int, device: torch.device) -> bool:
     """Whether a batch bucket's (row, kv head) pairs alone fill a GPU: one program each streams all
     of its cache (RUNTIME_ATTN_BATCH_PLAN=fill, the default; "spread" never). Never on the CPU, so the
     CPU interpreter's stand-in SM count keeps the batch tests' merges."""
-    plan = os.environ.get("RUNTIME_ATTN_BATCH_PLAN", "fill") or "fill"
-    if plan not in ("fill", "spread"):
-        raise ValueError(f"RUNTIME_ATTN_BATCH_PLAN={plan!r}: choose fill or spread")
+    plan = env_choice("RUNTIME_ATTN_BATCH_PLAN", ("fill", "spread"), "fill")
     on_gpu = device.type in ("cuda", "meta")  # meta: the compile tests record launches as for a GPU
     return plan == "fill" and on_gpu and 10 * batch * kv_heads >= 9 * sm_count(device)
 
@@ -115,9 +114,7 @@ def merge_launch(launch: dict) -> dict:
     RUNTIME_MERGE_PDL=early the early release (right after its wait) where PDL is on, so the o
     projection's programs become resident and load their first weight tile while the merge runs
     (the merge is one small wave: they take no SM slot it needs). An A/B knob; default "late"."""
-    choice = os.environ.get("RUNTIME_MERGE_PDL", "late") or "late"
-    if choice not in ("late", "early"):
-        raise ValueError(f"RUNTIME_MERGE_PDL={choice!r}: choose late or early")
+    choice = env_choice("RUNTIME_MERGE_PDL", ("late", "early"), "late")
     return released_early(launch) if choice == "early" else launch
 
 
@@ -158,9 +155,7 @@ def qkv_release(programs: int, device: torch.device) -> str:
     timed (Qwen3: +16..+21 near 300, -0..-6 near 2000: the read delayed every program's statistics);
     it now reads it before the wait, not timed yet. RUNTIME_QKV_PDL: "auto" (the default: early up
     to QKV_EARLY_PER_SM programs per SM, else late) or one of the three."""
-    choice = os.environ.get("RUNTIME_QKV_PDL", "auto") or "auto"
-    if choice not in QKV_RELEASES:
-        raise ValueError(f"RUNTIME_QKV_PDL={choice!r}: choose one of {', '.join(QKV_RELEASES)}")
+    choice = env_choice("RUNTIME_QKV_PDL", QKV_RELEASES, "auto")
     if choice != "auto":
         return choice
     return "early" if programs <= QKV_EARLY_PER_SM * sm_count(device) else "late"
@@ -171,10 +166,7 @@ def merge_in_kernel() -> bool:
     partials (one launch); by default ("separate") a second launch merges them, one program per
     head. On the H100 the second launch was as fast or faster (notes/kernels.md): the last
     program merges its G heads one after another."""
-    choice = os.environ.get("RUNTIME_ATTN_MERGE", "separate") or "separate"
-    if choice not in ("last", "separate"):
-        raise ValueError(f"RUNTIME_ATTN_MERGE={choice!r}: choose last or separate")
-    return choice == "last"
+    return env_choice("RUNTIME_ATTN_MERGE", ("last", "separate"), "separate") == "last"
 
 
 def prefetch_enabled() -> bool:
@@ -203,7 +195,6 @@ def grouped_loads() -> bool:
     "serial" issues them one group after another, each waiting for the one before (same-process
     A/B, H200: grouped 5-33 us faster per step at batch 1 and 10-36 us at batch 16, notes/kernels.md).
     Never under the CPU interpreter (inline PTX)."""
-    choice = os.environ.get("RUNTIME_ATTN_LOADS", "grouped") or "grouped"
-    if choice not in ("serial", "grouped"):
-        raise ValueError(f"RUNTIME_ATTN_LOADS={choice!r}: choose serial or grouped")
-    return choice == "grouped" and not INTERPRETING
+    return (
+        env_choice("RUNTIME_ATTN_LOADS", ("serial", "grouped"), "grouped") == "grouped" and not INTERPRETING
+    )

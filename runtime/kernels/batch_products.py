@@ -6,7 +6,7 @@ the rows at all. The numbers behind each default are in notes/kernels.md (H100).
 
 from __future__ import annotations
 
-import os
+from runtime.kernels.switches import env_choice
 
 # RUNTIME_BATCH_GEMM's choices -> the batch step's products they put on the rows kernel
 BATCH_GEMM_PRODUCTS = {
@@ -34,9 +34,7 @@ def rows_products_named(product: str) -> bool:
       (split K summed in the kernel, no split-K reduce launch); "rows_qkv_o": qkv and o (folded path).
       These were as fast as cuBLAS or slower on the H100: the rows kernel streams the big matrices
       slower than cuBLAS."""
-    choice = os.environ.get("RUNTIME_BATCH_GEMM", BATCH_GEMM_DEFAULT) or BATCH_GEMM_DEFAULT
-    if choice not in BATCH_GEMM_PRODUCTS:
-        raise ValueError(f"RUNTIME_BATCH_GEMM={choice!r}: choose one of {', '.join(BATCH_GEMM_PRODUCTS)}")
+    choice = env_choice("RUNTIME_BATCH_GEMM", BATCH_GEMM_PRODUCTS, BATCH_GEMM_DEFAULT)
     return product in BATCH_GEMM_PRODUCTS[choice]
 
 
@@ -45,7 +43,4 @@ def norm_releases_early() -> bool:
     qkv product on the rows kernel (Gemma's add + sandwich norm) let that product launch right after
     its wait, so the product's programs load their first weight tile while the norm runs (H100,
     Gemma's batch-16 step -9 / +1 / -22 us); "late", when the norm ends (an A/B)."""
-    choice = os.environ.get("RUNTIME_BATCH_NORM_RELEASE", "early") or "early"
-    if choice not in ("early", "late"):
-        raise ValueError(f"RUNTIME_BATCH_NORM_RELEASE={choice!r}: choose early or late")
-    return choice == "early"
+    return env_choice("RUNTIME_BATCH_NORM_RELEASE", ("early", "late"), "early") == "early"

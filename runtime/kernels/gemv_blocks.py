@@ -10,6 +10,7 @@ import os
 import torch
 
 from runtime.kernels._triton import cdiv, next_pow2
+from runtime.kernels.switches import env_choice
 
 SMS = 132  # H100 SXM; the heuristic only needs the order of magnitude
 
@@ -64,19 +65,13 @@ def early_first_chunk() -> bool:
     chunk with the row statistics' loads (and the norm weights before the PDL wait); "late" loads
     it after the statistics' reductions, one more L2 round trip (same-process A/B, H100: Gemma's
     step -16..-29 us, Llama -14..+3, Qwen3 -15..+1; notes/kernels.md)."""
-    choice = os.environ.get("RUNTIME_GEMV_FIRST_CHUNK", "early") or "early"
-    if choice not in ("early", "late"):
-        raise ValueError(f"RUNTIME_GEMV_FIRST_CHUNK={choice!r}: choose early or late")
-    return choice == "early"
+    return env_choice("RUNTIME_GEMV_FIRST_CHUNK", ("early", "late"), "early") == "early"
 
 
 def tile_after_row() -> bool:
     """RUNTIME_GEMV_FIRST_TILE: "early" (the default) has every GEMV load its first weight tile before
     the PDL wait; "after_row" has the norm GEMVs load it after their row statistics' loads."""
-    choice = os.environ.get("RUNTIME_GEMV_FIRST_TILE", "early") or "early"
-    if choice not in ("early", "after_row"):
-        raise ValueError(f"RUNTIME_GEMV_FIRST_TILE={choice!r}: choose early or after_row")
-    return choice == "after_row"
+    return env_choice("RUNTIME_GEMV_FIRST_TILE", ("early", "after_row"), "early") == "after_row"
 
 
 def block_override(

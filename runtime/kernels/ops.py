@@ -57,15 +57,14 @@ from runtime.kernels.qkv_rope import (
 from runtime.kernels.rmsnorm import add_rms_norm_ref, add_rms_norm_triton, rms_norm_ref, rms_norm_triton
 from runtime.kernels.rope import apply_rope_ref
 from runtime.kernels.step_inputs import embed_rope_ref, embed_rope_triton
+from runtime.kernels.switches import env_choice
 
 BACKENDS = ("auto", "torch", "triton")
 
 
 def use_triton(t: torch.Tensor) -> bool:
     """Whether ops on tensor `t` run as Triton kernels (see RUNTIME_KERNELS above)."""
-    choice = os.environ.get("RUNTIME_KERNELS", "auto") or "auto"
-    if choice not in BACKENDS:
-        raise ValueError(f"RUNTIME_KERNELS={choice!r}: choose one of {', '.join(BACKENDS)}")
+    choice = env_choice("RUNTIME_KERNELS", BACKENDS, "auto")
     if choice == "torch" or not _triton.AVAILABLE:
         return False
     return choice == "triton" or t.is_cuda
@@ -132,9 +131,7 @@ def add_rms_norm(
 
 
 def _fused_rows(t: torch.Tensor, name: str) -> bool:
-    choice = os.environ.get("RUNTIME_BATCH_ROWS", "cublas") or "cublas"
-    if choice not in ("cublas", "fused"):
-        raise ValueError(f"RUNTIME_BATCH_ROWS={choice!r}: choose cublas or fused")
+    choice = env_choice("RUNTIME_BATCH_ROWS", ("cublas", "fused"), "cublas")
     return choice == "fused" and fits_rows(t) and enabled(name, t)
 
 

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from runtime.kernels import ops
+from runtime.kernels.switches import env_choice
 from runtime.models.spec import ModelSpec
 
 
@@ -77,9 +78,7 @@ def folded_rows(model, rows: int) -> bool:
     """Whether a decode step of `rows` rows takes decode_rows below. Weights changed in place since
     the fold (a test's perturbation, a merged adapter) are folded again first, so the norm weights
     they set count, at every batch size."""
-    choice = os.environ.get("RUNTIME_BATCH_NORM", "folded") or "folded"
-    if choice not in ("folded", "kernel"):
-        raise ValueError(f"RUNTIME_BATCH_NORM={choice!r}: choose folded or kernel")
+    choice = env_choice("RUNTIME_BATCH_NORM", ("folded", "kernel"), "folded")
     if not model.norms_folded or rows == 1 or choice == "kernel":
         return False
     if _stamp(model) != model.folded_stamp:
