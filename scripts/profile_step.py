@@ -54,6 +54,8 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "qkv GEMV releases early": {"RUNTIME_QKV_PDL": "early"},
     "qkv GEMV releases late": {"RUNTIME_QKV_PDL": "late"},
     "qkv GEMV releases early past the L2 position": {"RUNTIME_QKV_PDL": "long"},
+    "next layer K/V to L2 before the wait": {"RUNTIME_ATTN_NEXT_KV": "start"},
+    "next layer K/V to L2 after the loop": {"RUNTIME_ATTN_NEXT_KV": "end"},
     "qkv GEMV releases early and attention 4 warps": {"RUNTIME_QKV_PDL": "early", "RUNTIME_ATTN_WARPS": "4"},
     "attention 4 programs per SM": {"RUNTIME_ATTN_PER_SM": "4"},
     "attention 1 program per SM": {"RUNTIME_ATTN_PER_SM": "1"},
