@@ -54,6 +54,23 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "qkv GEMV releases early": {"RUNTIME_QKV_PDL": "early"},
     "qkv GEMV releases late": {"RUNTIME_QKV_PDL": "late"},
     "qkv GEMV releases early past the L2 position": {"RUNTIME_QKV_PDL": "long"},
+    # the batch qkv product's rows kernel without the cp.async pipeline: more, smaller programs resident
+    "rows qkv 16/512 1 stage": {
+        "RUNTIME_BATCH_GEMM": "rows_qkv",
+        "RUNTIME_ROWS_BLOCKS": "linear:3072x2048=16/512/1/4/1 linear:4096x2048=16/512/1/4/1 linear:1536x1152=16/512/1/4/1",
+    },
+    "rows qkv 16/1024 1 stage 8 warps": {
+        "RUNTIME_BATCH_GEMM": "rows_qkv",
+        "RUNTIME_ROWS_BLOCKS": "linear:3072x2048=16/1024/1/8/1 linear:4096x2048=16/1024/1/8/1 linear:1536x1152=16/1024/1/8/1",
+    },
+    "rows qkv 16/256 split 2 1 stage": {
+        "RUNTIME_BATCH_GEMM": "rows_qkv",
+        "RUNTIME_ROWS_BLOCKS": "linear:3072x2048=16/256/2/4/1 linear:4096x2048=16/256/2/4/1 linear:1536x1152=16/256/2/4/1",
+    },
+    "rows qkv 16/512 2 stages": {
+        "RUNTIME_BATCH_GEMM": "rows_qkv",
+        "RUNTIME_ROWS_BLOCKS": "linear:3072x2048=16/512/1/4/2 linear:4096x2048=16/512/1/4/2 linear:1536x1152=16/512/1/4/2",
+    },
     "next layer K/V to L2 before the wait": {"RUNTIME_ATTN_NEXT_KV": "start"},
     "next layer K/V to L2 after the loop": {"RUNTIME_ATTN_NEXT_KV": "end"},
     "qkv GEMV releases early and attention 4 warps": {"RUNTIME_QKV_PDL": "early", "RUNTIME_ATTN_WARPS": "4"},
