@@ -85,6 +85,15 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention 8 warps": {"RUNTIME_ATTN_WARPS": "8"},
     "attention 4 warps": {"RUNTIME_ATTN_WARPS": "4"},
     "attention 2 warps": {"RUNTIME_ATTN_WARPS": "2"},
+    "attention 1 warp": {"RUNTIME_ATTN_WARPS": "1"},
+    "attention 1 warp and 4 splits at batch buckets": {
+        "RUNTIME_ATTN_WARPS": "1",
+        "RUNTIME_ATTN_BATCH_SPLITS": "4",
+    },
+    "attention 2 warps and 2 splits at batch buckets": {
+        "RUNTIME_ATTN_WARPS": "2",
+        "RUNTIME_ATTN_BATCH_SPLITS": "2",
+    },
     "attention merge by the last split program": {"RUNTIME_ATTN_MERGE": "last"},
     "attention loop 1 stage": {"RUNTIME_ATTN_STAGES": "1"},
     "attention tables after the wait": {"RUNTIME_ATTN_EARLY_TABLES": "0"},
