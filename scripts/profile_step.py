@@ -71,8 +71,6 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
         "RUNTIME_BATCH_GEMM": "rows_qkv",
         "RUNTIME_ROWS_BLOCKS": "linear:3072x2048=16/512/1/4/2 linear:4096x2048=16/512/1/4/2 linear:1536x1152=16/512/1/4/2",
     },
-    "next layer K/V to L2 before the wait": {"RUNTIME_ATTN_NEXT_KV": "start"},
-    "next layer K/V to L2 after the loop": {"RUNTIME_ATTN_NEXT_KV": "end"},
     "qkv GEMV releases early and attention 4 warps": {"RUNTIME_QKV_PDL": "early", "RUNTIME_ATTN_WARPS": "4"},
     "attention 4 programs per SM": {"RUNTIME_ATTN_PER_SM": "4"},
     "attention 1 program per SM": {"RUNTIME_ATTN_PER_SM": "1"},

@@ -31,7 +31,6 @@ import itertools
 import json
 import os
 import pkgutil
-import re
 import subprocess
 import time
 from collections import Counter
@@ -102,8 +101,6 @@ AB_SETTINGS = (
     {"RUNTIME_GEMV_FIRST_TILE": "after_row"},
     {"RUNTIME_QKV_PDL": "early"},
     {"RUNTIME_QKV_PDL": "long"},
-    {"RUNTIME_ATTN_NEXT_KV": "start"},
-    {"RUNTIME_ATTN_NEXT_KV": "end"},
 )
 
 # @jit kernels no recorded path launches, with the reason
@@ -411,24 +408,3 @@ def test_kernels_compile(target: Target):
             for name, group in failed.items()
         ]
         pytest.fail(f"kernels that do not compile for {target.name}:\n" + "\n".join(report), pytrace=False)
-
-
-@pytest.mark.parametrize("mode", ["off", "start", "end"])
-def test_the_next_layers_cache_is_asked_of_l2_where_the_switch_says(mode):
-    """RUNTIME_ATTN_NEXT_KV in the sm_90 PTX of the batch-1 split kernel (Qwen3): "start" issues the
-    L2 prefetches of K and of V before the PDL wait, "end" after the release, "off" none. A build
-    that dropped them (an unused asm result) or moved them onto the program's chain fails here."""
-    target = TARGETS[0]
-    if ptxas_refuses(target) is not None:
-        pytest.skip(ptxas_refuses(target))
-    with recording(target) as rec, setting(rec, "next kv", {"RUNTIME_ATTN_NEXT_KV": mode}, None):
-        decode(model("Qwen/Qwen3-1.7B"), 1)
-    (split,) = [launch for launch in rec.launches.values() if launch.fn.fn.__name__ == "_qkv_split_kernel"]
-    ptx = split.build(target.gpu).asm["ptx"]
-    marks = [m.group(0) for m in re.finditer(r"prefetch\.global\.L2|griddepcontrol\.\w+", ptx)]
-    want = {
-        "off": ["griddepcontrol.wait", "griddepcontrol.launch_dependents"],
-        "start": ["prefetch.global.L2"] * 2 + ["griddepcontrol.wait", "griddepcontrol.launch_dependents"],
-        "end": ["griddepcontrol.wait", "griddepcontrol.launch_dependents"] + ["prefetch.global.L2"] * 2,
-    }[mode]
-    assert marks == want

@@ -188,21 +188,6 @@ def early_row_scale() -> bool:
     return os.environ.get("RUNTIME_ATTN_EARLY_ROW_SCALE", "1") != "0"
 
 
-NEXT_KV_CHOICES = ("off", "start", "end")
-
-
-def next_kv_prefetch() -> str:
-    """RUNTIME_ATTN_NEXT_KV: whether each split program asks L2 (prefetch.global.L2, no registers) for
-    the next layer's cache blocks of its own (row, kv head, split), so the next layer's attention
-    finds them there, as it finds a short cache, instead of waiting for DRAM on its chain. Past the
-    position where one step's K/V outgrow L2 (l2_spill_position) the attention reads every block
-    from DRAM; a prefetch one layer ahead moves those reads off the chain and into the DRAM's idle
-    time (the attention, the merge and the o GEMV's ramp). "start": right before the program's PDL
-    wait, after its own first block's loads; "end": after its own loop (under the merge and the o
-    GEMV); "off" (the default). Never under the CPU interpreter (inline PTX)."""
-    return "off" if INTERPRETING else env_choice("RUNTIME_ATTN_NEXT_KV", NEXT_KV_CHOICES, "off")
-
-
 def grouped_loads() -> bool:
     """RUNTIME_ATTN_LOADS: "grouped" (the default) has the split kernel issue its first cache block,
     the q/k-norm weights and the rope tables as one group of loads (the tables in the shape of the

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from runtime.kernels._triton import INTERPRETING, cdiv, next_pow2, pdl
+from runtime.kernels._triton import INTERPRETING, next_pow2, pdl
 from runtime.kernels.arrival import arrival_counters
 from runtime.kernels.attention_plan import (
     early_row_scale,
@@ -28,14 +28,12 @@ from runtime.kernels.attention_plan import (
     grouped_loads,
     merge_block,
     merge_in_kernel,
-    next_kv_prefetch,
     prefetch_enabled,
     split_plan,
     split_stages,
     split_warps,
 )
 from runtime.kernels.decode_attention import decode_attention_ref, merge_partials
-from runtime.kernels.l2_prefetch import LINE_BYTES
 from runtime.kernels.phase_clock import clock_buffer
 from runtime.kernels.qkv_attention_kernel import _qkv_split_kernel
 from runtime.kernels.qkv_rope import qkv_rope_to_cache_ref
@@ -58,10 +56,8 @@ def qkv_decode_attention_ref(
     scale: float,
     norm_source: torch.Tensor | None = None,
     norm_eps: float = 0.0,
-    next_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """qkv (B, 1, ...) -> (B, H, D); writes k/v_cache[b, :, positions[b] % S] on the way.
-    next_kv: the next layer's (k, v) caches, which the Triton kernel may ask L2 for; unused here.
     norm_source (B, K): qkv was projected from these un-normed rows through a matrix holding the
     norm's weight, so each qkv row is first divided by rms(norm_source[b]) (scale_rows_ref; the
     batch buckets' folded norm, runtime/models/folded_norms.py)."""
@@ -90,13 +86,11 @@ def qkv_decode_attention_triton(
     scale: float,
     norm_source: torch.Tensor | None = None,
     norm_eps: float = 0.0,
-    next_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     num_splits: int | None = None,
 ) -> torch.Tensor:
     """Same contract as qkv_decode_attention_ref; two launches (split + merge), or one with
     RUNTIME_ATTN_MERGE=last (the last program of each row and kv head merges the partials).
-    num_splits overrides P (tests use it to force many partials on short caches). next_kv: the next
-    layer's (k, v) caches (B, Hkv, S', D), prefetched to L2 per RUNTIME_ATTN_NEXT_KV."""
+    num_splits overrides P (tests use it to force many partials on short caches)."""
     B, T, width = qkv.shape
     _, Hkv, S, D = k_cache.shape
     if T != 1 or Hkv != kv_heads or width != (heads + 2 * kv_heads) * D or D % 2 or heads % kv_heads:
@@ -124,7 +118,6 @@ def qkv_decode_attention_triton(
     launch = pdl(qkv.device)
     counters = arrival_counters(B * Hkv, qkv.device) if merge else ml
     norm = q_weight is not None
-    next_k, next_v, next_kv_mode = _next_layer(next_kv, k_cache, v_cache)
     clock = clock_buffer("attention", f"attention {B}x{Hkv}x{splits} S{S}", B * Hkv * splits, qkv.device)
     _qkv_split_kernel[(B * Hkv, splits)](
         qkv2, q_weight if norm else qkv2, k_weight if norm else qkv2, cos2, sin2, positions, k_cache, v_cache,
@@ -132,34 +125,16 @@ def qkv_decode_attention_triton(
         src.shape[1], src.stride(0),
         heads, Hkv, splits, S, qkv2.stride(0), D,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
-        v_cache.stride(2), out.stride(0), next_k, next_v, next_k.stride(0), next_k.stride(1), next_k.stride(2),
-        next_v.stride(0), next_v.stride(1), next_v.stride(2), next_k.shape[2],
+        v_cache.stride(2), out.stride(0),
         G=G, BLOCK_G=max(16, next_pow2(G)), D=D, HALF_BLOCK=max(16, next_pow2(D // 2)),
         BLOCK_D=max(16, next_pow2(D)), BLOCK_N=block_n, QK_NORM=norm, OFFSET=float(offset),
         DOT_F32=INTERPRETING, MERGE=merge, DIRECT=direct, BLOCK_P=merge_block(D, splits),
         PREFETCH=prefetch_enabled(), ROW_SCALE=norm_source is not None,
         BLOCK_SRC=next_pow2(src.shape[1]) if norm_source is not None else 16,
         EARLY_TABLES=early_tables(), GROUPED=grouped_loads(), CLOCK=clock is not None,
-        EARLY_ROW_SCALE=early_row_scale(), NEXT_KV=next_kv_mode,
-        ROW_LINES=next_pow2(cdiv(D * k_cache.element_size(), LINE_BYTES)), LINE_ELEMS=LINE_BYTES // k_cache.element_size(),
+        EARLY_ROW_SCALE=early_row_scale(),
         num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(B, splits), **launch,
     )  # fmt: skip
     if not merge and not direct:
         merge_partials(acc, ml, positions, out, block_n, S, from_positions=True, launch=launch)
     return out
-
-
-def _next_layer(
-    next_kv: tuple[torch.Tensor, torch.Tensor] | None, k_cache: torch.Tensor, v_cache: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(next k, next v, NEXT_KV): the next layer's caches and where the split kernel asks L2 for
-    them (0 off, 1 before its wait, 2 after its loop); this layer's caches and 0 where there are
-    none or the switch is off."""
-    mode = next_kv_prefetch()
-    if next_kv is None or mode == "off":
-        return k_cache, v_cache, 0
-    next_k, next_v = next_kv
-    for t in (next_k, next_v):
-        if t.shape[:2] != k_cache.shape[:2] or t.shape[3] != k_cache.shape[3] or t.stride(-1) != 1:
-            raise ValueError(f"next layer's cache {tuple(t.shape)} does not match {tuple(k_cache.shape)}")
-    return next_k, next_v, 1 if mode == "start" else 2

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from runtime.kernels._triton import jit, pdl_release, pdl_wait, tl
 from runtime.kernels.decode_attention import block_dot, merge_head
-from runtime.kernels.l2_prefetch import prefetch_next_layer
 from runtime.kernels.phase_clock import clock_mark, total_2d
 from runtime.kernels.qkv_rope import cache_slot, norm_rope_loaded, norm_weight_halves, rope_halves
 from runtime.kernels.rmsnorm import row_inv_rms, scale_row
@@ -130,15 +129,6 @@ def _qkv_split_kernel(
     v_sh,
     v_ss,
     o_sb,
-    nk_ptr,
-    nv_ptr,
-    nk_sb,
-    nk_sh,
-    nk_ss,
-    nv_sb,
-    nv_sh,
-    nv_ss,
-    next_slots,
     G: tl.constexpr,
     BLOCK_G: tl.constexpr,
     D: tl.constexpr,
@@ -159,9 +149,6 @@ def _qkv_split_kernel(
     GROUPED: tl.constexpr,
     CLOCK: tl.constexpr = False,
     EARLY_ROW_SCALE: tl.constexpr = False,
-    NEXT_KV: tl.constexpr = 0,
-    ROW_LINES: tl.constexpr = 1,
-    LINE_ELEMS: tl.constexpr = 64,
 ):
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
     # what no kernel of this layer writes: the positions, the cache slots but the new one, and with
@@ -211,15 +198,6 @@ def _qkv_split_kernel(
     inv = 1.0
     if early_scale:
         inv = row_inv_rms(src_ptr + b.to(tl.int64) * src_stride, n_src, src_eps, BLOCK_SRC)
-    # NEXT_KV (attention_plan.next_kv_prefetch): the next layer's blocks of this (row, kv head,
-    # split) asked of L2, 1: here (after this program's own first block), 2: after its loop.
-    # `asked` is 0; it joins l_i so that the prefetches are kept
-    asked = 0
-    if NEXT_KV == 1:
-        asked = prefetch_next_layer(
-            nk_ptr, nv_ptr, b, h, split, n_splits, pos_ptr, next_slots, nk_sb, nk_sh, nk_ss, nv_sb, nv_sh,
-            nv_ss, BLOCK_N, ROW_LINES, LINE_ELEMS,
-        )  # fmt: skip
     if PREFETCH:
         pdl_wait(PDL)
     clock_mark(clock_ptr, program, 5, length, CLOCK)
@@ -278,13 +256,6 @@ def _qkv_split_kernel(
 
     clock_mark(clock_ptr, program, 7, tl.sum(l_i, axis=0), CLOCK)
     pdl_release(PDL)
-    if NEXT_KV == 2:
-        asked = prefetch_next_layer(
-            nk_ptr, nv_ptr, b, h, split, n_splits, pos_ptr, next_slots, nk_sb, nk_sh, nk_ss, nv_sb, nv_sh,
-            nv_ss, BLOCK_N, ROW_LINES, LINE_ELEMS,
-        )  # fmt: skip
-    if NEXT_KV != 0:
-        l_i += asked.to(tl.float32)  # + 0.0: l_i >= 0, unchanged bit for bit
     if DIRECT:
         # one program per (row, kv head): its running softmax is the whole one, so it writes the
         # output (l_i >= 1: it started from the new token) and no merge follows

@@ -100,14 +100,12 @@ class Attention(nn.Module):
         """qkv (B, 1, q + 2 kv) -> attention (B, H, D), before o_proj.  # graph: no host reads
         One op from the packed qkv row: q/k-norm, rope, k and v into cache slot positions % S (the
         ring of a sliding layer, the plain slot of a global one), attention over min(pos + 1, S).
-        norm_source (B, hidden): the un-normed rows qkv was projected from (folded_norms.py). The next
-        layer's caches go along: the kernel may ask L2 for them (attention_plan.next_kv_prefetch)."""
+        norm_source (B, hidden): the un-normed rows qkv was projected from (folded_norms.py)."""
         B = qkv.shape[0]
         k_cache, v_cache = cache.k[self.layer][:B], cache.v[self.layer][:B]
-        after = (self.layer + 1) % len(cache.k)  # the last layer's is the first's, a step ahead
         return ops.qkv_decode_attention(
             qkv, self.heads, self.kv_heads, cos, sin, *self._qk_args(), k_cache, v_cache, positions,
-            self.scale, norm_source, norm_eps, next_kv=(cache.k[after][:B], cache.v[after][:B]),
+            self.scale, norm_source, norm_eps,
         )  # fmt: skip
 
 
