@@ -88,14 +88,14 @@ def test_batch_step_launches_only_the_final_norm(monkeypatch):
     torch.testing.assert_close(folded, unfolded, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("choice", ["rows", "rows_mlp", "rows_down", "rows_qkv"])
+@pytest.mark.parametrize("choice", ["rows", "rows_mlp", "rows_down", "rows_qkv", "rows_qkv_lm_head"])
 def test_rows_kernel_switch_takes_its_products(monkeypatch, choice):
     """RUNTIME_BATCH_GEMM=rows sends each layer's four products of a batch step to the rows kernel
     (here recorders around the references): qkv a product that releases the attention early, gate/up
     with the gated activation as its epilogue, o and down accumulated into the residual rows in
     place; rows_mlp only the MLP's two; rows_down only down (gate/up and its activation stay on
-    cuBLAS and the activation op); rows_qkv only qkv. The logits do not change; an unknown value is
-    refused."""
+    cuBLAS and the activation op); rows_qkv only qkv; rows_qkv_lm_head qkv and, once a step, the
+    LM head (no early release). The logits do not change; an unknown value is refused."""
     _, spec, ours = hf_and_ours("llama")
     seqs, cache = _prefill_rows(ours, spec)
     _, want = _decode_steps(ours, seqs, cache, 1)
@@ -122,10 +122,15 @@ def test_rows_kernel_switch_takes_its_products(monkeypatch, choice):
     layer = ours.layers[0]
     attention = [("product", *layer.attn.qkv.weight.shape, True), ("add", *layer.attn.o_proj.weight.shape)]
     mlp = [("gated", *layer.mlp.gate_up.weight.shape), ("add", *layer.mlp.down.weight.shape)]
-    taken = {"rows": attention + mlp, "rows_mlp": mlp, "rows_down": mlp[1:], "rows_qkv": attention[:1]}[
-        choice
-    ]
-    assert calls == taken * spec.layers
+    taken = {
+        "rows": attention + mlp,
+        "rows_mlp": mlp,
+        "rows_down": mlp[1:],
+        "rows_qkv": attention[:1],
+        "rows_qkv_lm_head": attention[:1],
+    }[choice]
+    lm_head = [("product", *ours.lm_head_weight.shape, False)] if choice == "rows_qkv_lm_head" else []
+    assert calls == taken * spec.layers + lm_head
     torch.testing.assert_close(got, want)
     monkeypatch.setenv("RUNTIME_BATCH_GEMM", "tiles")
     with pytest.raises(ValueError, match="RUNTIME_BATCH_GEMM"):

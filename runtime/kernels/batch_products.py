@@ -16,6 +16,7 @@ BATCH_GEMM_PRODUCTS = {
     "rows_down": ("down",),
     "rows_qkv": ("qkv",),
     "rows_qkv_o": ("qkv", "o"),
+    "rows_qkv_lm_head": ("qkv", "lm_head"),
 }
 BATCH_GEMM_DEFAULT = "rows_qkv"
 
@@ -31,7 +32,8 @@ def rows_products_named(product: str) -> bool:
       -18..-53 us.
     "cublas": none. "rows": all four (folded-norm families; the gated activation as gate/up's
       epilogue, the residual adds as o's and down's); "rows_mlp": the MLP's two; "rows_down": down
-      (split K summed in the kernel, no split-K reduce launch); "rows_qkv_o": qkv and o (folded path).
+      (split K summed in the kernel, no split-K reduce launch); "rows_qkv_o": qkv and o (folded path);
+      "rows_qkv_lm_head": qkv and the LM head (after the final norm's kernel, bf16 logits).
       These were as fast as cuBLAS or slower on the H100: the rows kernel streams the big matrices
       slower than cuBLAS."""
     choice = env_choice("RUNTIME_BATCH_GEMM", BATCH_GEMM_PRODUCTS, BATCH_GEMM_DEFAULT)

@@ -136,7 +136,7 @@ def _fused_rows(t: torch.Tensor, name: str) -> bool:
 
 
 def on_rows_kernel(x: torch.Tensor, product: str) -> bool:
-    """Whether a batch step's `product` ("qkv", "o", "gate_up", "down") of rows x runs on the rows
+    """Whether a batch step's `product` ("qkv", "o", "gate_up", "down", "lm_head") of rows x runs on the rows
     kernel instead of cuBLAS: RUNTIME_BATCH_GEMM names it (batch_products.py) and the kernel takes x."""
     return batch_products.rows_products_named(product) and fits_rows(x) and enabled("linear_rows", x)
 
@@ -169,6 +169,7 @@ def norm_linear(
     if same and name != "lm_head" and _fused_rows(residual, f"{name}_rows"):
         return norm_linear_rows_triton(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype)
     rows_qkv = release is not None and same and out_dtype is None and on_rows_kernel(residual, "qkv")
+    rows_lm_head = name == "lm_head" and same and on_rows_kernel(residual, "lm_head")
     if h is None:
         normed, new_residual = rms_norm(residual, norm_w, eps, offset), residual
     else:  # before a batch step's qkv on the rows kernel, the norm releases it early (norm_releases_early)
@@ -176,7 +177,7 @@ def norm_linear(
         normed, new_residual = add_rms_norm(h, residual, norm_w, eps, offset, pre_w, release_norm)
     if rows_qkv:
         return linear_rows_triton(normed, weight, release_early=True), new_residual
-    y = F.linear(normed, weight)
+    y = linear_rows_triton(normed, weight) if rows_lm_head else F.linear(normed, weight)
     return (y if out_dtype is None or not widen else y.to(out_dtype)), new_residual
 
 
