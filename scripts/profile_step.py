@@ -153,18 +153,22 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "batch qkv GEMM on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows_qkv"},
     "batch qkv GEMM on the rows kernel (tuned)": {"RUNTIME_BATCH_GEMM": "rows_qkv", "RUNTIME_ROWS_TUNE": "1"},
     "batch qkv and o GEMMs on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows_qkv_o"},
-    "batch LM head on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows_qkv_lm_head"},
+    "batch LM head on cuBLAS": {"RUNTIME_BATCH_GEMM": "rows_qkv"},
+    "batch LM head on the rows kernel 128/64": {
+        "RUNTIME_BATCH_GEMM": "rows_qkv_lm_head",
+        "RUNTIME_ROWS_BLOCKS": "logits:128256x2048=128/64/1/4/4 logits:151936x2048=128/64/1/4/4 logits:262144x1152=128/64/1/4/4",
+    },
     "batch LM head on the rows kernel 64/128 8 warps": {
         "RUNTIME_BATCH_GEMM": "rows_qkv_lm_head",
-        "RUNTIME_ROWS_BLOCKS": "linear:128256x2048=64/128/1/8/4 linear:151936x2048=64/128/1/8/4 linear:262144x1152=64/128/1/8/4",
+        "RUNTIME_ROWS_BLOCKS": "logits:128256x2048=64/128/1/8/4 logits:151936x2048=64/128/1/8/4 logits:262144x1152=64/128/1/8/4",
     },
     "batch LM head on the rows kernel 32/256": {
         "RUNTIME_BATCH_GEMM": "rows_qkv_lm_head",
-        "RUNTIME_ROWS_BLOCKS": "linear:128256x2048=32/256/1/4/4 linear:151936x2048=32/256/1/4/4 linear:262144x1152=32/256/1/4/4",
+        "RUNTIME_ROWS_BLOCKS": "logits:128256x2048=32/256/1/4/4 logits:151936x2048=32/256/1/4/4 logits:262144x1152=32/256/1/4/4",
     },
     "batch LM head on the rows kernel 128/128 8 warps 3 stages": {
         "RUNTIME_BATCH_GEMM": "rows_qkv_lm_head",
-        "RUNTIME_ROWS_BLOCKS": "linear:128256x2048=128/128/1/8/3 linear:151936x2048=128/128/1/8/3 linear:262144x1152=128/128/1/8/3",
+        "RUNTIME_ROWS_BLOCKS": "logits:128256x2048=128/128/1/8/3 logits:151936x2048=128/128/1/8/3 logits:262144x1152=128/128/1/8/3",
     },
     # the batch qkv product's rows-kernel blocks (Llama, Qwen3, Gemma shapes; BLOCK_N/BLOCK_K/SPLIT/warps/stages)
     "rows qkv blocks 16 wide": {

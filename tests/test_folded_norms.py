@@ -101,8 +101,8 @@ def test_rows_kernel_switch_takes_its_products(monkeypatch, choice):
     _, want = _decode_steps(ours, seqs, cache, 1)
     calls = []
 
-    def product(x, w, release_early=False):
-        calls.append(("product", *w.shape, release_early))
+    def product(x, w, release_early=False, op="linear"):
+        calls.append(("product", *w.shape, release_early, op))
         return torch.nn.functional.linear(x, w)
 
     def accumulate(out, x, w):
@@ -120,7 +120,10 @@ def test_rows_kernel_switch_takes_its_products(monkeypatch, choice):
     monkeypatch.setenv("RUNTIME_BATCH_GEMM", choice)
     _, got = _decode_steps(ours, seqs, cache, 1)
     layer = ours.layers[0]
-    attention = [("product", *layer.attn.qkv.weight.shape, True), ("add", *layer.attn.o_proj.weight.shape)]
+    attention = [
+        ("product", *layer.attn.qkv.weight.shape, True, "linear"),
+        ("add", *layer.attn.o_proj.weight.shape),
+    ]
     mlp = [("gated", *layer.mlp.gate_up.weight.shape), ("add", *layer.mlp.down.weight.shape)]
     taken = {
         "rows": attention + mlp,
@@ -129,7 +132,9 @@ def test_rows_kernel_switch_takes_its_products(monkeypatch, choice):
         "rows_qkv": attention[:1],
         "rows_qkv_lm_head": attention[:1],
     }[choice]
-    lm_head = [("product", *ours.lm_head_weight.shape, False)] if choice == "rows_qkv_lm_head" else []
+    lm_head = (
+        [("product", *ours.lm_head_weight.shape, False, "logits")] if choice == "rows_qkv_lm_head" else []
+    )
     assert calls == taken * spec.layers + lm_head
     torch.testing.assert_close(got, want)
     monkeypatch.setenv("RUNTIME_BATCH_GEMM", "tiles")
@@ -138,18 +143,18 @@ def test_rows_kernel_switch_takes_its_products(monkeypatch, choice):
 
 
 def test_rows_qkv_takes_the_qkv_product_of_a_family_that_cannot_fold(monkeypatch):
-    """Gemma's batch step keeps its norm kernels; by default (RUNTIME_BATCH_GEMM=rows_qkv) the qkv
-    product after them (and only it: not o, gate/up, down or the LM head) goes to the rows kernel,
-    with the early release, and the add + norm kernel before it releases it early too (not the
-    norms before gate/up or the LM head), for the same logits; "cublas" sends none, and
-    RUNTIME_BATCH_NORM_RELEASE=late keeps the norm's late release."""
+    """Gemma's batch step keeps its norm kernels; by default (RUNTIME_BATCH_GEMM=rows_qkv_lm_head)
+    the qkv product after them goes to the rows kernel, with the early release, and so does the LM
+    head, once a step, on its own blocks (not o, gate/up or down); the add + norm kernel before qkv
+    releases it early too (not the norms before gate/up or the LM head), for the same logits;
+    "cublas" sends none, and RUNTIME_BATCH_NORM_RELEASE=late keeps the norm's late release."""
     _, spec, ours = hf_and_ours("gemma3")
     seqs, cache = _prefill_rows(ours, spec)
     _, want = _decode_steps(ours, seqs, cache, 1)
     calls, norms = [], []
 
-    def product(x, w, release_early=False):
-        calls.append((*w.shape, release_early))
+    def product(x, w, release_early=False, op="linear"):
+        calls.append((*w.shape, release_early, op))
         return torch.nn.functional.linear(x, w)
 
     def add_norm(x, residual, weight, eps, offset=0.0, pre_weight=None, release_early=False):
@@ -161,7 +166,8 @@ def test_rows_qkv_takes_the_qkv_product_of_a_family_that_cannot_fold(monkeypatch
     monkeypatch.setattr(ops, "add_rms_norm_triton", add_norm)
     monkeypatch.delenv("RUNTIME_BATCH_GEMM", raising=False)
     _, got = _decode_steps(ours, seqs, cache, 1)
-    assert calls == [(*ours.layers[0].attn.qkv.weight.shape, True)] * spec.layers
+    qkv = [(*ours.layers[0].attn.qkv.weight.shape, True, "linear")] * spec.layers
+    assert calls == qkv + [(*ours.lm_head_weight.shape, False, "logits")]
     # layer 0's gate/up norm; then each later layer's qkv norm and gate/up norm; the final norm
     before_qkv = [False] + [True, False] * (spec.layers - 1) + [False]
     assert norms == before_qkv

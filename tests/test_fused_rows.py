@@ -375,6 +375,23 @@ def test_rows_blocks_override_names_one_launch(monkeypatch):
         frc.config_for("linear", 16, 3072, 2048, BF16, "linear")
 
 
+def test_the_batch_lm_head_takes_its_own_blocks(monkeypatch):
+    """The LM head's launch ("logits") takes LOGITS_BLOCKS where nothing overrides it, not the
+    heuristic's widest block; a plain product of the same shape keeps the heuristic; the override
+    names it as "logits"."""
+    monkeypatch.setattr(frc, "INTERPRETING", False)
+    monkeypatch.delenv("RUNTIME_ROWS_BLOCKS", raising=False)
+    assert (
+        frc.config_for("logits", 16, 151936, 2048, BF16, "linear") == frc.LOGITS_BLOCKS == (32, 256, 1, 4, 4)
+    )
+    assert frc.config_for("linear", 16, 151936, 2048, BF16, "linear") == rows_config(
+        151936, 2048, 2, "linear"
+    )
+    assert rows_config(151936, 2048, 2, "linear") != frc.LOGITS_BLOCKS
+    monkeypatch.setenv("RUNTIME_ROWS_BLOCKS", "logits:151936x2048=64/128/1/8/4")
+    assert frc.config_for("logits", 16, 151936, 2048, BF16, "linear") == (64, 128, 1, 8, 4)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(INTERPRET, reason="tune_rows times compiled kernels on the GPU")
 @pytest.mark.parametrize("op", ["norm_linear", "act_linear", "linear", "lm_head", "gated_linear"])

@@ -18,13 +18,16 @@ BATCH_GEMM_PRODUCTS = {
     "rows_qkv_o": ("qkv", "o"),
     "rows_qkv_lm_head": ("qkv", "lm_head"),
 }
-BATCH_GEMM_DEFAULT = "rows_qkv"
+BATCH_GEMM_DEFAULT = "rows_qkv_lm_head"
 
 
 def rows_products_named(product: str) -> bool:
     """Whether RUNTIME_BATCH_GEMM puts `product` on the rows kernel, which streams each weight once
     for up to 16 rows and launches under PDL.
-    "rows_qkv" (the default): qkv, in every family (Gemma's after its norm kernel), releasing the
+    "rows_qkv_lm_head" (the default): "rows_qkv"'s qkv, and the LM head after the final norm's
+      kernel (fused_rows_config.LOGITS_BLOCKS: on the H100 the batch-16 step -6..-30 us against
+      cuBLAS's LM head, which streams the 0.5-0.6 GB at ~2.8 TB/s).
+    "rows_qkv": qkv, in every family (Gemma's after its norm kernel), releasing the
       attention right after its wait. cuBLAS lets the next kernel launch only when it ends, so the
       attention's loads before its own wait (first cache block, tables) overlapped nothing. On the
       H100 the product itself is slower than cuBLAS's (+0.6..+1.5 us per layer) and the attention
@@ -32,8 +35,7 @@ def rows_products_named(product: str) -> bool:
       -18..-53 us.
     "cublas": none. "rows": all four (folded-norm families; the gated activation as gate/up's
       epilogue, the residual adds as o's and down's); "rows_mlp": the MLP's two; "rows_down": down
-      (split K summed in the kernel, no split-K reduce launch); "rows_qkv_o": qkv and o (folded path);
-      "rows_qkv_lm_head": qkv and the LM head (after the final norm's kernel, bf16 logits).
+      (split K summed in the kernel, no split-K reduce launch); "rows_qkv_o": qkv and o (folded path).
       These were as fast as cuBLAS or slower on the H100: the rows kernel streams the big matrices
       slower than cuBLAS."""
     choice = env_choice("RUNTIME_BATCH_GEMM", BATCH_GEMM_PRODUCTS, BATCH_GEMM_DEFAULT)

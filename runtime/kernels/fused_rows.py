@@ -151,9 +151,12 @@ def act_linear_rows_triton(gate_up: torch.Tensor, activation: str, weight: torch
     return y
 
 
-def linear_rows_triton(x: torch.Tensor, weight: torch.Tensor, release_early: bool = False) -> torch.Tensor:
+def linear_rows_triton(
+    x: torch.Tensor, weight: torch.Tensor, release_early: bool = False, op: str = "linear"
+) -> torch.Tensor:
     """Same contract as linear_ref; one kernel for 2..MAX_ROWS rows, else (or mixed dtypes) the
-    reference. release_early: see _launch (the batch step's qkv product)."""
+    reference. release_early: see _launch (the batch step's qkv product). op: the launch's name for
+    its blocks (config_for; "logits": the LM head's own)."""
     if not fits_rows(x) or not _one_dtype(weight, x):
         return linear_ref(x, weight)
     N, K = weight.shape
@@ -161,7 +164,7 @@ def linear_rows_triton(x: torch.Tensor, weight: torch.Tensor, release_early: boo
     y = torch.empty((*x.shape[:-1], N), dtype=weight.dtype, device=weight.device)
     _launch(
         _NONE, _rows(x), None, None, None, weight, y, None, 0.0, 0.0, False,
-        config_for("linear", rows_of(x), N, K, weight.dtype, "linear"), release_early=release_early,
+        config_for(op, rows_of(x), N, K, weight.dtype, "linear"), release_early=release_early,
     )  # fmt: skip
     return y
 

@@ -136,8 +136,9 @@ def _fused_rows(t: torch.Tensor, name: str) -> bool:
 
 
 def on_rows_kernel(x: torch.Tensor, product: str) -> bool:
-    """Whether a batch step's `product` ("qkv", "o", "gate_up", "down", "lm_head") of rows x runs on the rows
-    kernel instead of cuBLAS: RUNTIME_BATCH_GEMM names it (batch_products.py) and the kernel takes x."""
+    """Whether a batch step's `product` ("qkv", "o", "gate_up", "down", "lm_head") of rows x runs on
+    the rows kernel instead of cuBLAS: RUNTIME_BATCH_GEMM names it (batch_products.py) and the kernel
+    takes x."""
     return batch_products.rows_products_named(product) and fits_rows(x) and enabled("linear_rows", x)
 
 
@@ -177,7 +178,7 @@ def norm_linear(
         normed, new_residual = add_rms_norm(h, residual, norm_w, eps, offset, pre_w, release_norm)
     if rows_qkv:
         return linear_rows_triton(normed, weight, release_early=True), new_residual
-    y = linear_rows_triton(normed, weight) if rows_lm_head else F.linear(normed, weight)
+    y = linear_rows_triton(normed, weight, op="logits") if rows_lm_head else F.linear(normed, weight)
     return (y if out_dtype is None or not widen else y.to(out_dtype)), new_residual
 
 
