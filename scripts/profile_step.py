@@ -42,6 +42,17 @@ BATCH = 16  # --ab also times the greedy step of this batch bucket
 ONE_WAVE_BLOCKS = (
     "norm_linear_act:12288x2048=16/256/4 norm_linear_act_pre:13824x1152=32/128/4 linear:2048x8192=4/2048/8"
 )
+# the batch qkv products' and the LM heads' rows-kernel launches of Llama, Qwen3, Gemma (op:NxK)
+QKV_LAUNCHES = ("linear:3072x2048", "linear:4096x2048", "linear:1536x1152")
+LOGITS_LAUNCHES = ("logits:128256x2048", "logits:151936x2048", "logits:262144x1152")
+
+
+def rows_blocks(launches: tuple[str, ...], blocks: str, gemm: str = "rows_qkv") -> dict[str, str]:
+    """A setting: RUNTIME_BATCH_GEMM=gemm, every named launch on the same rows-kernel blocks
+    (BLOCK_N/BLOCK_K/SPLIT/warps/stages)."""
+    return {"RUNTIME_BATCH_GEMM": gemm, "RUNTIME_ROWS_BLOCKS": " ".join(f"{op}={blocks}" for op in launches)}
+
+
 SETTINGS = {  # name -> the environment the runner is built (captured) under
     "default": {},
     "no attention prefetch": {"RUNTIME_ATTN_PREFETCH": "0"},
@@ -55,22 +66,10 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "qkv GEMV releases late": {"RUNTIME_QKV_PDL": "late"},
     "qkv GEMV releases early past the L2 position": {"RUNTIME_QKV_PDL": "long"},
     # the batch qkv product's rows kernel without the cp.async pipeline: more, smaller programs resident
-    "rows qkv 16/512 1 stage": {
-        "RUNTIME_BATCH_GEMM": "rows_qkv",
-        "RUNTIME_ROWS_BLOCKS": "linear:3072x2048=16/512/1/4/1 linear:4096x2048=16/512/1/4/1 linear:1536x1152=16/512/1/4/1",
-    },
-    "rows qkv 16/1024 1 stage 8 warps": {
-        "RUNTIME_BATCH_GEMM": "rows_qkv",
-        "RUNTIME_ROWS_BLOCKS": "linear:3072x2048=16/1024/1/8/1 linear:4096x2048=16/1024/1/8/1 linear:1536x1152=16/1024/1/8/1",
-    },
-    "rows qkv 16/256 split 2 1 stage": {
-        "RUNTIME_BATCH_GEMM": "rows_qkv",
-        "RUNTIME_ROWS_BLOCKS": "linear:3072x2048=16/256/2/4/1 linear:4096x2048=16/256/2/4/1 linear:1536x1152=16/256/2/4/1",
-    },
-    "rows qkv 16/512 2 stages": {
-        "RUNTIME_BATCH_GEMM": "rows_qkv",
-        "RUNTIME_ROWS_BLOCKS": "linear:3072x2048=16/512/1/4/2 linear:4096x2048=16/512/1/4/2 linear:1536x1152=16/512/1/4/2",
-    },
+    "rows qkv 16/512 1 stage": rows_blocks(QKV_LAUNCHES, "16/512/1/4/1"),
+    "rows qkv 16/1024 1 stage 8 warps": rows_blocks(QKV_LAUNCHES, "16/1024/1/8/1"),
+    "rows qkv 16/256 split 2 1 stage": rows_blocks(QKV_LAUNCHES, "16/256/2/4/1"),
+    "rows qkv 16/512 2 stages": rows_blocks(QKV_LAUNCHES, "16/512/1/4/2"),
     "qkv GEMV releases early and attention 4 warps": {"RUNTIME_QKV_PDL": "early", "RUNTIME_ATTN_WARPS": "4"},
     "attention 4 programs per SM": {"RUNTIME_ATTN_PER_SM": "4"},
     "attention 1 program per SM": {"RUNTIME_ATTN_PER_SM": "1"},
@@ -154,22 +153,18 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "batch qkv GEMM on the rows kernel (tuned)": {"RUNTIME_BATCH_GEMM": "rows_qkv", "RUNTIME_ROWS_TUNE": "1"},
     "batch qkv and o GEMMs on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows_qkv_o"},
     "batch LM head on cuBLAS": {"RUNTIME_BATCH_GEMM": "rows_qkv"},
-    "batch LM head on the rows kernel 128/64": {
-        "RUNTIME_BATCH_GEMM": "rows_qkv_lm_head",
-        "RUNTIME_ROWS_BLOCKS": "logits:128256x2048=128/64/1/4/4 logits:151936x2048=128/64/1/4/4 logits:262144x1152=128/64/1/4/4",
-    },
-    "batch LM head on the rows kernel 64/128 8 warps": {
-        "RUNTIME_BATCH_GEMM": "rows_qkv_lm_head",
-        "RUNTIME_ROWS_BLOCKS": "logits:128256x2048=64/128/1/8/4 logits:151936x2048=64/128/1/8/4 logits:262144x1152=64/128/1/8/4",
-    },
-    "batch LM head on the rows kernel 32/256": {
-        "RUNTIME_BATCH_GEMM": "rows_qkv_lm_head",
-        "RUNTIME_ROWS_BLOCKS": "logits:128256x2048=32/256/1/4/4 logits:151936x2048=32/256/1/4/4 logits:262144x1152=32/256/1/4/4",
-    },
-    "batch LM head on the rows kernel 128/128 8 warps 3 stages": {
-        "RUNTIME_BATCH_GEMM": "rows_qkv_lm_head",
-        "RUNTIME_ROWS_BLOCKS": "logits:128256x2048=128/128/1/8/3 logits:151936x2048=128/128/1/8/3 logits:262144x1152=128/128/1/8/3",
-    },
+    "batch LM head on the rows kernel 128/64": rows_blocks(
+        LOGITS_LAUNCHES, "128/64/1/4/4", "rows_qkv_lm_head"
+    ),
+    "batch LM head on the rows kernel 64/128 8 warps": rows_blocks(
+        LOGITS_LAUNCHES, "64/128/1/8/4", "rows_qkv_lm_head"
+    ),
+    "batch LM head on the rows kernel 32/256": rows_blocks(
+        LOGITS_LAUNCHES, "32/256/1/4/4", "rows_qkv_lm_head"
+    ),
+    "batch LM head on the rows kernel 128/128 8 warps 3 stages": rows_blocks(
+        LOGITS_LAUNCHES, "128/128/1/8/3", "rows_qkv_lm_head"
+    ),
     # the batch qkv product's rows-kernel blocks (Llama, Qwen3, Gemma shapes; BLOCK_N/BLOCK_K/SPLIT/warps/stages)
     "rows qkv blocks 16 wide": {
         "RUNTIME_ROWS_BLOCKS": "linear:3072x2048=16/256/1/4/4 linear:4096x2048=16/256/1/4/4 linear:1536x1152=16/128/1/4/4"
