@@ -45,9 +45,6 @@ ONE_WAVE_BLOCKS = (
 # the batch qkv products' and the LM heads' rows-kernel launches of Llama, Qwen3, Gemma (op:NxK)
 QKV_LAUNCHES = ("linear:3072x2048", "linear:4096x2048", "linear:1536x1152")
 LOGITS_LAUNCHES = ("logits:128256x2048", "logits:151936x2048", "logits:262144x1152")
-# the batch gated gate/up and the down launches of Llama and Qwen3 (the folded families)
-GATED_LAUNCHES = ("gated_linear:8192x2048", "gated_linear:6144x2048")
-DOWN_LAUNCHES = ("linear:2048x8192", "linear:2048x6144")
 
 
 def rows_blocks(launches: tuple[str, ...], blocks: str, gemm: str = "rows_qkv") -> dict[str, str]:
@@ -156,22 +153,6 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "batch qkv GEMM on the rows kernel (tuned)": {"RUNTIME_BATCH_GEMM": "rows_qkv", "RUNTIME_ROWS_TUNE": "1"},
     "batch qkv and o GEMMs on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows_qkv_o"},
     "batch LM head on cuBLAS": {"RUNTIME_BATCH_GEMM": "rows_qkv"},
-    "batch gate/up on the rows kernel": {"RUNTIME_BATCH_GEMM": "rows_qkv_gate_up_lm_head"},
-    "batch gate/up on the rows kernel 32/256": rows_blocks(
-        GATED_LAUNCHES, "32/256/1/4/4", "rows_qkv_gate_up_lm_head"
-    ),
-    "batch gate/up on the rows kernel 64/128 8 warps": rows_blocks(
-        GATED_LAUNCHES, "64/128/1/8/4", "rows_qkv_gate_up_lm_head"
-    ),
-    "batch gate/up on the rows kernel 32/128": rows_blocks(
-        GATED_LAUNCHES, "32/128/1/4/4", "rows_qkv_gate_up_lm_head"
-    ),
-    "batch MLP on the rows kernel 32/256 and down split 2": {
-        "RUNTIME_BATCH_GEMM": "rows_qkv_mlp_lm_head",
-        "RUNTIME_ROWS_BLOCKS": rows_blocks(GATED_LAUNCHES, "32/256/1/4/4")["RUNTIME_ROWS_BLOCKS"]
-        + " "
-        + rows_blocks(DOWN_LAUNCHES, "32/256/2/4/4")["RUNTIME_ROWS_BLOCKS"],
-    },
     "batch LM head on the rows kernel 128/64": rows_blocks(
         LOGITS_LAUNCHES, "128/64/1/4/4", "rows_qkv_lm_head"
     ),

@@ -17,8 +17,6 @@ BATCH_GEMM_PRODUCTS = {
     "rows_qkv": ("qkv",),
     "rows_qkv_o": ("qkv", "o"),
     "rows_qkv_lm_head": ("qkv", "lm_head"),
-    "rows_qkv_gate_up_lm_head": ("qkv", "gate_up", "lm_head"),
-    "rows_qkv_mlp_lm_head": ("qkv", "gate_up", "down", "lm_head"),
 }
 BATCH_GEMM_DEFAULT = "rows_qkv_lm_head"
 
@@ -37,9 +35,7 @@ def rows_products_named(product: str) -> bool:
       -18..-53 us.
     "cublas": none. "rows": all four (folded-norm families; the gated activation as gate/up's
       epilogue, the residual adds as o's and down's); "rows_mlp": the MLP's two; "rows_down": down
-      (split K summed in the kernel, no split-K reduce launch); "rows_qkv_o": qkv and o (folded path);
-      "rows_qkv_gate_up_lm_head", "rows_qkv_mlp_lm_head": the default's and gate/up (with the
-      gated activation as its epilogue), or gate/up and down.
+      (split K summed in the kernel, no split-K reduce launch); "rows_qkv_o": qkv and o (folded path).
       These were as fast as cuBLAS or slower on the H100: the rows kernel streams the big matrices
       slower than cuBLAS."""
     choice = env_choice("RUNTIME_BATCH_GEMM", BATCH_GEMM_PRODUCTS, BATCH_GEMM_DEFAULT)
