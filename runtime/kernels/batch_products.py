@@ -25,7 +25,7 @@ def rows_products_named(product: str) -> bool:
     """Whether RUNTIME_BATCH_GEMM puts `product` on the rows kernel, which streams each weight once
     for up to 16 rows and launches under PDL.
     "rows_qkv_lm_head" (the default): "rows_qkv"'s qkv, and the LM head after the final norm's
-      kernel (fused_rows_config.LOGITS_BLOCKS: on the H100 the batch-16 step -6..-30 us against
+      kernel (fused_rows_config.LOGITS_BLOCKS: on the H100 the batch-16 step -1..-30 us against
       cuBLAS's LM head, which streams the 0.5-0.6 GB at ~2.8 TB/s).
     "rows_qkv": qkv, in every family (Gemma's after its norm kernel), releasing the
       attention right after its wait. cuBLAS lets the next kernel launch only when it ends, so the

@@ -127,7 +127,9 @@ def add_rms_norm(
 # dtypes) they run unfused: the prologue op as dispatched above (itself a Triton kernel on CUDA),
 # then cuBLAS. RUNTIME_BATCH_ROWS=fused sends 2..16 rows to the tl.dot kernel of fused_rows.py
 # instead (op names "<op>_rows" for RUNTIME_KERNELS_OFF): opt-in, since on the H100 its batch-16
-# step was slower than norm kernel + cuBLAS (notes/kernels.md). The LM head keeps cuBLAS past one row.
+# step was slower than norm kernel + cuBLAS (notes/kernels.md). The LM head never takes that fused
+# path past one row; RUNTIME_BATCH_GEMM (batch_products.py) puts it, after the norm kernel, on the
+# plain rows kernel.
 
 
 def _fused_rows(t: torch.Tensor, name: str) -> bool:
