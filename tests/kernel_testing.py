@@ -120,30 +120,3 @@ def assert_same_bits(got: torch.Tensor, want: torch.Tensor) -> None:
         torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=0.0)
     else:
         assert torch.equal(got, want)
-
-
-def tiny_model(family: str, dtype: torch.dtype, device: str = DEVICE):
-    """A tiny random model of `family` whose norms are off identity too, so every weight matters."""
-    from tiny_configs import tiny_config
-
-    from runtime.models.spec import ModelSpec
-    from runtime.models.weights import random_model
-
-    model = random_model(ModelSpec.from_hf(tiny_config(family)), device, dtype)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    return model
-
-
-def greedy_logits(model, prompt: torch.Tensor, steps: int) -> list[torch.Tensor]:
-    """The prompt's logits (T, V), then each greedy decode step's (1, V), under the current switches."""
-    from runtime.engine.state import KVCache
-
-    cache = KVCache(model.spec, 1, 32, prompt.device, model.dtype)
-    logits = [model.prefill(prompt, cache, all_logits=True)[0]]
-    token = logits[0][-1:].argmax(-1)
-    for pos in range(prompt.shape[1], prompt.shape[1] + steps):
-        logits.append(model.decode(token, torch.tensor([pos], device=prompt.device), cache))
-        token = logits[-1].argmax(-1)
-    return logits

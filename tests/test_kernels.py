@@ -26,12 +26,10 @@ from kernel_testing import (
     assert_matches,
     assert_passes_under_interpreter,
     cases,
-    greedy_logits,
     kernel_test,
     needs_triton,
     poisoned_fixture,
     rand,
-    tiny_model,
     tol,
 )
 
@@ -353,6 +351,33 @@ def test_qkv_decode_attention_with_folded_norm(poisoned, monkeypatch, B, H, Hkv,
 # ---------------------------------------------------------------- the whole model on Triton kernels
 
 
+def _tiny_model(family: str, dtype: torch.dtype, device: str = DEVICE):
+    """A tiny random model of `family` whose norms are off identity too, so every weight matters."""
+    from tiny_configs import tiny_config
+
+    from runtime.models.spec import ModelSpec
+    from runtime.models.weights import random_model
+
+    model = random_model(ModelSpec.from_hf(tiny_config(family)), device, dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
+def _greedy_logits(model, prompt: torch.Tensor, steps: int) -> list[torch.Tensor]:
+    """The prompt's logits (T, V), then each greedy decode step's (1, V), under the current switches."""
+    from runtime.engine.state import KVCache
+
+    cache = KVCache(model.spec, 1, 32, prompt.device, model.dtype)
+    logits = [model.prefill(prompt, cache, all_logits=True)[0]]
+    token = logits[0][-1:].argmax(-1)
+    for pos in range(prompt.shape[1], prompt.shape[1] + steps):
+        logits.append(model.decode(token, torch.tensor([pos], device=prompt.device), cache))
+        token = logits[-1].argmax(-1)
+    return logits
+
+
 @kernel_test
 @pytest.mark.parametrize(
     "family", ["gemma3", "qwen3"] if INTERPRET else ["gemma3", "qwen3", "llama", "qwen2"]
@@ -360,12 +385,12 @@ def test_qkv_decode_attention_with_folded_norm(poisoned, monkeypatch, B, H, Hkv,
 def test_model_logits_triton_vs_torch(monkeypatch, family):
     """A tiny random model, fp32: prefill + decode steps past Gemma's ring wrap give the same logits
     with every op on Triton as with every op on the references (RUNTIME_KERNELS switched per call)."""
-    model = tiny_model(family, torch.float32)
+    model = _tiny_model(family, torch.float32)
     prompt = torch.randint(3, model.spec.vocab, (1, 11), device=DEVICE)
     logits = {}
     for backend in ("torch", "triton"):
         monkeypatch.setenv("RUNTIME_KERNELS", backend)
-        logits[backend] = greedy_logits(model, prompt, 10 if INTERPRET else 20)  # gemma3's window is 8
+        logits[backend] = _greedy_logits(model, prompt, 10 if INTERPRET else 20)  # gemma3's window is 8
     for got, want in zip(logits["triton"], logits["torch"]):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
@@ -378,7 +403,7 @@ def test_residual_add_in_the_branch_epilogue_changes_no_bit(monkeypatch, family,
     residual in their epilogue (linear_add) and the next norm GEMV reads one row: the same roundings
     as adding it there, so every logit is bit-equal to RUNTIME_RESIDUAL_ADD=none's whichever roles
     add. Gemma's branches are normed before they join: it never takes the epilogue."""
-    model = tiny_model(family, dtype)
+    model = _tiny_model(family, dtype)
     prompt = torch.randint(3, model.spec.vocab, (1, 7), device=DEVICE)
     monkeypatch.setenv("RUNTIME_KERNELS", "triton")
     calls = []
@@ -391,7 +416,7 @@ def test_residual_add_in_the_branch_epilogue_changes_no_bit(monkeypatch, family,
         else:
             monkeypatch.setenv("RUNTIME_RESIDUAL_ADD", roles)
         calls.clear()
-        logits[roles] = greedy_logits(model, prompt, 6)
+        logits[roles] = _greedy_logits(model, prompt, 6)
         # each of the 6 decode steps: the roles' projections in every layer (prefill's rows add later)
         per_layer = 0 if model.spec.sandwich_norms else {"none": 0, "o,down": 2}.get(roles, 1)
         assert len(calls) == 6 * per_layer * model.spec.layers, roles
@@ -408,7 +433,7 @@ def test_only_the_qkv_gemv_may_release_early(monkeypatch, family):
     reference runs: the argument is only recorded."""
     from runtime.kernels.attention_plan import NEVER, QkvRelease
 
-    model = tiny_model(family, torch.float32, "cpu")
+    model = _tiny_model(family, torch.float32, "cpu")
     prompt = torch.randint(3, model.spec.vocab, (1, 5))
     seen = []
     real = ops.norm_linear
@@ -421,7 +446,7 @@ def test_only_the_qkv_gemv_may_release_early(monkeypatch, family):
 
     monkeypatch.setattr(ops, "norm_linear", spy)
     qkv = [layer.attn.qkv.weight for layer in model.layers]
-    greedy_logits(model, prompt, 2)
+    _greedy_logits(model, prompt, 2)
     decode_qkv = [r for is_qkv, one_row, r in seen if is_qkv and one_row]
     assert len(decode_qkv) == 2 * model.spec.layers
     assert all(
@@ -480,7 +505,7 @@ def test_qkv_release_points_change_no_bit(monkeypatch, family):
     point leaves the chain hung (each program releases once)."""
     from runtime.models import decoder
 
-    model = tiny_model(family, BF16)
+    model = _tiny_model(family, BF16)
     prompt = torch.randint(3, model.spec.vocab, (1, 7), device=DEVICE)
     monkeypatch.setenv("RUNTIME_KERNELS", "triton")
     runs = {}
@@ -489,7 +514,7 @@ def test_qkv_release_points_change_no_bit(monkeypatch, family):
         monkeypatch.setenv("RUNTIME_QKV_PDL", choice)
         if spill is not None:
             monkeypatch.setattr(decoder, "l2_spill_position", lambda per_position, device, at=spill: at)
-        runs[name] = greedy_logits(model, prompt, 6)
+        runs[name] = _greedy_logits(model, prompt, 6)
     for name, logits in runs.items():
         for got, want in zip(logits, runs["late"]):
             assert torch.equal(got, want), name

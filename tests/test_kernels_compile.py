@@ -101,7 +101,6 @@ AB_SETTINGS = (
     {"RUNTIME_GEMV_FIRST_TILE": "after_row"},
     {"RUNTIME_QKV_PDL": "early"},
     {"RUNTIME_QKV_PDL": "long"},
-    {"RUNTIME_ATTN_O": "fused"},
 )
 
 # @jit kernels no recorded path launches, with the reason

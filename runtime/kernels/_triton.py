@@ -135,14 +135,6 @@ def pdl_release_if(flag, PDL: tl.constexpr):
             gdc_launch_dependents()
 
 
-@jit
-def pdl_release_now(PDL: tl.constexpr):
-    """Let the next kernel launch now, in either PDL mode: for a program that never waits (the next
-    kernel's own wait still covers all of this launch)."""
-    if PDL:
-        gdc_launch_dependents()
-
-
 def next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
@@ -160,7 +152,6 @@ __all__ = [
     "pdl",
     "pdl_release",
     "pdl_release_if",
-    "pdl_release_now",
     "released_early",
     "pdl_wait",
     "tl",

@@ -20,17 +20,3 @@ def arrival_counters(n: int, device: torch.device) -> torch.Tensor:
     if counters is None or counters.numel() < n:
         counters = _COUNTERS[device] = torch.zeros(max(n, _MIN), dtype=torch.int32, device=device)
     return counters
-
-
-_HANDOFF: dict[torch.device, torch.Tensor] = {}
-
-
-def handoff_counters(device: torch.device) -> torch.Tensor:
-    """Two int32 zeros for attention_o.py's hand-over from its attention programs to its o
-    programs (outputs done, o programs past their wait). Apart from arrival_counters: the o
-    programs touch them without waiting for the previous kernel, which may be one that counts
-    there. One launch at a time uses them (each layer's ends before the next one's begins)."""
-    counters = _HANDOFF.get(device)
-    if counters is None:
-        counters = _HANDOFF[device] = torch.zeros(2, dtype=torch.int32, device=device)
-    return counters

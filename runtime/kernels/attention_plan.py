@@ -161,22 +161,6 @@ def qkv_release(programs: int, device: torch.device) -> str:
     return "early" if programs <= QKV_EARLY_PER_SM * sm_count(device) else "late"
 
 
-def attention_o_fused() -> bool:
-    """RUNTIME_ATTN_O=fused: at batch 1 the attention, its merge and the o projection run as one
-    launch (attention_o.py); "separate" (the default): split + merge, then the o GEMV."""
-    return env_choice("RUNTIME_ATTN_O", ("separate", "fused"), "separate") == "fused"
-
-
-def o_rows_per_program(block_k: int) -> int:
-    """Rows of W_o each o program of attention_o.py holds: a (rows, block_k) tile of at most 16K
-    values (64 per thread at 8 warps, 32 registers of bf16 pairs), so the kernel's register count
-    stays the attention's. RUNTIME_ATTN_O_ROWS overrides it (an A/B knob)."""
-    forced = os.environ.get("RUNTIME_ATTN_O_ROWS")
-    if forced:
-        return next_pow2(int(forced))
-    return max(1, 16384 // block_k)
-
-
 def merge_in_kernel() -> bool:
     """RUNTIME_ATTN_MERGE=last: the last split program of each (row, kv head) to finish merges the
     partials (one launch); by default ("separate") a second launch merges them, one program per

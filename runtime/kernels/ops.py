@@ -28,8 +28,7 @@ from runtime.kernels import _triton, batch_products
 from runtime.kernels.activation import gated_act_ref, gated_act_triton
 from runtime.kernels.argmax import argmax_checked_ref, argmax_checked_triton
 from runtime.kernels.attention import prefill_attention_ref
-from runtime.kernels.attention_o import qkv_attention_o_ref, qkv_attention_o_triton
-from runtime.kernels.attention_plan import QkvRelease, attention_o_fused
+from runtime.kernels.attention_plan import QkvRelease
 from runtime.kernels.decode_attention import decode_attention_ref, decode_attention_triton
 from runtime.kernels.fused_linear import (
     act_linear_triton,
@@ -254,29 +253,6 @@ def linear_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) ->
     if _gemv_row(x, weight):
         return linear_add_triton(x, weight, residual)
     return linear_add_ref(x, weight, residual)
-
-
-def fused_attention_o(qkv: torch.Tensor, o_weight: torch.Tensor) -> bool:
-    """Whether a decode row's attention and o projection run as one launch (qkv_attention_o):
-    RUNTIME_ATTN_O=fused, one row on Triton (both kernels enabled), one dtype, W_o contiguous."""
-    return (
-        attention_o_fused()
-        and _gemv_row(qkv, o_weight)
-        and enabled("qkv_decode_attention", qkv)
-        and o_weight.is_contiguous()
-        and o_weight.shape[1] <= MAX_ATTENTION_O_K
-    )
-
-
-MAX_ATTENTION_O_K = 16384  # an o program holds whole rows of W_o (attention_plan.o_rows_per_program)
-
-
-def qkv_attention_o(*args, **kwargs) -> torch.Tensor:
-    """qkv_attention_o_ref's contract: one launch where fused_attention_o holds, else the reference."""
-    qkv, o_weight = args[0], args[13]
-    if fused_attention_o(qkv, o_weight):
-        return qkv_attention_o_triton(*args, **kwargs)
-    return qkv_attention_o_ref(*args, **kwargs)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

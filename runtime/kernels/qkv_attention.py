@@ -17,7 +17,6 @@ program reads what another writes. # graph: grid fixed by shapes, no host reads.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
@@ -92,47 +91,6 @@ def qkv_decode_attention_triton(
     """Same contract as qkv_decode_attention_ref; two launches (split + merge), or one with
     RUNTIME_ATTN_MERGE=last (the last program of each row and kv head merges the partials).
     num_splits overrides P (tests use it to force many partials on short caches)."""
-    plan = split_launch(
-        qkv, heads, kv_heads, cos, sin, q_weight, k_weight, eps, offset, k_cache, v_cache, positions, scale,
-        norm_source, norm_eps, num_splits, merge_in_kernel(), "attention",
-    )  # fmt: skip
-    _qkv_split_kernel[(plan.programs // plan.splits, plan.splits)](
-        *plan.args, **plan.constants, num_warps=plan.num_warps, num_stages=plan.num_stages, **plan.launch
-    )
-    if not plan.merge and not plan.direct:
-        merge_partials(
-            plan.acc, plan.ml, positions, plan.out, plan.block_n, k_cache.shape[2], from_positions=True,
-            launch=plan.launch,
-        )  # fmt: skip
-    return plan.out
-
-
-@dataclass
-class SplitLaunch:
-    """One launch of the split program (_split_program): its runtime arguments in order, its
-    constexprs, and what the caller needs after it."""
-
-    args: tuple
-    constants: dict
-    num_warps: int
-    num_stages: int
-    launch: dict  # the PDL launch arguments
-    programs: int  # B * Hkv * P
-    splits: int  # P
-    block_n: int
-    merge: bool  # the last split program of each (row, kv head) merges (no merge launch)
-    direct: bool  # one split: each program writes its output
-    acc: torch.Tensor  # partials (B, H, P, D) fp32
-    ml: torch.Tensor  # (B, H, P, 2) fp32
-    out: torch.Tensor  # (B, H, D) in qkv's dtype
-
-
-def split_launch(
-    qkv, heads, kv_heads, cos, sin, q_weight, k_weight, eps, offset, k_cache, v_cache, positions, scale,
-    norm_source, norm_eps, num_splits, merge, clock_kind,
-) -> SplitLaunch:  # fmt: skip
-    """The checks, buffers and arguments of a split-program launch (qkv_decode_attention_triton's
-    contract); merge: merge in the kernel where there is more than one split."""
     B, T, width = qkv.shape
     _, Hkv, S, D = k_cache.shape
     if T != 1 or Hkv != kv_heads or width != (heads + 2 * kv_heads) * D or D % 2 or heads % kv_heads:
@@ -156,19 +114,18 @@ def split_launch(
     ml = torch.empty((B, heads, splits, 2), dtype=torch.float32, device=qkv.device)
     out = torch.empty((B, heads, D), dtype=qkv.dtype, device=qkv.device)
     direct = splits == 1  # one program per (row, kv head) writes the output itself
-    merge = merge and not direct
+    merge = merge_in_kernel() and not direct
+    launch = pdl(qkv.device)
     counters = arrival_counters(B * Hkv, qkv.device) if merge else ml
     norm = q_weight is not None
-    programs = B * Hkv * splits
-    clock = clock_buffer(clock_kind, f"{clock_kind} {B}x{Hkv}x{splits} S{S}", programs, qkv.device)
-    args = (
+    clock = clock_buffer("attention", f"attention {B}x{Hkv}x{splits} S{S}", B * Hkv * splits, qkv.device)
+    _qkv_split_kernel[(B * Hkv, splits)](
         qkv2, q_weight if norm else qkv2, k_weight if norm else qkv2, cos2, sin2, positions, k_cache, v_cache,
         acc, ml, out, counters, src, ml if clock is None else clock, scale * math.log2(math.e), eps, norm_eps,
-        src.shape[1], src.stride(0), heads, Hkv, splits, S, qkv2.stride(0), D,
+        src.shape[1], src.stride(0),
+        heads, Hkv, splits, S, qkv2.stride(0), D,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
         v_cache.stride(2), out.stride(0),
-    )  # fmt: skip
-    constants = dict(
         G=G, BLOCK_G=max(16, next_pow2(G)), D=D, HALF_BLOCK=max(16, next_pow2(D // 2)),
         BLOCK_D=max(16, next_pow2(D)), BLOCK_N=block_n, QK_NORM=norm, OFFSET=float(offset),
         DOT_F32=INTERPRETING, MERGE=merge, DIRECT=direct, BLOCK_P=merge_block(D, splits),
@@ -176,8 +133,8 @@ def split_launch(
         BLOCK_SRC=next_pow2(src.shape[1]) if norm_source is not None else 16,
         EARLY_TABLES=early_tables(), GROUPED=grouped_loads(), CLOCK=clock is not None,
         EARLY_ROW_SCALE=early_row_scale(),
+        num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(B, splits), **launch,
     )  # fmt: skip
-    return SplitLaunch(
-        args, constants, split_warps(D, k_cache.element_size(), B), split_stages(B, splits), pdl(qkv.device),
-        programs, splits, block_n, merge, direct, acc, ml, out,
-    )  # fmt: skip
+    if not merge and not direct:
+        merge_partials(acc, ml, positions, out, block_n, S, from_positions=True, launch=launch)
+    return out

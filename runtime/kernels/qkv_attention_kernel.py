@@ -96,9 +96,7 @@ def _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32: tl.
 
 
 @jit
-def _split_program(
-    bh,
-    split,
+def _qkv_split_kernel(
     qkv_ptr,
     q_w_ptr,
     k_w_ptr,
@@ -151,12 +149,7 @@ def _split_program(
     GROUPED: tl.constexpr,
     CLOCK: tl.constexpr = False,
     EARLY_ROW_SCALE: tl.constexpr = False,
-    done_ptr=None,
-    SIGNAL: tl.constexpr = False,
 ):
-    """Program (bh = b * Hkv + h, split) of the split kernel. SIGNAL (attention_o.py): the program
-    that writes a (row, kv head)'s output (the merging one, or the only one) then adds 1 to done_ptr
-    with release semantics, so a waiting reader of the output sees it once the count is complete."""
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
     # what no kernel of this layer writes: the positions, the cache slots but the new one, and with
     # EARLY_TABLES the q/k-norm weights and the token's rope tables (written at the step's start,
@@ -164,6 +157,8 @@ def _split_program(
     # go out as one group, each paying its latency at once (see _tables and _pinned)
     if not PREFETCH:
         pdl_wait(PDL)
+    bh = tl.program_id(0)
+    split = tl.program_id(1)
     program = bh * n_splits + split  # CLOCK (a diagnostic, phase_clock.py): this program's row
     clock_mark(clock_ptr, program, 3, split, CLOCK)
     b = bh // n_kv_heads
@@ -268,7 +263,6 @@ def _split_program(
         out = (acc / l_i[:, None]).to(out_ptr.dtype.element_ty)
         tl.store(dst, out, mask=g_ok[:, None] & d_ok[None, :])
         clock_mark(clock_ptr, program, 8, tl.sum(l_i, axis=0), CLOCK)
-        _signal(done_ptr, SIGNAL)
         return
     # partials (B, H, P, D) and (B, H, P, 2), unnormalised; rows past G are padding
     out_row = ((b * n_kv_heads + h) * G + g).to(tl.int64) * n_splits + split
@@ -290,37 +284,3 @@ def _split_program(
                 )
                 dst = out_ptr + b.to(tl.int64) * o_sb + (h * G + gi) * D + d
                 tl.store(dst, out.to(out_ptr.dtype.element_ty), mask=d_ok)
-            _signal(done_ptr, SIGNAL)
-
-
-@jit
-def _signal(done_ptr, SIGNAL: tl.constexpr):
-    """With SIGNAL: count one finished output at done_ptr, after every thread's stores of it (the
-    barrier) and with release semantics (so a reader that acquires the count sees them)."""
-    if SIGNAL:
-        tl.debug_barrier()
-        tl.atomic_add(done_ptr, 1, sem="release", scope="gpu")
-
-
-# the split kernel's parameters after (bh, split): _qkv_split_kernel passes them through
-@jit
-def _qkv_split_kernel(
-    qkv_ptr, q_w_ptr, k_w_ptr, cos_ptr, sin_ptr, pos_ptr, k_ptr, v_ptr, acc_ptr, ml_ptr, out_ptr,
-    count_ptr, src_ptr, clock_ptr, qk_scale, eps, src_eps, n_src, src_stride, n_heads, n_kv_heads,
-    n_splits, n_slots, qkv_stride, cos_stride, k_sb, k_sh, k_ss, v_sb, v_sh, v_ss, o_sb,
-    G: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr, HALF_BLOCK: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, QK_NORM: tl.constexpr, OFFSET: tl.constexpr,
-    DOT_F32: tl.constexpr, MERGE: tl.constexpr, DIRECT: tl.constexpr, BLOCK_P: tl.constexpr,
-    PREFETCH: tl.constexpr, ROW_SCALE: tl.constexpr, BLOCK_SRC: tl.constexpr, PDL: tl.constexpr,
-    EARLY_TABLES: tl.constexpr, GROUPED: tl.constexpr, CLOCK: tl.constexpr = False,
-    EARLY_ROW_SCALE: tl.constexpr = False,
-):  # fmt: skip
-    """Grid (B * Hkv, P): program (bh, split) of the split-KV attention (see _split_program)."""
-    _split_program(
-        tl.program_id(0), tl.program_id(1), qkv_ptr, q_w_ptr, k_w_ptr, cos_ptr, sin_ptr, pos_ptr, k_ptr,
-        v_ptr, acc_ptr, ml_ptr, out_ptr, count_ptr, src_ptr, clock_ptr, qk_scale, eps, src_eps, n_src,
-        src_stride, n_heads, n_kv_heads, n_splits, n_slots, qkv_stride, cos_stride, k_sb, k_sh, k_ss,
-        v_sb, v_sh, v_ss, o_sb, G, BLOCK_G, D, HALF_BLOCK, BLOCK_D, BLOCK_N, QK_NORM, OFFSET, DOT_F32,
-        MERGE, DIRECT, BLOCK_P, PREFETCH, ROW_SCALE, BLOCK_SRC, PDL, EARLY_TABLES, GROUPED, CLOCK,
-        EARLY_ROW_SCALE,
-    )  # fmt: skip

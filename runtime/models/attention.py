@@ -94,15 +94,6 @@ class Attention(nn.Module):
         """qkv (B, 1, q + 2 kv); positions (B,) on the device -> attention (B, 1, q), before o_proj."""
         return self.attend_decode(qkv, cos, sin, cache, positions).reshape(qkv.shape[0], 1, -1)
 
-    def decode_o(self, qkv, cos, sin, cache: KVCacheLike, positions, residual) -> torch.Tensor:
-        """qkv (1, 1, q + 2 kv) -> o_proj(attention) (1, 1, hidden), plus residual (1, 1, hidden)
-        where given: one launch (ops.qkv_attention_o; the caller checked ops.fused_attention_o)."""
-        k_cache, v_cache = cache.k[self.layer][:1], cache.v[self.layer][:1]
-        return ops.qkv_attention_o(
-            qkv, self.heads, self.kv_heads, cos, sin, *self._qk_args(), k_cache, v_cache, positions,
-            self.scale, self.o_proj.weight, residual,
-        )  # fmt: skip
-
     def attend_decode(
         self, qkv, cos, sin, cache: KVCacheLike, positions, norm_source=None, norm_eps: float = 0.0
     ) -> torch.Tensor:

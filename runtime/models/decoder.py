@@ -83,10 +83,10 @@ class DecoderLayer(nn.Module):
         yet added (None: nothing to add), to be normed by `pending_norm` first (Gemma); `release`
         the decode step's qkv release (attention_plan.QkvRelease), None elsewhere.
         Returns (x, this layer's MLP output or None where down added it already): each residual add
-        and norm rides in a projection next to it; `attend(attn, qkv, x, joins)` maps the packed qkv
-        rows to (residual, pending) after o_proj, as _join does."""
+        and norm rides in a projection next to it; `attend` maps the packed qkv rows to the
+        attention's output before o_proj."""
         qkv, x = _norm_linear(pending, x, self.attn_norm, pending_norm, self.attn.qkv, release)
-        x, h = attend(self.attn, qkv, x, self.attn_out_norm is None)
+        x, h = _join(attend(self.attn, qkv), self.attn.o_proj, x, self.attn_out_norm is None, "o")
         return self.mlp(h, x, self.mlp_norm, self.attn_out_norm, self.mlp_out_norm is None)
 
 
@@ -100,20 +100,6 @@ def _join(
         return ops.linear_add(out, linear.weight, x), None
     y = ops.linear(out, linear.weight)
     return x, (y if linear.bias is None else y + linear.bias)
-
-
-def _decode_join(
-    attn: Attention, qkv, cos, sin, cache: KVCacheLike, positions, x: torch.Tensor, joins: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The decode step's attention and o projection -> _join's (residual, pending): one launch where
-    ops.fused_attention_o holds (the residual added in it where the o GEMV would add it), else the
-    attention, then _join."""
-    o = attn.o_proj
-    if o.bias is None and ops.fused_attention_o(qkv, o.weight):
-        adds = joins and ops.residual_epilogue(qkv, o.weight, "o")
-        y = attn.decode_o(qkv, cos, sin, cache, positions, x if adds else None)
-        return (y, None) if adds else (x, y)
-    return _join(attn.decode(qkv, cos, sin, cache, positions), o, x, joins, "o")
 
 
 def _pick(h: torch.Tensor | None, rows) -> torch.Tensor | None:
@@ -236,10 +222,7 @@ class DecoderLM(nn.Module):
         for i, layer in enumerate(self.layers):
             cos, sin = tables[self.rope_index[i]]
             prev = self.layers[i - 1].mlp_out_norm if i else None
-            x, h = layer(
-                x, h, prev,
-                lambda attn, qkv, x, joins, cos=cos, sin=sin: attend(attn, qkv, cos, sin, x, joins), release,
-            )  # fmt: skip
+            x, h = layer(x, h, prev, lambda attn, qkv, cos=cos, sin=sin: attend(attn, qkv, cos, sin), release)
         return x, h
 
     @torch.inference_mode()
@@ -253,9 +236,7 @@ class DecoderLM(nn.Module):
         x, h = self._run(
             tokens,
             positions,
-            lambda attn, qkv, cos, sin, x, joins: _join(
-                attn.prefill(qkv, cos, sin, cache, row, start), attn.o_proj, x, joins, "o"
-            ),
+            lambda attn, qkv, cos, sin: attn.prefill(qkv, cos, sin, cache, row, start),
         )
         return self._logits(h, x) if all_logits else self._logits(_pick(h, lambda t: t[:, -1]), x[:, -1])
 
@@ -270,9 +251,7 @@ class DecoderLM(nn.Module):
         x, h = self._run(
             tokens,
             torch.arange(T, device=tokens.device)[None],
-            lambda attn, qkv, cos, sin, x, joins: _join(
-                attn.prefill_padded(qkv, cos, sin, cache, row, n), attn.o_proj, x, joins, "o"
-            ),
+            lambda attn, qkv, cos, sin: attn.prefill_padded(qkv, cos, sin, cache, row, n),
         )
         last = n - 1
         at_last = lambda t: t.index_select(1, last)[:, 0]  # noqa: E731
@@ -292,9 +271,7 @@ class DecoderLM(nn.Module):
         x, h = self._run(
             tokens[:, None],
             positions[:, None],
-            lambda attn, qkv, cos, sin, x, joins: _decode_join(
-                attn, qkv, cos, sin, cache, positions, x, joins
-            ),
+            lambda attn, qkv, cos, sin: attn.decode(qkv, cos, sin, cache, positions),
             QkvRelease(positions, self._l2_spill_position(positions.device)),
         )
         return self._logits(_pick(h, lambda t: t[:, 0]), x[:, 0], widen_logits)
