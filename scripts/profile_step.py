@@ -92,10 +92,10 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
         "RUNTIME_ATTN_BATCH_SPLITS": "2",
     },
     "attention merge by the last split program": {"RUNTIME_ATTN_MERGE": "last"},
-    "cache past 0.6 of L2 streamed evict-first": {"RUNTIME_ATTN_KV_L2": "0.6"},
-    "cache past 0.8 of L2 streamed evict-first": {"RUNTIME_ATTN_KV_L2": "0.8"},
-    "cache past 0.8 of L2 streamed evict-first and qkv long release": {
-        "RUNTIME_ATTN_KV_L2": "0.8",
+    "first layers' cache kept in L2 (0.5 of it)": {"RUNTIME_ATTN_KV_L2": "0.5"},
+    "first layers' cache kept in L2 (0.7 of it)": {"RUNTIME_ATTN_KV_L2": "0.7"},
+    "first layers' cache kept in L2 (0.7) and qkv long release": {
+        "RUNTIME_ATTN_KV_L2": "0.7",
         "RUNTIME_QKV_PDL": "long",
     },
     "attention loop 1 stage": {"RUNTIME_ATTN_STAGES": "1"},

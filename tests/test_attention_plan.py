@@ -52,22 +52,17 @@ def test_one_split_batch_buckets_pipeline_deeper(monkeypatch):
     assert plan.split_stages(16, 1) == 4 and plan.split_stages(1, 33) == 4
 
 
-def test_the_slots_that_fit_the_l2_share_are_kept_the_rest_streamed(monkeypatch):
-    """RUNTIME_ATTN_KV_L2: the most slots from 0 whose K and V, over every layer, fit that share of
-    the L2; None (no streaming) by default, off CUDA, or where the whole cache fits; a share
-    outside [0, 1] is refused by name."""
+def test_the_first_layers_that_fit_the_l2_share_keep_their_cache(monkeypatch):
+    """RUNTIME_ATTN_KV_L2: the first layers whose caches fit together in that share of the L2 read
+    them evict-last; none by default, none off CUDA; a share outside [0, 1] is refused by name."""
     monkeypatch.setattr(plan, "l2_bytes", lambda device: 50 * 2**20 if device.type == "cuda" else 0)
-    qwen3 = [(2048, 4096)] * 28  # 2048 slots of 8 kv heads x 128 x 2 (K, V) x bf16, one row
+    qwen3 = [8 * 2**20] * 28  # K and V of a 2048-slot cache per layer, one row
     monkeypatch.delenv("RUNTIME_ATTN_KV_L2", raising=False)
-    assert plan.kv_kept_slots(qwen3, GPU) is None
+    assert not any(plan.kv_kept_in_l2(qwen3, GPU))
     monkeypatch.setenv("RUNTIME_ATTN_KV_L2", "0.5")
-    assert plan.kv_kept_slots(qwen3, GPU) == 25 * 2**20 // (28 * 4096)  # 228
-    gemma = [(512, 1024)] * 5 + [(2048, 1024)]  # rings of 512 slots hold no more than 512
-    assert plan.kv_kept_slots(gemma, GPU) is None  # 4.5 MB: all of it fits
-    # past the rings' 512 slots only the long layer's slots count
-    longer = [(512, 2**12)] * 5 + [(8192, 2**12)]
-    assert plan.kv_kept_slots(longer, GPU) == 512 + (25 * 2**20 - 6 * 512 * 2**12) // 2**12
-    assert plan.kv_kept_slots(qwen3, CPU) is None
+    assert plan.kv_kept_in_l2(qwen3, GPU) == [True] * 3 + [False] * 25  # 24 MB of 25
+    assert plan.kv_kept_in_l2([2**20, 30 * 2**20, 2**20], GPU) == [True, False, False]  # the first ones only
+    assert not any(plan.kv_kept_in_l2(qwen3, CPU))
     monkeypatch.setenv("RUNTIME_ATTN_KV_L2", "1.5")
     with pytest.raises(ValueError, match="RUNTIME_ATTN_KV_L2"):
-        plan.kv_kept_slots(qwen3, GPU)
+        plan.kv_kept_in_l2(qwen3, GPU)

@@ -101,7 +101,7 @@ AB_SETTINGS = (
     {"RUNTIME_GEMV_FIRST_TILE": "after_row"},
     {"RUNTIME_QKV_PDL": "early"},
     {"RUNTIME_QKV_PDL": "long"},
-    {"RUNTIME_ATTN_KV_L2": "0.3"},  # the recorded models have 2 layers: a share their caches outgrow
+    {"RUNTIME_ATTN_KV_L2": "0.7"},
 )
 
 # @jit kernels no recorded path launches, with the reason

@@ -167,31 +167,21 @@ def l2_bytes(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
 
 
-def kv_kept_slots(layers: list[tuple[int, int]], device: torch.device) -> int | None:
-    """The cache slots, from 0, that stay in L2 between steps, or None where the step needs no
-    streaming policy. layers: (slots, bytes per slot for K and V of the bucket's rows) per layer.
-    Past the L2 spill position a step's cache outgrows L2 and, read with the default priority,
-    thrashes it: every layer's attention reads its whole cache from DRAM. With RUNTIME_ATTN_KV_L2
-    (a share of the card's L2; default 0: off), slots from the returned count on are read
-    evict-first, like the weights, and the slots below it, in every layer, the most that fit that
-    share together, keep their place in L2 at any length. None where the share is 0, off CUDA, or
-    where every layer's whole cache fits the share."""
+def kv_kept_in_l2(layer_bytes: list[int], device: torch.device) -> list[bool]:
+    """Which layers read their K/V cache with the evict-last L2 priority: the first layers whose
+    caches (layer_bytes, K and V at full capacity) fit together in RUNTIME_ATTN_KV_L2 (a share of
+    the card's L2, default 0: none). Past the L2 spill position a step's cache no longer fits L2
+    and every layer's attention reads its cache from DRAM; kept layers find theirs in L2, as every
+    layer does at short lengths (the weights stream evict-first). Only a CUDA card has an L2 here."""
     share = float(os.environ.get("RUNTIME_ATTN_KV_L2") or 0.0)
     if not 0.0 <= share <= 1.0:
         raise ValueError(f"RUNTIME_ATTN_KV_L2={share}: a share of the L2 cache, between 0 and 1")
-    budget = share * l2_bytes(device)
-    longest = max((slots for slots, _ in layers), default=0)
-    if budget <= 0 or sum(slots * size for slots, size in layers) <= budget:
-        return None
-
-    def kept_bytes(n: int) -> int:
-        return sum(min(n, slots) * size for slots, size in layers)
-
-    low, high = 0, longest  # the largest n with kept_bytes(n) <= budget (kept_bytes(longest) > budget)
-    while low < high:
-        mid = (low + high + 1) // 2
-        low, high = (mid, high) if kept_bytes(mid) <= budget else (low, mid - 1)
-    return low
+    budget = int(share * l2_bytes(device))
+    kept, total = [], 0
+    for size in layer_bytes:
+        total += size
+        kept.append(total <= budget)
+    return kept
 
 
 def merge_in_kernel() -> bool:

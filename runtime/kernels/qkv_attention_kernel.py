@@ -19,8 +19,8 @@ def _cache_block(
 ):  # fmt: skip
     """Cache block blk: K's two halves (BLOCK_N, HALF_BLOCK), V (BLOCK_N, BLOCK_D) and which of its
     slots are live (below the length, and not the new token's slot, which may still hold an older one).
-    POLICY: the loads' L2 eviction priority ("" the default, "evict_first" for slots streamed past
-    the ones kept in L2: _cache_block_at)."""
+    POLICY: the loads' L2 eviction priority ("" the default, "evict_last" for a layer whose cache
+    should stay in L2 between steps: attention_plan.kv_kept_in_l2)."""
     slots = blk * BLOCK_N + n
     live = (slots < length) & (slots != new_slot)
     at = slots.to(tl.int64)[:, None]
@@ -30,45 +30,6 @@ def _cache_block(
     v = tl.load(
         v_base + at * v_ss + d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0, eviction_policy=POLICY
     )
-    return k1, k2, v, live
-
-
-@jit
-def _cache_block_at(
-    k_base, v_base, blk, BLOCK_N: tl.constexpr, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss,
-    keep_slots, STREAM_KV: tl.constexpr,
-):  # fmt: skip
-    """_cache_block, read evict-first where STREAM_KV and the block lies past keep_slots: the slots
-    below keep_slots, in every layer, are what L2 can hold of a step's cache between steps (the
-    weights stream evict-first), and the slots past them, streamed evict-first too, do not push
-    them out (attention_plan.kv_kept_slots)."""
-    if STREAM_KV:
-        if blk * BLOCK_N >= keep_slots:
-            k1, k2, v, live = _cache_block(
-                k_base,
-                v_base,
-                blk,
-                BLOCK_N,
-                n,
-                c,
-                c_ok,
-                d,
-                d_ok,
-                length,
-                new_slot,
-                half,
-                k_ss,
-                v_ss,
-                "evict_first",
-            )
-        else:
-            k1, k2, v, live = _cache_block(
-                k_base, v_base, blk, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss, ""
-            )
-    else:
-        k1, k2, v, live = _cache_block(
-            k_base, v_base, blk, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss, ""
-        )
     return k1, k2, v, live
 
 
@@ -173,7 +134,6 @@ def _qkv_split_kernel(
     v_sh,
     v_ss,
     o_sb,
-    keep_slots,
     G: tl.constexpr,
     BLOCK_G: tl.constexpr,
     D: tl.constexpr,
@@ -194,7 +154,7 @@ def _qkv_split_kernel(
     GROUPED: tl.constexpr,
     CLOCK: tl.constexpr = False,
     EARLY_ROW_SCALE: tl.constexpr = False,
-    STREAM_KV: tl.constexpr = False,
+    KV_POLICY: tl.constexpr = "",
 ):
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
     # what no kernel of this layer writes: the positions, the cache slots but the new one, and with
@@ -227,23 +187,8 @@ def _qkv_split_kernel(
     v_base = v_ptr + b.to(tl.int64) * v_sb + h.to(tl.int64) * v_sh
     # the first cache block's K and V are loaded before the wait, so their latency overlaps the
     # qkv GEMV's tail (at short lengths a program has one block only)
-    k1, k2, v, live = _cache_block_at(
-        k_base,
-        v_base,
-        split,
-        BLOCK_N,
-        n,
-        c,
-        c_ok,
-        d,
-        d_ok,
-        length,
-        new_slot,
-        half,
-        k_ss,
-        v_ss,
-        keep_slots,
-        STREAM_KV,
+    k1, k2, v, live = _cache_block(
+        k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss, KV_POLICY
     )
     cs = cos_ptr + b.to(tl.int64) * cos_stride
     sn = sin_ptr + b.to(tl.int64) * cos_stride
@@ -309,37 +254,11 @@ def _qkv_split_kernel(
     if GROUPED:  # the first block's tiles move to the dot's layout only now (see _pinned)
         k1, k2, v = _pinned(k1), _pinned(k2), _pinned(v)
     m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
-    # the blocks after the first; with STREAM_KV those from slot keep_slots on, read evict-first, in
-    # a loop of their own: one policy per loop keeps each loop's pipelined loads as they were
-    streamed = n_blocks
-    if STREAM_KV:
-        kept_blocks = tl.cdiv(keep_slots, BLOCK_N)
-        streamed = split + n_splits * tl.maximum(1, tl.cdiv(tl.maximum(kept_blocks - split, 0), n_splits))
-    for blk in range(split + n_splits, tl.minimum(n_blocks, streamed), n_splits):
+    for blk in range(split + n_splits, n_blocks, n_splits):
         k1, k2, v, live = _cache_block(
-            k_base, v_base, blk, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss, ""
+            k_base, v_base, blk, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss, KV_POLICY
         )
         m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
-    if STREAM_KV:
-        for blk in range(streamed, n_blocks, n_splits):
-            k1, k2, v, live = _cache_block(
-                k_base,
-                v_base,
-                blk,
-                BLOCK_N,
-                n,
-                c,
-                c_ok,
-                d,
-                d_ok,
-                length,
-                new_slot,
-                half,
-                k_ss,
-                v_ss,
-                "evict_first",
-            )
-            m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
 
     clock_mark(clock_ptr, program, 7, tl.sum(l_i, axis=0), CLOCK)
     pdl_release(PDL)

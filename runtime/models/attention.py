@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from runtime.kernels import ops
-from runtime.kernels.attention_plan import kv_kept_slots
+from runtime.kernels.attention_plan import kv_kept_in_l2
 from runtime.models.norm import RMSNorm
 from runtime.models.spec import ModelSpec
 
@@ -104,9 +104,8 @@ class Attention(nn.Module):
         norm_source (B, hidden): the un-normed rows qkv was projected from (folded_norms.py)."""
         B = qkv.shape[0]
         k_cache, v_cache = cache.k[self.layer][:B], cache.v[self.layer][:B]
-        # (slots, K and V bytes per slot of the B rows) per layer
-        layers = [(k.shape[2], 2 * B * k.shape[1] * k.shape[3] * k.element_size()) for k in cache.k]
-        keep = kv_kept_slots(layers, qkv.device)
+        layer_bytes = [2 * k[:B].numel() * k.element_size() for k in cache.k]  # K and V of each layer
+        keep = kv_kept_in_l2(layer_bytes, qkv.device)[self.layer]
         return ops.qkv_decode_attention(
             qkv, self.heads, self.kv_heads, cos, sin, *self._qk_args(), k_cache, v_cache, positions,
             self.scale, norm_source, norm_eps, keep,
