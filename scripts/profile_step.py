@@ -92,12 +92,6 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
         "RUNTIME_ATTN_BATCH_SPLITS": "2",
     },
     "attention merge by the last split program": {"RUNTIME_ATTN_MERGE": "last"},
-    "first layers' cache kept in L2 (0.5 of it)": {"RUNTIME_ATTN_KV_L2": "0.5"},
-    "first layers' cache kept in L2 (0.7 of it)": {"RUNTIME_ATTN_KV_L2": "0.7"},
-    "first layers' cache kept in L2 (0.7) and qkv long release": {
-        "RUNTIME_ATTN_KV_L2": "0.7",
-        "RUNTIME_QKV_PDL": "long",
-    },
     "attention loop 1 stage": {"RUNTIME_ATTN_STAGES": "1"},
     "attention tables after the wait": {"RUNTIME_ATTN_EARLY_TABLES": "0"},
     "attention batch row scale after the wait": {"RUNTIME_ATTN_EARLY_ROW_SCALE": "0"},

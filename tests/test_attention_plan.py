@@ -50,19 +50,3 @@ def test_one_split_batch_buckets_pipeline_deeper(monkeypatch):
     assert plan.split_stages(16, 3) == 2 and plan.split_stages(1, 1) == 2 and plan.split_stages() == 2
     monkeypatch.setenv("RUNTIME_ATTN_STAGES", "4")
     assert plan.split_stages(16, 1) == 4 and plan.split_stages(1, 33) == 4
-
-
-def test_the_first_layers_that_fit_the_l2_share_keep_their_cache(monkeypatch):
-    """RUNTIME_ATTN_KV_L2: the first layers whose caches fit together in that share of the L2 read
-    them evict-last; none by default, none off CUDA; a share outside [0, 1] is refused by name."""
-    monkeypatch.setattr(plan, "l2_bytes", lambda device: 50 * 2**20 if device.type == "cuda" else 0)
-    qwen3 = [8 * 2**20] * 28  # K and V of a 2048-slot cache per layer, one row
-    monkeypatch.delenv("RUNTIME_ATTN_KV_L2", raising=False)
-    assert not any(plan.kv_kept_in_l2(qwen3, GPU))
-    monkeypatch.setenv("RUNTIME_ATTN_KV_L2", "0.5")
-    assert plan.kv_kept_in_l2(qwen3, GPU) == [True] * 3 + [False] * 25  # 24 MB of 25
-    assert plan.kv_kept_in_l2([2**20, 30 * 2**20, 2**20], GPU) == [True, False, False]  # the first ones only
-    assert not any(plan.kv_kept_in_l2(qwen3, CPU))
-    monkeypatch.setenv("RUNTIME_ATTN_KV_L2", "1.5")
-    with pytest.raises(ValueError, match="RUNTIME_ATTN_KV_L2"):
-        plan.kv_kept_in_l2(qwen3, GPU)

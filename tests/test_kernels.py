@@ -309,51 +309,6 @@ def test_qkv_decode_attention(
         torch.testing.assert_close(c_got[sel].float(), c_want[sel].float(), **tol(dtype))
 
 
-@kernel_test
-@pytest.mark.parametrize("B,H,Hkv,D,S,ring,norm,offset,dtype,splits", QKV_ATTN_CASES[:2])
-def test_cache_kept_in_l2_changes_no_bit(poisoned, B, H, Hkv, D, S, ring, norm, offset, dtype, splits):
-    """keep_in_l2 (the evict-last read of a layer's cache) is a cache hint: output and cache bit-equal."""
-    qkv = rand(B, 1, (H + 2 * Hkv) * D, dtype=dtype)
-    positions = torch.randint(0, S, (B,)).to(DEVICE)
-    cos, sin = _rope_tables(positions[:, None], D, dtype)
-    qw, kw = (rand(D, dtype=dtype), rand(D, dtype=dtype)) if norm else (None, None)
-    k, v = rand(B, Hkv, S, D, dtype=dtype), rand(B, Hkv, S, D, dtype=dtype)
-    args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, offset)
-    runs = []
-    for keep in (False, True):
-        k_run, v_run = k.clone(), v.clone()
-        out = qkv_decode_attention_triton(
-            *args, k_run, v_run, positions, D**-0.5, keep_in_l2=keep, num_splits=splits
-        )
-        runs.append((out, k_run, v_run))
-    for got, want in zip(runs[1], runs[0]):
-        torch.testing.assert_close(got, want, atol=0, rtol=0)
-
-
-@kernel_test
-def test_the_first_layers_keep_their_cache_in_l2(monkeypatch):
-    """With RUNTIME_ATTN_KV_L2 set, decode's attention reads the cache evict-last in the first layers
-    whose caches fit that share of the L2, the others as before; the logits do not change."""
-    from runtime.kernels import attention_plan
-
-    model = _tiny_model("qwen3", torch.float32)
-    prompt = torch.randint(3, model.spec.vocab, (1, 5), device=DEVICE)
-    layer_bytes = 2 * 32 * model.spec.kv_heads * model.spec.head_dim * 4  # K and V, 32 slots, fp32
-    monkeypatch.setattr(attention_plan, "l2_bytes", lambda device: 2 * layer_bytes)
-    monkeypatch.setenv("RUNTIME_KERNELS", "triton")
-    kept = []
-    real = ops.qkv_decode_attention_triton
-    monkeypatch.setattr(ops, "qkv_decode_attention_triton", lambda *a: kept.append(a[-1]) or real(*a))
-    logits = {}
-    for share in ("0", "1"):
-        monkeypatch.setenv("RUNTIME_ATTN_KV_L2", share)
-        kept.clear()
-        logits[share] = _greedy_logits(model, prompt, 2)
-        assert kept == [share == "1" and i < 2 for i in range(model.spec.layers)] * 2, share
-    for got, want in zip(logits["1"], logits["0"]):
-        assert torch.equal(got, want)
-
-
 FOLDED_ATTN_CASES = cases(
     full=[(16, 32, 8, 64, 300, False, BF16), (16, 16, 8, 128, 400, True, BF16), (3, 6, 3, 40, 33, True, F32)],
     small=[(3, 6, 3, 40, 33, True, F32), (2, 8, 2, 64, 20, False, BF16)],

@@ -101,7 +101,6 @@ AB_SETTINGS = (
     {"RUNTIME_GEMV_FIRST_TILE": "after_row"},
     {"RUNTIME_QKV_PDL": "early"},
     {"RUNTIME_QKV_PDL": "long"},
-    {"RUNTIME_ATTN_KV_L2": "0.7"},
 )
 
 # @jit kernels no recorded path launches, with the reason
@@ -194,7 +193,6 @@ def recording(target: Target) -> Iterator[prebuild.Recorder]:
             if getattr(module, "pdl", None) is real_pdl:
                 mp.setattr(module, "pdl", lambda device, **kw: real_pdl(torch.device("cuda", 0), **kw))
         mp.setattr(attention_plan, "sm_count", lambda device: target.sms)
-        mp.setattr(attention_plan, "l2_bytes", lambda device: 50 * 2**20)  # an H100's
         mp.setattr(fused_linear, "_TUNED", {})
         mp.setattr(fused_rows_config, "_TUNED_ROWS", {})
         for name in [k for k in os.environ if k.startswith("RUNTIME_")]:

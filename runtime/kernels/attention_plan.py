@@ -140,7 +140,7 @@ def l2_spill_position(kv_bytes_per_position: int, device: torch.device) -> int:
     card's L2: below it the cache stays in L2 between steps (the weights stream evict-first)."""
     if device.type != "cuda" or kv_bytes_per_position <= 0:
         return NEVER
-    return cdiv(l2_bytes(device), kv_bytes_per_position)
+    return cdiv(torch.cuda.get_device_properties(device).L2_cache_size, kv_bytes_per_position)
 
 
 def qkv_release(programs: int, device: torch.device) -> str:
@@ -159,29 +159,6 @@ def qkv_release(programs: int, device: torch.device) -> str:
     if choice != "auto":
         return choice
     return "early" if programs <= QKV_EARLY_PER_SM * sm_count(device) else "late"
-
-
-@functools.lru_cache(maxsize=8)
-def l2_bytes(device: torch.device) -> int:
-    """The card's L2 cache size; 0 off CUDA (the CPU interpreter has none to keep anything in)."""
-    return torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else 0
-
-
-def kv_kept_in_l2(layer_bytes: list[int], device: torch.device) -> list[bool]:
-    """Which layers read their K/V cache with the evict-last L2 priority: the first layers whose
-    caches (layer_bytes, K and V at full capacity) fit together in RUNTIME_ATTN_KV_L2 (a share of
-    the card's L2, default 0: none). Past the L2 spill position a step's cache no longer fits L2
-    and every layer's attention reads its cache from DRAM; kept layers find theirs in L2, as every
-    layer does at short lengths (the weights stream evict-first). Only a CUDA card has an L2 here."""
-    share = float(os.environ.get("RUNTIME_ATTN_KV_L2") or 0.0)
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"RUNTIME_ATTN_KV_L2={share}: a share of the L2 cache, between 0 and 1")
-    budget = int(share * l2_bytes(device))
-    kept, total = [], 0
-    for size in layer_bytes:
-        total += size
-        kept.append(total <= budget)
-    return kept
 
 
 def merge_in_kernel() -> bool:

@@ -56,13 +56,11 @@ def qkv_decode_attention_ref(
     scale: float,
     norm_source: torch.Tensor | None = None,
     norm_eps: float = 0.0,
-    keep_in_l2: bool = False,
 ) -> torch.Tensor:
     """qkv (B, 1, ...) -> (B, H, D); writes k/v_cache[b, :, positions[b] % S] on the way.
     norm_source (B, K): qkv was projected from these un-normed rows through a matrix holding the
     norm's weight, so each qkv row is first divided by rms(norm_source[b]) (scale_rows_ref; the
-    batch buckets' folded norm, runtime/models/folded_norms.py). keep_in_l2: the kernel's cache-read
-    priority in L2 (attention_plan.kv_kept_in_l2), no change to any value."""
+    batch buckets' folded norm, runtime/models/folded_norms.py)."""
     if norm_source is not None:
         qkv = scale_rows_ref(qkv, norm_source[:, None], norm_eps)
     q = qkv_rope_to_cache_ref(
@@ -88,12 +86,10 @@ def qkv_decode_attention_triton(
     scale: float,
     norm_source: torch.Tensor | None = None,
     norm_eps: float = 0.0,
-    keep_in_l2: bool = False,
     num_splits: int | None = None,
 ) -> torch.Tensor:
     """Same contract as qkv_decode_attention_ref; two launches (split + merge), or one with
     RUNTIME_ATTN_MERGE=last (the last program of each row and kv head merges the partials).
-    keep_in_l2: the cache is read with the evict-last L2 priority (attention_plan.kv_kept_in_l2).
     num_splits overrides P (tests use it to force many partials on short caches)."""
     B, T, width = qkv.shape
     _, Hkv, S, D = k_cache.shape
@@ -136,7 +132,7 @@ def qkv_decode_attention_triton(
         PREFETCH=prefetch_enabled(), ROW_SCALE=norm_source is not None,
         BLOCK_SRC=next_pow2(src.shape[1]) if norm_source is not None else 16,
         EARLY_TABLES=early_tables(), GROUPED=grouped_loads(), CLOCK=clock is not None,
-        EARLY_ROW_SCALE=early_row_scale(), KV_POLICY="evict_last" if keep_in_l2 else "",
+        EARLY_ROW_SCALE=early_row_scale(),
         num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(B, splits), **launch,
     )  # fmt: skip
     if not merge and not direct:

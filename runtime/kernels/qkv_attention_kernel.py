@@ -14,22 +14,17 @@ from runtime.kernels.rmsnorm import row_inv_rms, scale_row
 
 @jit
 def _cache_block(
-    k_base, v_base, blk, BLOCK_N: tl.constexpr, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss,
-    POLICY: tl.constexpr,
-):  # fmt: skip
+    k_base, v_base, blk, BLOCK_N: tl.constexpr, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
+):
     """Cache block blk: K's two halves (BLOCK_N, HALF_BLOCK), V (BLOCK_N, BLOCK_D) and which of its
-    slots are live (below the length, and not the new token's slot, which may still hold an older one).
-    POLICY: the loads' L2 eviction priority ("" the default, "evict_last" for a layer whose cache
-    should stay in L2 between steps: attention_plan.kv_kept_in_l2)."""
+    slots are live (below the length, and not the new token's slot, which may still hold an older one)."""
     slots = blk * BLOCK_N + n
     live = (slots < length) & (slots != new_slot)
     at = slots.to(tl.int64)[:, None]
     k_ok = live[:, None] & c_ok[None, :]
-    k1 = tl.load(k_base + at * k_ss + c[None, :], mask=k_ok, other=0.0, eviction_policy=POLICY)
-    k2 = tl.load(k_base + at * k_ss + half + c[None, :], mask=k_ok, other=0.0, eviction_policy=POLICY)
-    v = tl.load(
-        v_base + at * v_ss + d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0, eviction_policy=POLICY
-    )
+    k1 = tl.load(k_base + at * k_ss + c[None, :], mask=k_ok, other=0.0)
+    k2 = tl.load(k_base + at * k_ss + half + c[None, :], mask=k_ok, other=0.0)
+    v = tl.load(v_base + at * v_ss + d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0)
     return k1, k2, v, live
 
 
@@ -154,7 +149,6 @@ def _qkv_split_kernel(
     GROUPED: tl.constexpr,
     CLOCK: tl.constexpr = False,
     EARLY_ROW_SCALE: tl.constexpr = False,
-    KV_POLICY: tl.constexpr = "",
 ):
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
     # what no kernel of this layer writes: the positions, the cache slots but the new one, and with
@@ -188,7 +182,7 @@ def _qkv_split_kernel(
     # the first cache block's K and V are loaded before the wait, so their latency overlaps the
     # qkv GEMV's tail (at short lengths a program has one block only)
     k1, k2, v, live = _cache_block(
-        k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss, KV_POLICY
+        k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
     )
     cs = cos_ptr + b.to(tl.int64) * cos_stride
     sn = sin_ptr + b.to(tl.int64) * cos_stride
@@ -256,7 +250,7 @@ def _qkv_split_kernel(
     m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
     for blk in range(split + n_splits, n_blocks, n_splits):
         k1, k2, v, live = _cache_block(
-            k_base, v_base, blk, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss, KV_POLICY
+            k_base, v_base, blk, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
         )
         m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
 

@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 
 from runtime.kernels import ops
-from runtime.kernels.attention_plan import kv_kept_in_l2
 from runtime.models.norm import RMSNorm
 from runtime.models.spec import ModelSpec
 
@@ -104,11 +103,9 @@ class Attention(nn.Module):
         norm_source (B, hidden): the un-normed rows qkv was projected from (folded_norms.py)."""
         B = qkv.shape[0]
         k_cache, v_cache = cache.k[self.layer][:B], cache.v[self.layer][:B]
-        layer_bytes = [2 * k[:B].numel() * k.element_size() for k in cache.k]  # K and V of each layer
-        keep = kv_kept_in_l2(layer_bytes, qkv.device)[self.layer]
         return ops.qkv_decode_attention(
             qkv, self.heads, self.kv_heads, cos, sin, *self._qk_args(), k_cache, v_cache, positions,
-            self.scale, norm_source, norm_eps, keep,
+            self.scale, norm_source, norm_eps,
         )  # fmt: skip
 
 
