@@ -151,14 +151,14 @@ def qkv_release(programs: int, device: torch.device) -> str:
     Gemma's long prologue while the GEMV drains. H100, same-process A/Bs against the late release,
     us per step: Gemma (384 programs, 2.9 per SM) -13..-22 near position 300; Qwen3 (1024, 7.8 per
     SM) +12..+15 near 300 but -9..-15 near 2000, where the K/V blocks come from DRAM, not L2; Llama
-    (1536, 11.6 per SM, some waiting for a slot) +26. "long" read the position after the wait when
-    timed (Qwen3: +16..+21 near 300, -0..-6 near 2000: the read delayed every program's statistics);
-    it now reads it before the wait, not timed yet. RUNTIME_QKV_PDL: "auto" (the default: early up
-    to QKV_EARLY_PER_SM programs per SM, else late) or one of the three."""
+    (1536, 11.6 per SM, some waiting for a slot) +26. "long", reading the position before the wait,
+    against late, Qwen3 near 1900: -26 / -4, -8 / -5 us; near 256: +2 / 0, -3 / +6 (notes/kernels.md,
+    sixteenth session). RUNTIME_QKV_PDL: "auto" (the default: early up to QKV_EARLY_PER_SM programs
+    per SM, else long) or one of the three."""
     choice = env_choice("RUNTIME_QKV_PDL", QKV_RELEASES, "auto")
     if choice != "auto":
         return choice
-    return "early" if programs <= QKV_EARLY_PER_SM * sm_count(device) else "late"
+    return "early" if programs <= QKV_EARLY_PER_SM * sm_count(device) else "long"
 
 
 def merge_in_kernel() -> bool:
