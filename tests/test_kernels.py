@@ -461,9 +461,9 @@ def test_only_the_qkv_gemv_may_release_early(monkeypatch, family):
 
 def test_qkv_release_point_from_the_grid(monkeypatch):
     """RUNTIME_QKV_PDL: "auto" releases early up to QKV_EARLY_PER_SM programs per SM (Gemma's 384 qkv
-    programs on 132 SMs), past that (Qwen3's 1024, Llama's 1536) early once the row's position
-    reaches the L2 spill position and late below it ("long"); "early", "long" and "late" force one;
-    a typo is refused."""
+    programs on 132 SMs), up to QKV_LONG_PER_SM (Qwen3's 1024) early once the row's position reaches
+    the L2 spill position and late below it ("long"), late past that (Llama's 1536); "early", "long"
+    and "late" force one; a typo is refused."""
     from runtime.kernels import attention_plan
 
     monkeypatch.setattr(attention_plan, "sm_count", lambda device: 132)
@@ -471,7 +471,8 @@ def test_qkv_release_point_from_the_grid(monkeypatch):
     monkeypatch.delenv("RUNTIME_QKV_PDL", raising=False)
     when = lambda programs: attention_plan.qkv_release(programs, cuda)  # noqa: E731
     assert when(384) == when(4 * 132) == "early"
-    assert when(4 * 132 + 1) == when(1024) == when(1536) == "long"
+    assert when(4 * 132 + 1) == when(1024) == when(8 * 132) == "long"
+    assert when(8 * 132 + 1) == when(1536) == "late"
     for forced in ("early", "long", "late"):
         monkeypatch.setenv("RUNTIME_QKV_PDL", forced)
         assert when(1536) == when(384) == forced

@@ -119,6 +119,7 @@ def merge_launch(launch: dict) -> dict:
 
 
 QKV_EARLY_PER_SM = 4  # the most qkv GEMV programs per SM at which it releases the attention early
+QKV_LONG_PER_SM = 8  # ... early past the L2 spill position (timed: Qwen3's 7.8 gains, Llama's 11.6 not)
 QKV_RELEASES = ("auto", "early", "long", "late")
 
 
@@ -152,13 +153,17 @@ def qkv_release(programs: int, device: torch.device) -> str:
     us per step: Gemma (384 programs, 2.9 per SM) -13..-22 near position 300; Qwen3 (1024, 7.8 per
     SM) +12..+15 near 300 but -9..-15 near 2000, where the K/V blocks come from DRAM, not L2; Llama
     (1536, 11.6 per SM, some waiting for a slot) +26. "long", reading the position before the wait,
-    against late, Qwen3 near 1900: -26 / -4, -8 / -5 us; near 256: +2 / 0, -3 / +6 (notes/kernels.md,
-    sixteenth session). RUNTIME_QKV_PDL: "auto" (the default: early up to QKV_EARLY_PER_SM programs
-    per SM, else long) or one of the three."""
+    against late, Qwen3 near 1900: -26 / -4, -8 / -5, -9 / -5 / -12 us; near 256: +2 / 0, -3 / +6,
+    +3 / +3 / +2; Llama near 1900 +3 / -6 / -8, near 256 -3 / +2 / -5 (notes/kernels.md, sixteenth
+    session): Llama's grid is about as large as an SM holds at once (~11 programs of 45 registers in
+    its sm_90 build), so released programs take slots qkv programs still wait for. RUNTIME_QKV_PDL: "auto" (the default: early up to
+    QKV_EARLY_PER_SM programs per SM, long up to QKV_LONG_PER_SM, else late) or one of the three."""
     choice = env_choice("RUNTIME_QKV_PDL", QKV_RELEASES, "auto")
     if choice != "auto":
         return choice
-    return "early" if programs <= QKV_EARLY_PER_SM * sm_count(device) else "long"
+    if programs <= QKV_EARLY_PER_SM * sm_count(device):
+        return "early"
+    return "long" if programs <= QKV_LONG_PER_SM * sm_count(device) else "late"
 
 
 def merge_in_kernel() -> bool:
