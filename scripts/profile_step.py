@@ -78,6 +78,7 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention merge in one program per head": {"RUNTIME_ATTN_MERGE_CHUNKS": "1"},
     "topk groups of 8192 keys": {"RUNTIME_TOPK_GROUP": "8192"},
     "attention merge in 4 column chunks": {"RUNTIME_ATTN_MERGE_CHUNKS": "4"},
+    "attention merge in 8 column chunks": {"RUNTIME_ATTN_MERGE_CHUNKS": "8"},
     "batch norms as kernels": {"RUNTIME_BATCH_NORM": "kernel"},
     "attention 8 warps": {"RUNTIME_ATTN_WARPS": "8"},
     "attention 4 warps": {"RUNTIME_ATTN_WARPS": "4"},
