@@ -50,3 +50,15 @@ def test_one_split_batch_buckets_pipeline_deeper(monkeypatch):
     assert plan.split_stages(16, 3) == 2 and plan.split_stages(1, 1) == 2 and plan.split_stages() == 2
     monkeypatch.setenv("RUNTIME_ATTN_STAGES", "4")
     assert plan.split_stages(16, 1) == 4 and plan.split_stages(1, 33) == 4
+
+
+def test_the_merge_takes_16_column_chunks_up_to_d_128_where_heads_leave_sms_idle(monkeypatch):
+    """auto: at batch 1 Llama's 32 heads of D = 64 in 4 chunks, Qwen3's 16 of D = 128 in 8, Gemma's 4
+    of D = 256 in 4 (8 timed slower there); heads that fill the card in one; a forced count wins."""
+    monkeypatch.delenv("RUNTIME_ATTN_MERGE_CHUNKS", raising=False)
+    assert plan.merge_block_d(32, 64, GPU) == 16
+    assert plan.merge_block_d(16, 128, GPU) == 16
+    assert plan.merge_block_d(4, 256, GPU) == 64
+    assert plan.merge_block_d(16 * 16, 128, GPU) == 128  # batch 16: 256 heads
+    monkeypatch.setenv("RUNTIME_ATTN_MERGE_CHUNKS", "4")
+    assert plan.merge_block_d(16, 128, GPU) == 32

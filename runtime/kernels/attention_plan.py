@@ -94,12 +94,14 @@ def merge_block(head_dim: int, splits: int) -> int:
 def merge_block_d(heads: int, head_dim: int, device: torch.device) -> int:
     """Columns each merge program takes (BLOCK_D). RUNTIME_ATTN_MERGE_CHUNKS=c gives each head c
     programs, each merging D / c columns: a long cache's many partials are read by c programs instead
-    of one. The default, "auto", takes 4 where the B * H heads alone would leave SMs idle (batch 1;
-    Gemma's 4 heads up to batch 32), else 1 (on the H100: Qwen3 at position 2000 -16..-41 us per
-    step, Gemma -12..-16 us, Llama and Qwen3 near position 300 within the noise)."""
+    of one. The default, "auto", where the B * H heads alone would leave SMs idle (batch 1; Gemma's 4
+    heads up to batch 32): 16-column chunks up to D = 128 (Llama's D = 64: 4, Qwen3's 128: 8), 4
+    beyond (Gemma's 256); else 1. On the H100, 4 chunks against 1: Qwen3 at position 2000 -16..-41 us
+    per step, Gemma -12..-16 us, Llama and Qwen3 near position 300 within the noise; 8 against 4,
+    three trials: Qwen3 near 1900 -18 / -6 / -14, near 256 -6 / -5 / -5, Gemma +7..+20, +4..+9."""
     choice = os.environ.get("RUNTIME_ATTN_MERGE_CHUNKS") or "auto"
     if choice == "auto":
-        choice = "4" if heads < sm_count(device) else "1"
+        choice = ("8" if head_dim <= 128 else "4") if heads < sm_count(device) else "1"
     chunks = max(1, min(int(choice), next_pow2(head_dim) // 16))
     return max(16, next_pow2(head_dim) // next_pow2(chunks))
 
