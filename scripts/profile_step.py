@@ -104,6 +104,7 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "norm 16 warps": {"RUNTIME_NORM_WARPS": "16"},
     "merge and activation 8 warps": {"RUNTIME_MERGE_WARPS": "8", "RUNTIME_ACT_WARPS": "8"},
     "merge 2 warps": {"RUNTIME_MERGE_WARPS": "2"},
+    "merge 4 warps": {"RUNTIME_MERGE_WARPS": "4"},
     "merge 1 warp": {"RUNTIME_MERGE_WARPS": "1"},
     "merge releases the o GEMV early": {"RUNTIME_MERGE_PDL": "early"},
     "attention 1 split at batch buckets (no merge)": {"RUNTIME_ATTN_BATCH_SPLITS": "1"},

@@ -62,3 +62,13 @@ def test_the_merge_takes_16_column_chunks_up_to_d_128_where_heads_leave_sms_idle
     assert plan.merge_block_d(16 * 16, 128, GPU) == 128  # batch 16: 256 heads
     monkeypatch.setenv("RUNTIME_ATTN_MERGE_CHUNKS", "4")
     assert plan.merge_block_d(16, 128, GPU) == 32
+
+
+def test_a_merge_tile_of_512_values_takes_one_warp(monkeypatch):
+    """One warp for batch 1's 16-column chunks (32 partials x 16 columns), 4 for wider tiles (Gemma's
+    16 x 64); RUNTIME_MERGE_WARPS forces a count."""
+    monkeypatch.delenv("RUNTIME_MERGE_WARPS", raising=False)
+    assert plan.merge_warps(plan.merge_block(128, 32), 16) == 1
+    assert plan.merge_warps(plan.merge_block(256, 64), 64) == 4
+    monkeypatch.setenv("RUNTIME_MERGE_WARPS", "8")
+    assert plan.merge_warps(32, 16) == 8

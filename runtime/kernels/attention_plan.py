@@ -106,9 +106,15 @@ def merge_block_d(heads: int, head_dim: int, device: torch.device) -> int:
     return max(16, next_pow2(head_dim) // next_pow2(chunks))
 
 
-def merge_warps() -> int:
-    """Warps per merge program: RUNTIME_MERGE_WARPS (an A/B knob; 8 was slower at batch 16), default 4."""
-    return int(os.environ.get("RUNTIME_MERGE_WARPS") or 4)
+def merge_warps(block_p: int, block_d: int) -> int:
+    """Warps per merge program: one where its (BLOCK_P, BLOCK_D) tile holds at most 512 values (16 per
+    thread of one warp: batch 1's 16-column chunks of Llama and Qwen3), else 4. RUNTIME_MERGE_WARPS
+    overrides it (an A/B knob). H100, one warp against 4, us per step: Qwen3 near 1900 -8 / -11 / -1,
+    near 256 -14 / -4; Llama near 256 +1 / +1; 2 warps slower (Qwen3 +3..+13); 8 slower at batch 16."""
+    forced = os.environ.get("RUNTIME_MERGE_WARPS")
+    if forced:
+        return int(forced)
+    return 1 if block_p * block_d <= 512 else 4
 
 
 def merge_launch(launch: dict) -> dict:

@@ -242,10 +242,10 @@ def merge_partials(
     lengths (B,): live lengths, or with from_positions the positions (length = min(pos + 1, S)).
     Each head's columns are merged by one program or a few (attention_plan.merge_block_d)."""
     B, H, splits, D = acc.shape
-    block_d = merge_block_d(B * H, D, acc.device)
+    block_d, block_p = merge_block_d(B * H, D, acc.device), merge_block(D, splits)
     _combine_kernel[(B * H, cdiv(D, block_d))](
         acc, ml, lengths, out, H, splits, n_slots, out.stride(0), out.stride(1),
-        D=D, BLOCK_D=block_d, BLOCK_P=merge_block(D, splits), BLOCK_N=block_n,
-        FROM_POSITIONS=from_positions, num_warps=merge_warps(),
+        D=D, BLOCK_D=block_d, BLOCK_P=block_p, BLOCK_N=block_n,
+        FROM_POSITIONS=from_positions, num_warps=merge_warps(block_p, block_d),
         **merge_launch(launch or {"PDL": 0}),
     )  # fmt: skip
