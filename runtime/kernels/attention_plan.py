@@ -162,10 +162,11 @@ def qkv_release(programs: int, device: torch.device) -> str:
     SM) +12..+15 near 300 but -9..-15 near 2000, where the K/V blocks come from DRAM, not L2; Llama
     (1536, 11.6 per SM, some waiting for a slot) +26. "long", reading the position before the wait,
     against late, Qwen3 near 1900: -26 / -4, -8 / -5, -9 / -5 / -12 us; near 256: +2 / 0, -3 / +6,
-    +3 / +3 / +2; Llama near 1900 +3 / -6 / -8, near 256 -3 / +2 / -5 (notes/kernels.md, sixteenth
-    session): Llama's grid is about as large as an SM holds at once (~11 programs of 45 registers in
-    its sm_90 build), so released programs take slots qkv programs still wait for. RUNTIME_QKV_PDL: "auto" (the default: early up to
-    QKV_EARLY_PER_SM programs per SM, long up to QKV_LONG_PER_SM, else late) or one of the three."""
+    +3 / +3 / +2; Llama near 1900 -3 / +6 / +8, near 256 -3 / +2 / -5 (notes/kernels.md, sixteenth
+    session): Llama's grid is about as large as an SM holds at once (~11 programs of 4 warps at
+    38-45 registers in its sm_90 builds), so released programs take slots qkv programs still wait
+    for. RUNTIME_QKV_PDL: "auto" (the default: early up to QKV_EARLY_PER_SM programs per SM, long up
+    to QKV_LONG_PER_SM, else late) or one of the three."""
     choice = env_choice("RUNTIME_QKV_PDL", QKV_RELEASES, "auto")
     if choice != "auto":
         return choice
