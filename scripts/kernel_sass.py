@@ -42,7 +42,7 @@ def loops(sass: str) -> list[tuple[int, collections.Counter]]:
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := LABEL.match(line))}
     found = []
     for i, line in enumerate(lines):
-        target = re.search(r"BRA\s.*\.L_x_(\d+)", line)
+        target = re.search(r"BRA(?:\.\w+)*\s.*\.L_x_(\d+)", line)  # BRA, BRA.U (sm_120)
         if target and labels.get(target.group(1), i) < i:
             ops = [
                 m.group(1).split(".")[0]

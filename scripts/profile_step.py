@@ -97,6 +97,24 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention tables after the wait": {"RUNTIME_ATTN_EARLY_TABLES": "0"},
     "attention batch row scale after the wait": {"RUNTIME_ATTN_EARLY_ROW_SCALE": "0"},
     "attention loads serial": {"RUNTIME_ATTN_LOADS": "serial"},
+    "attention V moved after the scores": {"RUNTIME_ATTN_V_MOVE": "late"},
+    "attention V moved with K": {"RUNTIME_ATTN_V_MOVE": "early"},
+    # the rows kernel's products on tensor cores straight from registers (mma_rows.py)
+    "mma rows qkv and LM head": {"RUNTIME_ROWS_MMA": "on"},
+    "mma LM head": {"RUNTIME_ROWS_MMA": "lm_head"},
+    "mma rows every product": {"RUNTIME_ROWS_MMA": "on", "RUNTIME_BATCH_GEMM": "rows_all"},
+    "mma rows every product 4 warps": {
+        "RUNTIME_ROWS_MMA": "on",
+        "RUNTIME_BATCH_GEMM": "rows_all",
+        "RUNTIME_MMA_ROWS_BLOCKS": "4/128",
+    },
+    "mma rows every product 64 columns": {
+        "RUNTIME_ROWS_MMA": "on",
+        "RUNTIME_BATCH_GEMM": "rows_all",
+        "RUNTIME_MMA_ROWS_BLOCKS": "8/64",
+    },
+    "mma rows all but the LM head": {"RUNTIME_ROWS_MMA": "on", "RUNTIME_BATCH_GEMM": "rows"},
+    "mma rows qkv and LM head 4 warps": {"RUNTIME_ROWS_MMA": "on", "RUNTIME_MMA_ROWS_BLOCKS": "4/128"},
     "cuBLASLt for the batch GEMMs": {"PROFILE_BLAS": "cublaslt"},
     "norm 1 warp": {"RUNTIME_NORM_WARPS": "1"},
     "norm 2 warps": {"RUNTIME_NORM_WARPS": "2"},
@@ -226,7 +244,6 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
         "RUNTIME_RESIDUAL_ADD": "none",
     },
     "attention 16 splits at batch 1": {"RUNTIME_ATTN_ROW_SPLITS": "16"},
-    "attention merge in 8 column chunks": {"RUNTIME_ATTN_MERGE_CHUNKS": "8"},
 }
 # --settings splits its list on commas: a name holding one could never be chosen
 assert not [name for name in SETTINGS if "," in name], "a SETTINGS name holds a comma"

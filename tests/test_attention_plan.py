@@ -72,3 +72,17 @@ def test_a_merge_tile_of_512_values_takes_one_warp(monkeypatch):
     assert plan.merge_warps(plan.merge_block(256, 64), 64) == 4
     monkeypatch.setenv("RUNTIME_MERGE_WARPS", "8")
     assert plan.merge_warps(32, 16) == 8
+
+
+def test_v_moves_late_at_batch_one_by_default(monkeypatch):
+    """RUNTIME_ATTN_V_MOVE: "auto" moves the first block's V after the scores at batch 1 only;
+    "early" and "late" force either order at every batch; other values are refused by name."""
+    monkeypatch.delenv("RUNTIME_ATTN_V_MOVE", raising=False)
+    assert plan.late_v(1) and not plan.late_v(16)
+    monkeypatch.setenv("RUNTIME_ATTN_V_MOVE", "early")
+    assert not plan.late_v(1) and not plan.late_v(16)
+    monkeypatch.setenv("RUNTIME_ATTN_V_MOVE", "late")
+    assert plan.late_v(1) and plan.late_v(16)
+    monkeypatch.setenv("RUNTIME_ATTN_V_MOVE", "later")
+    with pytest.raises(ValueError, match="RUNTIME_ATTN_V_MOVE"):
+        plan.late_v(1)

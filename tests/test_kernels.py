@@ -751,3 +751,34 @@ def test_qkv_decode_attention_grouped_loads(monkeypatch, B, H, Hkv, D, S, norm, 
         assert err["grouped"] <= 1.25 * err["serial"] + 1e-7, err
         for a, b in zip(got["serial"][1:], got["grouped"][1:]):
             torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "B,H,Hkv,D,S,norm,dtype,splits",
+    [(1, 16, 8, 128, 2048, True, BF16, None), (1, 32, 8, 64, 700, False, BF16, None),
+     (16, 4, 1, 256, 333, True, BF16, None), (3, 10, 5, 40, 50, True, F16, 2)],
+)  # fmt: skip
+def test_qkv_decode_attention_late_v_move(monkeypatch, B, H, Hkv, D, S, norm, dtype, splits):
+    """RUNTIME_ATTN_V_MOVE=late moves the first block's V to the dot's layout after the scores
+    instead of with K: the same products in the same order, so output and caches equal the early
+    move's bit for bit, and the output matches attention in float64."""
+    qkv = rand(B, 1, (H + 2 * Hkv) * D, dtype=dtype)
+    positions = torch.randint(0, S, (B,)).to(DEVICE)
+    positions[0] = S - 50
+    cos, sin = _rope_tables(positions[:, None], D, dtype)
+    qw, kw = (rand(D, dtype=dtype), rand(D, dtype=dtype)) if norm else (None, None)
+    k, v = rand(B, Hkv, S, D, dtype=dtype), rand(B, Hkv, S, D, dtype=dtype)
+    lengths = torch.clamp(positions + 1, max=S)
+    got = {}
+    for move in ("early", "late"):
+        monkeypatch.setenv("RUNTIME_ATTN_V_MOVE", move)  # batch 1 takes "late" by default
+        kc, vc = _nan_past(k, v, lengths, positions % S)
+        args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, 1.0, kc, vc, positions, D**-0.5)
+        got[move] = (qkv_decode_attention_triton(*args, num_splits=splits), kc, vc)
+    q = qkv_rope_ref(qkv, H, Hkv, cos, sin, qw, kw, 1e-6, 1.0)[0][:, 0]
+    kc, vc = got["early"][1].nan_to_num(), got["early"][2].nan_to_num()
+    want = decode_attention_ref(q.double(), kc.double(), vc.double(), lengths, D**-0.5)
+    assert_matches(got["late"][0], want.to(dtype), dtype, scale=3.0)
+    for a, b in zip(got["early"], got["late"]):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True)

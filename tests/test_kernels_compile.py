@@ -87,6 +87,8 @@ AB_SETTINGS = (
     {"RUNTIME_ATTN_EARLY_TABLES": "0"},
     {"RUNTIME_ATTN_EARLY_ROW_SCALE": "0"},
     {"RUNTIME_ATTN_LOADS": "serial"},
+    {"RUNTIME_ATTN_V_MOVE": "early"},
+    {"RUNTIME_ATTN_V_MOVE": "late"},
     {"RUNTIME_ATTN_LOADS": "serial", "RUNTIME_ATTN_EARLY_TABLES": "0"},
     {"RUNTIME_PHASE_CLOCK": "1"},
     {"RUNTIME_ATTN_MERGE": "last"},
@@ -106,6 +108,13 @@ AB_SETTINGS = (
 # @jit kernels no recorded path launches, with the reason
 NOT_LAUNCHED = {
     "runtime.kernels.topk._merge_kernel": "top_candidates_triton's last stage: a test entry point",
+    # Gluon, opt-in (RUNTIME_ROWS_MMA) and never recorded on meta tensors (mma_rows.takes needs a
+    # CUDA tensor): test_mma_rows.py builds its variants for each target instead
+    "runtime.kernels.mma_rows._mma_rows_kernel": "opt-in Gluon kernel, built by test_mma_rows.py",
+    "runtime.kernels.mma_rows._w_tile": "called by _mma_rows_kernel",
+    "runtime.kernels.mma_rows._x_tile": "called by _mma_rows_kernel",
+    "runtime.kernels.mma_rows._gdc_wait": "called by _mma_rows_kernel",
+    "runtime.kernels.mma_rows._gdc_launch_dependents": "called by _mma_rows_kernel",
 }
 
 

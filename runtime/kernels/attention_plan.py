@@ -202,6 +202,17 @@ def early_row_scale() -> bool:
     return os.environ.get("RUNTIME_ATTN_EARLY_ROW_SCALE", "1") != "0"
 
 
+def late_v(batch: int) -> bool:
+    """RUNTIME_ATTN_V_MOVE: "late" moves the split kernel's first cache block's V to the dot's layout
+    only after the block's softmax, so that where the block comes from DRAM (past the L2 spill
+    position) the scores need not wait for V's bytes; "early" moves K and V together, before the
+    scores; "auto" (the default): late at batch 1, early for batch buckets. Same-process A/Bs on
+    the H100 (notes/kernels.md): batch 1 near position 1900 Qwen3 -15 / -6 / -13 us per step, Llama
+    -2, Gemma -2, near 256 within +-4; batch 16 mixed (Gemma 0 / +19 near 256)."""
+    choice = env_choice("RUNTIME_ATTN_V_MOVE", ("auto", "early", "late"), "auto")
+    return choice == "late" or (choice == "auto" and batch == 1)
+
+
 def grouped_loads() -> bool:
     """RUNTIME_ATTN_LOADS: "grouped" (the default) has the split kernel issue its first cache block,
     the q/k-norm weights and the rope tables as one group of loads (the tables in the shape of the

@@ -38,6 +38,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from runtime.kernels import mma_rows
 from runtime.kernels._triton import INTERPRETING, cdiv, pdl
 from runtime.kernels.activation import ACTIVATIONS, gated_act_ref
 from runtime.kernels.arrival import arrival_counters
@@ -66,15 +67,22 @@ def _one_dtype(weight: torch.Tensor, *tensors: torch.Tensor | None) -> bool:
 
 def _launch(
     prologue, x, res, norm_w, pre_w, weight, y, res_out, eps, offset, gelu, config, accumulate=False,
-    gated=False, row_scale=False, release_early=False,
+    gated=False, row_scale=False, release_early=False, op="linear",
 ) -> None:  # fmt: skip
     """x, res: (M, K) rows of unit column stride (x is (M, 2K) for act); y (M, N) and res_out (M, K)
     contiguous (res_out None: nothing to write); accumulate: y += the product, in place. gated: W is
     (2N, K) = [gate | up], y (M, N) = act(gate) * up (K unsplit), each gate and up row first divided
     by rms of x's row (eps) with row_scale. release_early: under PDL the next kernel may launch
     right after this one's wait (the qkv product: the attention's programs then load their first
-    cache block and tables while this one streams W), not only when it exits."""
+    cache block and tables while this one streams W), not only when it exits. op: the launch's name
+    ("logits": the batch LM head), which mma_rows.enabled reads."""
     assert weight.dim() == 2 and weight.is_contiguous(), "W must be a contiguous (N, K) nn.Linear weight"
+    if prologue == _NONE and x is not None and mma_rows.enabled(op) and mma_rows.takes(x, weight, y):
+        mma_rows.launch(
+            x, weight, y, accumulate=accumulate, gated=gated, gelu=gelu, row_scale=row_scale, eps=eps,
+            release_early=release_early, op=op,
+        )  # fmt: skip
+        return
     N, K = weight.shape
     N = N // 2 if gated else N
     M = (x if x is not None else res).shape[0]
@@ -164,7 +172,7 @@ def linear_rows_triton(
     y = torch.empty((*x.shape[:-1], N), dtype=weight.dtype, device=weight.device)
     _launch(
         _NONE, _rows(x), None, None, None, weight, y, None, 0.0, 0.0, False,
-        config_for(op, rows_of(x), N, K, weight.dtype, "linear"), release_early=release_early,
+        config_for(op, rows_of(x), N, K, weight.dtype, "linear"), release_early=release_early, op=op,
     )  # fmt: skip
     return y
 

@@ -57,6 +57,12 @@ class Launch:
         }
 
     def source(self):
+        """The compiler's source of this build: a Gluon kernel's own (its module carries the warp
+        count its explicit layouts are checked against), a Triton kernel's ASTSource."""
+        if self.fn.is_gluon():
+            from triton.experimental.gluon._runtime import GluonASTSource
+
+            return GluonASTSource(self.fn, self.signature, self.constexprs, self.attrs)
         return ASTSource(self.fn, self.signature, self.constexprs, self.attrs)
 
     def build(self, target):

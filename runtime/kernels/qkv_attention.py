@@ -26,6 +26,7 @@ from runtime.kernels.attention_plan import (
     early_row_scale,
     early_tables,
     grouped_loads,
+    late_v,
     merge_block,
     merge_in_kernel,
     prefetch_enabled,
@@ -132,7 +133,7 @@ def qkv_decode_attention_triton(
         PREFETCH=prefetch_enabled(), ROW_SCALE=norm_source is not None,
         BLOCK_SRC=next_pow2(src.shape[1]) if norm_source is not None else 16,
         EARLY_TABLES=early_tables(), GROUPED=grouped_loads(), CLOCK=clock is not None,
-        EARLY_ROW_SCALE=early_row_scale(),
+        EARLY_ROW_SCALE=early_row_scale(), LATE_V=late_v(B),
         num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(B, splits), **launch,
     )  # fmt: skip
     if not merge and not direct:

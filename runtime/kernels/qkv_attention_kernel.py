@@ -80,9 +80,12 @@ def _pinned(x):
 
 
 @jit
-def _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32: tl.constexpr):
+def _attend_block(
+    q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32: tl.constexpr, PIN_V: tl.constexpr = False
+):
     """One block of the running softmax: scores of the query group against k, then the rescaled
-    update of (m_i, l_i, acc) with v."""
+    update of (m_i, l_i, acc) with v. PIN_V moves v to the dot's layout only once the scores are
+    taken (see _pinned), so a v still on its way from DRAM is waited for after the softmax."""
     s = block_dot(q1, tl.trans(k1), DOT_F32) + block_dot(q2, tl.trans(k2), DOT_F32)
     s = tl.where(live[None, :], s * qk_scale, float("-inf"))  # (BLOCK_G, BLOCK_N)
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -91,6 +94,8 @@ def _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32: tl.
     alpha = tl.exp2(m_i - m_safe)
     p = tl.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
+    if PIN_V:
+        v = _pinned(v)
     acc = acc * alpha[:, None] + block_dot(p.to(v.dtype), v, DOT_F32)
     return m_new, l_i, acc
 
@@ -149,6 +154,7 @@ def _qkv_split_kernel(
     GROUPED: tl.constexpr,
     CLOCK: tl.constexpr = False,
     EARLY_ROW_SCALE: tl.constexpr = False,
+    LATE_V: tl.constexpr = False,
 ):
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
     # what no kernel of this layer writes: the positions, the cache slots but the new one, and with
@@ -245,9 +251,14 @@ def _qkv_split_kernel(
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
 
-    if GROUPED:  # the first block's tiles move to the dot's layout only now (see _pinned)
-        k1, k2, v = _pinned(k1), _pinned(k2), _pinned(v)
-    m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
+    # the first block's tiles move to the dot's layout only now (see _pinned); with LATE_V, v only
+    # after the block's scores (its bytes, issued after k's, may still be arriving from DRAM)
+    late_v: tl.constexpr = GROUPED and LATE_V
+    if GROUPED:
+        k1, k2 = _pinned(k1), _pinned(k2)
+        if not late_v:
+            v = _pinned(v)
+    m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32, late_v)
     for blk in range(split + n_splits, n_blocks, n_splits):
         k1, k2, v, live = _cache_block(
             k_base, v_base, blk, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
