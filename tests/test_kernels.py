@@ -712,6 +712,19 @@ def test_kernels_under_the_cpu_interpreter():
     assert_passes_under_interpreter(__file__)
 
 
+def _split_inputs(B, H, Hkv, D, S, norm, dtype, first_position):
+    """A decode step's inputs for the split attention kernel: the packed qkv row, random positions
+    (row 0's at first_position), their rope tables, q/k-norm weights (norm), full random caches and
+    the live lengths."""
+    qkv = rand(B, 1, (H + 2 * Hkv) * D, dtype=dtype)
+    positions = torch.randint(0, S, (B,)).to(DEVICE)
+    positions[0] = first_position
+    cos, sin = _rope_tables(positions[:, None], D, dtype)
+    qw, kw = (rand(D, dtype=dtype), rand(D, dtype=dtype)) if norm else (None, None)
+    k, v = rand(B, Hkv, S, D, dtype=dtype), rand(B, Hkv, S, D, dtype=dtype)
+    return qkv, positions, cos, sin, qw, kw, k, v, torch.clamp(positions + 1, max=S)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize(
     "B,H,Hkv,D,S,norm,dtype,splits",
@@ -726,13 +739,7 @@ def test_qkv_decode_attention_grouped_loads(monkeypatch, B, H, Hkv, D, S, norm, 
     (one slot missed or read twice moves the mean error by far more). In 16 bits the two outputs
     differ in the last bits once the first block's tiles come through the opaque move; on an H200
     the grouped order was the closer of the two to float64."""
-    qkv = rand(B, 1, (H + 2 * Hkv) * D, dtype=dtype)
-    positions = torch.randint(0, S, (B,)).to(DEVICE)
-    positions[0] = S - 1
-    cos, sin = _rope_tables(positions[:, None], D, dtype)
-    qw, kw = (rand(D, dtype=dtype), rand(D, dtype=dtype)) if norm else (None, None)
-    k, v = rand(B, Hkv, S, D, dtype=dtype), rand(B, Hkv, S, D, dtype=dtype)
-    lengths = torch.clamp(positions + 1, max=S)
+    qkv, positions, cos, sin, qw, kw, k, v, lengths = _split_inputs(B, H, Hkv, D, S, norm, dtype, S - 1)
     args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, 1.0)
     for early in ("1", "0"):
         monkeypatch.setenv("RUNTIME_ATTN_EARLY_TABLES", early)
@@ -763,13 +770,7 @@ def test_qkv_decode_attention_late_v_move(monkeypatch, B, H, Hkv, D, S, norm, dt
     """RUNTIME_ATTN_V_MOVE=late moves the first block's V to the dot's layout after the scores
     instead of with K: the same products in the same order, so output and caches equal the early
     move's bit for bit, and the output matches attention in float64."""
-    qkv = rand(B, 1, (H + 2 * Hkv) * D, dtype=dtype)
-    positions = torch.randint(0, S, (B,)).to(DEVICE)
-    positions[0] = S - 50
-    cos, sin = _rope_tables(positions[:, None], D, dtype)
-    qw, kw = (rand(D, dtype=dtype), rand(D, dtype=dtype)) if norm else (None, None)
-    k, v = rand(B, Hkv, S, D, dtype=dtype), rand(B, Hkv, S, D, dtype=dtype)
-    lengths = torch.clamp(positions + 1, max=S)
+    qkv, positions, cos, sin, qw, kw, k, v, lengths = _split_inputs(B, H, Hkv, D, S, norm, dtype, S - 50)
     got = {}
     for move in ("early", "late"):
         monkeypatch.setenv("RUNTIME_ATTN_V_MOVE", move)  # batch 1 takes "late" by default
