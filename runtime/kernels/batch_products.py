@@ -34,9 +34,10 @@ def rows_products_named(product: str) -> bool:
       H100 the product itself is slower than cuBLAS's (+0.6..+1.5 us per layer) and the attention
       after it faster by more (-1.2..-3.1 us): batch-16 step Llama -8..-19, Qwen3 -18..-35, Gemma
       -18..-53 us.
-    "cublas": none. "rows_all": every product, the LM head too. "rows": all four (folded-norm families; the gated activation as gate/up's
-      epilogue, the residual adds as o's and down's); "rows_mlp": the MLP's two; "rows_down": down
-      (split K summed in the kernel, no split-K reduce launch); "rows_qkv_o": qkv and o (folded path).
+    "cublas": none. "rows": all four (folded-norm families; the gated activation as gate/up's
+      epilogue, the residual adds as o's and down's); "rows_all": the four and the LM head;
+      "rows_mlp": the MLP's two; "rows_down": down (split K summed in the kernel, no split-K reduce
+      launch); "rows_qkv_o": qkv and o (folded path).
       These were as fast as cuBLAS or slower on the H100: the rows kernel streams the big matrices
       slower than cuBLAS."""
     choice = env_choice("RUNTIME_BATCH_GEMM", BATCH_GEMM_PRODUCTS, BATCH_GEMM_DEFAULT)

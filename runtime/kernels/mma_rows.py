@@ -14,9 +14,9 @@ Program p owns W rows [16p, 16p + 16) (gated: those gate rows and the up rows N 
 K; its WARPS warps take K in interleaved BLOCK_K slices, each warp one MMA batch entry of a 3-D
 (WARPS, 16, BLOCK_K) x (WARPS, BLOCK_K, 16) product, summed over the warps at the end. The next
 step's W and x tiles are loaded before this step's MMAs (two steps in flight per warp), W's first
-before the PDL wait (no kernel writes weights). Results round as fused_rows's references: the product to the
-weights' dtype (accumulate: old + product in fp32, rounded once; gated: gate and up rounded, scaled
-by the row's 1 / rms, then act(gate) * up).
+before the PDL wait (no kernel writes weights). Results round as fused_rows's references: the
+product to the weights' dtype (accumulate: old + product in fp32, rounded once; gated: gate and up
+rounded, scaled by the row's 1 / rms, then act(gate) * up).
 
 Taken by fused_rows._launch where RUNTIME_ROWS_MMA=on and takes() holds (Gluon importable, a CUDA
 card of capability >= 8.0 for mma.sync, 16-bit weights, 16-byte aligned rows); the tl.dot kernel and
@@ -40,7 +40,7 @@ except ImportError:  # no Triton, or one without Gluon: takes() is False and not
     gluon = gl = mma_v2 = None
 
 ROWS = 16  # the MMA's M: W rows per program, and the most activation rows a launch takes
-K_WIDTH = 8  # operand elements per thread along K: 16 bytes of a 16-bit dtype, one vector load
+K_WIDTH = 8  # operand elements per thread along K (the layouts' k_width): 16 bytes, one vector load
 
 
 CHOICES = ("off", "lm_head", "on")
@@ -201,6 +201,8 @@ if gluon is not None:
                 inv = gl.convert_layout(inv, gl.SliceLayout(0, lo))[None, :]
                 gate = (gate * inv).to(dtype).to(gl.float32)
                 up = (up * inv).to(dtype).to(gl.float32)
+            # activation.py's _gated (a Triton function, not callable from Gluon), same roundings:
+            # act(gate) rounded to the dtype before the product with up
             if GELU:  # 0.5 (1 + tanh(u)) == sigmoid(2u), u = sqrt(2 / pi) (g + 0.044715 g^3)
                 z = 1.5957691216057308 * (gate + 0.044715 * gate * gate * gate)
             else:
