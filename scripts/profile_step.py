@@ -99,10 +99,6 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention loads serial": {"RUNTIME_ATTN_LOADS": "serial"},
     "attention V moved after the scores": {"RUNTIME_ATTN_V_MOVE": "late"},
     "attention V moved with K": {"RUNTIME_ATTN_V_MOVE": "early"},
-    # the layers past the first k read their cache evict-first: may the first k caches stay in L2?
-    "attention caches of 2 layers kept": {"RUNTIME_ATTN_KV_KEEP_LAYERS": "2"},
-    "attention caches of 3 layers kept": {"RUNTIME_ATTN_KV_KEEP_LAYERS": "3"},
-    "attention caches of 4 layers kept": {"RUNTIME_ATTN_KV_KEEP_LAYERS": "4"},
     # the rows kernel's products on tensor cores straight from registers (mma_rows.py)
     "mma rows qkv and LM head": {"RUNTIME_ROWS_MMA": "on"},
     "mma LM head": {"RUNTIME_ROWS_MMA": "lm_head"},

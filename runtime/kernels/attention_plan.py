@@ -213,15 +213,6 @@ def late_v(batch: int) -> bool:
     return choice == "late" or (choice == "auto" and batch == 1)
 
 
-def kv_evict_first(layer: int) -> bool:
-    """RUNTIME_ATTN_KV_KEEP_LAYERS=k (an A/B, unset by default): layers k and later read their
-    first cache block with the evict-first L2 priority, so that the first k layers' caches, read
-    with the default priority, may stay in L2 across steps while the weights (evict-first too)
-    stream through it."""
-    keep = os.environ.get("RUNTIME_ATTN_KV_KEEP_LAYERS")
-    return bool(keep) and layer >= int(keep)
-
-
 def grouped_loads() -> bool:
     """RUNTIME_ATTN_LOADS: "grouped" (the default) has the split kernel issue its first cache block,
     the q/k-norm weights and the rope tables as one group of loads (the tables in the shape of the

@@ -57,10 +57,8 @@ def qkv_decode_attention_ref(
     scale: float,
     norm_source: torch.Tensor | None = None,
     norm_eps: float = 0.0,
-    kv_evict_first: bool = False,
 ) -> torch.Tensor:
     """qkv (B, 1, ...) -> (B, H, D); writes k/v_cache[b, :, positions[b] % S] on the way.
-    kv_evict_first: a cache-priority hint for the Triton kernel's cache reads (ignored here).
     norm_source (B, K): qkv was projected from these un-normed rows through a matrix holding the
     norm's weight, so each qkv row is first divided by rms(norm_source[b]) (scale_rows_ref; the
     batch buckets' folded norm, runtime/models/folded_norms.py)."""
@@ -89,7 +87,6 @@ def qkv_decode_attention_triton(
     scale: float,
     norm_source: torch.Tensor | None = None,
     norm_eps: float = 0.0,
-    kv_evict_first: bool = False,
     num_splits: int | None = None,
 ) -> torch.Tensor:
     """Same contract as qkv_decode_attention_ref; two launches (split + merge), or one with
@@ -136,7 +133,7 @@ def qkv_decode_attention_triton(
         PREFETCH=prefetch_enabled(), ROW_SCALE=norm_source is not None,
         BLOCK_SRC=next_pow2(src.shape[1]) if norm_source is not None else 16,
         EARLY_TABLES=early_tables(), GROUPED=grouped_loads(), CLOCK=clock is not None,
-        EARLY_ROW_SCALE=early_row_scale(), LATE_V=late_v(B), KV_EVICT_FIRST=kv_evict_first,
+        EARLY_ROW_SCALE=early_row_scale(), LATE_V=late_v(B),
         num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(B, splits), **launch,
     )  # fmt: skip
     if not merge and not direct:

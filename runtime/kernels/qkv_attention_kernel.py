@@ -14,21 +14,7 @@ from runtime.kernels.rmsnorm import row_inv_rms, scale_row
 
 @jit
 def _cache_block(
-    k_base,
-    v_base,
-    blk,
-    BLOCK_N: tl.constexpr,
-    n,
-    c,
-    c_ok,
-    d,
-    d_ok,
-    length,
-    new_slot,
-    half,
-    k_ss,
-    v_ss,
-    POLICY: tl.constexpr = "",
+    k_base, v_base, blk, BLOCK_N: tl.constexpr, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
 ):
     """Cache block blk: K's two halves (BLOCK_N, HALF_BLOCK), V (BLOCK_N, BLOCK_D) and which of its
     slots are live (below the length, and not the new token's slot, which may still hold an older one)."""
@@ -36,10 +22,9 @@ def _cache_block(
     live = (slots < length) & (slots != new_slot)
     at = slots.to(tl.int64)[:, None]
     k_ok = live[:, None] & c_ok[None, :]
-    k1 = tl.load(k_base + at * k_ss + c[None, :], mask=k_ok, other=0.0, eviction_policy=POLICY)
-    k2 = tl.load(k_base + at * k_ss + half + c[None, :], mask=k_ok, other=0.0, eviction_policy=POLICY)
-    v_ok = live[:, None] & d_ok[None, :]
-    v = tl.load(v_base + at * v_ss + d[None, :], mask=v_ok, other=0.0, eviction_policy=POLICY)
+    k1 = tl.load(k_base + at * k_ss + c[None, :], mask=k_ok, other=0.0)
+    k2 = tl.load(k_base + at * k_ss + half + c[None, :], mask=k_ok, other=0.0)
+    v = tl.load(v_base + at * v_ss + d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0)
     return k1, k2, v, live
 
 
@@ -170,7 +155,6 @@ def _qkv_split_kernel(
     CLOCK: tl.constexpr = False,
     EARLY_ROW_SCALE: tl.constexpr = False,
     LATE_V: tl.constexpr = False,
-    KV_EVICT_FIRST: tl.constexpr = False,
 ):
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
     # what no kernel of this layer writes: the positions, the cache slots but the new one, and with
@@ -203,9 +187,8 @@ def _qkv_split_kernel(
     v_base = v_ptr + b.to(tl.int64) * v_sb + h.to(tl.int64) * v_sh
     # the first cache block's K and V are loaded before the wait, so their latency overlaps the
     # qkv GEMV's tail (at short lengths a program has one block only)
-    first_policy: tl.constexpr = "evict_first" if KV_EVICT_FIRST else ""
     k1, k2, v, live = _cache_block(
-        k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss, first_policy
+        k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
     )
     cs = cos_ptr + b.to(tl.int64) * cos_stride
     sn = sin_ptr + b.to(tl.int64) * cos_stride
@@ -278,7 +261,7 @@ def _qkv_split_kernel(
     m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32, late_v)
     for blk in range(split + n_splits, n_blocks, n_splits):
         k1, k2, v, live = _cache_block(
-            k_base, v_base, blk, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss, ""
+            k_base, v_base, blk, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
         )
         m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
 

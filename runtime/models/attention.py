@@ -11,7 +11,6 @@ import torch
 import torch.nn as nn
 
 from runtime.kernels import ops
-from runtime.kernels.attention_plan import kv_evict_first
 from runtime.models.norm import RMSNorm
 from runtime.models.spec import ModelSpec
 
@@ -106,7 +105,7 @@ class Attention(nn.Module):
         k_cache, v_cache = cache.k[self.layer][:B], cache.v[self.layer][:B]
         return ops.qkv_decode_attention(
             qkv, self.heads, self.kv_heads, cos, sin, *self._qk_args(), k_cache, v_cache, positions,
-            self.scale, norm_source, norm_eps, kv_evict_first(self.layer),
+            self.scale, norm_source, norm_eps,
         )  # fmt: skip
 
 
