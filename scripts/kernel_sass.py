@@ -53,6 +53,24 @@ def loops(sass: str) -> list[tuple[int, collections.Counter]]:
     return found
 
 
+def sass_and_usage(kernel, arch: int) -> tuple[str, str]:
+    """(SASS, ptxas -v report: registers and spills) of a Triton-compiled kernel for sm_<arch>, with
+    Triton's bundled nvdisasm and ptxas."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptxas = Path(get_ptxas(arch).path)
+    with tempfile.TemporaryDirectory() as tmp:
+        cubin, ptx = Path(tmp) / "kernel.cubin", Path(tmp) / "kernel.ptx"
+        cubin.write_bytes(kernel.asm["cubin"])
+        ptx.write_text(kernel.asm["ptx"])
+        sass = subprocess.run([ptxas.parent / "nvdisasm", "-c", cubin], capture_output=True, text=True).stdout
+        gpu = f"sm_{arch}{'a' if arch == 90 else ''}"
+        usage = subprocess.run(
+            [ptxas, f"-arch={gpu}", "-v", ptx, "-o", cubin], capture_output=True, text=True
+        )
+    return sass, usage.stderr
+
+
 def load_order(ptx: str) -> str:
     """The PTX's global loads (runs counted), barriers and PDL wait before its first loop, e.g.
     "ld x6, wait, ld x4, bar x2, ld x2": a load after a barrier is issued only once the barrier passes."""
@@ -91,24 +109,11 @@ def main() -> None:
     blocks = compile_tests.shipped_gemv(target.capability) if args.shipped else None
     with compile_tests.recording(target) as rec, compile_tests.setting(rec, "sass", env, blocks):
         compile_tests.decode(compile_tests.model(args.model), args.batch)
-    from triton.backends.nvidia.compiler import get_ptxas
-
-    ptxas = Path(get_ptxas(target.gpu.arch).path)
-    arch = f"sm_{target.gpu.arch}{'a' if target.gpu.arch == 90 else ''}"
     for launch in rec.launches.values():
         if args.kernel not in launch.fn.fn.__name__:
             continue
         kernel = launch.build(target.gpu)
-        with tempfile.TemporaryDirectory() as tmp:
-            cubin, ptx = Path(tmp) / "kernel.cubin", Path(tmp) / "kernel.ptx"
-            cubin.write_bytes(kernel.asm["cubin"])
-            ptx.write_text(kernel.asm["ptx"])
-            sass = subprocess.run(
-                [ptxas.parent / "nvdisasm", "-c", cubin], capture_output=True, text=True
-            ).stdout
-            usage = subprocess.run(
-                [ptxas, f"-arch={arch}", "-v", ptx, "-o", cubin], capture_output=True, text=True
-            ).stderr  # ptxas -v: registers and spills of the same build
+        sass, usage = sass_and_usage(kernel, target.gpu.arch)
         regs = re.search(r"Used (\d+) registers", usage)
         spill = re.search(r"(\d+) bytes spill stores", usage)
         print(

@@ -11,9 +11,7 @@ memory or barrier inside the K loop (W reaches the MMA from registers: what the 
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -152,10 +150,10 @@ def test_blocks_shorter_slices_for_gated_and_short_k(monkeypatch):
 
 
 def _build(capability: int, **constexprs) -> tuple[str, str]:
-    """(ptxas -v report, SASS) of the kernel built for sm_<capability> on the CPU."""
+    """(SASS, ptxas -v report) of the kernel built for sm_<capability> on the CPU."""
     import triton
+    from kernel_sass import sass_and_usage
     from triton.backends.compiler import GPUTarget
-    from triton.backends.nvidia.compiler import get_ptxas
     from triton.experimental.gluon._runtime import GluonASTSource
 
     signature = {
@@ -170,17 +168,7 @@ def _build(capability: int, **constexprs) -> tuple[str, str]:
     kernel = triton.compile(
         source, target=GPUTarget("cuda", capability, 32), options={"num_warps": constexprs["WARPS"]}
     )
-    ptxas = Path(get_ptxas(capability).path)
-    arch = f"sm_{capability}{'a' if capability >= 90 else ''}"
-    with tempfile.TemporaryDirectory() as tmp:
-        ptx, cubin = Path(tmp) / "k.ptx", Path(tmp) / "k.cubin"
-        ptx.write_text(kernel.asm["ptx"])
-        report = subprocess.run(
-            [ptxas, f"-arch={arch}", "-v", ptx, "-o", cubin], capture_output=True, text=True
-        ).stderr
-        cubin.write_bytes(kernel.asm["cubin"])
-        sass = subprocess.run([ptxas.parent / "nvdisasm", "-c", cubin], capture_output=True, text=True).stdout
-    return report, sass
+    return sass_and_usage(kernel, capability)
 
 
 @pytest.mark.parametrize("capability", [90, 80, 120])
@@ -199,7 +187,7 @@ def test_builds_keep_w_in_registers(capability, variant):
     constexprs = dict(
         ACCUMULATE=False, GATED=False, GELU=False, ROW_SCALE=False, PDL=2 if capability >= 90 else 0
     )
-    report, sass = _build(capability, **{**constexprs, **variant})
+    sass, report = _build(capability, **{**constexprs, **variant})
     spills = re.search(r"(\d+) bytes spill stores", report)
     assert spills is None or int(spills.group(1)) == 0, report
     body = [ops for length, ops in loops(sass) if ops["HMMA"]]
