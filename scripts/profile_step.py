@@ -115,12 +115,6 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     },
     "mma rows all but the LM head": {"RUNTIME_ROWS_MMA": "on", "RUNTIME_BATCH_GEMM": "rows"},
     "mma rows qkv and LM head 4 warps": {"RUNTIME_ROWS_MMA": "on", "RUNTIME_MMA_ROWS_BLOCKS": "4/128"},
-    # batch 1: the attention's partials merged inside the o projection (merge_linear.py)
-    "merge in o": {"RUNTIME_MERGE_O": "on"},
-    "merge in o 32 rows": {"RUNTIME_MERGE_O": "on", "RUNTIME_MERGE_O_ROWS": "32"},
-    "merge in o 64 rows": {"RUNTIME_MERGE_O": "on", "RUNTIME_MERGE_O_ROWS": "64"},
-    "merge in o 128 rows": {"RUNTIME_MERGE_O": "on", "RUNTIME_MERGE_O_ROWS": "128"},
-    "merge in o 256 rows": {"RUNTIME_MERGE_O": "on", "RUNTIME_MERGE_O_ROWS": "256"},
     "cuBLASLt for the batch GEMMs": {"PROFILE_BLAS": "cublaslt"},
     "norm 1 warp": {"RUNTIME_NORM_WARPS": "1"},
     "norm 2 warps": {"RUNTIME_NORM_WARPS": "2"},

@@ -48,21 +48,6 @@ def decode_attention_ref(
     return out.squeeze(2)
 
 
-def merge_partials_ref(
-    acc: torch.Tensor, ml: torch.Tensor, lengths: torch.Tensor, block_n: int
-) -> torch.Tensor:
-    """acc (B, H, P, D), ml (B, H, P, 2) split partials (max in log2 units, sum) of rows whose live
-    lengths are lengths (B,) -> the merged (B, H, D) fp32: split p holds a partial where p < the
-    row's live blocks (cdiv(length, block_n), at most P), the rest is not read."""
-    live = torch.clamp((lengths + block_n - 1) // block_n, max=acc.shape[2])  # (B,)
-    used = torch.arange(acc.shape[2], device=acc.device)[None, :] < live[:, None]  # (B, P)
-    m = torch.where(used[:, None], ml[..., 0], float("-inf"))  # (B, H, P)
-    w = torch.exp2(m - m.amax(dim=2, keepdim=True))
-    part = torch.where(used[:, None, :, None], acc, 0.0)
-    total = (w * torch.where(used[:, None], ml[..., 1], 0.0)).sum(dim=2)  # (B, H)
-    return (w[..., None] * part).sum(dim=2) / total[..., None]
-
-
 @jit
 def block_dot(a, b, F32: tl.constexpr):
     """a @ b with fp32 accumulation; F32 upcasts first (the CPU interpreter cannot multiply bf16)."""

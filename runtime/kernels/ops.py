@@ -28,7 +28,7 @@ from runtime.kernels import _triton, batch_products
 from runtime.kernels.activation import gated_act_ref, gated_act_triton
 from runtime.kernels.argmax import argmax_checked_ref, argmax_checked_triton
 from runtime.kernels.attention import prefill_attention_ref
-from runtime.kernels.attention_plan import QkvRelease, merge_in_kernel
+from runtime.kernels.attention_plan import QkvRelease
 from runtime.kernels.decode_attention import decode_attention_ref, decode_attention_triton
 from runtime.kernels.fused_linear import (
     act_linear_triton,
@@ -46,12 +46,6 @@ from runtime.kernels.fused_rows import (
     linear_rows_add_triton,
     linear_rows_triton,
     norm_linear_rows_triton,
-)
-from runtime.kernels.merge_linear import (
-    AttentionPartials,
-    merge_linear_ref,
-    merge_linear_triton,
-    merges_into_o,
 )
 from runtime.kernels.qkv_attention import qkv_decode_attention_ref, qkv_decode_attention_triton
 from runtime.kernels.qkv_rope import (
@@ -268,34 +262,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if x.dtype == weight.dtype and _fused_rows(x, "linear_rows"):
         return linear_rows_triton(x, weight)
     return F.linear(x, weight)
-
-
-def attention_into_o(qkv: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether this decode row's attention leaves its partials for the o projection to merge
-    (merge_linear.py): RUNTIME_MERGE_O on, one row, one dtype, both kernels on Triton, and no
-    in-kernel merge asked for (RUNTIME_ATTN_MERGE=last)."""
-    return (
-        merges_into_o()
-        and qkv.dtype == weight.dtype
-        and one_row(qkv)
-        and enabled("qkv_decode_attention", qkv)
-        and enabled("merge_linear", qkv)
-        and not merge_in_kernel()
-    )
-
-
-def merge_linear(
-    partials: AttentionPartials, weight: torch.Tensor, residual: torch.Tensor | None = None
-) -> torch.Tensor:
-    """The o projection of a decode row's unmerged attention, (residual +) merged @ weight.T, in the
-    residual's shape (else (B, 1, N)): one kernel on Triton (merge_linear.py), else the reference."""
-    B = partials.acc.shape[0]
-    shape = residual.shape if residual is not None else (B, 1, weight.shape[0])
-    if enabled("merge_linear", partials.acc):
-        y = merge_linear_triton(partials, weight, residual, _triton.pdl(weight.device))
-    else:
-        y = merge_linear_ref(partials, weight, residual)
-    return y.reshape(shape)
 
 
 apply_rope = apply_rope_ref

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from runtime.kernels._triton import INTERPRETING, next_pow2, pdl, released_early
+from runtime.kernels._triton import INTERPRETING, next_pow2, pdl
 from runtime.kernels.arrival import arrival_counters
 from runtime.kernels.attention_plan import (
     early_row_scale,
@@ -35,7 +35,6 @@ from runtime.kernels.attention_plan import (
     split_warps,
 )
 from runtime.kernels.decode_attention import decode_attention_ref, merge_partials
-from runtime.kernels.merge_linear import AttentionPartials
 from runtime.kernels.phase_clock import clock_buffer
 from runtime.kernels.qkv_attention_kernel import _qkv_split_kernel
 from runtime.kernels.qkv_rope import qkv_rope_to_cache_ref
@@ -58,14 +57,11 @@ def qkv_decode_attention_ref(
     scale: float,
     norm_source: torch.Tensor | None = None,
     norm_eps: float = 0.0,
-    into_o: bool = False,
 ) -> torch.Tensor:
     """qkv (B, 1, ...) -> (B, H, D); writes k/v_cache[b, :, positions[b] % S] on the way.
     norm_source (B, K): qkv was projected from these un-normed rows through a matrix holding the
     norm's weight, so each qkv row is first divided by rms(norm_source[b]) (scale_rows_ref; the
-    batch buckets' folded norm, runtime/models/folded_norms.py).
-    into_o: the caller takes unmerged partials where the kernel has them (the Triton version);
-    the reference always returns the output."""
+    batch buckets' folded norm, runtime/models/folded_norms.py)."""
     if norm_source is not None:
         qkv = scale_rows_ref(qkv, norm_source[:, None], norm_eps)
     q = qkv_rope_to_cache_ref(
@@ -91,14 +87,10 @@ def qkv_decode_attention_triton(
     scale: float,
     norm_source: torch.Tensor | None = None,
     norm_eps: float = 0.0,
-    into_o: bool = False,
     num_splits: int | None = None,
-) -> torch.Tensor | AttentionPartials:
+) -> torch.Tensor:
     """Same contract as qkv_decode_attention_ref; two launches (split + merge), or one with
     RUNTIME_ATTN_MERGE=last (the last program of each row and kv head merges the partials).
-    into_o: where the split kernel leaves partials (more than one split, no in-kernel merge), they
-    come back unmerged (AttentionPartials, for merge_linear.py's o projection) and the split kernel
-    releases its dependent right after its wait, so the projection's weight loads under it.
     num_splits overrides P (tests use it to force many partials on short caches)."""
     B, T, width = qkv.shape
     _, Hkv, S, D = k_cache.shape
@@ -124,9 +116,7 @@ def qkv_decode_attention_triton(
     out = torch.empty((B, heads, D), dtype=qkv.dtype, device=qkv.device)
     direct = splits == 1  # one program per (row, kv head) writes the output itself
     merge = merge_in_kernel() and not direct
-    partials = into_o and not direct and not merge
     launch = pdl(qkv.device)
-    split_launch = released_early(launch) if partials else launch
     counters = arrival_counters(B * Hkv, qkv.device) if merge else ml
     norm = q_weight is not None
     clock = clock_buffer("attention", f"attention {B}x{Hkv}x{splits} S{S}", B * Hkv * splits, qkv.device)
@@ -144,10 +134,8 @@ def qkv_decode_attention_triton(
         BLOCK_SRC=next_pow2(src.shape[1]) if norm_source is not None else 16,
         EARLY_TABLES=early_tables(), GROUPED=grouped_loads(), CLOCK=clock is not None,
         EARLY_ROW_SCALE=early_row_scale(), LATE_V=late_v(B),
-        num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(B, splits), **split_launch,
+        num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(B, splits), **launch,
     )  # fmt: skip
-    if partials:
-        return AttentionPartials(acc, ml, positions, block_n, S, qkv.dtype)
     if not merge and not direct:
         merge_partials(acc, ml, positions, out, block_n, S, from_positions=True, launch=launch)
     return out

@@ -90,36 +90,22 @@ class Attention(nn.Module):
         out = ops.prefill_attention(q, k, v, pos, pos, self.scale, self.window, from_start=True)
         return out.transpose(1, 2).reshape(1, T, -1)
 
-    def decode(
-        self, qkv, cos, sin, cache: KVCacheLike, positions: torch.Tensor
-    ) -> torch.Tensor | ops.AttentionPartials:
-        """qkv (B, 1, q + 2 kv); positions (B,) on the device -> attention (B, 1, q), before o_proj,
-        or its unmerged partials where the o projection merges them (ops.attention_into_o)."""
-        into_o = ops.attention_into_o(qkv, self.o_proj.weight)
-        out = self.attend_decode(qkv, cos, sin, cache, positions, into_o=into_o)
-        return out if isinstance(out, ops.AttentionPartials) else out.reshape(qkv.shape[0], 1, -1)
+    def decode(self, qkv, cos, sin, cache: KVCacheLike, positions: torch.Tensor) -> torch.Tensor:
+        """qkv (B, 1, q + 2 kv); positions (B,) on the device -> attention (B, 1, q), before o_proj."""
+        return self.attend_decode(qkv, cos, sin, cache, positions).reshape(qkv.shape[0], 1, -1)
 
     def attend_decode(
-        self,
-        qkv,
-        cos,
-        sin,
-        cache: KVCacheLike,
-        positions,
-        norm_source=None,
-        norm_eps: float = 0.0,
-        into_o=False,
-    ) -> torch.Tensor | ops.AttentionPartials:
+        self, qkv, cos, sin, cache: KVCacheLike, positions, norm_source=None, norm_eps: float = 0.0
+    ) -> torch.Tensor:
         """qkv (B, 1, q + 2 kv) -> attention (B, H, D), before o_proj.  # graph: no host reads
         One op from the packed qkv row: q/k-norm, rope, k and v into cache slot positions % S (the
         ring of a sliding layer, the plain slot of a global one), attention over min(pos + 1, S).
-        norm_source (B, hidden): the un-normed rows qkv was projected from (folded_norms.py).
-        into_o: the split partials come back unmerged where the kernel has them (merge_linear.py)."""
+        norm_source (B, hidden): the un-normed rows qkv was projected from (folded_norms.py)."""
         B = qkv.shape[0]
         k_cache, v_cache = cache.k[self.layer][:B], cache.v[self.layer][:B]
         return ops.qkv_decode_attention(
             qkv, self.heads, self.kv_heads, cos, sin, *self._qk_args(), k_cache, v_cache, positions,
-            self.scale, norm_source, norm_eps, into_o=into_o,
+            self.scale, norm_source, norm_eps,
         )  # fmt: skip
 
 

@@ -91,16 +91,11 @@ class DecoderLayer(nn.Module):
 
 
 def _join(
-    out: torch.Tensor | ops.AttentionPartials, linear: nn.Linear, x: torch.Tensor, joins: bool, role: str
+    out: torch.Tensor, linear: nn.Linear, x: torch.Tensor, joins: bool, role: str
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """A branch's last projection of out -> (residual, pending): (x + linear(out), None) where the
     branch `joins` the residual x without a norm of its own and the GEMV adds it in its epilogue
-    (ops.residual_epilogue), else (x, linear(out)) for the next norm_linear to add. Unmerged
-    attention partials (ops.attention_into_o) are merged by the projection itself."""
-    if isinstance(out, ops.AttentionPartials):  # o_proj (no bias: attention_into_o checked the row)
-        if joins and role in ops.residual_add_roles():
-            return ops.merge_linear(out, linear.weight, x), None
-        return x, ops.merge_linear(out, linear.weight)
+    (ops.residual_epilogue), else (x, linear(out)) for the next norm_linear to add."""
     if joins and linear.bias is None and ops.residual_epilogue(out, linear.weight, role):
         return ops.linear_add(out, linear.weight, x), None
     y = ops.linear(out, linear.weight)
