@@ -191,3 +191,14 @@ def test_trials_run_without_garbage_collector_pauses(tiny_yaml, tmp_path, monkey
     # config a: warm-up, trial, trial; config b: warm-up, then the failing trial ends the case
     assert seen == [True, False, False, True, False]
     assert gc.isenabled()
+
+
+def test_env_records_the_named_commit_of_a_copied_tree(monkeypatch):
+    """A working tree copied without its git metadata records the commit RUNTIME_COMMIT names, clean;
+    without it, the checkout's own commit."""
+    from runtime.bench.env import git_commit
+
+    monkeypatch.setenv("RUNTIME_COMMIT", "0123456789abcdef")
+    assert git_commit() == {"commit": "0123456789abcdef", "dirty": False}
+    monkeypatch.delenv("RUNTIME_COMMIT")
+    assert git_commit()["commit"] != "0123456789abcdef"

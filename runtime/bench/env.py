@@ -30,6 +30,12 @@ def _run(cmd: list[str], cwd: Path | None = None) -> str | None:
 
 
 def git_commit() -> dict[str, Any]:
+    """The checkout's commit and whether tracked files differ from it. RUNTIME_COMMIT=<sha> names the
+    commit instead, for a copy of a clean checkout whose git metadata did not travel with it (a
+    working tree sent to a GPU machine): the run then records that commit, not dirty."""
+    named = os.environ.get("RUNTIME_COMMIT", "").strip()
+    if named:
+        return {"commit": named, "dirty": False}
     commit = _run(["git", "rev-parse", "HEAD"], REPO_ROOT)
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], REPO_ROOT)
     return {"commit": commit, "dirty": bool(dirty) if commit else None}
