@@ -103,7 +103,6 @@ AB_SETTINGS = (
     {"RUNTIME_GEMV_FIRST_TILE": "after_row"},
     {"RUNTIME_QKV_PDL": "early"},
     {"RUNTIME_QKV_PDL": "long"},
-    {"RUNTIME_GEMV_EARLY": "o,down"},
 )
 
 # @jit kernels no recorded path launches, with the reason

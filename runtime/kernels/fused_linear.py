@@ -136,13 +136,12 @@ def one_row(t: torch.Tensor) -> bool:
 
 def _launch(
     prologue, x, res, norm_w, pre_w, weight, y, res_out, eps, offset, gelu, config, gated=False, add_res=False,
-    release: QkvRelease | None = None, release_early: bool = False,
+    release: QkvRelease | None = None,
 ) -> None:  # fmt: skip
     """x, res: (K,) rows (x is (2K,) for act); y (N,) ((N / 2,) gated: weight is [gate | up]);
     res_out (K,) or None; add_res: res is (N,) and y = res + the product (plain prologue only);
     release: the qkv GEMV's, whose attention may launch right after this one's wait (always, or
-    from a position on: attention_plan.qkv_release); release_early: the next kernel launches right
-    after this one's wait (the plain GEMVs' A/B, ops.early_release_roles)."""
+    from a position on: attention_plan.qkv_release)."""
     assert weight.dim() == 2 and weight.is_contiguous(), "W must be a contiguous (N, K) nn.Linear weight"
     N, K = weight.shape
     N = N // 2 if gated else N  # the outputs
@@ -160,7 +159,6 @@ def _launch(
     launch = pdl(weight.device)
     late = launch["PDL"] == PDL_MODES["late"]
     when = qkv_release(programs, weight.device) if release is not None and late else "late"
-    when = "early" if release_early and late else when
     if when == "early":
         launch = released_early(launch)
     release_at = release if when == "long" else None
@@ -255,28 +253,23 @@ def act_linear_triton(gate_up: torch.Tensor, activation: str, weight: torch.Tens
     return y
 
 
-def linear_add_triton(
-    x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, release_early: bool = False
-) -> torch.Tensor:
+def linear_add_triton(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """Same contract as linear_add_ref; one kernel for one row (one dtype), the reference otherwise.
-    Never in place: the residual may still be read by the kernels of this step that follow.
-    release_early: see _launch."""
+    Never in place: the residual may still be read by the kernels of this step that follow."""
     if not one_row(x) or residual.dtype != weight.dtype:
         return linear_add_ref(x, weight, residual)
     assert residual.shape[-1] == weight.shape[0], (residual.shape, weight.shape)
-    return _plain_launch(x, weight, residual, release_early)
+    return _plain_launch(x, weight, residual)
 
 
-def linear_triton(x: torch.Tensor, weight: torch.Tensor, release_early: bool = False) -> torch.Tensor:
+def linear_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Same contract as linear_ref; one kernel for one row, the reference for more."""
     if not one_row(x):
         return linear_ref(x, weight)
-    return _plain_launch(x, weight, None, release_early)
+    return _plain_launch(x, weight, None)
 
 
-def _plain_launch(
-    x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None, release_early: bool = False
-) -> torch.Tensor:
+def _plain_launch(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
     """The one-row launch of linear and linear_add (residual (..., N) added in the epilogue)."""
     N, K = weight.shape
     shape = (*x.shape[:-1], N) if residual is None else residual.shape
@@ -284,6 +277,6 @@ def _plain_launch(
     res = None if residual is None else _row(residual)
     _launch(
         _NONE, _row(x), res, None, None, weight, y, None, 0.0, 0.0, False, _config("linear", N, K, weight.dtype),
-        add_res=residual is not None, release_early=release_early,
+        add_res=residual is not None,
     )  # fmt: skip
     return y

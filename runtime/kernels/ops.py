@@ -247,32 +247,18 @@ def residual_epilogue(x: torch.Tensor, weight: torch.Tensor, role: str) -> bool:
     return _gemv_row(x, weight) and role in residual_add_roles()
 
 
-def early_release_roles() -> set[str]:
-    """RUNTIME_GEMV_EARLY: the batch-1 projections ending a branch ("o", "down", comma-separated, or
-    "none", the default) whose GEMV lets the next kernel launch right after its wait instead of after
-    its loop (an A/B knob)."""
-    raw = (os.environ.get("RUNTIME_GEMV_EARLY") or "none").strip()
-    roles = set() if raw == "none" else {r.strip() for r in raw.split(",") if r.strip()}
-    unknown = sorted(roles - set(RESIDUAL_ADD_ROLES))
-    if unknown:
-        raise ValueError(f"RUNTIME_GEMV_EARLY={raw!r}: {unknown} unknown; name roles of o, down, or none")
-    return roles
-
-
-def linear_add(
-    x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, release_early: bool = False
-) -> torch.Tensor:
+def linear_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """residual (..., N) + x (..., K) @ weight (N, K).T: one kernel where the GEMV runs (one row on
-    Triton, one dtype), else the reference. release_early: fused_linear._launch's."""
+    Triton, one dtype), else the reference."""
     if _gemv_row(x, weight):
-        return linear_add_triton(x, weight, residual, release_early)
+        return linear_add_triton(x, weight, residual)
     return linear_add_ref(x, weight, residual)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, release_early: bool = False) -> torch.Tensor:
-    """x (..., K) @ weight (N, K).T. release_early: fused_linear._launch's (one-row GEMV only)."""
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (..., K) @ weight (N, K).T."""
     if _gemv_row(x, weight):
-        return linear_triton(x, weight, release_early)
+        return linear_triton(x, weight)
     if x.dtype == weight.dtype and _fused_rows(x, "linear_rows"):
         return linear_rows_triton(x, weight)
     return F.linear(x, weight)

@@ -96,10 +96,9 @@ def _join(
     """A branch's last projection of out -> (residual, pending): (x + linear(out), None) where the
     branch `joins` the residual x without a norm of its own and the GEMV adds it in its epilogue
     (ops.residual_epilogue), else (x, linear(out)) for the next norm_linear to add."""
-    early = role in ops.early_release_roles()
     if joins and linear.bias is None and ops.residual_epilogue(out, linear.weight, role):
-        return ops.linear_add(out, linear.weight, x, early), None
-    y = ops.linear(out, linear.weight, early)
+        return ops.linear_add(out, linear.weight, x), None
+    y = ops.linear(out, linear.weight)
     return x, (y if linear.bias is None else y + linear.bias)
 
 
