@@ -244,6 +244,9 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
         "RUNTIME_RESIDUAL_ADD": "none",
     },
     "attention 16 splits at batch 1": {"RUNTIME_ATTN_ROW_SPLITS": "16"},
+    # each split program asks L2 for its later cache blocks before its wait (attention_plan.l2_ahead)
+    "attention asks L2 for its later blocks": {"RUNTIME_ATTN_AHEAD": "auto"},
+    "attention asks L2 for 2 later blocks": {"RUNTIME_ATTN_AHEAD": "2"},
 }
 # --settings splits its list on commas: a name holding one could never be chosen
 assert not [name for name in SETTINGS if "," in name], "a SETTINGS name holds a comma"

@@ -783,3 +783,30 @@ def test_qkv_decode_attention_late_v_move(monkeypatch, B, H, Hkv, D, S, norm, dt
     assert_matches(got["late"][0], want.to(dtype), dtype, scale=3.0)
     for a, b in zip(got["early"], got["late"]):
         torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    "B,H,Hkv,D,S,norm,dtype,splits",
+    [(16, 16, 8, 128, 400, True, BF16, 1), (16, 32, 8, 64, 333, False, BF16, 1),
+     (16, 4, 1, 256, 333, True, BF16, None), (3, 10, 5, 40, 150, True, F32, 2), (2, 16, 8, 128, 700, True, F16, 3)],
+)  # fmt: skip
+def test_qkv_decode_attention_blocks_asked_ahead(monkeypatch, B, H, Hkv, D, S, norm, dtype, splits):
+    """RUNTIME_ATTN_AHEAD: each program asks L2 for its later cache blocks before its wait (a hint:
+    nothing it computes may change). Against none, two blocks ahead and "auto" give the same output
+    and caches bit for bit, with NaN in every dead slot (a prefetch reads no data, but a wrong bound
+    on its blocks or a kept value that is not 0 would show), and the output matches float64."""
+    qkv, positions, cos, sin, qw, kw, k, v, lengths = _split_inputs(B, H, Hkv, D, S, norm, dtype, S - 3)
+    got = {}
+    for ahead in ("0", "2", "auto"):
+        monkeypatch.setenv("RUNTIME_ATTN_AHEAD", ahead)
+        kc, vc = _nan_past(k, v, lengths, positions % S)
+        args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, 1.0, kc, vc, positions, D**-0.5)
+        got[ahead] = (qkv_decode_attention_triton(*args, num_splits=splits), kc, vc)
+    q = qkv_rope_ref(qkv, H, Hkv, cos, sin, qw, kw, 1e-6, 1.0)[0][:, 0]
+    kc, vc = got["0"][1].nan_to_num(), got["0"][2].nan_to_num()
+    want = decode_attention_ref(q.double(), kc.double(), vc.double(), lengths, D**-0.5)
+    assert_matches(got["auto"][0], want.to(dtype), dtype, scale=3.0)
+    for ahead in ("2", "auto"):
+        for a, b in zip(got["0"], got[ahead]):
+            torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True)

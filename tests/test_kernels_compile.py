@@ -103,6 +103,7 @@ AB_SETTINGS = (
     {"RUNTIME_GEMV_FIRST_TILE": "after_row"},
     {"RUNTIME_QKV_PDL": "early"},
     {"RUNTIME_QKV_PDL": "long"},
+    {"RUNTIME_ATTN_AHEAD": "auto"},
 )
 
 # @jit kernels no recorded path launches, with the reason
@@ -202,6 +203,7 @@ def recording(target: Target) -> Iterator[prebuild.Recorder]:
             if getattr(module, "pdl", None) is real_pdl:
                 mp.setattr(module, "pdl", lambda device, **kw: real_pdl(torch.device("cuda", 0), **kw))
         mp.setattr(attention_plan, "sm_count", lambda device: target.sms)
+        mp.setattr(attention_plan, "l2_bytes", lambda device: 50 * 2**20)  # an H100's
         mp.setattr(fused_linear, "_TUNED", {})
         mp.setattr(fused_rows_config, "_TUNED_ROWS", {})
         for name in [k for k in os.environ if k.startswith("RUNTIME_")]:
@@ -417,3 +419,27 @@ def test_kernels_compile(target: Target):
             for name, group in failed.items()
         ]
         pytest.fail(f"kernels that do not compile for {target.name}:\n" + "\n".join(report), pytrace=False)
+
+
+def test_blocks_asked_ahead_go_out_before_the_wait():
+    """RUNTIME_ATTN_AHEAD=auto: the split kernel's sm_90 PTX asks L2 for the program's later blocks
+    (prefetch.global.L2) before griddepcontrol.wait, where they overlap the qkv product; the
+    default build asks for none."""
+    target = TARGETS[0]
+    why = ptxas_refuses(target)
+    if why is not None:
+        pytest.skip(why)
+    split = [
+        launch
+        for launch in launches(target)
+        if short_name(launch.fn) == "qkv_attention_kernel._qkv_split_kernel"
+        and launch.constants()["PDL"] == _triton.PDL_MODES[_triton.PDL_DEFAULT]
+        and launch.constants()["DIRECT"]
+    ]
+    ahead = [launch for launch in split if launch.constants()["AHEAD"]]
+    plain = [launch for launch in split if not launch.constants()["AHEAD"]]
+    assert ahead and plain, "no batch-bucket split launch with and without AHEAD was recorded"
+    ptx = ahead[0].build(target.gpu).asm["ptx"]
+    assert "prefetch.global.L2" in ptx
+    assert ptx.index("prefetch.global.L2") < ptx.index("griddepcontrol.wait")
+    assert "prefetch.global.L2" not in plain[0].build(target.gpu).asm["ptx"]

@@ -144,12 +144,41 @@ class QkvRelease:
 NEVER = 2**31 - 1  # a position no cache reaches
 
 
+def l2_bytes(device: torch.device) -> int:
+    """The card's L2 size in bytes; 0 off CUDA."""
+    if device.type != "cuda":
+        return 0
+    return torch.cuda.get_device_properties(device).L2_cache_size
+
+
 def l2_spill_position(kv_bytes_per_position: int, device: torch.device) -> int:
     """The first position at which a row's K/V (kv_bytes_per_position over its layers) outgrows the
     card's L2: below it the cache stays in L2 between steps (the weights stream evict-first)."""
-    if device.type != "cuda" or kv_bytes_per_position <= 0:
+    size = l2_bytes(device)
+    if size <= 0 or kv_bytes_per_position <= 0:
         return NEVER
-    return cdiv(torch.cuda.get_device_properties(device).L2_cache_size, kv_bytes_per_position)
+    return cdiv(size, kv_bytes_per_position)
+
+
+AHEAD_L2_SHARE = 0.5  # the share of L2 the blocks asked for ahead may fill (the rest: weights, rows)
+
+
+def l2_ahead(programs: int, block_bytes: int, device: torch.device) -> int:
+    """How many of its later cache blocks each split program asks L2 for before its PDL wait
+    (l2_prefetch.prefetch_cache_blocks), so that its block loop after the wait reads them from L2:
+    a batch bucket's program walks its row's whole cache one block after another (one block of
+    K and V = block_bytes), while the qkv product before it, which the program overlaps under PDL,
+    leaves DRAM time idle. RUNTIME_ATTN_AHEAD: "0" (the default: none), "auto" (as many blocks as
+    AHEAD_L2_SHARE of the card's L2 holds over all `programs`), or a count. Never under the CPU
+    interpreter (inline PTX)."""
+    choice = os.environ.get("RUNTIME_ATTN_AHEAD") or "0"
+    if choice == "auto":
+        count = int(AHEAD_L2_SHARE * l2_bytes(device)) // max(1, programs * block_bytes)
+    elif choice.isdigit():
+        count = int(choice)
+    else:
+        raise ValueError(f"RUNTIME_ATTN_AHEAD={choice!r}: choose auto or a number of blocks (0: none)")
+    return 0 if INTERPRETING else count
 
 
 def qkv_release(programs: int, device: torch.device) -> str:

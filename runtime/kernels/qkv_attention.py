@@ -20,12 +20,13 @@ import math
 
 import torch
 
-from runtime.kernels._triton import INTERPRETING, next_pow2, pdl
+from runtime.kernels._triton import INTERPRETING, cdiv, next_pow2, pdl
 from runtime.kernels.arrival import arrival_counters
 from runtime.kernels.attention_plan import (
     early_row_scale,
     early_tables,
     grouped_loads,
+    l2_ahead,
     late_v,
     merge_block,
     merge_in_kernel,
@@ -35,6 +36,7 @@ from runtime.kernels.attention_plan import (
     split_warps,
 )
 from runtime.kernels.decode_attention import decode_attention_ref, merge_partials
+from runtime.kernels.l2_prefetch import LINE_BYTES
 from runtime.kernels.phase_clock import clock_buffer
 from runtime.kernels.qkv_attention_kernel import _qkv_split_kernel
 from runtime.kernels.qkv_rope import qkv_rope_to_cache_ref
@@ -120,20 +122,23 @@ def qkv_decode_attention_triton(
     counters = arrival_counters(B * Hkv, qkv.device) if merge else ml
     norm = q_weight is not None
     clock = clock_buffer("attention", f"attention {B}x{Hkv}x{splits} S{S}", B * Hkv * splits, qkv.device)
+    elem = k_cache.element_size()
+    ahead = l2_ahead(B * Hkv * splits, 2 * block_n * D * elem, qkv.device) if prefetch_enabled() else 0
     _qkv_split_kernel[(B * Hkv, splits)](
         qkv2, q_weight if norm else qkv2, k_weight if norm else qkv2, cos2, sin2, positions, k_cache, v_cache,
         acc, ml, out, counters, src, ml if clock is None else clock, scale * math.log2(math.e), eps, norm_eps,
         src.shape[1], src.stride(0),
         heads, Hkv, splits, S, qkv2.stride(0), D,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
-        v_cache.stride(2), out.stride(0),
+        v_cache.stride(2), out.stride(0), ahead,
         G=G, BLOCK_G=max(16, next_pow2(G)), D=D, HALF_BLOCK=max(16, next_pow2(D // 2)),
         BLOCK_D=max(16, next_pow2(D)), BLOCK_N=block_n, QK_NORM=norm, OFFSET=float(offset),
         DOT_F32=INTERPRETING, MERGE=merge, DIRECT=direct, BLOCK_P=merge_block(D, splits),
         PREFETCH=prefetch_enabled(), ROW_SCALE=norm_source is not None,
         BLOCK_SRC=next_pow2(src.shape[1]) if norm_source is not None else 16,
         EARLY_TABLES=early_tables(), GROUPED=grouped_loads(), CLOCK=clock is not None,
-        EARLY_ROW_SCALE=early_row_scale(), LATE_V=late_v(B),
+        EARLY_ROW_SCALE=early_row_scale(), LATE_V=late_v(B), AHEAD=ahead > 0,
+        ROW_LINES=next_pow2(cdiv(D * elem, LINE_BYTES)), LINE_ELEMS=max(1, LINE_BYTES // elem),
         num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(B, splits), **launch,
     )  # fmt: skip
     if not merge and not direct:

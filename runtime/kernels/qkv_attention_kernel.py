@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from runtime.kernels._triton import jit, pdl_release, pdl_wait, tl
 from runtime.kernels.decode_attention import block_dot, merge_head
+from runtime.kernels.l2_prefetch import prefetch_cache_blocks
 from runtime.kernels.phase_clock import clock_mark, total_2d
 from runtime.kernels.qkv_rope import cache_slot, norm_rope_loaded, norm_weight_halves, rope_halves
 from runtime.kernels.rmsnorm import row_inv_rms, scale_row
@@ -134,6 +135,7 @@ def _qkv_split_kernel(
     v_sh,
     v_ss,
     o_sb,
+    ahead,
     G: tl.constexpr,
     BLOCK_G: tl.constexpr,
     D: tl.constexpr,
@@ -155,6 +157,9 @@ def _qkv_split_kernel(
     CLOCK: tl.constexpr = False,
     EARLY_ROW_SCALE: tl.constexpr = False,
     LATE_V: tl.constexpr = False,
+    AHEAD: tl.constexpr = False,
+    ROW_LINES: tl.constexpr = 1,
+    LINE_ELEMS: tl.constexpr = 64,
 ):
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
     # what no kernel of this layer writes: the positions, the cache slots but the new one, and with
@@ -196,6 +201,17 @@ def _qkv_split_kernel(
         qw1, qw2, kw1, kw2, qcos1, qcos2, qsin1, qsin2, kcos1, kcos2, ksin1, ksin2 = _tables(
             q_w_ptr, k_w_ptr, cs, sn, c, c_ok, g, D, QK_NORM, GROUPED
         )
+    # AHEAD (attention_plan.l2_ahead): the program's next `ahead` blocks after its first asked of L2
+    # (cache slots only, which no kernel of this layer writes), so its loop after the wait finds
+    # them there. `asked` is 0; it joins l_i so that the prefetches are kept
+    ahead_on: tl.constexpr = AHEAD and PREFETCH
+    asked = 0
+    if ahead_on:
+        first = split + n_splits
+        asked = prefetch_cache_blocks(
+            k_base, v_base, first, tl.minimum(n_blocks, first + ahead * n_splits), n_splits, length,
+            k_ss, v_ss, D, BLOCK_N, ROW_LINES, LINE_ELEMS,
+        )  # fmt: skip
     # ROW_SCALE: the row's 1 / rms(norm source), applied to q, k and v before anything else. With
     # EARLY_ROW_SCALE (and PREFETCH) it is taken before the wait: the source (the residual rows the
     # qkv product read) was last written two launches back, by a kernel that had ended before the
@@ -267,6 +283,8 @@ def _qkv_split_kernel(
 
     clock_mark(clock_ptr, program, 7, tl.sum(l_i, axis=0), CLOCK)
     pdl_release(PDL)
+    if ahead_on:
+        l_i += asked.to(tl.float32)  # + 0.0: l_i >= 0, unchanged bit for bit
     if DIRECT:
         # one program per (row, kv head): its running softmax is the whole one, so it writes the
         # output (l_i >= 1: it started from the new token) and no merge follows
