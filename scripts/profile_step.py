@@ -245,8 +245,11 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     },
     "attention 16 splits at batch 1": {"RUNTIME_ATTN_ROW_SPLITS": "16"},
     # each split program asks L2 for its later cache blocks before its wait (attention_plan.l2_ahead)
-    "attention asks L2 for its later blocks": {"RUNTIME_ATTN_AHEAD": "auto"},
+    "attention asks L2 for no later blocks": {"RUNTIME_ATTN_AHEAD": "0"},
+    "attention asks L2 for 1 later block": {"RUNTIME_ATTN_AHEAD": "1"},
     "attention asks L2 for 2 later blocks": {"RUNTIME_ATTN_AHEAD": "2"},
+    "attention asks L2 for 3 later blocks": {"RUNTIME_ATTN_AHEAD": "3"},
+    "attention asks L2 for its later blocks": {"RUNTIME_ATTN_AHEAD": "auto"},
 }
 # --settings splits its list on commas: a name holding one could never be chosen
 assert not [name for name in SETTINGS if "," in name], "a SETTINGS name holds a comma"

@@ -88,23 +88,28 @@ def test_v_moves_late_at_batch_one_by_default(monkeypatch):
         plan.late_v(1)
 
 
-def test_blocks_asked_ahead_fill_half_of_l2_over_the_grid(monkeypatch):
-    """RUNTIME_ATTN_AHEAD: none by default; "auto" asks each program for as many blocks as half the
-    card's L2 holds over the grid (Qwen3 at batch 16: 128 programs of 32 KB blocks on a 50 MB L2 ->
-    6; Llama's 16 KB blocks -> 12; nothing without an L2); a count is taken as given; a bad value is
+def test_blocks_asked_ahead(monkeypatch):
+    """RUNTIME_ATTN_AHEAD: by default ("batch") 2 blocks where a batch bucket's program walks its
+    row's whole cache, none elsewhere, and never more than half the card's L2 holds over the grid;
+    "auto" asks for that budget (Qwen3 at batch 16: 128 programs of 32 KB blocks on a 50 MB L2 -> 6;
+    Llama's 16 KB blocks -> 12; nothing without an L2); a count is taken as given; a bad value is
     refused by name."""
     monkeypatch.setattr(plan, "INTERPRETING", False)
     monkeypatch.setattr(plan, "l2_bytes", lambda device: 50 * 2**20 if device.type != "cpu" else 0)
+    qwen3, llama = 2 * 64 * 128 * 2, 2 * 64 * 64 * 2
     monkeypatch.delenv("RUNTIME_ATTN_AHEAD", raising=False)
-    assert plan.l2_ahead(128, 2 * 64 * 128 * 2, GPU) == 0
+    assert plan.l2_ahead(128, qwen3, GPU, True) == 2
+    assert plan.l2_ahead(128, qwen3, GPU, False) == 0
+    assert plan.l2_ahead(600, qwen3, GPU, True) == 1  # 600 x 32 KB: one block each fits half of L2, two not
+    assert plan.l2_ahead(128, qwen3, CPU, True) == 0
     monkeypatch.setenv("RUNTIME_ATTN_AHEAD", "auto")
-    assert plan.l2_ahead(128, 2 * 64 * 128 * 2, GPU) == 6
-    assert plan.l2_ahead(128, 2 * 64 * 64 * 2, GPU) == 12
-    assert plan.l2_ahead(128, 2 * 64 * 128 * 2, CPU) == 0
+    assert plan.l2_ahead(128, qwen3, GPU, False) == 6
+    assert plan.l2_ahead(128, llama, GPU, True) == 12
+    assert plan.l2_ahead(128, qwen3, CPU, True) == 0
     monkeypatch.setenv("RUNTIME_ATTN_AHEAD", "3")
-    assert plan.l2_ahead(128, 2 * 64 * 128 * 2, GPU) == 3
+    assert plan.l2_ahead(128, qwen3, GPU, False) == 3
     monkeypatch.setattr(plan, "INTERPRETING", True)  # inline PTX: never interpreted
-    assert plan.l2_ahead(128, 2 * 64 * 128 * 2, GPU) == 0
+    assert plan.l2_ahead(128, qwen3, GPU, True) == 0
     monkeypatch.setenv("RUNTIME_ATTN_AHEAD", "-1")
     with pytest.raises(ValueError, match="RUNTIME_ATTN_AHEAD"):
-        plan.l2_ahead(128, 1, GPU)
+        plan.l2_ahead(128, 1, GPU, True)

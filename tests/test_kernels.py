@@ -793,7 +793,8 @@ def test_qkv_decode_attention_late_v_move(monkeypatch, B, H, Hkv, D, S, norm, dt
 )  # fmt: skip
 def test_qkv_decode_attention_blocks_asked_ahead(monkeypatch, B, H, Hkv, D, S, norm, dtype, splits):
     """RUNTIME_ATTN_AHEAD: each program asks L2 for its later cache blocks before its wait (a hint:
-    nothing it computes may change). Against none, two blocks ahead and "auto" give the same output
+    nothing it computes may change). Against none, two blocks ahead and "auto" (the default "batch"
+    is one of these: two at the one-split batch cases, none elsewhere) give the same output
     and caches bit for bit, with NaN in every dead slot (a prefetch reads no data, but a wrong bound
     on its blocks or a kept value that is not 0 would show), and the output matches float64."""
     qkv, positions, cos, sin, qw, kw, k, v, lengths = _split_inputs(B, H, Hkv, D, S, norm, dtype, S - 3)

@@ -104,6 +104,7 @@ AB_SETTINGS = (
     {"RUNTIME_QKV_PDL": "early"},
     {"RUNTIME_QKV_PDL": "long"},
     {"RUNTIME_ATTN_AHEAD": "auto"},
+    {"RUNTIME_ATTN_AHEAD": "0"},
 )
 
 # @jit kernels no recorded path launches, with the reason
@@ -422,9 +423,10 @@ def test_kernels_compile(target: Target):
 
 
 def test_blocks_asked_ahead_go_out_before_the_wait():
-    """RUNTIME_ATTN_AHEAD=auto: the split kernel's sm_90 PTX asks L2 for the program's later blocks
-    (prefetch.global.L2) before griddepcontrol.wait, where they overlap the qkv product; the
-    default build asks for none."""
+    """RUNTIME_ATTN_AHEAD (a batch bucket's one-split launch asks by default): the split kernel's
+    sm_90 PTX asks L2 for the program's later blocks (prefetch.global.L2) before
+    griddepcontrol.wait, where they overlap the qkv product; RUNTIME_ATTN_AHEAD=0's build asks for
+    none."""
     target = TARGETS[0]
     why = ptxas_refuses(target)
     if why is not None:

@@ -161,23 +161,30 @@ def l2_spill_position(kv_bytes_per_position: int, device: torch.device) -> int:
 
 
 AHEAD_L2_SHARE = 0.5  # the share of L2 the blocks asked for ahead may fill (the rest: weights, rows)
+AHEAD_BATCH_BLOCKS = 2  # "batch": blocks asked ahead by a batch bucket's one program per (row, kv head)
 
 
-def l2_ahead(programs: int, block_bytes: int, device: torch.device) -> int:
+def l2_ahead(programs: int, block_bytes: int, device: torch.device, walks_cache: bool) -> int:
     """How many of its later cache blocks each split program asks L2 for before its PDL wait
-    (l2_prefetch.prefetch_cache_blocks), so that its block loop after the wait reads them from L2:
-    a batch bucket's program walks its row's whole cache one block after another (one block of
-    K and V = block_bytes), while the qkv product before it, which the program overlaps under PDL,
-    leaves DRAM time idle. RUNTIME_ATTN_AHEAD: "0" (the default: none), "auto" (as many blocks as
-    AHEAD_L2_SHARE of the card's L2 holds over all `programs`), or a count. Never under the CPU
-    interpreter (inline PTX)."""
-    choice = os.environ.get("RUNTIME_ATTN_AHEAD") or "0"
-    if choice == "auto":
-        count = int(AHEAD_L2_SHARE * l2_bytes(device)) // max(1, programs * block_bytes)
+    (l2_prefetch.prefetch_cache_blocks), so that its block loop after the wait reads them from L2
+    while the qkv product before it, which the program overlaps under PDL, leaves DRAM time idle.
+    walks_cache: the program walks its row's whole cache one block after another (a batch bucket's
+    one split per (row, kv head); block_bytes: one block of K and V). RUNTIME_ATTN_AHEAD: "batch"
+    (the default: AHEAD_BATCH_BLOCKS where walks_cache, else none), "auto" (as many blocks as
+    AHEAD_L2_SHARE of the card's L2 holds over all `programs`), or a count (0: none); "batch" is
+    capped by "auto"'s budget too. On the H100, Qwen3's batch-16 step against none, two trials: 2
+    blocks -12 / -28 us, auto (6) -6 / -18; Llama and Gemma within the noise (notes/kernels.md).
+    Never under the CPU interpreter (inline PTX)."""
+    choice = os.environ.get("RUNTIME_ATTN_AHEAD") or "batch"
+    budget = int(AHEAD_L2_SHARE * l2_bytes(device)) // max(1, programs * block_bytes)
+    if choice == "batch":
+        count = min(AHEAD_BATCH_BLOCKS, budget) if walks_cache else 0
+    elif choice == "auto":
+        count = budget
     elif choice.isdigit():
         count = int(choice)
     else:
-        raise ValueError(f"RUNTIME_ATTN_AHEAD={choice!r}: choose auto or a number of blocks (0: none)")
+        raise ValueError(f"RUNTIME_ATTN_AHEAD={choice!r}: choose batch, auto or a number of blocks (0: none)")
     return 0 if INTERPRETING else count
 
 

@@ -123,7 +123,12 @@ def qkv_decode_attention_triton(
     norm = q_weight is not None
     clock = clock_buffer("attention", f"attention {B}x{Hkv}x{splits} S{S}", B * Hkv * splits, qkv.device)
     elem = k_cache.element_size()
-    ahead = l2_ahead(B * Hkv * splits, 2 * block_n * D * elem, qkv.device) if prefetch_enabled() else 0
+    walks_cache = direct and B > 1  # a batch bucket's one program per (row, kv head)
+    ahead = (
+        l2_ahead(B * Hkv * splits, 2 * block_n * D * elem, qkv.device, walks_cache)
+        if prefetch_enabled()
+        else 0
+    )
     _qkv_split_kernel[(B * Hkv, splits)](
         qkv2, q_weight if norm else qkv2, k_weight if norm else qkv2, cos2, sin2, positions, k_cache, v_cache,
         acc, ml, out, counters, src, ml if clock is None else clock, scale * math.log2(math.e), eps, norm_eps,
