@@ -250,6 +250,17 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention asks L2 for 2 later blocks": {"RUNTIME_ATTN_AHEAD": "2"},
     "attention asks L2 for 3 later blocks": {"RUNTIME_ATTN_AHEAD": "3"},
     "attention asks L2 for its later blocks": {"RUNTIME_ATTN_AHEAD": "auto"},
+    # batch-1 o GEMV (Llama's and Qwen3's 2048 x 2048; tuned alone: 1 row on 8 warps) and LM head
+    # blocks whose grids sit on the SMs in fewer waves under PDL
+    "o GEMV 1 row on 4 warps": {"RUNTIME_GEMV_BLOCKS": "linear:2048x2048=1/2048/4"},
+    "o GEMV 2 rows on 4 warps": {"RUNTIME_GEMV_BLOCKS": "linear:2048x2048=2/2048/4"},
+    "o GEMV 4 rows on 8 warps": {"RUNTIME_GEMV_BLOCKS": "linear:2048x2048=4/2048/8"},
+    "LM head 4 rows on 4 warps": {
+        "RUNTIME_GEMV_BLOCKS": "lm_head:128256x2048=4/2048/4 lm_head:151936x2048=4/2048/4"
+    },
+    "LM head 8 rows on 8 warps": {
+        "RUNTIME_GEMV_BLOCKS": "lm_head:128256x2048=8/2048/8 lm_head:151936x2048=8/2048/8"
+    },
 }
 # --settings splits its list on commas: a name holding one could never be chosen
 assert not [name for name in SETTINGS if "," in name], "a SETTINGS name holds a comma"
