@@ -261,6 +261,9 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "LM head 8 rows on 8 warps": {
         "RUNTIME_GEMV_BLOCKS": "lm_head:128256x2048=8/2048/8 lm_head:151936x2048=8/2048/8"
     },
+    "o GEMV 2 rows on 4 warps and LM head 8 rows on 8 warps": {
+        "RUNTIME_GEMV_BLOCKS": "linear:2048x2048=2/2048/4 lm_head:128256x2048=8/2048/8 lm_head:151936x2048=8/2048/8"
+    },
 }
 # --settings splits its list on commas: a name holding one could never be chosen
 assert not [name for name in SETTINGS if "," in name], "a SETTINGS name holds a comma"
