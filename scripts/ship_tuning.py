@@ -7,6 +7,9 @@ process, or a tuning store copied from the card (the shapes tune_shapes timed th
       --gpu "NVIDIA H100 80GB HBM3" --capability 9.0 --measured-with "triton 3.6.0, torch 2.11.0+cu130"
 Without --gpu or --capability: this machine's card, and its triton and torch as --measured-with.
 Refuses a config tune() would no longer time (the candidate list changed since the measurement).
+--step-blocks (with --step-source, the A/B that chose them) replaces shapes' timed choices by blocks a
+same-process A/B of the decode step preferred: under PDL a launch overlaps its neighbours, which a
+shape timed alone does not show.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 
 from runtime.kernels import tuning_store
+from runtime.kernels.gemv_blocks import parse_blocks
 from runtime.kernels.gemv_tuning import candidates
 
 
@@ -38,6 +42,13 @@ def main() -> None:
     ap.add_argument("--capability", help="its compute capability, e.g. 9.0")
     ap.add_argument("--dtype", default="bfloat16", help="the weights' dtype when measured")
     ap.add_argument("--measured-with", default="", help="versions, for the record")
+    ap.add_argument(
+        "--step-blocks",
+        default="",
+        help="blocks chosen in the decode step rather than alone, as RUNTIME_GEMV_BLOCKS writes them "
+        "(op:NxK=BLOCK_N/BLOCK_K/warps ...): they replace the timed choices, with no time",
+    )
+    ap.add_argument("--step-source", help="with --step-blocks: the A/B that chose them, for the record")
     ap.add_argument("--out", help="default: runtime/kernels/tuned/<gpu name>.json")
     args = ap.parse_args()
     if args.gpu is None or args.capability is None:  # measured on this machine
@@ -58,11 +69,26 @@ def main() -> None:
             if key not in choices or row["best_us"] < choices[key][1]:  # a shape timed twice: the faster
                 choices[key] = (config, row["best_us"])
 
+    # a launch inside the step overlaps its neighbours under PDL, which a shape timed alone does not
+    # show: where a same-process A/B of the step chose other blocks, they win (their time unknown)
+    for (op, n, k), config in parse_blocks(args.step_blocks, "--step-blocks").items():
+        key = (op, n, k, dtype)
+        if config not in candidates(*key):
+            sys.exit(f"--step-blocks {key[:3]}: {config} is not among today's candidates")
+        choices[key] = (config, None)
+    if args.step_blocks and not args.step_source:
+        sys.exit("--step-blocks needs --step-source (the A/B that chose them)")
+
     head = {
         "format": tuning_store.FORMAT,
         "card": {"name": args.gpu, "capability": [int(v) for v in args.capability.split(".")]},
         "measured_with": args.measured_with,
-        "source": ", ".join(args.tuning_json),
+        "source": ", ".join(args.tuning_json)
+        + (
+            f"; in the step (no time alone): {args.step_blocks}, from {args.step_source}"
+            if args.step_blocks
+            else ""
+        ),
     }
     out = Path(args.out or tuning_store.SHIPPED_DIR / f"{tuning_store.slug(args.gpu)}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

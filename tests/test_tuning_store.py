@@ -330,15 +330,38 @@ def test_the_shipped_files_parse_and_hold_only_candidates():
     assert set(keyed(LLAMA)) <= set(tuning_store.shipped(H100))
 
 
+# the o projection's and the LM heads' blocks the step's A/B preferred on the H100 (Llama -14 us,
+# Qwen3 -6 us per step against the tuner's choices alone: 1 row on 8 warps, 2 and 4 rows)
+H100_STEP_BLOCKS = "linear:2048x2048=2/2048/4 lm_head:128256x2048=8/2048/8 lm_head:151936x2048=8/2048/8"
+
+
 def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_path):
     repo = Path(__file__).parent.parent
     sources = ["results/2026-11-27-gpu-checks/gemv_tuning_h100.json",
                "results/2026-11-27-gpu-checks/gemv_store_gated_h100.json"]  # fmt: skip
     out = tmp_path / "h100.json"
     cmd = [sys.executable, "scripts/ship_tuning.py", *sources, "--out", str(out), "--gpu", H100.name,
-           "--capability", "9.0", "--measured-with", "triton 3.6.0, torch 2.11.0+cu130"]  # fmt: skip
+           "--capability", "9.0", "--measured-with", "triton 3.6.0, torch 2.11.0+cu130",
+           "--step-blocks", H100_STEP_BLOCKS,
+           "--step-source", "results/2026-11-27-gpu-checks/profile_ab_o_lm_blocks_confirm_h100.json"]  # fmt: skip
     subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
     assert out.read_text() == (tuning_store.SHIPPED_DIR / "nvidia-h100-80gb-hbm3.json").read_text()
+
+
+def test_step_blocks_must_be_candidates_and_name_their_ab(tmp_path):
+    """ship_tuning.py --step-blocks: a config tune() would never time is refused, as is one with no
+    --step-source saying which A/B chose it."""
+    repo = Path(__file__).parent.parent
+    base = [sys.executable, "scripts/ship_tuning.py", "results/2026-11-27-gpu-checks/gemv_tuning_h100.json",
+            "--out", str(tmp_path / "x.json"), "--gpu", H100.name, "--capability", "9.0"]  # fmt: skip
+    bad = subprocess.run([*base, "--step-blocks", "linear:2048x2048=3/2048/4", "--step-source", "ab.json"],
+                         cwd=repo, capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode != 0 and "not among today's candidates" in bad.stderr
+    unnamed = subprocess.run(
+        [*base, "--step-blocks", "linear:2048x2048=2/2048/4"], cwd=repo, capture_output=True, text=True
+    )
+    assert unnamed.returncode != 0 and "--step-source" in unnamed.stderr
+    assert not (tmp_path / "x.json").exists()
 
 
 # ---------------------------------------------------------------- what a benchmark row records

@@ -18,8 +18,10 @@ SMS = 132  # H100 SXM; the heuristic only needs the order of magnitude
 # (short BLOCK_K tiles waste no lanes on K = 1152 = 9 x 128, Gemma's hidden size)
 CANDIDATE_CONFIGS = [
     (1, 2048, 4), (2, 1024, 4), (4, 512, 4), (4, 1024, 4), (8, 512, 4), (8, 1024, 8), (16, 256, 4), (16, 512, 8),
-    (16, 128, 4), (32, 128, 4), (32, 256, 8), (2, 2048, 8), (1, 4096, 8),
+    (16, 128, 4), (32, 128, 4), (32, 256, 8), (2, 2048, 8), (1, 4096, 8), (2, 2048, 4), (8, 2048, 8),
 ]  # fmt: skip
+# the last two: the blocks of the H100's o projection and LM heads inside the step, where a
+# same-process A/B under PDL preferred them (shipped: runtime/kernels/tuned/)
 # K-long vectors each op's prologue reloads per K step (norm: residual, h, norm_w; act: gate, up)
 # ("lm_head": norm_linear with a wider output dtype, the float32 logits, compiled and tuned apart)
 # "_pre" ops: the same with Gemma's sandwich pre-norm of h (two more row reductions and one more
@@ -74,13 +76,12 @@ def tile_after_row() -> bool:
     return env_choice("RUNTIME_GEMV_FIRST_TILE", ("early", "after_row"), "early") == "after_row"
 
 
-def block_override(
-    op: str, N: int, K: int, variable: str = "RUNTIME_GEMV_BLOCKS", fields: str = "BLOCK_N/BLOCK_K/warps"
-) -> tuple[int, ...] | None:
-    """An in-graph A/B of block choices: the environment `variable` holds entries "op:NxK=<fields>"
-    separated by spaces or semicolons (RUNTIME_GEMV_BLOCKS, e.g. "norm_linear_act:12288x2048=16/256/4";
-    fused_rows_config's RUNTIME_ROWS_BLOCKS has five fields); the launch's blocks, whatever tuning chose."""
-    raw = os.environ.get(variable, "")
+def parse_blocks(
+    raw: str, what: str, fields: str = "BLOCK_N/BLOCK_K/warps"
+) -> dict[tuple[str, int, int], tuple[int, ...]]:
+    """Entries "op:NxK=<fields>" separated by spaces or semicolons -> {(op, N, K): blocks}; a
+    malformed entry is refused, naming `what` held it."""
+    parsed = {}
     for entry in raw.replace(";", " ").split():
         try:
             key, value = entry.split("=")
@@ -90,10 +91,18 @@ def block_override(
             if len(blocks) != len(fields.split("/")):
                 raise ValueError
         except ValueError:
-            raise ValueError(f"{variable} entry {entry!r}: write op:NxK={fields}") from None
-        if (name, n, k) == (op, N, K):
-            return blocks
-    return None
+            raise ValueError(f"{what} entry {entry!r}: write op:NxK={fields}") from None
+        parsed[(name, n, k)] = blocks
+    return parsed
+
+
+def block_override(
+    op: str, N: int, K: int, variable: str = "RUNTIME_GEMV_BLOCKS", fields: str = "BLOCK_N/BLOCK_K/warps"
+) -> tuple[int, ...] | None:
+    """An in-graph A/B of block choices: the environment `variable` holds entries "op:NxK=<fields>"
+    (parse_blocks; RUNTIME_GEMV_BLOCKS, e.g. "norm_linear_act:12288x2048=16/256/4"; fused_rows_config's
+    RUNTIME_ROWS_BLOCKS has five fields); the launch's blocks, whatever tuning chose."""
+    return parse_blocks(os.environ.get(variable, ""), variable, fields).get((op, N, K))
 
 
 def tuning_enabled() -> bool:
