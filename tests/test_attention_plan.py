@@ -113,3 +113,19 @@ def test_blocks_asked_ahead(monkeypatch):
     monkeypatch.setenv("RUNTIME_ATTN_AHEAD", "-1")
     with pytest.raises(ValueError, match="RUNTIME_ATTN_AHEAD"):
         plan.l2_ahead(128, 1, GPU, True)
+
+
+def test_wide_blocks_for_one_split_batch_buckets(monkeypatch):
+    """RUNTIME_ATTN_WIDE_BLOCKS (an A/B): "batch" gives D = 64 (128-byte rows) 128-slot blocks where
+    a batch bucket's pairs fill the card, "1" at every batch, and never to wider rows; a bad value is
+    refused by name."""
+    monkeypatch.setenv("RUNTIME_ATTN_WIDE_BLOCKS", "batch")
+    assert plan.split_plan(16, 8, 4096, 64, 2, GPU) == (128, 1)
+    assert plan.split_plan(1, 8, 4096, 64, 2, GPU)[0] == 64
+    assert plan.split_plan(8, 8, 4096, 64, 2, GPU)[0] == 64  # 64 pairs: spread, not one split
+    assert plan.split_plan(16, 8, 4096, 128, 2, GPU) == (64, 1)
+    monkeypatch.setenv("RUNTIME_ATTN_WIDE_BLOCKS", "1")
+    assert plan.split_plan(1, 8, 4096, 64, 2, GPU)[0] == 128
+    monkeypatch.setenv("RUNTIME_ATTN_WIDE_BLOCKS", "wide")
+    with pytest.raises(ValueError, match="RUNTIME_ATTN_WIDE_BLOCKS"):
+        plan.split_plan(16, 8, 4096, 64, 2, GPU)

@@ -96,6 +96,7 @@ AB_SETTINGS = (
     {"RUNTIME_ATTN_MERGE_CHUNKS": "4"},
     {"RUNTIME_ATTN_MERGE_CHUNKS": "1"},
     {"RUNTIME_ATTN_WIDE_BLOCKS": "1"},
+    {"RUNTIME_ATTN_WIDE_BLOCKS": "batch"},
     {"RUNTIME_ATTN_STAGES": "3"},
     {"RUNTIME_MERGE_PDL": "early"},
     {"RUNTIME_BATCH_GEMM": "rows"},

@@ -37,10 +37,15 @@ def split_plan(
     300, Llama's +5..+15 us near 1060 (notes/kernels.md); RUNTIME_ATTN_BATCH_PLAN=spread keeps the
     per-SM rule there (the A/B)."""
     # 16 KB K/V tiles at most: larger ones spill registers (checked in the sm_80 / sm_90 builds);
-    # RUNTIME_ATTN_WIDE_BLOCKS=1 (an A/B) gives 128-byte rows (D = 64, bf16) 128-slot blocks too
+    # RUNTIME_ATTN_WIDE_BLOCKS (an A/B) gives 128-byte rows (D = 64, bf16) 128-slot blocks too: "1"
+    # at every batch, "batch" where a batch bucket's pairs fill the card (one program walks a row's
+    # whole cache: half the blocks in its chain)
     row_bytes = head_dim * elem_bytes
     block_n = 64 if row_bytes <= 256 else 32 if row_bytes <= 512 else 16
-    if row_bytes <= 128 and os.environ.get("RUNTIME_ATTN_WIDE_BLOCKS") == "1":
+    wide = env_choice("RUNTIME_ATTN_WIDE_BLOCKS", ("0", "1", "batch"), "0")
+    if row_bytes <= 128 and (
+        wide == "1" or (wide == "batch" and batch > 1 and fills_card(batch, kv_heads, device))
+    ):
         block_n = 128
     if os.environ.get("RUNTIME_ATTN_BLOCK_N"):  # an A/B knob: slots per K/V block, any D
         block_n = int(os.environ["RUNTIME_ATTN_BLOCK_N"])
