@@ -75,7 +75,6 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "attention 1 program per SM": {"RUNTIME_ATTN_PER_SM": "1"},
     "attention 128-slot blocks at D 64": {"RUNTIME_ATTN_WIDE_BLOCKS": "1"},
     "attention 128-slot blocks at D 64 in one-split batch buckets": {"RUNTIME_ATTN_WIDE_BLOCKS": "batch"},
-    "attention 64-slot blocks at D 64": {"RUNTIME_ATTN_WIDE_BLOCKS": "0"},
     "attention loop 3 stages": {"RUNTIME_ATTN_STAGES": "3"},
     "attention merge in one program per head": {"RUNTIME_ATTN_MERGE_CHUNKS": "1"},
     "topk groups of 8192 keys": {"RUNTIME_TOPK_GROUP": "8192"},

@@ -23,7 +23,7 @@ def test_batch_buckets_whose_pairs_fill_the_card_take_one_split():
     """16 rows x 8 kv heads (Llama, Qwen3) fill 132 SMs: one program per pair; 8 rows, or Gemma's
     one kv head at 16 rows, spread over splits as before; one row is never a batch bucket."""
     assert plan.split_plan(16, 8, 4096, 128, 2, GPU) == (64, 1)
-    assert plan.split_plan(32, 8, 4096, 64, 2, GPU) == (128, 1)  # D = 64: 128-slot blocks there
+    assert plan.split_plan(32, 8, 4096, 64, 2, GPU) == (64, 1)
     assert plan.split_plan(8, 8, 4096, 128, 2, GPU) == (64, 5)  # cdiv(2 * 132, 64)
     assert plan.split_plan(16, 1, 4096, 256, 2, GPU) == (32, 17)
     assert plan.split_plan(1, 8, 4096, 64, 2, GPU) == (64, 33)
@@ -116,18 +116,16 @@ def test_blocks_asked_ahead(monkeypatch):
 
 
 def test_wide_blocks_for_one_split_batch_buckets(monkeypatch):
-    """RUNTIME_ATTN_WIDE_BLOCKS: "batch" (the default) gives D = 64 (128-byte rows) 128-slot blocks
-    where a batch bucket's pairs fill the card, "1" at every batch, "0" never, and never to wider
-    rows; a bad value is refused by name."""
-    monkeypatch.delenv("RUNTIME_ATTN_WIDE_BLOCKS", raising=False)
+    """RUNTIME_ATTN_WIDE_BLOCKS (an A/B): "batch" gives D = 64 (128-byte rows) 128-slot blocks where
+    a batch bucket's pairs fill the card, "1" at every batch, and never to wider rows; a bad value is
+    refused by name."""
+    monkeypatch.setenv("RUNTIME_ATTN_WIDE_BLOCKS", "batch")
     assert plan.split_plan(16, 8, 4096, 64, 2, GPU) == (128, 1)
     assert plan.split_plan(1, 8, 4096, 64, 2, GPU)[0] == 64
     assert plan.split_plan(8, 8, 4096, 64, 2, GPU)[0] == 64  # 64 pairs: spread, not one split
     assert plan.split_plan(16, 8, 4096, 128, 2, GPU) == (64, 1)
     monkeypatch.setenv("RUNTIME_ATTN_WIDE_BLOCKS", "1")
     assert plan.split_plan(1, 8, 4096, 64, 2, GPU)[0] == 128
-    monkeypatch.setenv("RUNTIME_ATTN_WIDE_BLOCKS", "0")
-    assert plan.split_plan(16, 8, 4096, 64, 2, GPU) == (64, 1)
     monkeypatch.setenv("RUNTIME_ATTN_WIDE_BLOCKS", "wide")
     with pytest.raises(ValueError, match="RUNTIME_ATTN_WIDE_BLOCKS"):
         plan.split_plan(16, 8, 4096, 64, 2, GPU)

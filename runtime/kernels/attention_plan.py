@@ -36,14 +36,13 @@ def split_plan(
     Llama's and Qwen3's batch-16 steps -8..-12 / -42..-50 us against 3 splits + merge near position
     300, Llama's +5..+15 us near 1060 (notes/kernels.md); RUNTIME_ATTN_BATCH_PLAN=spread keeps the
     per-SM rule there (the A/B)."""
-    # 16 KB K/V tiles at most: larger ones spill registers (checked in the sm_80 / sm_90 builds).
-    # 128-byte rows (D = 64, bf16) take 128-slot blocks (16 KB too) where a batch bucket's pairs fill
-    # the card: one program walks a row's whole cache, so half the blocks in its chain (H100, Llama's
-    # batch-16 step: notes/kernels.md). RUNTIME_ATTN_WIDE_BLOCKS: "batch" (the default), "1" at every
-    # batch, "0" never (the A/B)
+    # 16 KB K/V tiles at most: larger ones spill registers (checked in the sm_80 / sm_90 builds);
+    # RUNTIME_ATTN_WIDE_BLOCKS (an A/B) gives 128-byte rows (D = 64, bf16) 128-slot blocks too: "1"
+    # at every batch, "batch" where a batch bucket's pairs fill the card (one program walks a row's
+    # whole cache: half the blocks in its chain)
     row_bytes = head_dim * elem_bytes
     block_n = 64 if row_bytes <= 256 else 32 if row_bytes <= 512 else 16
-    wide = env_choice("RUNTIME_ATTN_WIDE_BLOCKS", ("0", "1", "batch"), "batch")
+    wide = env_choice("RUNTIME_ATTN_WIDE_BLOCKS", ("0", "1", "batch"), "0")
     if row_bytes <= 128 and (
         wide == "1" or (wide == "batch" and batch > 1 and fills_card(batch, kv_heads, device))
     ):
