@@ -760,6 +760,22 @@ def test_qkv_decode_attention_grouped_loads(monkeypatch, B, H, Hkv, D, S, norm, 
             torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True)
 
 
+def _runs_under(monkeypatch, variable, values, H, Hkv, D, S, inputs, splits):
+    """The split kernel's (output, k cache, v cache) on _split_inputs' `inputs` under each value of
+    the switch `variable`, each on its own copy of the caches with NaN past the live length, and
+    attention in float64 on the kernel's own q and the first run's cache."""
+    qkv, positions, cos, sin, qw, kw, k, v, lengths = inputs
+    got = {}
+    for value in values:
+        monkeypatch.setenv(variable, value)
+        kc, vc = _nan_past(k, v, lengths, positions % S)
+        args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, 1.0, kc, vc, positions, D**-0.5)
+        got[value] = (qkv_decode_attention_triton(*args, num_splits=splits), kc, vc)
+    q = qkv_rope_ref(qkv, H, Hkv, cos, sin, qw, kw, 1e-6, 1.0)[0][:, 0]
+    kc, vc = got[values[0]][1].nan_to_num(), got[values[0]][2].nan_to_num()
+    return got, decode_attention_ref(q.double(), kc.double(), vc.double(), lengths, D**-0.5)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize(
     "B,H,Hkv,D,S,norm,dtype,splits",
@@ -770,16 +786,11 @@ def test_qkv_decode_attention_late_v_move(monkeypatch, B, H, Hkv, D, S, norm, dt
     """RUNTIME_ATTN_V_MOVE=late moves the first block's V to the dot's layout after the scores
     instead of with K: the same products in the same order, so output and caches equal the early
     move's bit for bit, and the output matches attention in float64."""
-    qkv, positions, cos, sin, qw, kw, k, v, lengths = _split_inputs(B, H, Hkv, D, S, norm, dtype, S - 50)
-    got = {}
-    for move in ("early", "late"):
-        monkeypatch.setenv("RUNTIME_ATTN_V_MOVE", move)  # batch 1 takes "late" by default
-        kc, vc = _nan_past(k, v, lengths, positions % S)
-        args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, 1.0, kc, vc, positions, D**-0.5)
-        got[move] = (qkv_decode_attention_triton(*args, num_splits=splits), kc, vc)
-    q = qkv_rope_ref(qkv, H, Hkv, cos, sin, qw, kw, 1e-6, 1.0)[0][:, 0]
-    kc, vc = got["early"][1].nan_to_num(), got["early"][2].nan_to_num()
-    want = decode_attention_ref(q.double(), kc.double(), vc.double(), lengths, D**-0.5)
+    inputs = _split_inputs(B, H, Hkv, D, S, norm, dtype, S - 50)
+    # batch 1 takes "late" by default
+    got, want = _runs_under(
+        monkeypatch, "RUNTIME_ATTN_V_MOVE", ("early", "late"), H, Hkv, D, S, inputs, splits
+    )
     assert_matches(got["late"][0], want.to(dtype), dtype, scale=3.0)
     for a, b in zip(got["early"], got["late"]):
         torch.testing.assert_close(a, b, atol=0, rtol=0, equal_nan=True)
@@ -797,16 +808,10 @@ def test_qkv_decode_attention_blocks_asked_ahead(monkeypatch, B, H, Hkv, D, S, n
     is one of these: two at the one-split batch cases, none elsewhere) give the same output
     and caches bit for bit, with NaN in every dead slot (a prefetch reads no data, but a wrong bound
     on its blocks or a kept value that is not 0 would show), and the output matches float64."""
-    qkv, positions, cos, sin, qw, kw, k, v, lengths = _split_inputs(B, H, Hkv, D, S, norm, dtype, S - 3)
-    got = {}
-    for ahead in ("0", "2", "auto"):
-        monkeypatch.setenv("RUNTIME_ATTN_AHEAD", ahead)
-        kc, vc = _nan_past(k, v, lengths, positions % S)
-        args = (qkv, H, Hkv, cos, sin, qw, kw, 1e-6, 1.0, kc, vc, positions, D**-0.5)
-        got[ahead] = (qkv_decode_attention_triton(*args, num_splits=splits), kc, vc)
-    q = qkv_rope_ref(qkv, H, Hkv, cos, sin, qw, kw, 1e-6, 1.0)[0][:, 0]
-    kc, vc = got["0"][1].nan_to_num(), got["0"][2].nan_to_num()
-    want = decode_attention_ref(q.double(), kc.double(), vc.double(), lengths, D**-0.5)
+    inputs = _split_inputs(B, H, Hkv, D, S, norm, dtype, S - 3)
+    got, want = _runs_under(
+        monkeypatch, "RUNTIME_ATTN_AHEAD", ("0", "2", "auto"), H, Hkv, D, S, inputs, splits
+    )
     assert_matches(got["auto"][0], want.to(dtype), dtype, scale=3.0)
     for ahead in ("2", "auto"):
         for a, b in zip(got["0"], got[ahead]):
