@@ -9,75 +9,9 @@ from runtime.kernels._triton import jit, pdl_release, pdl_wait, tl
 from runtime.kernels.decode_attention import block_dot, merge_head
 from runtime.kernels.l2_prefetch import prefetch_cache_blocks
 from runtime.kernels.phase_clock import clock_mark, total_2d
-from runtime.kernels.qkv_rope import cache_slot, norm_rope_loaded, norm_weight_halves, rope_halves
+from runtime.kernels.qkv_attention_loads import cache_block, key_value_rows, pinned, query_rows, tables
+from runtime.kernels.qkv_rope import cache_slot, norm_rope_loaded
 from runtime.kernels.rmsnorm import row_inv_rms, scale_row
-
-
-@jit
-def _cache_block(
-    k_base, v_base, blk, BLOCK_N: tl.constexpr, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
-):
-    """Cache block blk: K's two halves (BLOCK_N, HALF_BLOCK), V (BLOCK_N, BLOCK_D) and which of its
-    slots are live (below the length, and not the new token's slot, which may still hold an older one)."""
-    slots = blk * BLOCK_N + n
-    live = (slots < length) & (slots != new_slot)
-    at = slots.to(tl.int64)[:, None]
-    k_ok = live[:, None] & c_ok[None, :]
-    k1 = tl.load(k_base + at * k_ss + c[None, :], mask=k_ok, other=0.0)
-    k2 = tl.load(k_base + at * k_ss + half + c[None, :], mask=k_ok, other=0.0)
-    v = tl.load(v_base + at * v_ss + d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0)
-    return k1, k2, v, live
-
-
-@jit
-def _tables(
-    q_w_ptr, k_w_ptr, cs, sn, c, c_ok, g, D: tl.constexpr, QK_NORM: tl.constexpr, GROUPED: tl.constexpr
-):
-    """The q/k-norm weights and the token's rope tables as halves: qw1, qw2, kw1, kw2, then cos1,
-    cos2, sin1, sin2 for q and for the new key. Without GROUPED, (1, HALF_BLOCK) tiles that q's
-    (BLOCK_G, HALF_BLOCK) tiles broadcast; each such broadcast moves its table between layouts
-    through shared memory, and that barrier holds back the loads after it. GROUPED loads q's
-    tables in q's shape (no move), the key's in its (1, HALF_BLOCK) shape."""
-    one = tl.arange(0, 1)
-    qw1, qw2 = norm_weight_halves(q_w_ptr, c, c_ok, g, D, QK_NORM, GROUPED)
-    kw1, kw2 = norm_weight_halves(k_w_ptr, c, c_ok, one, D, QK_NORM, GROUPED)
-    qcos1, qcos2, qsin1, qsin2 = rope_halves(cs, sn, c, c_ok, g, D, GROUPED)
-    if GROUPED:
-        kcos1, kcos2, ksin1, ksin2 = rope_halves(cs, sn, c, c_ok, one, D, GROUPED)
-    else:
-        kcos1, kcos2, ksin1, ksin2 = qcos1, qcos2, qsin1, qsin2
-    return qw1, qw2, kw1, kw2, qcos1, qcos2, qsin1, qsin2, kcos1, kcos2, ksin1, ksin2
-
-
-@jit
-def _query_rows(row, h, g, c, g_ok, c_ok, half, G: tl.constexpr, D: tl.constexpr):
-    """Kv head h's query group from the qkv row: two (BLOCK_G, HALF_BLOCK) halves, as stored."""
-    q_src = row + (h * G + g)[:, None] * D
-    q_ok = g_ok[:, None] & c_ok[None, :]
-    return tl.load(q_src + c[None, :], mask=q_ok, other=0.0), tl.load(
-        q_src + half + c[None, :], mask=q_ok, other=0.0
-    )
-
-
-@jit
-def _key_value_rows(row, h, c, c_ok, d, d_ok, half, n_heads, n_kv_heads, D: tl.constexpr):
-    """The new token's key (two (1, HALF_BLOCK) halves) and value (1, BLOCK_D) from the qkv row."""
-    k_src = row + (n_heads + h) * D + c[None, :]
-    kn1 = tl.load(k_src, mask=c_ok[None, :], other=0.0)
-    kn2 = tl.load(k_src + half, mask=c_ok[None, :], other=0.0)
-    vn = tl.load(row + (n_heads + n_kv_heads + h) * D + d[None, :], mask=d_ok[None, :], other=0.0)
-    return kn1, kn2, vn
-
-
-@jit
-def _pinned(x):
-    """x unchanged, through an opaque move: a tile loaded before the PDL wait for a later tl.dot is
-    otherwise moved to the dot's layout (through shared memory, behind a barrier) right after its
-    load, which waits for its data there and holds back every load after it. The move now happens
-    where this is called. Inline PTX: never under the CPU interpreter (the launch passes GROUPED
-    False there)."""
-    pack: tl.constexpr = 2 if x.dtype.primitive_bitwidth == 16 else 1  # two 16-bit values per register
-    return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [x], dtype=x.dtype, is_pure=False, pack=pack)
 
 
 @jit
@@ -86,7 +20,7 @@ def _attend_block(
 ):
     """One block of the running softmax: scores of the query group against k, then the rescaled
     update of (m_i, l_i, acc) with v. PIN_V moves v to the dot's layout only once the scores are
-    taken (see _pinned), so a v still on its way from DRAM is waited for after the softmax."""
+    taken (see pinned), so a v still on its way from DRAM is waited for after the softmax."""
     s = block_dot(q1, tl.trans(k1), DOT_F32) + block_dot(q2, tl.trans(k2), DOT_F32)
     s = tl.where(live[None, :], s * qk_scale, float("-inf"))  # (BLOCK_G, BLOCK_N)
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -96,7 +30,7 @@ def _attend_block(
     p = tl.exp2(s - m_safe[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     if PIN_V:
-        v = _pinned(v)
+        v = pinned(v)
     acc = acc * alpha[:, None] + block_dot(p.to(v.dtype), v, DOT_F32)
     return m_new, l_i, acc
 
@@ -165,7 +99,7 @@ def _qkv_split_kernel(
     # what no kernel of this layer writes: the positions, the cache slots but the new one, and with
     # EARLY_TABLES the q/k-norm weights and the token's rope tables (written at the step's start,
     # by a kernel that finished before the previous one passed its own wait). GROUPED: those loads
-    # go out as one group, each paying its latency at once (see _tables and _pinned)
+    # go out as one group, each paying its latency at once (see tables and pinned)
     if not PREFETCH:
         pdl_wait(PDL)
     bh = tl.program_id(0)
@@ -192,13 +126,13 @@ def _qkv_split_kernel(
     v_base = v_ptr + b.to(tl.int64) * v_sb + h.to(tl.int64) * v_sh
     # the first cache block's K and V are loaded before the wait, so their latency overlaps the
     # qkv GEMV's tail (at short lengths a program has one block only)
-    k1, k2, v, live = _cache_block(
+    k1, k2, v, live = cache_block(
         k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
     )
     cs = cos_ptr + b.to(tl.int64) * cos_stride
     sn = sin_ptr + b.to(tl.int64) * cos_stride
     if EARLY_TABLES:
-        qw1, qw2, kw1, kw2, qcos1, qcos2, qsin1, qsin2, kcos1, kcos2, ksin1, ksin2 = _tables(
+        qw1, qw2, kw1, kw2, qcos1, qcos2, qsin1, qsin2, kcos1, kcos2, ksin1, ksin2 = tables(
             q_w_ptr, k_w_ptr, cs, sn, c, c_ok, g, D, QK_NORM, GROUPED
         )
     # AHEAD (attention_plan.l2_ahead): the program's next `ahead` blocks after its first asked of L2
@@ -224,27 +158,27 @@ def _qkv_split_kernel(
         pdl_wait(PDL)
     clock_mark(clock_ptr, program, 5, length, CLOCK)
     if not EARLY_TABLES:
-        qw1, qw2, kw1, kw2, qcos1, qcos2, qsin1, qsin2, kcos1, kcos2, ksin1, ksin2 = _tables(
+        qw1, qw2, kw1, kw2, qcos1, qcos2, qsin1, qsin2, kcos1, kcos2, ksin1, ksin2 = tables(
             q_w_ptr, k_w_ptr, cs, sn, c, c_ok, g, D, QK_NORM, GROUPED
         )
 
     row = qkv_ptr + b.to(tl.int64) * qkv_stride
     if GROUPED:  # the new token's rows as one group, before any reduction's barrier
-        q1, q2 = _query_rows(row, h, g, c, g_ok, c_ok, half, G, D)
-        kn1, kn2, vn = _key_value_rows(row, h, c, c_ok, d, d_ok, half, n_heads, n_kv_heads, D)
+        q1, q2 = query_rows(row, h, g, c, g_ok, c_ok, half, G, D)
+        kn1, kn2, vn = key_value_rows(row, h, c, c_ok, d, d_ok, half, n_heads, n_kv_heads, D)
     if ROW_SCALE and not early_scale:
         inv = row_inv_rms(src_ptr + b.to(tl.int64) * src_stride, n_src, src_eps, BLOCK_SRC)
     # the query group (BLOCK_G, D/2) x 2 halves and the new key (1, D/2) x 2, normed and rotated
     if not GROUPED:
-        q1, q2 = _query_rows(row, h, g, c, g_ok, c_ok, half, G, D)
+        q1, q2 = query_rows(row, h, g, c, g_ok, c_ok, half, G, D)
     else:  # where q meets them: without the norm's reductions in between, the layout q takes in
         # the dot reaches back to its tables, whose move would otherwise follow their loads
-        qw1, qw2, qcos1, qcos2 = _pinned(qw1), _pinned(qw2), _pinned(qcos1), _pinned(qcos2)
-        qsin1, qsin2 = _pinned(qsin1), _pinned(qsin2)
+        qw1, qw2, qcos1, qcos2 = pinned(qw1), pinned(qw2), pinned(qcos1), pinned(qcos2)
+        qsin1, qsin2 = pinned(qsin1), pinned(qsin2)
     q1, q2 = scale_row(q1, inv, ROW_SCALE), scale_row(q2, inv, ROW_SCALE)
     q1, q2 = norm_rope_loaded(q1, q2, qw1, qw2, qcos1, qcos2, qsin1, qsin2, eps, D, QK_NORM, OFFSET)
     if not GROUPED:
-        kn1, kn2, vn = _key_value_rows(row, h, c, c_ok, d, d_ok, half, n_heads, n_kv_heads, D)
+        kn1, kn2, vn = key_value_rows(row, h, c, c_ok, d, d_ok, half, n_heads, n_kv_heads, D)
     kn1, kn2 = scale_row(kn1, inv, ROW_SCALE), scale_row(kn2, inv, ROW_SCALE)
     kn1, kn2 = norm_rope_loaded(kn1, kn2, kw1, kw2, kcos1, kcos2, ksin1, ksin2, eps, D, QK_NORM, OFFSET)
     vn = scale_row(vn, inv, ROW_SCALE)
@@ -267,16 +201,16 @@ def _qkv_split_kernel(
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
 
-    # the first block's tiles move to the dot's layout only now (see _pinned); with LATE_V, v only
+    # the first block's tiles move to the dot's layout only now (see pinned); with LATE_V, v only
     # after the block's scores (its bytes, issued after k's, may still be arriving from DRAM)
     late_v: tl.constexpr = GROUPED and LATE_V
     if GROUPED:
-        k1, k2 = _pinned(k1), _pinned(k2)
+        k1, k2 = pinned(k1), pinned(k2)
         if not late_v:
-            v = _pinned(v)
+            v = pinned(v)
     m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32, late_v)
     for blk in range(split + n_splits, n_blocks, n_splits):
-        k1, k2, v, live = _cache_block(
+        k1, k2, v, live = cache_block(
             k_base, v_base, blk, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
         )
         m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
