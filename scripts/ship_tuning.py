@@ -71,13 +71,13 @@ def main() -> None:
 
     # a launch inside the step overlaps its neighbours under PDL, which a shape timed alone does not
     # show: where a same-process A/B of the step chose other blocks, they win (their time unknown)
+    if args.step_blocks and not args.step_source:
+        sys.exit("--step-blocks needs --step-source (the A/B that chose them)")
     for (op, n, k), config in parse_blocks(args.step_blocks, "--step-blocks").items():
         key = (op, n, k, dtype)
         if config not in candidates(*key):
             sys.exit(f"--step-blocks {key[:3]}: {config} is not among today's candidates")
         choices[key] = (config, None)
-    if args.step_blocks and not args.step_source:
-        sys.exit("--step-blocks needs --step-source (the A/B that chose them)")
 
     head = {
         "format": tuning_store.FORMAT,

@@ -177,8 +177,9 @@ def l2_ahead(programs: int, block_bytes: int, device: torch.device, walks_cache:
     one split per (row, kv head); block_bytes: one block of K and V). RUNTIME_ATTN_AHEAD: "batch"
     (the default: AHEAD_BATCH_BLOCKS where walks_cache, else none), "auto" (as many blocks as
     AHEAD_L2_SHARE of the card's L2 holds over all `programs`), or a count (0: none); "batch" is
-    capped by "auto"'s budget too. On the H100, Qwen3's batch-16 step against none, two trials: 2
-    blocks -12 / -28 us, auto (6) -6 / -18; Llama and Gemma within the noise (notes/kernels.md).
+    capped by "auto"'s budget too. On the H100, Qwen3's batch-16 step against none, two trials each:
+    2 blocks -12 / -28 and -8 / -25 us near position 300, -9 / -30 near 1050; auto (6) -6 / -18; Llama
+    within the noise near 300, +5 / +10 near 1050; Gemma (not one split) unchanged (notes/kernels.md).
     Never under the CPU interpreter (inline PTX)."""
     choice = os.environ.get("RUNTIME_ATTN_AHEAD") or "batch"
     budget = int(AHEAD_L2_SHARE * l2_bytes(device)) // max(1, programs * block_bytes)

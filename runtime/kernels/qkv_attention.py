@@ -144,7 +144,7 @@ def qkv_decode_attention_triton(
         EARLY_TABLES=early_tables(), GROUPED=grouped_loads(), CLOCK=clock is not None,
         EARLY_ROW_SCALE=early_row_scale(), LATE_V=late_v(B), AHEAD=ahead > 0,
         ROW_LINES=next_pow2(cdiv(D * elem, LINE_BYTES)), LINE_ELEMS=max(1, LINE_BYTES // elem),
-        num_warps=split_warps(D, k_cache.element_size(), B), num_stages=split_stages(B, splits), **launch,
+        num_warps=split_warps(D, elem, B), num_stages=split_stages(B, splits), **launch,
     )  # fmt: skip
     if not merge and not direct:
         merge_partials(acc, ml, positions, out, block_n, S, from_positions=True, launch=launch)
