@@ -416,6 +416,22 @@ def ab(
     return rows
 
 
+def extra_settings(specs: list[str]) -> dict[str, dict[str, str]]:
+    """--setting NAME::VAR=VALUE (repeatable; NAME again adds a variable to that setting) -> {NAME:
+    environment}: an A/B without editing SETTINGS, e.g. an in-step search of one GEMV's blocks with
+    'qkv 4/512/4::RUNTIME_GEMV_BLOCKS=norm_linear:3072x2048=4/512/4'."""
+    extra: dict[str, dict[str, str]] = {}
+    for spec in specs:
+        name, sep, assignment = spec.partition("::")
+        variable, eq, value = assignment.partition("=")
+        if not (sep and eq and name and variable.startswith("RUNTIME_")) or "," in name:
+            raise ValueError(f"--setting {spec!r}: write NAME::RUNTIME_VAR=VALUE (no comma in NAME)")
+        if name in SETTINGS:
+            raise ValueError(f"--setting {spec!r}: {name!r} is one of SETTINGS already")
+        extra.setdefault(name, {})[variable] = value
+    return extra
+
+
 def best_setting(rows: list[dict]) -> str:
     """The setting with the least greedy + topk + batch-16 step time (mean over trials) summed over
     the models: the step kinds the goal rows time."""
@@ -462,6 +478,12 @@ def main() -> None:
     ap.add_argument("--no-profile", action="store_true", help="with --ab: skip the per-kernel profile")
     ap.add_argument("--repeat", type=int, default=1, help="with --ab: run the settings list this many times")
     ap.add_argument("--settings", help="with --ab: a comma-separated subset of SETTINGS' names")
+    ap.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        help="with --ab: one more setting, NAME::RUNTIME_VAR=VALUE (repeatable; timed with --settings' list)",
+    )
     ap.add_argument("--capacity", type=int, help="with --ab: KV cache slots (default: what the steps need)")
     ap.add_argument(
         "--best-from", help="print the RUNTIME_KERNELS_OFF of the fastest setting in an --ab JSON"
@@ -472,7 +494,12 @@ def main() -> None:
         env = SETTINGS[best_setting(json.load(open(args.best_from)))]
         print(" ".join(f"{k}={v}" for k, v in env.items()) or "RUNTIME_KERNELS_OFF=")
         return
-    chosen = args.settings and args.settings.split(",")
+    try:
+        extra = extra_settings(args.setting)
+    except ValueError as e:
+        ap.error(str(e))
+    SETTINGS.update(extra)
+    chosen = args.settings and [*args.settings.split(","), *extra]
     unknown = [name for name in chosen or [] if name not in SETTINGS]
     if unknown:  # a misspelt name would silently drop its setting from the A/B
         ap.error(f"unknown --settings {unknown}; the names are: {', '.join(SETTINGS)}")
