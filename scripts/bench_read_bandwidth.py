@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from runtime.bench.bandwidth import copy_bandwidth_gbs
+from runtime.bench.bandwidth import copy_bandwidth_gbs, median_ms
 
 
 @triton.jit
@@ -37,22 +37,6 @@ def _read_kernel(x_ptr, out_ptr, n_per_program, BLOCK: tl.constexpr, EVICT_FIRST
         else:
             acc += tl.load(x_ptr + start + i + offs).to(tl.float32)
     tl.store(out_ptr + tl.program_id(0), tl.sum(acc, axis=0))
-
-
-def timed_us(fn, iters: int) -> float:
-    """Median us of fn() over iters launches (after three warm-ups)."""
-    for _ in range(3):
-        fn()
-    pairs = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        pairs.append((start, end))
-    torch.cuda.synchronize()
-    times = sorted(s.elapsed_time(e) * 1e3 for s, e in pairs)
-    return times[len(times) // 2]
 
 
 def main() -> None:
@@ -72,7 +56,7 @@ def main() -> None:
     rows = [
         {"what": "copy (read + write counted)", "gbs": round(copy_bandwidth_gbs(torch.device("cuda")), 1)}
     ]
-    us = timed_us(lambda: next_buf().sum(dtype=torch.float32), args.iters)
+    us = 1e3 * median_ms(lambda: next_buf().sum(dtype=torch.float32), args.iters)
     rows.append({"what": "torch sum", "us": round(us, 1), "gbs": round(2 * n / us / 1e3, 1)})
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     for warps in (4, 8):
@@ -97,7 +81,7 @@ def main() -> None:
                             next_buf(), out, per_program, BLOCK=block, EVICT_FIRST=evict, num_warps=warps
                         )
 
-                    us = timed_us(launch, args.iters)
+                    us = 1e3 * median_ms(launch, args.iters)
                     read = programs * per_program * 2
                     rows.append(
                         {

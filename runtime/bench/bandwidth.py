@@ -6,6 +6,9 @@ write), which is what a decode step's weight streaming is compared against.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 
 
@@ -17,18 +20,26 @@ def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30, iters: int =
     nbytes = max(1 << 20, min(nbytes, free // 4))  # two buffers, well inside what is free
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    for _ in range(3):  # warm-up: first touches and clocks
-        dst.copy_(src)
+    copy = functools.partial(dst.copy_, src)
+    ms = median_ms(copy, iters)
+    del src, dst, copy  # freed before the cache is emptied
+    torch.cuda.empty_cache()
+    return 2 * nbytes / (ms / 1e3) / 1e9
+
+
+def median_ms(fn: Callable[[], object], iters: int, warmup: int = 3) -> float:
+    """Median device milliseconds of fn() over `iters` launches timed with CUDA events, after `warmup`
+    untimed ones (first touches and clocks); one wait at the end, on the last event (the launches
+    share a stream, so every earlier event has completed too)."""
+    for _ in range(warmup):
+        fn()
     pairs = []
     for _ in range(iters):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        dst.copy_(src)
+        fn()
         end.record()
         pairs.append((start, end))
-    torch.cuda.synchronize(device)
+    pairs[-1][1].synchronize()
     elapsed = sorted(s.elapsed_time(e) for s, e in pairs)
-    median_ms = elapsed[len(elapsed) // 2]
-    del src, dst
-    torch.cuda.empty_cache()
-    return 2 * nbytes / (median_ms / 1e3) / 1e9
+    return elapsed[len(elapsed) // 2]
