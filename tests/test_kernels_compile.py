@@ -262,12 +262,15 @@ def buffers(batch: int, vocab: int) -> tuple[DecodeBuffers, torch.Tensor]:
 
 
 def decode(lm: DecoderLM, batch: int) -> None:
-    """Runner._step for each sampler variant: the model's decode step, then its tail."""
+    """Runner._step for each sampler variant: the model's decode step, then its tail, then the new
+    tokens into the host's ring (on the meta device here; pinned host memory in the runner)."""
     cache = KVCache(lm.spec, batch, CAPACITY, META, DTYPE)
     buf, nonfinite_at = buffers(batch, lm.spec.vocab)
+    ring = torch.zeros((runner.TOKEN_RING, batch), dtype=torch.int64, device=META)
     logits = lm.decode(buf.tokens, buf.positions, cache)
     for variant in runner.VARIANTS:
         runner.step_tail(logits, buf, nonfinite_at, variant)
+        ops.publish_tokens(buf.tokens, buf.positions, ring)
 
 
 def prefill(lm: DecoderLM) -> None:

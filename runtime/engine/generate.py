@@ -1,11 +1,13 @@
 """generate: prefill each row, then the replay loop, then stop.
 
-The host only enqueues steps. After each step the new tokens are copied without blocking into
-pinned host memory and an event is recorded; the host reads step i once step i + LAG is queued,
-so the GPU always has work waiting. Rows that hit a stop id are cut there; the step that ran past
-the stop only fed the stop token itself (its KV is valid history). LAG is 1 because a second
-overrun step would write a garbage position into a sliding layer's ring, evicting a position the
-next turn of a conversation still needs.
+The host only enqueues steps. Each step's new tokens reach pinned host memory without blocking:
+written there by the step itself where the runner has a token ring (runtime/kernels/publish.py: the
+token for position p of row r in slot p % R), else copied after the step; an event is recorded
+after each step, and the host reads step i once step i + LAG is queued, so the GPU always has work
+waiting. Rows that hit a stop id are cut there; the step that ran past the stop only fed the stop
+token itself (its KV is valid history). LAG is 1 because a second overrun step would write a
+garbage position into a sliding layer's ring, evicting a position the next turn of a conversation
+still needs (and LAG + 1 < R keeps a slot from being written again before it is read).
 """
 
 from __future__ import annotations
@@ -93,7 +95,18 @@ def generate(
         prefill_tokens += len(prompt)
     t_first = time.perf_counter()
 
-    pinned = torch.empty((max_new_tokens, bucket), dtype=torch.int64, pin_memory=cuda)
+    # the tokens of step i: row r's in ring[(its first position + i) % R, r] where the step writes
+    # them there (a copy between two replays cost ~10 us a step on the H100), else in pinned[i]
+    ring, pinned = runner.token_ring, None
+    first_positions = [s + len(p) for s, p in zip(starts, prompts)]
+    if ring is None:
+        pinned = torch.empty((max_new_tokens, bucket), dtype=torch.int64, pin_memory=cuda)
+
+    def token_at(i: int, row: int) -> int:
+        if pinned is None:
+            return int(ring[(first_positions[row] + i) % len(ring), row])
+        return int(pinned[i, row])
+
     events: list[torch.cuda.Event] = []
     step_ms: list[float] = []
     if cuda:
@@ -105,7 +118,7 @@ def generate(
         if cuda:
             events[i].synchronize()
         for row in range(n):
-            take(row, int(pinned[i, row]))
+            take(row, token_at(i, row))
 
     try:
         for i in range(1, max_new_tokens):
@@ -113,7 +126,8 @@ def generate(
                 break
             t_step = time.perf_counter()
             runner.step(bucket, variant)
-            pinned[i].copy_(runner.buffers.tokens[:bucket], non_blocking=cuda)
+            if pinned is not None:
+                pinned[i].copy_(runner.buffers.tokens[:bucket], non_blocking=cuda)
             if cuda:
                 events.append(torch.cuda.Event(enable_timing=True))
                 events[i].record()

@@ -24,10 +24,12 @@ from runtime.engine.sampler import SamplingParams, advance, fused_sampler, sampl
 from runtime.engine.state import DecodeBuffers, KVCache, kv_cache_bytes
 from runtime.errors import RuntimeUserError
 from runtime.kernels import argmax, gemv_tuning, ops, prebuild
+from runtime.kernels.switches import env_choice
 from runtime.models.loader import LoadedModel, oom_message
 
 VARIANTS = ("greedy", "topk", "sample")
 TOPK_CANDIDATES = 128  # the "topk" variant samples among this many best logits
+TOKEN_RING = 64  # slots per row of the host ring the step writes its tokens into (publish.py)
 
 
 def variant_for(params: SamplingParams) -> str:
@@ -125,6 +127,7 @@ class Runner:
             ) from e
         # first position where a row's logits were not finite (-1 = none); read after a request
         self.nonfinite_at = torch.full((max_batch,), -1, dtype=torch.int64, device=self.device)
+        self.token_ring = self._token_ring()
         self.pool: GraphPool | None = None
         self.capture_error: str | None = None
         self.tune_s = 0.0
@@ -151,6 +154,23 @@ class Runner:
         widen = not ops.enabled("narrow_logits", positions)
         logits = self.model.decode(tokens, positions, self.cache, widen_logits=widen)
         step_tail(logits, buf, self.nonfinite_at, variant)  # next token, position, seen, the record
+        if self.token_ring is not None:  # the new tokens into the host's ring, at their new positions
+            ops.publish_tokens(tokens, positions, self.token_ring)
+
+    def _token_ring(self) -> torch.Tensor | None:
+        """(TOKEN_RING, B_max) int64 the step writes each row's new token into, at slot position %
+        TOKEN_RING (runtime/kernels/publish.py): pinned host memory on CUDA, where the publish kernel
+        runs, so the host reads tokens without a copy between two steps. RUNTIME_TOKEN_RING: "auto"
+        (the default) there, "0" never (generate copies the tokens after each step), "1" on the CPU
+        too (a plain tensor: the reference writes it)."""
+        choice = env_choice("RUNTIME_TOKEN_RING", ("auto", "0", "1"), "auto")
+        if choice == "0":
+            return None
+        if self.device.type == "cuda":
+            if not ops.enabled("publish_tokens", self.buffers.tokens):
+                return None  # the reference cannot write host memory from inside a graph
+            return torch.zeros((TOKEN_RING, self.max_batch), dtype=torch.int64, pin_memory=True)
+        return torch.zeros((TOKEN_RING, self.max_batch), dtype=torch.int64) if choice == "1" else None
 
     def _capture(self) -> None:
         keys = [(b, v) for b in self.buckets for v in VARIANTS]

@@ -47,6 +47,7 @@ from runtime.kernels.fused_rows import (
     linear_rows_triton,
     norm_linear_rows_triton,
 )
+from runtime.kernels.publish import publish_tokens_ref, publish_tokens_triton
 from runtime.kernels.qkv_attention import qkv_decode_attention_ref, qkv_decode_attention_triton
 from runtime.kernels.qkv_rope import (
     qkv_rope_ref,
@@ -102,6 +103,7 @@ decode_attention = _dispatch("decode_attention")
 qkv_decode_attention = _dispatch("qkv_decode_attention")
 argmax_checked = _dispatch("argmax_checked")
 embed_rope = _dispatch("embed_rope")
+publish_tokens = _dispatch("publish_tokens")
 
 
 def add_rms_norm(

@@ -1,0 +1,119 @@
+"""GPU: what a decode step costs outside its kernels, per dev architecture (random weights, bf16).
+
+The bench's step time (engine/generate.py) is the gap between the events of consecutive steps, with
+the host running ahead: it holds the graph replay, the next token's copy into pinned memory and the
+boundary between two graphs. Each of these is timed here in one process, at batch 1 greedy after a
+`--prompt`-token prefill, over `--steps` steps (each way once per trial, `--trials` trials):
+  isolated   event, replay, event, wait (profile_step.py's step time: the launch latency shows);
+  pipelined  `--steps` replays queued back to back between two events, per step;
+  copied     the same with the token row copied to pinned memory after each replay (generate's loop);
+  generate   runtime.engine.generate's median step (what `runtime bench` reports).
+copied - pipelined is the copy's share of the step. Each trial times a runner whose step writes its
+tokens into the host's ring (runtime/kernels/publish.py, the default) and one without
+(RUNTIME_TOKEN_RING=0), whose generate copies them after each step: the last table compares the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+import torch
+
+from runtime.engine.generate import generate
+from runtime.engine.runner import Runner
+from runtime.engine.sampler import SamplingParams
+from runtime.models.loader import load_model
+
+ARCHS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
+
+
+def isolated_ms(runner: Runner, steps: int) -> float:
+    times = []
+    for _ in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        runner.step(1, "greedy")
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def queued_ms(runner: Runner, steps: int, copy: bool) -> float:
+    """Mean ms per step of `steps` replays queued back to back (the host far ahead: the first
+    replays' launches are not timed), each followed by the token copy if `copy`."""
+    pinned = torch.empty((steps, 1), dtype=torch.int64, pin_memory=True)
+    for _ in range(3):
+        runner.step(1, "greedy")
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for i in range(steps):
+        runner.step(1, "greedy")
+        if copy:
+            pinned[i].copy_(runner.buffers.tokens[:1], non_blocking=True)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / steps
+
+
+def measure(model_id: str, prompt: int, steps: int, trials: int) -> list[dict]:
+    """Each trial: a runner whose step writes its tokens into the host ring (the default), then one
+    without (RUNTIME_TOKEN_RING=0: generate copies them after each step), each way above."""
+    loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
+    ids = torch.randint(3, loaded.spec.vocab - 1, (prompt,)).tolist()
+    rows = []
+    for trial in range(trials):
+        for ring in ("auto", "0"):
+            os.environ["RUNTIME_TOKEN_RING"] = ring  # read as the runner is built
+            runner = Runner(loaded, capacity=prompt + steps + 64, max_batch=1, mode="graph")
+            del os.environ["RUNTIME_TOKEN_RING"]
+            row = {"model": model_id, "trial": trial, "ring": runner.token_ring is not None}
+            runner.prefill(0, ids, 0, "greedy")
+            row["isolated"] = isolated_ms(runner, steps)
+            runner.prefill(0, ids, 0, "greedy")
+            row["pipelined"] = queued_ms(runner, steps, copy=False)
+            runner.prefill(0, ids, 0, "greedy")
+            row["copied"] = queued_ms(runner, steps, copy=True)
+            row["generate"] = statistics.median(generate(runner, [ids], SamplingParams(), steps + 1).step_ms)
+            rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+            runner.release()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", action="append", help="repeatable; default: the three dev models")
+    ap.add_argument("--prompt", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    rows = [r for m in args.model or ARCHS for r in measure(m, args.prompt, args.steps, args.trials)]
+    print("| model | trial | ring | isolated ms | pipelined ms | copied ms | generate ms | copy us |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        copy_us = (r["copied"] - r["pipelined"]) * 1e3
+        print(f"| {r['model'].split('/')[-1]} | {r['trial']} | {'on' if r['ring'] else 'off'} | {r['isolated']:.4f} | "
+              f"{r['pipelined']:.4f} | {r['copied']:.4f} | {r['generate']:.4f} | {copy_us:+.1f} |")  # fmt: skip
+    # what the bench reports, with the ring against without it, per trial
+    on = {(r["model"], r["trial"]): r["generate"] for r in rows if r["ring"]}
+    off = {(r["model"], r["trial"]): r["generate"] for r in rows if not r["ring"]}
+    print(
+        "\n| model | trial | generate, ring ms | generate, copies ms | ring - copies us |\n|---|---|---|---|---|"
+    )
+    for key in sorted(on.keys() & off.keys()):
+        print(
+            f"| {key[0].split('/')[-1]} | {key[1]} | {on[key]:.4f} | {off[key]:.4f} | {(on[key] - off[key]) * 1e3:+.1f} |"
+        )
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(
+                {"rows": rows, "torch": torch.__version__, "card": torch.cuda.get_device_name()}, f, indent=2
+            )
+
+
+if __name__ == "__main__":
+    main()
