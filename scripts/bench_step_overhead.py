@@ -7,7 +7,9 @@ boundary between two graphs. Each of these is timed here in one process, at batc
   isolated   event, replay, event, wait (profile_step.py's step time: the launch latency shows);
   pipelined  `--steps` replays queued back to back between two events, per step;
   copied     the same with the token row copied to pinned memory after each replay (generate's loop);
-  generate   runtime.engine.generate's median step (what `runtime bench` reports).
+  generate   runtime.engine.generate's median step (what `runtime bench` reports);
+  two/graph  pipelined, with two steps captured in one graph: 2 x (pipelined - this) is what one
+             boundary between two graphs costs.
 copied - pipelined is the copy's share of the step. Each trial times a runner whose step writes its
 tokens into the host's ring (runtime/kernels/publish.py, the default) and one without
 (RUNTIME_TOKEN_RING=0), whose generate copies them after each step: the last table compares the two.
@@ -22,6 +24,7 @@ import statistics
 
 import torch
 
+from graphs.pool import GraphPool
 from runtime.engine.generate import generate
 from runtime.engine.runner import Runner
 from runtime.engine.sampler import SamplingParams
@@ -59,6 +62,23 @@ def queued_ms(runner: Runner, steps: int, copy: bool) -> float:
     return start.elapsed_time(end) / steps
 
 
+def two_per_graph_ms(runner: Runner, steps: int) -> float:
+    """Mean ms per step of `steps` steps replayed two to a graph (a second pool capturing two of the
+    runner's greedy steps back to back), queued as queued_ms queues: half the graph boundaries."""
+    pool = GraphPool(lambda key: (runner._step(key), runner._step(key)))
+    pool.capture([(1, "greedy")])
+    for _ in range(2):
+        pool.replay((1, "greedy"))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps // 2):
+        pool.replay((1, "greedy"))
+    end.record()
+    end.synchronize()
+    pool.release()
+    return start.elapsed_time(end) / (2 * (steps // 2))
+
+
 def measure(model_id: str, prompt: int, steps: int, trials: int) -> list[dict]:
     """Each trial: a runner whose step writes its tokens into the host ring (the default), then one
     without (RUNTIME_TOKEN_RING=0: generate copies them after each step), each way above."""
@@ -78,6 +98,8 @@ def measure(model_id: str, prompt: int, steps: int, trials: int) -> list[dict]:
             runner.prefill(0, ids, 0, "greedy")
             row["copied"] = queued_ms(runner, steps, copy=True)
             row["generate"] = statistics.median(generate(runner, [ids], SamplingParams(), steps + 1).step_ms)
+            runner.prefill(0, ids, 0, "greedy")
+            row["two_per_graph"] = two_per_graph_ms(runner, steps)
             rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
             runner.release()
     return rows
@@ -92,12 +114,18 @@ def main() -> None:
     ap.add_argument("--out")
     args = ap.parse_args()
     rows = [r for m in args.model or ARCHS for r in measure(m, args.prompt, args.steps, args.trials)]
-    print("| model | trial | ring | isolated ms | pipelined ms | copied ms | generate ms | copy us |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| model | trial | ring | isolated ms | pipelined ms | copied ms | generate ms | two/graph ms | copy us | boundary us |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        copy_us = (r["copied"] - r["pipelined"]) * 1e3
+        copy_us, boundary_us = (
+            (r["copied"] - r["pipelined"]) * 1e3,
+            2 * (r["pipelined"] - r["two_per_graph"]) * 1e3,
+        )
         print(f"| {r['model'].split('/')[-1]} | {r['trial']} | {'on' if r['ring'] else 'off'} | {r['isolated']:.4f} | "
-              f"{r['pipelined']:.4f} | {r['copied']:.4f} | {r['generate']:.4f} | {copy_us:+.1f} |")  # fmt: skip
+              f"{r['pipelined']:.4f} | {r['copied']:.4f} | {r['generate']:.4f} | {r['two_per_graph']:.4f} | "
+              f"{copy_us:+.1f} | {boundary_us:+.1f} |")  # fmt: skip
     # what the bench reports, with the ring against without it, per trial
     on = {(r["model"], r["trial"]): r["generate"] for r in rows if r["ring"]}
     off = {(r["model"], r["trial"]): r["generate"] for r in rows if not r["ring"]}
