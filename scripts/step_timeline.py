@@ -77,24 +77,27 @@ def warm_runner(
     return runner
 
 
-def timeline(model_id: str, batch: int, prompt: int, replays: int, capacity: int | None = None) -> dict:
-    runner = warm_runner(model_id, batch, prompt, replays, 20, capacity)
+def profiled_steps(replay: Callable[[], None], replays: int) -> list[list[dict]]:
+    """The kernels of `replays` calls of replay() (one decode step each), profiled: one list per
+    step, in start order (step_kernels' fields)."""
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(replays):
-            runner.step(batch, "greedy")
+            replay()
         torch.cuda.synchronize()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "trace.json")
         prof.export_chrome_trace(path)
         kernels = step_kernels(path)
-    runner_capacity = runner.capacity
-    runner.release()
     per_step = len(kernels) // replays
-    steps = [kernels[i * per_step : (i + 1) * per_step] for i in range(replays)]
-    # what each position adds, per replay; the first kernel's "adds" is from the previous step's end
+    return [kernels[i * per_step : (i + 1) * per_step] for i in range(replays)]
+
+
+def position_rows(steps: list[list[dict]]) -> list[dict]:
+    """Per position in the step: name, grid and the medians over steps of dur, adds and overlap
+    (the first kernel's adds are from the previous step's end)."""
     rows = []
-    for i in range(per_step):
+    for i in range(len(steps[0])):
         durs, adds, overlaps = [], [], []
         for s, step in enumerate(steps):
             k = step[i]
@@ -113,13 +116,17 @@ def timeline(model_id: str, batch: int, prompt: int, replays: int, capacity: int
                 "overlap": round(statistics.median(overlaps), 2) if overlaps else None,
             }
         )
-    step_us = statistics.median(s[-1]["end"] - s[0]["end"] for s in steps[1:]) if replays > 1 else None
+    return rows
+
+
+def role_rows(rows: list[dict]) -> tuple[int, list[dict]]:
+    """(kernels per layer p, per role in a layer: position modulo p over the middle half of the
+    step, medians of dur, adds and overlap)."""
     p = period([r["name"] for r in rows])
-    # per role in a layer: position within the period, over the middle half of the step
     roles: dict[int, list[dict]] = {}
-    for r in rows[per_step // 4 : 3 * per_step // 4]:
+    for r in rows[len(rows) // 4 : 3 * len(rows) // 4]:
         roles.setdefault(r["i"] % p, []).append(r)
-    role_rows = [
+    return p, [
         {
             "role": j,
             "name": v[0]["name"],
@@ -130,15 +137,25 @@ def timeline(model_id: str, batch: int, prompt: int, replays: int, capacity: int
         }
         for j, v in sorted(roles.items())
     ]
+
+
+def timeline(model_id: str, batch: int, prompt: int, replays: int, capacity: int | None = None) -> dict:
+    runner = warm_runner(model_id, batch, prompt, replays, 20, capacity)
+    steps = profiled_steps(lambda: runner.step(batch, "greedy"), replays)
+    runner_capacity = runner.capacity
+    runner.release()
+    rows = position_rows(steps)
+    step_us = statistics.median(s[-1]["end"] - s[0]["end"] for s in steps[1:]) if replays > 1 else None
+    p, roles = role_rows(rows)
     return {
         "model": model_id,
         "batch": batch,
         "prompt": prompt,
         "capacity": runner_capacity,
-        "kernels_per_step": per_step,
+        "kernels_per_step": len(rows),
         "step_us_end_to_end": round(step_us, 1) if step_us else None,
         "period": p,
-        "roles": role_rows,
+        "roles": roles,
         "kernels": rows,
     }
 

@@ -34,3 +34,26 @@ def test_kernels_in_start_order_and_the_layer_period(tmp_path):
     assert kernels[1]["grid"] == (4, 1, 1) and kernels[1]["end"] - kernels[1]["start"] == 2.0
     assert st.period(names) == 6
     assert st.period(["a", "b", "c", "d", "e", "f", "g", "h"]) == 8  # nothing repeats: the whole step
+
+
+def test_position_and_role_medians_from_profiled_steps():
+    """Three steps of 2 + 3 x 2 kernels: each kernel's adds is its end minus the previous one's
+    (across the step boundary for the first), overlap the previous end minus its start; roles
+    take positions modulo the layer period."""
+    st = _module()
+    names = ["embed", "a", "b", "a", "b", "a", "b", "head"]
+    steps, t = [], 0.0
+    for _ in range(3):
+        step = []
+        for name in names:
+            dur = 3.0 if name == "b" else 2.0
+            step.append({"name": name, "grid": (1, 1, 1), "start": t, "end": t + dur})
+            t += dur - 0.5  # each starts 0.5 us before the previous one ends
+        steps.append(step)
+    rows = st.position_rows(steps)
+    assert [r["name"] for r in rows] == names
+    assert rows[1] == {"i": 1, "name": "a", "grid": [1, 1, 1], "dur": 2.0, "adds": 1.5, "overlap": 0.5}
+    assert rows[2]["adds"] == 2.5 and rows[0]["adds"] == 1.5  # the first: from the last step's head
+    period, roles = st.role_rows(rows)
+    assert period == 2
+    assert {r["name"]: (r["dur"], r["adds"]) for r in roles} == {"a": (2.0, 1.5), "b": (3.0, 2.5)}

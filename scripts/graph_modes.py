@@ -1,0 +1,124 @@
+"""GPU: one decode step captured in several graphs, each timed, then the kernels of the slowest and
+the fastest compared position by position.
+
+On one H100 machine Qwen3-1.7B's batch-1 step ran 1.444 or 1.491 ms depending on the captured
+graph, not on the runner or the process (scripts/bench_step_overhead.py). Each graph here is the
+runner's own greedy step captured into a fresh pool (its temporaries at new addresses; weights,
+cache and buffers shared), so a spread between them is the capture's doing. Where the slowest is
+`--min-us` slower than the fastest, both are profiled and the positions whose "adds" differ most
+are printed (step_timeline.py's columns).
+
+  python3 scripts/graph_modes.py [--model Qwen/Qwen3-1.7B] [--graphs 8] --out $OUT/graph_modes.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from step_timeline import position_rows, profiled_steps, role_rows, short, warm_runner
+
+from graphs.pool import GraphPool
+
+KEY = (1, "greedy")
+PROMPT = 256
+
+
+def queued_ms(pool: GraphPool, steps: int) -> float:
+    """Mean ms per step of `steps` replays queued back to back."""
+    for _ in range(3):
+        pool.replay(KEY)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        pool.replay(KEY)
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="Qwen/Qwen3-1.7B")
+    ap.add_argument("--graphs", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=2, help="times each graph is timed, in turn")
+    ap.add_argument("--replays", type=int, default=20, help="profiled replays of the two compared")
+    ap.add_argument("--min-us", type=float, default=10.0)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    # every timing and profile starts from the same 256-token prompt (the step's time grows with the
+    # position); 2048 slots, as the goals runs (the slots set the attention's split count)
+    runner = warm_runner(args.model, 1, PROMPT, 0, 8, capacity=2048)
+    ids = torch.randint(3, runner.spec.vocab - 1, (PROMPT,)).tolist()
+
+    def from_prompt(measure):
+        runner.prefill(0, ids, 0, "greedy")
+        return measure()
+
+    pools = [runner.pool]
+    for _ in range(args.graphs):
+        pool = GraphPool(runner._step)
+        pool.capture([KEY])
+        pools.append(pool)
+    times = [
+        [from_prompt(lambda p=pool: queued_ms(p, args.steps)) for pool in pools] for _ in range(args.rounds)
+    ]
+    per_graph = [min(t[g] for t in times) for g in range(len(pools))]
+    print("| graph | " + " | ".join(f"round {r} ms" for r in range(args.rounds)) + " |")
+    print("|---|" + "---|" * args.rounds)
+    for g in range(len(pools)):
+        label = "runner's" if g == 0 else str(g)
+        print(f"| {label} | " + " | ".join(f"{t[g]:.4f}" for t in times) + " |")
+    result = {"model": args.model, "times_ms": times}
+    slow, fast = (
+        max(range(len(pools)), key=per_graph.__getitem__),
+        min(range(len(pools)), key=per_graph.__getitem__),
+    )
+    spread_us = (per_graph[slow] - per_graph[fast]) * 1e3
+    print(f"\nspread {spread_us:.1f} us (slowest graph {slow}, fastest {fast})")
+    if spread_us >= args.min_us:
+        rows = {
+            g: position_rows(
+                from_prompt(lambda g=g: profiled_steps(lambda: pools[g].replay(KEY), args.replays))
+            )
+            for g in (slow, fast)
+        }
+        diff = [
+            {"i": a["i"], "name": a["name"], "grid": a["grid"], "slow_adds": a["adds"], "fast_adds": b["adds"],
+             "slow_dur": a["dur"], "fast_dur": b["dur"], "delta": round(a["adds"] - b["adds"], 2)}
+            for a, b in zip(rows[slow], rows[fast])
+        ]  # fmt: skip
+        print(
+            "\n| i | kernel | grid | adds slow | adds fast | delta us | dur slow | dur fast |\n|---|---|---|---|---|---|---|---|"
+        )
+        for d in sorted(diff, key=lambda d: -abs(d["delta"]))[:16]:
+            print(f"| {d['i']} | {short(d['name'])} | {d['grid']} | {d['slow_adds']} | {d['fast_adds']} | "
+                  f"{d['delta']:+.2f} | {d['slow_dur']} | {d['fast_dur']} |")  # fmt: skip
+        period, slow_roles = role_rows(rows[slow])
+        _, fast_roles = role_rows(rows[fast])
+        print(
+            f"\nper role in a layer (period {period}):\n| role | kernel | adds slow | adds fast | delta us |\n|---|---|---|---|---|"
+        )
+        for a, b in zip(slow_roles, fast_roles):
+            print(
+                f"| {a['role']} | {short(a['name'])} | {a['adds']} | {b['adds']} | {a['adds'] - b['adds']:+.2f} |"
+            )
+        result.update(
+            slow=slow,
+            fast=fast,
+            spread_us=spread_us,
+            positions=diff,
+            roles={"slow": slow_roles, "fast": fast_roles},
+        )
+    for pool in pools[1:]:
+        pool.release()
+    runner.release()
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
