@@ -46,11 +46,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="times each graph is timed, in turn")
     ap.add_argument("--replays", type=int, default=20, help="profiled replays of the two compared")
     ap.add_argument("--min-us", type=float, default=10.0)
+    ap.add_argument("--max-batch", type=int, default=1, help="the runner's rows (its cache and buffers)")
+    ap.add_argument("--capacity", type=int, default=2048, help="KV cache slots (they set the split count)")
     ap.add_argument("--out")
     args = ap.parse_args()
     # every timing and profile starts from the same 256-token prompt (the step's time grows with the
-    # position); 2048 slots, as the goals runs (the slots set the attention's split count)
-    runner = warm_runner(args.model, 1, PROMPT, 0, 8, capacity=2048)
+    # position); by default 2048 slots, as the goals runs
+    runner = warm_runner(args.model, 1, PROMPT, 0, 8, capacity=args.capacity, max_batch=args.max_batch)
     ids = torch.randint(3, runner.spec.vocab - 1, (PROMPT,)).tolist()
 
     def from_prompt(measure):
@@ -71,7 +73,7 @@ def main() -> None:
     for g in range(len(pools)):
         label = "runner's" if g == 0 else str(g)
         print(f"| {label} | " + " | ".join(f"{t[g]:.4f}" for t in times) + " |")
-    result = {"model": args.model, "times_ms": times}
+    result = {"model": args.model, "max_batch": args.max_batch, "capacity": args.capacity, "times_ms": times}
     slow, fast = (
         max(range(len(pools)), key=per_graph.__getitem__),
         min(range(len(pools)), key=per_graph.__getitem__),

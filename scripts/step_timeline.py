@@ -62,13 +62,20 @@ def short(name: str) -> str:
 
 
 def warm_runner(
-    model_id: str, batch: int, prompt: int, replays: int, warm_steps: int, capacity: int | None = None
+    model_id: str,
+    batch: int,
+    prompt: int,
+    replays: int,
+    warm_steps: int,
+    capacity: int | None = None,
+    max_batch: int | None = None,
 ) -> Runner:
     """A graph Runner of model_id with random weights and room for `replays` more steps (or
-    `capacity` slots): `batch` rows prefilled with one random prompt of `prompt` tokens, then
-    `warm_steps` greedy steps."""
+    `capacity` slots) and `max_batch` rows (default `batch`): `batch` rows prefilled with one random
+    prompt of `prompt` tokens, then `warm_steps` greedy steps."""
     loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
-    runner = Runner(loaded, capacity=capacity or prompt + 64 + replays, max_batch=max(batch, 1), mode="graph")
+    rows = max(batch, max_batch or 1)
+    runner = Runner(loaded, capacity=capacity or prompt + 64 + replays, max_batch=rows, mode="graph")
     ids = torch.randint(3, loaded.spec.vocab - 1, (prompt,)).tolist()
     for row in range(batch):
         runner.prefill(row, ids, 0, "greedy")
