@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from kernel_testing import INTERPRET, assert_passes_under_interpreter, cases, kernel_test, needs_triton
-from tiny_configs import tiny_config
+from tiny_configs import tiny_llama_runner
 
 from runtime.engine.runner import TOKEN_RING
 from runtime.kernels.publish import publish_tokens_ref, publish_tokens_triton
@@ -39,22 +39,6 @@ def test_publish_writes_each_row_at_its_position_modulo_the_ring(B):
     assert (want != -7).sum() == B and (want[:, B:] == -7).all()
 
 
-def _runner(mode: str, device: str):
-    from runtime.engine.runner import Runner
-    from runtime.models.loader import LoadedModel
-    from runtime.models.spec import ModelSpec
-    from runtime.models.weights import random_model
-
-    spec = ModelSpec.from_hf(tiny_config("llama"))
-    torch.manual_seed(0)
-    model = random_model(spec, device, torch.float32)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    loaded = LoadedModel("llama", model, spec, None, (), "random", 0.0)
-    return Runner(loaded, capacity=160, max_batch=4, mode=mode)
-
-
 def _generations(monkeypatch, mode: str, device: str, params) -> list:
     """Three rows (a bucket of 4), one continuing from position 9, TOKEN_RING + 9 new tokens each:
     with the ring ("1" on the CPU, the default on the GPU) and with the copy after each step."""
@@ -65,7 +49,7 @@ def _generations(monkeypatch, mode: str, device: str, params) -> list:
     results = []
     for ring in ("1" if device == "cpu" else "auto", "0"):
         monkeypatch.setenv("RUNTIME_TOKEN_RING", ring)
-        runner = _runner(mode, device)
+        runner = tiny_llama_runner(mode, device, capacity=160)
         assert (runner.token_ring is None) == (ring == "0")
         assert runner.token_ring is None or runner.token_ring.shape == (TOKEN_RING, 4)
         assert runner.token_ring is None or runner.token_ring.is_pinned() == (device == "cuda")
@@ -99,10 +83,10 @@ def test_generate_reads_the_ring_as_it_read_the_copies_from_graphs(monkeypatch, 
 def test_the_ring_is_off_on_the_cpu_unless_asked_and_a_bad_value_is_named(monkeypatch):
     monkeypatch.setenv("RUNTIME_KERNELS", "torch")
     monkeypatch.delenv("RUNTIME_TOKEN_RING", raising=False)
-    assert _runner("eager", "cpu").token_ring is None
+    assert tiny_llama_runner("eager", "cpu", capacity=160).token_ring is None
     monkeypatch.setenv("RUNTIME_TOKEN_RING", "yes")
     with pytest.raises(ValueError, match="RUNTIME_TOKEN_RING='yes'"):
-        _runner("eager", "cpu")
+        tiny_llama_runner("eager", "cpu", capacity=160)
 
 
 @pytest.mark.skipif(INTERPRET, reason="this is the child run")

@@ -15,7 +15,7 @@ from kernel_testing import (
     needs_triton,
     poisoned_fixture,
 )
-from tiny_configs import tiny_config
+from tiny_configs import tiny_config, tiny_llama_runner
 
 from runtime.engine.runner import step_tail, step_tail_ref
 from runtime.engine.state import DecodeBuffers
@@ -208,19 +208,7 @@ def test_batch_logits_come_back_unwidened_only_where_asked():
 
 
 def _runner(mode: str):
-    from runtime.engine.runner import Runner
-    from runtime.models.loader import LoadedModel
-    from runtime.models.spec import ModelSpec
-    from runtime.models.weights import random_model
-
-    spec = ModelSpec.from_hf(tiny_config("llama"))
-    torch.manual_seed(0)
-    model = random_model(spec, DEVICE, torch.float32)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.2)
-    loaded = LoadedModel("llama", model, spec, None, (), "random", 0.0)
-    return Runner(loaded, capacity=48, max_batch=4, mode=mode)
+    return tiny_llama_runner(mode, DEVICE, capacity=48)
 
 
 @kernel_test

@@ -87,3 +87,23 @@ def hf_and_ours(family: str, seed: int = 0):
             p.normal_(0, 0.2)
     spec = ModelSpec.from_hf(cfg)
     return hf, spec, from_state_dict(spec, hf.state_dict(), "cpu", torch.float32)
+
+
+def tiny_llama_runner(mode: str, device: str, capacity: int, max_batch: int = 4):
+    """A Runner (`mode`: "graph" or "eager") of the tiny llama, fp32 on `device`, every weight drawn
+    from N(0, 0.2) with seed 0, so that greedy and sampled tokens differ from step to step."""
+    import torch
+
+    from runtime.engine.runner import Runner
+    from runtime.models.loader import LoadedModel
+    from runtime.models.spec import ModelSpec
+    from runtime.models.weights import random_model
+
+    spec = ModelSpec.from_hf(tiny_config("llama"))
+    torch.manual_seed(0)
+    model = random_model(spec, device, torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    loaded = LoadedModel("llama", model, spec, None, (), "random", 0.0)
+    return Runner(loaded, capacity=capacity, max_batch=max_batch, mode=mode)
