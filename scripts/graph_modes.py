@@ -5,8 +5,9 @@ On one H100 machine Qwen3-1.7B's batch-1 step ran 1.444 or 1.491 ms depending on
 graph, not on the runner or the process (scripts/bench_step_overhead.py). Each graph here is the
 runner's own greedy step captured into a fresh pool (its temporaries at new addresses; weights,
 cache and buffers shared), so a spread between them is the capture's doing. Where the slowest is
-`--min-us` slower than the fastest, both are profiled and the positions whose "adds" differ most
-are printed (step_timeline.py's columns).
+`--min-us` slower than the fastest (queued), both are profiled and the positions whose "adds"
+differ most are printed (step_timeline.py's columns). Each graph is also timed one replay at a time
+(isolated, median: profile_step.py's way), which on one machine read Qwen3 ~40 us faster.
 
   python3 scripts/graph_modes.py [--model Qwen/Qwen3-1.7B] [--graphs 8] --out $OUT/graph_modes.json
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 
 import torch
 from step_timeline import position_rows, profiled_steps, role_rows, short, warm_runner
@@ -36,6 +38,21 @@ def queued_ms(pool: GraphPool, steps: int) -> float:
     end.record()
     end.synchronize()
     return start.elapsed_time(end) / steps
+
+
+def isolated_ms(pool: GraphPool, steps: int) -> float:
+    """Median ms of `steps` replays each between two events and waited for (profile_step.py's
+    timing, where the launch latency shows): on one machine Qwen3's step read 1.450 ms this way and
+    1.49 queued."""
+    times = []
+    for _ in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        pool.replay(KEY)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -67,13 +84,17 @@ def main() -> None:
     times = [
         [from_prompt(lambda p=pool: queued_ms(p, args.steps)) for pool in pools] for _ in range(args.rounds)
     ]
+    isolated = [from_prompt(lambda p=pool: isolated_ms(p, args.steps)) for pool in pools]
     per_graph = [min(t[g] for t in times) for g in range(len(pools))]
-    print("| graph | " + " | ".join(f"round {r} ms" for r in range(args.rounds)) + " |")
-    print("|---|" + "---|" * args.rounds)
+    print("| graph | " + " | ".join(f"queued, round {r} ms" for r in range(args.rounds)) + " | isolated ms |")
+    print("|---|" + "---|" * (args.rounds + 1))
     for g in range(len(pools)):
         label = "runner's" if g == 0 else str(g)
-        print(f"| {label} | " + " | ".join(f"{t[g]:.4f}" for t in times) + " |")
-    result = {"model": args.model, "max_batch": args.max_batch, "capacity": args.capacity, "times_ms": times}
+        print(f"| {label} | " + " | ".join(f"{t[g]:.4f}" for t in times) + f" | {isolated[g]:.4f} |")
+    result = {
+        "model": args.model, "max_batch": args.max_batch, "capacity": args.capacity,
+        "times_ms": times, "isolated_ms": isolated,
+    }  # fmt: skip
     slow, fast = (
         max(range(len(pools)), key=per_graph.__getitem__),
         min(range(len(pools)), key=per_graph.__getitem__),
