@@ -18,6 +18,7 @@ tokens into the host's ring (runtime/kernels/publish.py, the default) and one wi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -25,6 +26,7 @@ import statistics
 import torch
 
 from graphs.pool import GraphPool
+from runtime.bench.step_timing import isolated_ms, queued_ms
 from runtime.engine.generate import generate
 from runtime.engine.runner import Runner
 from runtime.engine.sampler import SamplingParams
@@ -33,50 +35,26 @@ from runtime.models.loader import load_model
 ARCHS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
 
 
-def isolated_ms(runner: Runner, steps: int) -> float:
-    times = []
-    for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        runner.step(1, "greedy")
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+def copied_ms(runner: Runner, steps: int) -> float:
+    """queued_ms of the greedy step, each followed by the token row's copy into pinned memory (the
+    copy generate made before the ring), a row of its own per call."""
+    pinned = iter(torch.empty((steps + 3, 1), dtype=torch.int64, pin_memory=True))
 
+    def step_and_copy() -> None:
+        runner.step(1, "greedy")
+        next(pinned).copy_(runner.buffers.tokens[:1], non_blocking=True)
 
-def queued_ms(runner: Runner, steps: int, copy: bool) -> float:
-    """Mean ms per step of `steps` replays queued back to back (the host far ahead: the first
-    replays' launches are not timed), each followed by the token copy if `copy`."""
-    pinned = torch.empty((steps, 1), dtype=torch.int64, pin_memory=True)
-    for _ in range(3):
-        runner.step(1, "greedy")
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for i in range(steps):
-        runner.step(1, "greedy")
-        if copy:
-            pinned[i].copy_(runner.buffers.tokens[:1], non_blocking=True)
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / steps
+    return queued_ms(step_and_copy, steps)
 
 
 def two_per_graph_ms(runner: Runner, steps: int) -> float:
     """Mean ms per step of `steps` steps replayed two to a graph (a second pool capturing two of the
-    runner's greedy steps back to back), queued as queued_ms queues: half the graph boundaries."""
+    runner's greedy steps back to back), queued: half the graph boundaries."""
     pool = GraphPool(lambda key: (runner._step(key), runner._step(key)))
     pool.capture([(1, "greedy")])
-    for _ in range(2):
-        pool.replay((1, "greedy"))
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(steps // 2):
-        pool.replay((1, "greedy"))
-    end.record()
-    end.synchronize()
+    ms = queued_ms(lambda: pool.replay((1, "greedy")), steps // 2, warmup=2) / 2
     pool.release()
-    return start.elapsed_time(end) / (2 * (steps // 2))
+    return ms
 
 
 def measure(model_id: str, prompt: int, steps: int, trials: int) -> list[dict]:
@@ -90,13 +68,14 @@ def measure(model_id: str, prompt: int, steps: int, trials: int) -> list[dict]:
             os.environ["RUNTIME_TOKEN_RING"] = ring  # read as the runner is built
             runner = Runner(loaded, capacity=prompt + steps + 64, max_batch=1, mode="graph")
             del os.environ["RUNTIME_TOKEN_RING"]
+            greedy = functools.partial(runner.step, 1, "greedy")
             row = {"model": model_id, "trial": trial, "ring": runner.token_ring is not None}
             runner.prefill(0, ids, 0, "greedy")
-            row["isolated"] = isolated_ms(runner, steps)
+            row["isolated"] = isolated_ms(greedy, steps)
             runner.prefill(0, ids, 0, "greedy")
-            row["pipelined"] = queued_ms(runner, steps, copy=False)
+            row["pipelined"] = queued_ms(greedy, steps)
             runner.prefill(0, ids, 0, "greedy")
-            row["copied"] = queued_ms(runner, steps, copy=True)
+            row["copied"] = copied_ms(runner, steps)
             row["generate"] = statistics.median(generate(runner, [ids], SamplingParams(), steps + 1).step_ms)
             runner.prefill(0, ids, 0, "greedy")
             row["two_per_graph"] = two_per_graph_ms(runner, steps)

@@ -16,43 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
 from step_timeline import position_rows, profiled_steps, role_rows, short, warm_runner
 
 from graphs.pool import GraphPool
+from runtime.bench.step_timing import isolated_ms, queued_ms
 
 KEY = (1, "greedy")
 PROMPT = 256
-
-
-def queued_ms(pool: GraphPool, steps: int) -> float:
-    """Mean ms per step of `steps` replays queued back to back."""
-    for _ in range(3):
-        pool.replay(KEY)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(steps):
-        pool.replay(KEY)
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / steps
-
-
-def isolated_ms(pool: GraphPool, steps: int) -> float:
-    """Median ms of `steps` replays each between two events and waited for (profile_step.py's
-    timing, where the launch latency shows): on one machine Qwen3's step read 1.450 ms this way and
-    1.49 queued."""
-    times = []
-    for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        pool.replay(KEY)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -82,9 +54,10 @@ def main() -> None:
         pool.capture([KEY])
         pools.append(pool)
     times = [
-        [from_prompt(lambda p=pool: queued_ms(p, args.steps)) for pool in pools] for _ in range(args.rounds)
+        [from_prompt(lambda p=pool: queued_ms(lambda: p.replay(KEY), args.steps)) for pool in pools]
+        for _ in range(args.rounds)
     ]
-    isolated = [from_prompt(lambda p=pool: isolated_ms(p, args.steps)) for pool in pools]
+    isolated = [from_prompt(lambda p=pool: isolated_ms(lambda: p.replay(KEY), args.steps)) for pool in pools]
     per_graph = [min(t[g] for t in times) for g in range(len(pools))]
     print("| graph | " + " | ".join(f"queued, round {r} ms" for r in range(args.rounds)) + " | isolated ms |")
     print("|---|" + "---|" * (args.rounds + 1))

@@ -29,6 +29,7 @@ import torch
 
 from runtime.bench.bandwidth import copy_bandwidth_gbs
 from runtime.bench.kernel_times import kernel_times
+from runtime.bench.step_timing import isolated_ms
 from runtime.engine.runner import Runner
 from runtime.engine.sampler import SamplingParams
 from runtime.kernels import gemv_tuning
@@ -284,15 +285,7 @@ def linear_bytes(model: torch.nn.Module) -> int:
 
 
 def step_ms(runner: Runner, steps: int, variant: str = "greedy", batch: int = 1) -> float:
-    times = []
-    for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        runner.step(batch, variant)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
+    return isolated_ms(lambda: runner.step(batch, variant), steps)
 
 
 def kernel_table(

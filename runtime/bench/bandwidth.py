@@ -27,10 +27,11 @@ def copy_bandwidth_gbs(device: torch.device, nbytes: int = 1 << 30, iters: int =
     return 2 * nbytes / (ms / 1e3) / 1e9
 
 
-def median_ms(fn: Callable[[], object], iters: int, warmup: int = 3) -> float:
+def median_ms(fn: Callable[[], object], iters: int, warmup: int = 3, wait_each: bool = False) -> float:
     """Median device milliseconds of fn() over `iters` launches timed with CUDA events, after `warmup`
     untimed ones (first touches and clocks); one wait at the end, on the last event (the launches
-    share a stream, so every earlier event has completed too)."""
+    share a stream, so every earlier event has completed too), or with `wait_each` a wait after
+    every launch, so each is timed alone and its launch latency shows."""
     for _ in range(warmup):
         fn()
     pairs = []
@@ -39,6 +40,8 @@ def median_ms(fn: Callable[[], object], iters: int, warmup: int = 3) -> float:
         start.record()
         fn()
         end.record()
+        if wait_each:
+            end.synchronize()
         pairs.append((start, end))
     pairs[-1][1].synchronize()
     elapsed = sorted(s.elapsed_time(e) for s, e in pairs)
