@@ -38,9 +38,10 @@ def _weight_tile(w_rows, row_mask, cols, K):
 @jit
 def _pending(h, dtype: tl.constexpr, H_FIXED: tl.constexpr):
     """A loaded chunk of the pending h in `dtype`: as it is, or from fused_mlp's fixed-point row."""
+    out = h
     if H_FIXED:
-        return from_fixed_loaded(h, dtype)
-    return h
+        out = from_fixed_loaded(h, dtype)
+    return out
 
 
 @jit

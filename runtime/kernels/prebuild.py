@@ -133,7 +133,13 @@ def _run_job(index: int) -> str | None:
         action(launch, target)
     except Exception as e:  # a CompilationError, a ptxas failure: whatever the build raises
         lines = f"{type(e).__name__}: {e}".strip().splitlines()
-        return "\n".join(lines if len(lines) <= 8 else [lines[0], "    ...", *lines[-5:]])
+        lines = lines if len(lines) <= 8 else [lines[0], "    ...", *lines[-5:]]
+        cause = e.__cause__  # an error inside a jit helper: the reason is the innermost one's
+        while cause is not None and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if cause is not None:
+            lines.append(f"  caused by {type(cause).__name__}: {str(cause).strip().splitlines()[-1:]}")
+        return "\n".join(lines)
     return None
 
 
