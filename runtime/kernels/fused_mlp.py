@@ -23,6 +23,7 @@ from runtime.kernels.fused_linear import MAX_NORM_K, _row, linear_ref, norm_line
 from runtime.kernels.gemv_blocks import block_override
 from runtime.kernels.mlp_kernel import _mlp_kernel
 
+_T = {}
 MLP_BLOCK_FIELDS = "BLOCK_J/BLOCK_K/BLOCK_H/warps"
 
 
@@ -87,12 +88,18 @@ def fused_mlp_triton(
     new_residual = residual if h is None else torch.empty_like(residual, memory_format=torch.contiguous_format)
     block_j, block_k, block_h, num_warps = mlp_config(I, K)
     dummy = w_gate_up
+    import os
+    if os.environ.get("RUNTIME_Y") == "1":
+        key = (w_down.data_ptr(), tuple(w_down.shape), w_down.float().sum().item()) if w_down.device.type == "cpu" else w_down.data_ptr()
+        if key not in _T:
+            _T[key] = w_down.t().contiguous()
+        w_down = _T[key].t()
     _mlp_kernel[(cdiv(I, block_j),)](
         _row(h) if h is not None else dummy, _row(residual), norm_w, pre_w if pre_w is not None else dummy,
         w_gate_up, w_down, acc, zero, new_residual if h is not None else dummy, I, K, eps,
         w_down.stride(0), w_down.stride(1),
         OFFSET=float(offset), HAS_H=h is not None, HAS_PRE=pre_w is not None, GELU=activation == "gelu_tanh",
         BLOCK_J=block_j, BLOCK_K=min(block_k, next_pow2(K)), BLOCK_H=min(block_h, next_pow2(K)),
-        BLOCK=next_pow2(K), num_warps=num_warps, **pdl(w_gate_up.device),
+        BLOCK=next_pow2(K), num_warps=num_warps, SUM_BY_STORE=os.environ.get("RUNTIME_X") == "1", **pdl(w_gate_up.device),
     )  # fmt: skip
     return acc.view(residual.shape), new_residual

@@ -23,6 +23,14 @@ from runtime.kernels.rmsnorm import _inv_rms, apply_norm_loaded
 
 
 @jit
+def _down_tile(d_rows, j_mask, h_start, K, stride_dh, BLOCK_H: tl.constexpr):
+    """W_d's (BLOCK_J, BLOCK_H) tile of outputs [h_start, h_start + BLOCK_H) (zero past K)."""
+    hs = h_start + tl.arange(0, BLOCK_H)
+    mask = j_mask & (hs < K)[None, :]
+    return tl.load(d_rows + hs.to(tl.int64)[None, :] * stride_dh, mask=mask, other=0.0, eviction_policy="evict_first")
+
+
+@jit
 def _mlp_kernel(
     h_ptr,
     res_ptr,
@@ -47,6 +55,7 @@ def _mlp_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK: tl.constexpr,
     PDL: tl.constexpr,
+    SUM_BY_STORE: tl.constexpr = False,
 ):
     # h, residual (K,) (K = hidden); W_gu (2I, K); W_d (K, I) at (stride_dh, stride_dj) (row-major:
     # (I, 1); a transposed copy: (1, K)); acc, zero (K,) int64; res_out (K,): residual + h'
@@ -59,6 +68,10 @@ def _mlp_kernel(
     mask = cols < K
     # weights (no kernel writes them) before the wait: the first gate/up tile and the norms' first chunk
     w = _weight_tile(w_rows, row_mask, cols, K)
+    js = pid * BLOCK_J + tl.arange(0, BLOCK_J)
+    d_rows = wd_ptr + js.to(tl.int64)[:, None] * stride_dj  # (BLOCK_J, 1)
+    j_mask = (js < I)[:, None]
+    wd_next = _down_tile(d_rows, j_mask, 0, K, stride_dh, BLOCK_H)
     nw0, pw0 = _load_pair(norm_w_ptr, pre_w_ptr, cols, mask, HAS_PRE)
     row_cols = tl.arange(0, BLOCK)
     row_mask_k = row_cols < K
@@ -83,33 +96,34 @@ def _mlp_kernel(
             tl.store(res_out_ptr + row_cols, s_row, mask=row_mask_k)
     inv = _inv_rms(s_row, K, eps)
 
-    # 1. gate and up: a (2 * BLOCK_J, BLOCK_K) fp32 accumulator, summed over K once
+    # 1. gate and up: a (2 * BLOCK_J, BLOCK_K) fp32 accumulator, summed over K once; the next tile
+    # is asked for before this one is used (two tiles in flight per program)
     x = _normed_chunk(s0, h0, nw0, pw0, inv, inv_pre, OFFSET, HAS_H, HAS_PRE)
+    w_next = _weight_tile(w_rows, row_mask, BLOCK_K + tl.arange(0, BLOCK_K), K)
     acc = w.to(tl.float32) * x.to(tl.float32)[None, :]
     for k0 in range(BLOCK_K, K, BLOCK_K):
+        w = w_next
+        w_next = _weight_tile(w_rows, row_mask, k0 + BLOCK_K + tl.arange(0, BLOCK_K), K)
         cols = k0 + tl.arange(0, BLOCK_K)
-        mask = cols < K
         x = _input_chunk(
-            h_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, 1, OFFSET, HAS_H, HAS_PRE, GELU
+            h_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, cols < K, K, inv, inv_pre, 1, OFFSET, HAS_H, HAS_PRE, GELU
         )  # fmt: skip
-        w = _weight_tile(w_rows, row_mask, cols, K)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     # 2. the product rounded to the dtype (F.linear's output), then act(gate) * up rounded again
     y = tl.sum(acc, axis=1).to(wgu_ptr.dtype.element_ty)
     gate, up = tl.split(tl.reshape(y, (BLOCK_J, 2)))
     a = _gated(gate, up, GELU).to(wgu_ptr.dtype.element_ty).to(tl.float32)  # (BLOCK_J,)
 
-    # 3. down: W_d[h, j] for this program's j, BLOCK_H outputs at a time, into the fixed-point row
-    js = pid * BLOCK_J + tl.arange(0, BLOCK_J)
-    d_cols = wd_ptr + js.to(tl.int64)[None, :] * stride_dj  # (1, BLOCK_J)
-    j_mask = (js < I)[None, :]
+    # 3. down: W_d[h, j] for this program's j as (BLOCK_J, BLOCK_H) tiles, the first asked for
+    # before the wait, each next one before the current is used; partials into the fixed-point row
+    wd = wd_next
     for h_start in range(0, K, BLOCK_H):
+        wd_next = _down_tile(d_rows, j_mask, h_start + BLOCK_H, K, stride_dh, BLOCK_H)
+        part = tl.sum(wd.to(tl.float32) * a[:, None], axis=0)  # (BLOCK_H,)
         hs = h_start + tl.arange(0, BLOCK_H)
-        h_mask = hs < K
-        wd = tl.load(
-            d_cols + hs.to(tl.int64)[:, None] * stride_dh, mask=h_mask[:, None] & j_mask, other=0.0,
-            eviction_policy="evict_first",
-        )  # fmt: skip
-        part = tl.sum(wd.to(tl.float32) * a[None, :], axis=1)  # (BLOCK_H,)
-        tl.atomic_add(acc_ptr + hs, to_fixed(part), mask=h_mask, sem="relaxed", scope="gpu")
+        if SUM_BY_STORE:
+            tl.store(acc_ptr + hs, to_fixed(part), mask=hs < K)
+        else:
+            tl.atomic_add(acc_ptr + hs, to_fixed(part), mask=hs < K, sem="relaxed", scope="gpu")
+        wd = wd_next
     pdl_release(PDL)
