@@ -106,7 +106,6 @@ AB_SETTINGS = (
     {"RUNTIME_QKV_PDL": "long"},
     {"RUNTIME_ATTN_AHEAD": "auto"},
     {"RUNTIME_ATTN_AHEAD": "0"},
-    {"RUNTIME_FUSED_MLP": "1"},
 )
 
 # @jit kernels no recorded path launches, with the reason

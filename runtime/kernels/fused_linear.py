@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from runtime.kernels._triton import INTERPRETING, PDL_MODES, cdiv, next_pow2, pdl, released_early
 from runtime.kernels.activation import ACTIVATIONS, gated_act_ref
 from runtime.kernels.attention_plan import QkvRelease, qkv_release
-from runtime.kernels.fixed_point import from_fixed, is_fixed
 from runtime.kernels.gemv_blocks import (
     _PROLOGUE_VECTORS,
     GATED_OPS,
@@ -67,11 +66,8 @@ def norm_linear_ref(
     out_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """h, residual (..., K), weight (N, K) -> (linear(rms_norm(residual + h')), residual + h') with
-    h' = h or rms_norm(h, pre_w); h None (first layer): nothing to add, the residual comes back as is;
-    h int64: fused_mlp's fixed-point row (its values: from_fixed).
+    h' = h or rms_norm(h, pre_w); h None (first layer): nothing to add, the residual comes back as is.
     out_dtype (the LM head's float32): the product in the weights' dtype, then cast."""
-    if is_fixed(h):
-        h = from_fixed(h, residual.dtype)
     if h is None:
         normed, new_residual = rms_norm_ref(residual, norm_w, eps, offset), residual
     else:
@@ -142,8 +138,7 @@ def _launch(
     prologue, x, res, norm_w, pre_w, weight, y, res_out, eps, offset, gelu, config, gated=False, add_res=False,
     release: QkvRelease | None = None,
 ) -> None:  # fmt: skip
-    """x, res: (K,) rows (x is (2K,) for act; the norm's x may be a fixed-point row, fixed_point.py);
-    y (N,) ((N / 2,) gated: weight is [gate | up]);
+    """x, res: (K,) rows (x is (2K,) for act); y (N,) ((N / 2,) gated: weight is [gate | up]);
     res_out (K,) or None; add_res: res is (N,) and y = res + the product (plain prologue only);
     release: the qkv GEMV's, whose attention may launch right after this one's wait (always, or
     from a position on: attention_plan.qkv_release)."""
@@ -176,7 +171,7 @@ def _launch(
         PROLOGUE=prologue, OFFSET=float(offset), HAS_H=x is not None, HAS_PRE=pre_w is not None, GELU=gelu,
         GATED=gated, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK=block, EARLY_CHUNK=early_first_chunk(),
         ADD_RES=add_res, CLOCK=clock is not None, TILE_AFTER_ROW=tile_after_row(), RELEASE_AT=release_at is not None,
-        H_FIXED=prologue == _NORM and is_fixed(x), num_warps=num_warps, **launch,
+        num_warps=num_warps, **launch,
     )  # fmt: skip
 
 

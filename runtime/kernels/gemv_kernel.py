@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from runtime.kernels._triton import jit, pdl_release, pdl_release_if, pdl_wait, tl
 from runtime.kernels.activation import _gated
-from runtime.kernels.fixed_point import from_fixed_loaded
 from runtime.kernels.phase_clock import clock_mark
 from runtime.kernels.rmsnorm import _apply_norm, _inv_rms, apply_norm_loaded
 
@@ -36,22 +35,11 @@ def _weight_tile(w_rows, row_mask, cols, K):
 
 
 @jit
-def _pending(h, dtype: tl.constexpr, H_FIXED: tl.constexpr):
-    """A loaded chunk of the pending h in `dtype`: as it is, or from fused_mlp's fixed-point row."""
-    out = h
-    if H_FIXED:
-        out = from_fixed_loaded(h, dtype)
-    return out
-
-
-@jit
 def _normed_chunk(
-    s, h, nw, pw, inv, inv_pre, OFFSET: tl.constexpr, HAS_H: tl.constexpr, HAS_PRE: tl.constexpr,
-    H_FIXED: tl.constexpr = False,
-):  # fmt: skip
+    s, h, nw, pw, inv, inv_pre, OFFSET: tl.constexpr, HAS_H: tl.constexpr, HAS_PRE: tl.constexpr
+):
     """The norm prologue's chunk from its loads, in the reference's rounding: rms_norm(s + h')."""
     if HAS_H:
-        h = _pending(h, s.dtype, H_FIXED)
         if HAS_PRE:
             h = apply_norm_loaded(h, inv_pre, pw, OFFSET).to(h.dtype)
         s = (s.to(tl.float32) + h.to(tl.float32)).to(s.dtype)
@@ -62,15 +50,13 @@ def _normed_chunk(
 def _input_chunk(
     x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre,
     PROLOGUE: tl.constexpr, OFFSET: tl.constexpr, HAS_H: tl.constexpr, HAS_PRE: tl.constexpr, GELU: tl.constexpr,
-    H_FIXED: tl.constexpr = False,
 ):  # fmt: skip
-    """The GEMV's input at columns `cols` (BLOCK_K,), in the dtype, with the prologue applied
-    (H_FIXED: the norm prologue's h is a fixed-point row, fixed_point.py)."""
+    """The GEMV's input at columns `cols` (BLOCK_K,), in the dtype, with the prologue applied."""
     if PROLOGUE == 1:
         # the normed chunk again, from L2, in the reference's rounding
         s, h = _load_pair(res_ptr, x_ptr, cols, mask, HAS_H)
         nw, pw = _load_pair(norm_w_ptr, pre_w_ptr, cols, mask, HAS_PRE)
-        x = _normed_chunk(s, h, nw, pw, inv, inv_pre, OFFSET, HAS_H, HAS_PRE, H_FIXED)
+        x = _normed_chunk(s, h, nw, pw, inv, inv_pre, OFFSET, HAS_H, HAS_PRE)
     elif PROLOGUE == 2:
         gate = tl.load(x_ptr + cols, mask=mask, other=0.0)
         up = tl.load(x_ptr + K + cols, mask=mask, other=0.0)
@@ -110,7 +96,6 @@ def _gemv_kernel(
     CLOCK: tl.constexpr = False,
     TILE_AFTER_ROW: tl.constexpr = False,
     RELEASE_AT: tl.constexpr = False,
-    H_FIXED: tl.constexpr = False,
 ):
     # x: the input row (K,) (norm: h; act: gate_up (2K,)); W (N, K); y (N,). Program p owns rows
     # [p * BLOCK_N, (p + 1) * BLOCK_N); int64 row offsets since N * K may pass 2^31.
@@ -119,7 +104,6 @@ def _gemv_kernel(
     # ADD_RES (plain product only): y = residual + W x, the residual's add in the epilogue (res_ptr (N,))
     # RELEASE_AT (PDL late): the next kernel launches right after the wait where the row's position
     # (pos_ptr, a scalar written steps before) is >= release_from, else after the loop
-    # H_FIXED (norm prologue): h is fused_mlp's fixed-point row (int64), turned into the dtype as loaded
     pid = tl.program_id(0)
     clock_mark(clock_ptr, pid, 3, pid, CLOCK)  # CLOCK (a diagnostic, phase_clock.py): the marks
     if GATED:
@@ -169,7 +153,7 @@ def _gemv_kernel(
         # and h's own 1 / rms for the sandwich norm (names differ from the loop's, which would be loop-carried)
         s_row = tl.load(res_ptr + row_cols, mask=row_mask_k, other=0.0)
         if HAS_H:
-            h_row = _pending(tl.load(x_ptr + row_cols, mask=row_mask_k, other=0.0), s_row.dtype, H_FIXED)
+            h_row = tl.load(x_ptr + row_cols, mask=row_mask_k, other=0.0)
         if early:
             s0, h0 = _load_pair(res_ptr, x_ptr, cols, mask, HAS_H)
         if tile_after_row:
@@ -190,11 +174,10 @@ def _gemv_kernel(
     clock_mark(clock_ptr, pid, 6, inv + inv_pre + pid, CLOCK)  # the row statistics
 
     if early:
-        x = _normed_chunk(s0, h0, nw0, pw0, inv, inv_pre, OFFSET, HAS_H, HAS_PRE, H_FIXED)
+        x = _normed_chunk(s0, h0, nw0, pw0, inv, inv_pre, OFFSET, HAS_H, HAS_PRE)
     else:
         x = _input_chunk(
-            x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU,
-            H_FIXED,
+            x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU
         )  # fmt: skip
     # (BLOCK_N, BLOCK_K), summed over K once, after the loop
     acc = w.to(tl.float32) * x.to(tl.float32)[None, :]
@@ -202,8 +185,7 @@ def _gemv_kernel(
         cols = k0 + tl.arange(0, BLOCK_K)
         mask = cols < K
         x = _input_chunk(
-            x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU,
-            H_FIXED,
+            x_ptr, res_ptr, norm_w_ptr, pre_w_ptr, cols, mask, K, inv, inv_pre, PROLOGUE, OFFSET, HAS_H, HAS_PRE, GELU
         )  # fmt: skip
         w = _weight_tile(w_rows, row_mask, cols, K)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]

@@ -30,8 +30,6 @@ from runtime.kernels.argmax import argmax_checked_ref, argmax_checked_triton
 from runtime.kernels.attention import prefill_attention_ref
 from runtime.kernels.attention_plan import QkvRelease
 from runtime.kernels.decode_attention import decode_attention_ref, decode_attention_triton
-from runtime.kernels.fixed_point import from_fixed, is_fixed
-from runtime.kernels.fused_mlp import fused_mlp_ref, fused_mlp_triton
 from runtime.kernels.fused_linear import (
     act_linear_triton,
     linear_add_ref,
@@ -169,15 +167,10 @@ def norm_linear(
     the values out_dtype would (for a consumer that widens as it loads: no copy kernel).
     release: the qkv projection's (attention_plan.QkvRelease): its one-row GEMV may let the
     attention launch right after its wait (fused_linear._launch); a batch step's goes to the rows
-    kernel with the early release where RUNTIME_BATCH_GEMM puts qkv there (on_rows_kernel).
-    h may be fused_mlp's fixed-point row: the one-row GEMV reads it as it is, the rest its values."""
-    gemv = one_row(residual) and enabled(name, residual)
-    same = all(t.dtype == weight.dtype for t in (residual, norm_w, pre_w) if t is not None)
-    if same and gemv and (h is None or is_fixed(h) or h.dtype == weight.dtype):
+    kernel with the early release where RUNTIME_BATCH_GEMM puts qkv there (on_rows_kernel)."""
+    same = all(t.dtype == weight.dtype for t in (h, residual, norm_w, pre_w) if t is not None)
+    if same and one_row(residual) and enabled(name, residual):
         return norm_linear_triton(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype, release)
-    if is_fixed(h):  # elsewhere h's values
-        h = from_fixed(h, residual.dtype)
-    same = same and (h is None or h.dtype == weight.dtype)
     if same and name != "lm_head" and _fused_rows(residual, f"{name}_rows"):
         return norm_linear_rows_triton(h, residual, norm_w, eps, offset, pre_w, weight, out_dtype)
     rows_qkv = release is not None and same and out_dtype is None and on_rows_kernel(residual, "qkv")
@@ -217,33 +210,6 @@ def norm_linear_act(
         return norm_linear_act_triton(h, residual, norm_w, eps, offset, pre_w, weight, activation)
     gate_up, new_residual = norm_linear(h, residual, norm_w, eps, offset, pre_w, weight)
     return gated_act(gate_up, activation), new_residual
-
-
-def fused_mlp_on(residual: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the MLP of this row runs as one kernel (fused_mlp.py) instead of norm_linear_act and a
-    down GEMV: RUNTIME_FUSED_MLP=1, one row on Triton, one dtype."""
-    fused = env_choice("RUNTIME_FUSED_MLP", ("0", "1"), "0") == "1"
-    return fused and residual.dtype == weight.dtype and one_row(residual) and enabled("fused_mlp", residual)
-
-
-def fused_mlp(
-    h: torch.Tensor | None,
-    residual: torch.Tensor,
-    norm_w: torch.Tensor,
-    eps: float,
-    offset: float,
-    pre_w: torch.Tensor | None,
-    w_gate_up: torch.Tensor,
-    w_down: torch.Tensor,
-    activation: str,
-    acc: torch.Tensor,
-    zero: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (down(act(gate) * up) of rms_norm(residual + h'), residual + h'): one kernel where
-    fused_mlp_on says so (the output then the fixed-point row acc), else the reference."""
-    same = all(t.dtype == w_gate_up.dtype for t in (h, residual, norm_w, pre_w, w_down) if t is not None)
-    fn = fused_mlp_triton if same and fused_mlp_on(residual, w_gate_up) else fused_mlp_ref
-    return fn(h, residual, norm_w, eps, offset, pre_w, w_gate_up, w_down, activation, acc, zero)
 
 
 def act_linear(gate_up: torch.Tensor, activation: str, weight: torch.Tensor) -> torch.Tensor:

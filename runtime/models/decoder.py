@@ -25,7 +25,6 @@ import torch.nn as nn
 
 from runtime.kernels import ops
 from runtime.kernels.attention_plan import QkvRelease, l2_spill_position
-from runtime.kernels.fixed_point import FIXED_DTYPE
 from runtime.kernels.gemv_blocks import gemv_op
 from runtime.kernels.rope import inverse_frequencies
 from runtime.models.attention import Attention, KVCacheLike
@@ -40,9 +39,6 @@ class MLP(nn.Module):
         self.activation = spec.activation
         self.gate_up = nn.Linear(spec.hidden, 2 * spec.intermediate, bias=False)
         self.down = nn.Linear(spec.intermediate, spec.hidden, bias=False)
-        # the fused MLP's fixed-point output row and the row it zeroes (DecoderLM.prepare)
-        self.acc: torch.Tensor | None = None
-        self.zero: torch.Tensor | None = None
 
     def down_of(self, gate_up: torch.Tensor) -> torch.Tensor:
         """gate_up (..., 2I) -> down(act(gate) * up) (..., hidden)."""
@@ -54,16 +50,9 @@ class MLP(nn.Module):
         """-> (x + pre(h), down(act(gate) * up) of norm(x + pre(h))), h None adding nothing. One row:
         the activation is the gate/up GEMV's epilogue and down a plain GEMV, which adds its output to
         the residual itself where it `joins` it without a norm (then (the new residual, None));
-        otherwise the activation rides in down's prologue. Under RUNTIME_FUSED_MLP=1 one row takes
-        one kernel for the whole MLP, its output a fixed-point row (ops.fused_mlp)."""
-        pre_w = None if pre is None else pre.weight
-        if self.zero is not None and ops.fused_mlp_on(x, self.gate_up.weight):
-            h, x = ops.fused_mlp(
-                h, x, norm.weight, norm.eps, norm.offset, pre_w, self.gate_up.weight, self.down.weight,
-                self.activation, self.acc, self.zero,
-            )  # fmt: skip
-            return x, h
+        otherwise the activation rides in down's prologue."""
         if self.gate_up.bias is None and ops.gated_epilogue(x, self.gate_up.weight):
+            pre_w = None if pre is None else pre.weight
             act, x = ops.norm_linear_act(
                 h, x, norm.weight, norm.eps, norm.offset, pre_w, self.gate_up.weight, self.activation
             )
@@ -147,8 +136,6 @@ class DecoderLM(nn.Module):
         self.inv_freqs = torch.empty(0)  # (n_tables, D/2) fp32 once prepared
         self.embed_scale = spec.embed_scale
         self.norms_folded = False  # folded_norms.fold_norm_weights sets it
-        self.mlp_rows = torch.empty(0)  # (L, hidden) int64 once prepared
-        self._rows_in_use = False  # _run: set while a pass runs
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
@@ -169,15 +156,6 @@ class DecoderLM(nn.Module):
         )
         # Gemma's sqrt(hidden) is rounded to the weight dtype before it scales the embeddings
         self.embed_scale = torch.tensor(self.spec.embed_scale, dtype=self.dtype).item()
-        # the fused MLP's output rows (ops.fused_mlp): layer i sums into row i and zeroes row i - 1,
-        # which layer i's qkv GEMV has read (row L - 1: the LM head, a step before); one layer alone
-        # would zero its own row, so it keeps the unfused MLP
-        L = len(self.layers)
-        self.mlp_rows = torch.zeros(L, self.spec.hidden, dtype=FIXED_DTYPE, device=self.device)
-        for i, layer in enumerate(self.layers):
-            layer.mlp.acc = self.mlp_rows[i]
-            layer.mlp.zero = self.mlp_rows[i - 1] if L > 1 else None
-        self._rows_in_use = False
 
     def gemv_shapes(self) -> list[tuple[str, int, int]]:
         """(op, N, K) of each batch-1 GEMV a decode step runs under the current switches (what
@@ -240,15 +218,11 @@ class DecoderLM(nn.Module):
         each, before the final add and norm (which _logits folds into the LM head); release: the
         decode step's qkv release."""
         x, tables = self._inputs(tokens, positions)  # once per step
-        if self._rows_in_use:  # a pass stopped part-way (an exception) may have left a row unzeroed
-            self.mlp_rows.zero_()
-        self._rows_in_use = True
         h = None
         for i, layer in enumerate(self.layers):
             cos, sin = tables[self.rope_index[i]]
             prev = self.layers[i - 1].mlp_out_norm if i else None
             x, h = layer(x, h, prev, lambda attn, qkv, cos=cos, sin=sin: attend(attn, qkv, cos, sin), release)
-        self._rows_in_use = False
         return x, h
 
     @torch.inference_mode()
