@@ -31,6 +31,19 @@ def _broken(x_ptr, BLOCK: tl.constexpr):
     tl.store(x_ptr + tl.arange(0, BLOCK), 1.0)  # BLOCK = 10 is no power of two: a build error
 
 
+@jit
+def _two_return_types(x, WIDEN: tl.constexpr):
+    if WIDEN:
+        return x.to(tl.int64)
+    return x  # a GPU build refuses a helper whose branches return two types, even constexpr ones
+
+
+@jit
+def _broken_in_a_helper(x_ptr, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    tl.store(x_ptr + i, _two_return_types(tl.load(x_ptr + i), True))
+
+
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     try:
@@ -87,6 +100,15 @@ def test_failed_build_is_counted_not_raised():
     result = prebuild.compile_ahead(run, META, target=H100)
     assert (result.kernels, result.built, result.failed) == (2, 2, 1)
     assert "1 failed" in result.describe()
+
+
+def test_a_failure_inside_a_helper_names_its_innermost_cause():
+    """The kernel's own error shows the call of the helper; the reason is the helper's."""
+    result = prebuild.compile_ahead(
+        lambda: _broken_in_a_helper[(1,)](torch.empty(16, device=META), BLOCK=16), META, target=H100
+    )
+    assert result.failed == 1
+    assert "caused by" in result.errors[0] and "return types" in result.errors[0], result.errors[0]
 
 
 def test_code_that_cannot_record_skips_with_the_reason():

@@ -138,7 +138,8 @@ def _run_job(index: int) -> str | None:
         while cause is not None and cause.__cause__ is not None:
             cause = cause.__cause__
         if cause is not None:
-            lines.append(f"  caused by {type(cause).__name__}: {str(cause).strip().splitlines()[-1:]}")
+            reason = (str(cause).strip().splitlines() or [""])[-1]
+            lines.append(f"  caused by {type(cause).__name__}: {reason}")
         return "\n".join(lines)
     return None
 
