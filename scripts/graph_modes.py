@@ -18,7 +18,7 @@ import argparse
 import json
 
 import torch
-from step_timeline import position_rows, profiled_steps, role_rows, short, warm_runner
+from step_timeline import compare_steps, position_rows, profiled_steps, warm_runner
 
 from graphs.pool import GraphPool
 from runtime.bench.step_timing import isolated_ms, queued_ms
@@ -81,33 +81,7 @@ def main() -> None:
             )
             for g in (slow, fast)
         }
-        diff = [
-            {"i": a["i"], "name": a["name"], "grid": a["grid"], "slow_adds": a["adds"], "fast_adds": b["adds"],
-             "slow_dur": a["dur"], "fast_dur": b["dur"], "delta": round(a["adds"] - b["adds"], 2)}
-            for a, b in zip(rows[slow], rows[fast])
-        ]  # fmt: skip
-        print(
-            "\n| i | kernel | grid | adds slow | adds fast | delta us | dur slow | dur fast |\n|---|---|---|---|---|---|---|---|"
-        )
-        for d in sorted(diff, key=lambda d: -abs(d["delta"]))[:16]:
-            print(f"| {d['i']} | {short(d['name'])} | {d['grid']} | {d['slow_adds']} | {d['fast_adds']} | "
-                  f"{d['delta']:+.2f} | {d['slow_dur']} | {d['fast_dur']} |")  # fmt: skip
-        period, slow_roles = role_rows(rows[slow])
-        _, fast_roles = role_rows(rows[fast])
-        print(
-            f"\nper role in a layer (period {period}):\n| role | kernel | adds slow | adds fast | delta us |\n|---|---|---|---|---|"
-        )
-        for a, b in zip(slow_roles, fast_roles):
-            print(
-                f"| {a['role']} | {short(a['name'])} | {a['adds']} | {b['adds']} | {a['adds'] - b['adds']:+.2f} |"
-            )
-        result.update(
-            slow=slow,
-            fast=fast,
-            spread_us=spread_us,
-            positions=diff,
-            roles={"slow": slow_roles, "fast": fast_roles},
-        )
+        result.update(slow=slow, fast=fast, spread_us=spread_us, **compare_steps(rows[slow], rows[fast]))
     for pool in pools[1:]:
         pool.release()
     runner.release()

@@ -6,7 +6,9 @@ runners of one process in different modes, on the same weights. What a runner ow
 cache (one k and one v tensor per layer), its buffers and its graphs' pool. Each runner here is kept
 alive while the next is built, so their allocations differ; per runner the table gives the step
 (queued, then isolated) and the cache's layout: the first k address, whether each layer's k and v
-are 2 MiB-aligned, and the spread of v - k per layer. The JSON holds every address.
+are 2 MiB-aligned, and the spread of v - k per layer. The JSON holds every address. Where the
+slowest runner is `--min-us` slower than the fastest (queued), both are profiled and compared kernel
+by kernel (step_timeline.compare_steps), as graph_modes.py compares graphs.
 
   python3 scripts/runner_modes.py [--model Qwen/Qwen3-1.7B] [--runners 6] --out $OUT/runner_modes.json
 """
@@ -18,12 +20,14 @@ import functools
 import json
 
 import torch
+from step_timeline import compare_steps, position_rows, profiled_steps
 
 from runtime.bench.step_timing import isolated_ms, queued_ms
 from runtime.engine.runner import Runner
 from runtime.models.loader import load_model
 
 MIB2 = 2 << 20
+KEY = (1, "greedy")
 
 
 def layout(runner: Runner) -> dict:
@@ -46,6 +50,8 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=256)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--capacity", type=int, default=2048)
+    ap.add_argument("--replays", type=int, default=20, help="profiled replays of the two compared")
+    ap.add_argument("--min-us", type=float, default=10.0)
     ap.add_argument("--out")
     args = ap.parse_args()
     loaded = load_model(args.model, weights="random", device="cuda", dtype="bfloat16")
@@ -72,13 +78,22 @@ def main() -> None:
         print(f"| {row['runner']} | {row['queued_ms']:.4f} | {row['isolated_ms']:.4f} | {row['k0_mib']} | "
               f"{row['aligned_2mib']} of {2 * len(row['k'])} | {row['v_minus_k_mib']} |")  # fmt: skip
     print(f"\nrunner 0 again, queued, after the others were built: {again:.4f} ms")
+    result = {"model": args.model, "capacity": args.capacity, "rows": rows, "runner0_again_ms": again}
+    slow = max(range(len(rows)), key=lambda r: rows[r]["queued_ms"])
+    fast = min(range(len(rows)), key=lambda r: rows[r]["queued_ms"])
+    spread_us = (rows[slow]["queued_ms"] - rows[fast]["queued_ms"]) * 1e3
+    print(f"spread {spread_us:.1f} us (slowest runner {slow}, fastest {fast})")
+    if spread_us >= args.min_us:
+        steps = {}
+        for r in (slow, fast):
+            runners[r].prefill(0, ids, 0, "greedy")
+            steps[r] = position_rows(profiled_steps(lambda r=r: runners[r].pool.replay(KEY), args.replays))
+        result.update(slow=slow, fast=fast, spread_us=spread_us, **compare_steps(steps[slow], steps[fast]))
     for runner in runners:
         runner.release()
     if args.out:
         with open(args.out, "w") as f:
-            json.dump(
-                {"model": args.model, "capacity": args.capacity, "rows": rows, "runner0_again_ms": again}, f
-            )
+            json.dump(result, f)
 
 
 if __name__ == "__main__":

@@ -146,6 +146,33 @@ def role_rows(rows: list[dict]) -> tuple[int, list[dict]]:
     ]
 
 
+def compare_steps(slow: list[dict], fast: list[dict], shown: int = 16) -> dict:
+    """Two position_rows of the same step (a slow and a fast reading) -> {"positions": per position
+    the adds and durations of both and their difference, "roles": per role in a layer the adds of
+    both}, printed as two tables: the `shown` positions that differ most, then the roles."""
+    diff = [
+        {"i": a["i"], "name": a["name"], "grid": a["grid"], "slow_adds": a["adds"], "fast_adds": b["adds"],
+         "slow_dur": a["dur"], "fast_dur": b["dur"], "delta": round((a["adds"] or 0) - (b["adds"] or 0), 2)}
+        for a, b in zip(slow, fast)
+    ]  # fmt: skip
+    print(
+        "\n| i | kernel | grid | adds slow | adds fast | delta us | dur slow | dur fast |\n|---|---|---|---|---|---|---|---|"
+    )
+    for d in sorted(diff, key=lambda d: -abs(d["delta"]))[:shown]:
+        print(f"| {d['i']} | {short(d['name'])} | {d['grid']} | {d['slow_adds']} | {d['fast_adds']} | "
+              f"{d['delta']:+.2f} | {d['slow_dur']} | {d['fast_dur']} |")  # fmt: skip
+    period_, slow_roles = role_rows(slow)
+    _, fast_roles = role_rows(fast)
+    print(
+        f"\nper role in a layer (period {period_}):\n| role | kernel | adds slow | adds fast | delta us |\n|---|---|---|---|---|"
+    )
+    for a, b in zip(slow_roles, fast_roles):
+        print(
+            f"| {a['role']} | {short(a['name'])} | {a['adds']} | {b['adds']} | {a['adds'] - b['adds']:+.2f} |"
+        )
+    return {"positions": diff, "roles": {"slow": slow_roles, "fast": fast_roles}}
+
+
 def timeline(model_id: str, batch: int, prompt: int, replays: int, capacity: int | None = None) -> dict:
     runner = warm_runner(model_id, batch, prompt, replays, 20, capacity)
     steps = profiled_steps(lambda: runner.step(batch, "greedy"), replays)

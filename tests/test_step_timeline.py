@@ -57,3 +57,23 @@ def test_position_and_role_medians_from_profiled_steps():
     period, roles = st.role_rows(rows)
     assert period == 2
     assert {r["name"]: (r["dur"], r["adds"]) for r in roles} == {"a": (2.0, 1.5), "b": (3.0, 2.5)}
+
+
+def test_two_readings_of_a_step_compared_position_by_position(capsys):
+    """A slow and a fast reading whose "b" kernels add 1 us more in the slow one: each position's
+    delta, the largest first in the table, and per role the difference."""
+    st = _module()
+    names = ["embed", "a", "b", "a", "b", "a", "b", "a", "b", "head"]
+    fast = [
+        {"i": i, "name": n, "grid": [1, 1, 1], "dur": 2.0, "adds": 1.5, "overlap": 0.5}
+        for i, n in enumerate(names)
+    ]
+    slow = [dict(r, adds=r["adds"] + (1.0 if r["name"] == "b" else 0.0)) for r in fast]
+    result = st.compare_steps(slow, fast, shown=3)
+    assert [d["delta"] for d in result["positions"]] == [1.0 if n == "b" else 0.0 for n in names]
+    roles = {
+        a["name"]: a["adds"] - b["adds"] for a, b in zip(result["roles"]["slow"], result["roles"]["fast"])
+    }
+    assert roles == {"a": 0.0, "b": 1.0}
+    table = capsys.readouterr().out
+    assert table.count("| +1.00 |") == 3 + 1  # the three positions shown, then the role
