@@ -522,9 +522,31 @@ def test_qkv_release_points_change_no_bit(monkeypatch, family):
             assert torch.equal(got, want), name
 
 
+def test_residual_epilogue_defaults_to_o_and_the_shapes_the_card_ships(monkeypatch):
+    """Unset, RUNTIME_RESIDUAL_ADD means the o GEMV everywhere and the down GEMV at the shapes the
+    card's shipped choices name (on the H100 Llama's 2048 x 8192, not Qwen3's 2048 x 6144); set, it
+    names the roles whatever was shipped."""
+    from runtime.kernels import gemv_blocks
+
+    monkeypatch.setattr(ops, "_gemv_row", lambda x, weight: True)
+    monkeypatch.setattr(gemv_blocks, "SHIPPED_ADDS", {("down", 2048, 8192)})
+    x = torch.empty(1, 8)
+    llama_down, qwen3_down, o = torch.empty(2048, 8192), torch.empty(2048, 6144), torch.empty(2048, 2048)
+    monkeypatch.delenv("RUNTIME_RESIDUAL_ADD", raising=False)
+    assert ops.residual_epilogue(x, o, "o") and ops.residual_epilogue(x, llama_down, "down")
+    assert not ops.residual_epilogue(x, qwen3_down, "down")
+    monkeypatch.setenv("RUNTIME_RESIDUAL_ADD", "o")
+    assert not ops.residual_epilogue(x, llama_down, "down")
+    monkeypatch.setenv("RUNTIME_RESIDUAL_ADD", "none")
+    assert not ops.residual_epilogue(x, o, "o")
+    monkeypatch.setattr(ops, "_gemv_row", lambda x, weight: False)  # not a batch-1 GEMV: never
+    monkeypatch.delenv("RUNTIME_RESIDUAL_ADD")
+    assert not ops.residual_epilogue(x, llama_down, "down")
+
+
 def test_residual_add_roles_refuses_unknown_ones(monkeypatch):
     monkeypatch.delenv("RUNTIME_RESIDUAL_ADD", raising=False)
-    assert ops.residual_add_roles() == {"o"}
+    assert ops.residual_add_roles() is None  # unset: residual_epilogue's default
     monkeypatch.setenv("RUNTIME_RESIDUAL_ADD", " down , o ")
     assert ops.residual_add_roles() == {"o", "down"}
     monkeypatch.setenv("RUNTIME_RESIDUAL_ADD", "none")

@@ -53,6 +53,7 @@ def fresh_process(tmp_path, monkeypatch):
 
 def restart(monkeypatch) -> None:
     monkeypatch.setattr(fl, "_TUNED", {})
+    monkeypatch.setattr(gemv_blocks, "SHIPPED_ADDS", set())
     monkeypatch.setattr(gemv_tuning, "TIMINGS", {})
     monkeypatch.setattr(gemv_tuning, "SOURCES", {})
 
@@ -343,7 +344,9 @@ def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_p
     cmd = [sys.executable, "scripts/ship_tuning.py", *sources, "--out", str(out), "--gpu", H100.name,
            "--capability", "9.0", "--measured-with", "triton 3.6.0, torch 2.11.0+cu130",
            "--step-blocks", H100_STEP_BLOCKS,
-           "--step-source", "results/2026-11-27-gpu-checks/profile_ab_o_lm_blocks_confirm_h100.json"]  # fmt: skip
+           "--step-source", "results/2026-11-27-gpu-checks/profile_ab_o_lm_blocks_confirm_h100.json",
+           "--residual-add", "down:2048x8192",
+           "--residual-source", "results/2026-11-28-gpu-checks/ab_down_add_llama_ab.json"]  # fmt: skip
     subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
     assert out.read_text() == (tuning_store.SHIPPED_DIR / "nvidia-h100-80gb-hbm3.json").read_text()
 
@@ -361,6 +364,45 @@ def test_step_blocks_must_be_candidates_and_name_their_ab(tmp_path):
         [*base, "--step-blocks", "linear:2048x2048=2/2048/4"], cwd=repo, capture_output=True, text=True
     )
     assert unnamed.returncode != 0 and "--step-source" in unnamed.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.filterwarnings("error")
+def test_shipped_residual_adds_reach_the_step_for_their_card_only(fresh_process, monkeypatch):
+    """The H100 file names Llama's down projection (the step's A/B: -9..-14 us with its residual add);
+    tune_shapes hands its card's entries to the GEMV switches, another card's none."""
+    assert tuning_store.shipped_residual_adds(H100) == {("down", 2048, 8192)}
+    assert tuning_store.shipped_residual_adds(A100) == set()
+    on(monkeypatch, A100)
+    gemv_tuning.tune_shapes(LLAMA[:1], BF16, "cuda")
+    assert not gemv_blocks.shipped_residual_add("down", 2048, 8192)
+    on(monkeypatch, H100)
+    gemv_tuning.tune_shapes(LLAMA[:1], BF16, "cuda")
+    assert gemv_blocks.shipped_residual_add("down", 2048, 8192)
+    assert not gemv_blocks.shipped_residual_add("down", 2048, 6144)  # Qwen3's: slower with it
+
+
+@pytest.mark.parametrize("listed", [["down:2048"], ["up:2048x8192"], "down:2048x8192"])
+def test_a_malformed_residual_add_list_warns_and_adds_nothing(monkeypatch, tmp_path, listed):
+    doc = json.loads((tuning_store.SHIPPED_DIR / "nvidia-h100-80gb-hbm3.json").read_text())
+    (tmp_path / "h100.json").write_text(json.dumps({**doc, "residual_add": listed}))
+    monkeypatch.setattr(tuning_store, "SHIPPED_DIR", tmp_path)
+    with pytest.warns(UserWarning, match="residual_add"):
+        assert tuning_store.shipped_residual_adds(H100) == set()
+    assert tuning_store.shipped(H100)  # the block choices still apply
+
+
+def test_residual_add_entries_must_be_role_and_shape_and_name_their_ab(tmp_path):
+    repo = Path(__file__).parent.parent
+    base = [sys.executable, "scripts/ship_tuning.py", "results/2026-11-27-gpu-checks/gemv_tuning_h100.json",
+            "--out", str(tmp_path / "x.json"), "--gpu", H100.name, "--capability", "9.0"]  # fmt: skip
+    bad = subprocess.run([*base, "--residual-add", "qkv:3072x2048", "--residual-source", "ab.json"],
+                         cwd=repo, capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode != 0 and "role:NxK" in bad.stderr
+    unnamed = subprocess.run(
+        [*base, "--residual-add", "down:2048x8192"], cwd=repo, capture_output=True, text=True
+    )
+    assert unnamed.returncode != 0 and "--residual-source" in unnamed.stderr
     assert not (tmp_path / "x.json").exists()
 
 

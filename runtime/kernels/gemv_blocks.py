@@ -105,6 +105,16 @@ def block_override(
     return parse_blocks(os.environ.get(variable, ""), variable, fields).get((op, N, K))
 
 
+# (role, N, K) of the batch-1 projections whose GEMV adds the residual in its epilogue on this card
+# by the shipped choices (tuning_store.shipped_residual_adds; gemv_tuning.tune_shapes sets them)
+SHIPPED_ADDS: set[tuple[str, int, int]] = set()
+
+
+def shipped_residual_add(role: str, N: int, K: int) -> bool:
+    """Whether the card's shipped choices put the residual add in the (N, K) `role` GEMV."""
+    return (role, N, K) in SHIPPED_ADDS
+
+
 def tuning_enabled() -> bool:
     """RUNTIME_GEMV_TUNE=0 launches the heuristic's blocks even where tune() chose others."""
     return os.environ.get("RUNTIME_GEMV_TUNE", "1") != "0"

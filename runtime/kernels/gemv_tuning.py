@@ -17,7 +17,14 @@ from collections.abc import Iterable
 
 import torch
 
-from runtime.kernels import fused_linear, fused_rows, fused_rows_config, phase_clock, tuning_store
+from runtime.kernels import (
+    fused_linear,
+    fused_rows,
+    fused_rows_config,
+    gemv_blocks,
+    phase_clock,
+    tuning_store,
+)
 from runtime.kernels._triton import AVAILABLE, INTERPRETING, next_pow2
 from runtime.kernels.fused_linear import _ACT, _NONE, _NORM, _launch
 from runtime.kernels.fused_rows_config import (
@@ -68,6 +75,8 @@ def tune_shapes(
         shapes = list(dict.fromkeys(shapes))
         fresh = os.environ.get("RUNTIME_GEMV_TUNE") == "fresh"
         card = tuning_store.card(device)
+        if card is not None:  # where the step preferred the residual add in a GEMV (ops.residual_epilogue)
+            gemv_blocks.SHIPPED_ADDS.update(tuning_store.shipped_residual_adds(card))
         # stale entries (a config no longer among the candidates) are dropped: that shape re-tunes
         stored = {} if card is None else {k: v for k, v in tuning_store.load(card).items() if _valid(k, v[0])}
         sources = (

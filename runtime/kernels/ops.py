@@ -47,6 +47,7 @@ from runtime.kernels.fused_rows import (
     linear_rows_triton,
     norm_linear_rows_triton,
 )
+from runtime.kernels.gemv_blocks import shipped_residual_add
 from runtime.kernels.publish import publish_tokens_ref, publish_tokens_triton
 from runtime.kernels.qkv_attention import qkv_decode_attention_ref, qkv_decode_attention_triton
 from runtime.kernels.qkv_rope import (
@@ -224,12 +225,16 @@ def act_linear(gate_up: torch.Tensor, activation: str, weight: torch.Tensor) -> 
 RESIDUAL_ADD_ROLES = ("o", "down")
 
 
-def residual_add_roles() -> set[str]:
+def residual_add_roles() -> set[str] | None:
     """RUNTIME_RESIDUAL_ADD: the batch-1 projections whose GEMV adds the residual in its epilogue
-    (linear_add), comma-separated from RESIDUAL_ADD_ROLES, or "none". Default "o": in same-process
-    A/Bs on the H100 the o GEMV's add was -10..+3 us per step, the down GEMV's -16..-23 us on
-    Llama-3.2-1B but +16..+22 us on Qwen3-1.7B (not explained yet; notes/kernels.md)."""
-    raw = (os.environ.get("RUNTIME_RESIDUAL_ADD") or "o").strip()
+    (linear_add), comma-separated from RESIDUAL_ADD_ROLES, or "none"; None where it is unset (the
+    default: residual_epilogue). In same-process A/Bs on the H100 the o GEMV's add was -10..+3 us per
+    step, the down GEMV's -9..-23 us on Llama-3.2-1B but +16..+35 us on Qwen3-1.7B (not explained
+    yet; notes/kernels.md), so the default takes o everywhere and down where the card's shipped
+    choices name its shape."""
+    raw = (os.environ.get("RUNTIME_RESIDUAL_ADD") or "").strip()
+    if not raw:
+        return None
     roles = set() if raw == "none" else {r.strip() for r in raw.split(",") if r.strip()}
     unknown = sorted(roles - set(RESIDUAL_ADD_ROLES))
     if unknown:
@@ -245,8 +250,15 @@ def _gemv_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def residual_epilogue(x: torch.Tensor, weight: torch.Tensor, role: str) -> bool:
     """Whether the `role` projection ("o" or "down") of this row adds its residual in the GEMV's
-    epilogue (linear_add): one row on Triton, one dtype, the role in residual_add_roles()."""
-    return _gemv_row(x, weight) and role in residual_add_roles()
+    epilogue (linear_add): one row on Triton, one dtype, and the role named by RUNTIME_RESIDUAL_ADD,
+    or where that is unset, "o", or a role and shape the card's shipped choices name
+    (gemv_blocks.shipped_residual_add)."""
+    if not _gemv_row(x, weight):
+        return False
+    roles = residual_add_roles()
+    if roles is not None:
+        return role in roles
+    return role == "o" or shipped_residual_add(role, *weight.shape)
 
 
 def linear_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,9 @@ Two JSON sources, read by gemv_tuning.tune_shapes:
   shipped choices   runtime/kernels/tuned/*.json, applied where GPU name and capability match whatever
                     the triton and torch versions: blocks that won stay valid, only maybe not the fastest
 A file maps (op, N, K, dtype name) to [BLOCK_N, BLOCK_K, num_warps] and the measured us (for the
-record). Nothing here is fatal: an unreadable file is ignored and an unwritable folder skipped, each
+record). A shipped file may also list "residual_add": ["role:NxK", ...], the batch-1 projections whose
+GEMV a same-process A/B of the decode step on that card preferred to add the residual in its epilogue
+(ops.residual_epilogue; role "o" or "down", W of (N, K)). Nothing here is fatal: an unreadable file is ignored and an unwritable folder skipped, each
 with a one-line warning. Whether a config is still a candidate is gemv_tuning's check.
 """
 
@@ -89,11 +91,42 @@ def load(card: Card) -> Choices:
 
 def shipped(card: Card) -> Choices:
     """The choices shipped for this card's GPU name and capability; {} if none."""
+    path = _shipped_path(card)
+    got = None if path is None else _read(path)
+    return {} if got is None else got[1]
+
+
+def shipped_residual_adds(card: Card) -> set[tuple[str, int, int]]:
+    """The (role, N, K) the file shipped for this card lists under "residual_add"; empty if none. A
+    malformed list is ignored with a warning, as an unreadable file is."""
+    path = _shipped_path(card)
+    if path is None:
+        return set()
+    raw = json.loads(path.read_text()).get("residual_add", [])
+    try:
+        if not isinstance(raw, list):
+            raise ValueError(raw)
+        return {(role, int(n), int(k)) for role, n, k in (role_shape(entry) for entry in raw)}
+    except ValueError as e:
+        warnings.warn(f"{path}: bad residual_add list ignored ({e})", stacklevel=2)
+        return set()
+
+
+def role_shape(entry: str) -> tuple[str, str, str]:
+    """ "down:2048x8192" -> ("down", "2048", "8192"), refusing anything else."""
+    match = re.fullmatch(r"(o|down):(\d+)x(\d+)", str(entry))
+    if match is None:
+        raise ValueError(f"{entry!r} is not role:NxK with role o or down")
+    return match.groups()
+
+
+def _shipped_path(card: Card) -> Path | None:
+    """The readable shipped file for this card's GPU name and capability, or None."""
     for path in sorted(SHIPPED_DIR.glob("*.json")):
         got = _read(path)
         if got is not None and (got[0]["name"], tuple(got[0]["capability"])) == (card.name, card.capability):
-            return got[1]
-    return {}
+            return path
+    return None
 
 
 def _read(path: Path) -> tuple[dict, Choices] | None:

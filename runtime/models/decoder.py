@@ -10,7 +10,7 @@ passed in (runtime/engine/state.py), and sampling happens elsewhere. Three entry
 Each residual add and norm is folded into the projection that follows it (ops.norm_linear: the
 add, the norm and the matrix product in one kernel at batch 1) or, at batch 1 where a branch joins
 the residual without a norm of its own, into the projection that ends the branch (ops.linear_add,
-for the roles RUNTIME_RESIDUAL_ADD names: the next norm_linear then reads one row). The gated
+for the roles ops.residual_epilogue takes: the next norm_linear then reads one row). The gated
 activation rides in the gate/up projection's epilogue at batch 1 (ops.norm_linear_act) and in the
 down projection's prologue otherwise (ops.act_linear), the final norm in the LM head, and in decode
 the q/k-norm, rope, KV-cache write and attention are one op (ops.qkv_decode_attention). Prefill runs these ops
