@@ -106,6 +106,7 @@ AB_SETTINGS = (
     {"RUNTIME_QKV_PDL": "long"},
     {"RUNTIME_ATTN_AHEAD": "auto"},
     {"RUNTIME_ATTN_AHEAD": "0"},
+    {"RUNTIME_RESIDUAL_ADD": "o,down"},
 )
 
 # @jit kernels no recorded path launches, with the reason
@@ -207,6 +208,7 @@ def recording(target: Target) -> Iterator[prebuild.Recorder]:
         mp.setattr(attention_plan, "sm_count", lambda device: target.sms)
         mp.setattr(attention_plan, "l2_bytes", lambda device: 50 * 2**20)  # an H100's
         mp.setattr(fused_linear, "_TUNED", {})
+        mp.setattr("runtime.kernels.gemv_blocks.SHIPPED_ADDS", set())  # the residual adds: o only
         mp.setattr(fused_rows_config, "_TUNED_ROWS", {})
         for name in [k for k in os.environ if k.startswith("RUNTIME_")]:
             mp.delenv(name)
