@@ -351,19 +351,25 @@ def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_p
     assert out.read_text() == (tuning_store.SHIPPED_DIR / "nvidia-h100-80gb-hbm3.json").read_text()
 
 
-def test_step_blocks_must_be_candidates_and_name_their_ab(tmp_path):
-    """ship_tuning.py --step-blocks: a config tune() would never time is refused, as is one with no
-    --step-source saying which A/B chose it."""
+@pytest.mark.parametrize(
+    "flag,source,bad,good,message",
+    [
+        ("--step-blocks", "--step-source", "linear:2048x2048=3/2048/4", "linear:2048x2048=2/2048/4",
+         "not among today's candidates"),
+        ("--residual-add", "--residual-source", "qkv:3072x2048", "down:2048x8192", "role:NxK"),
+    ],
+)  # fmt: skip
+def test_step_choices_must_be_valid_and_name_their_ab(tmp_path, flag, source, bad, good, message):
+    """ship_tuning.py's choices from a same-process A/B of the step (--step-blocks: blocks tune()
+    would time; --residual-add: role o or down with a shape): a bad entry is refused, and so is a
+    good one with no --step-source / --residual-source naming the A/B."""
     repo = Path(__file__).parent.parent
     base = [sys.executable, "scripts/ship_tuning.py", "results/2026-11-27-gpu-checks/gemv_tuning_h100.json",
             "--out", str(tmp_path / "x.json"), "--gpu", H100.name, "--capability", "9.0"]  # fmt: skip
-    bad = subprocess.run([*base, "--step-blocks", "linear:2048x2048=3/2048/4", "--step-source", "ab.json"],
-                         cwd=repo, capture_output=True, text=True)  # fmt: skip
-    assert bad.returncode != 0 and "not among today's candidates" in bad.stderr
-    unnamed = subprocess.run(
-        [*base, "--step-blocks", "linear:2048x2048=2/2048/4"], cwd=repo, capture_output=True, text=True
-    )
-    assert unnamed.returncode != 0 and "--step-source" in unnamed.stderr
+    refused = subprocess.run([*base, flag, bad, source, "ab.json"], cwd=repo, capture_output=True, text=True)
+    assert refused.returncode != 0 and message in refused.stderr
+    unnamed = subprocess.run([*base, flag, good], cwd=repo, capture_output=True, text=True)
+    assert unnamed.returncode != 0 and source in unnamed.stderr
     assert not (tmp_path / "x.json").exists()
 
 
@@ -390,20 +396,6 @@ def test_a_malformed_residual_add_list_warns_and_adds_nothing(monkeypatch, tmp_p
     with pytest.warns(UserWarning, match="residual_add"):
         assert tuning_store.shipped_residual_adds(H100) == set()
     assert tuning_store.shipped(H100)  # the block choices still apply
-
-
-def test_residual_add_entries_must_be_role_and_shape_and_name_their_ab(tmp_path):
-    repo = Path(__file__).parent.parent
-    base = [sys.executable, "scripts/ship_tuning.py", "results/2026-11-27-gpu-checks/gemv_tuning_h100.json",
-            "--out", str(tmp_path / "x.json"), "--gpu", H100.name, "--capability", "9.0"]  # fmt: skip
-    bad = subprocess.run([*base, "--residual-add", "qkv:3072x2048", "--residual-source", "ab.json"],
-                         cwd=repo, capture_output=True, text=True)  # fmt: skip
-    assert bad.returncode != 0 and "role:NxK" in bad.stderr
-    unnamed = subprocess.run(
-        [*base, "--residual-add", "down:2048x8192"], cwd=repo, capture_output=True, text=True
-    )
-    assert unnamed.returncode != 0 and "--residual-source" in unnamed.stderr
-    assert not (tmp_path / "x.json").exists()
 
 
 # ---------------------------------------------------------------- what a benchmark row records
