@@ -324,7 +324,7 @@ def test_the_shipped_files_parse_and_hold_only_candidates():
     for path in files:
         got = tuning_store._read(path)
         assert got is not None, path
-        fields, choices = got
+        _, choices = got
         assert choices, path
         for key, (config, _) in choices.items():
             assert config in gemv_tuning.candidates(*key), (path.name, key, config)

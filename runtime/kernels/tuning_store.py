@@ -6,10 +6,11 @@ Two JSON sources, read by gemv_tuning.tune_shapes:
   shipped choices   runtime/kernels/tuned/*.json, applied where GPU name and capability match whatever
                     the triton and torch versions: blocks that won stay valid, only maybe not the fastest
 A file maps (op, N, K, dtype name) to [BLOCK_N, BLOCK_K, num_warps] and the measured us (for the
-record). A shipped file may also list "residual_add": ["role:NxK", ...], the batch-1 projections whose
-GEMV a same-process A/B of the decode step on that card preferred to add the residual in its epilogue
-(ops.residual_epilogue; role "o" or "down", W of (N, K)). Nothing here is fatal: an unreadable file is ignored and an unwritable folder skipped, each
-with a one-line warning. Whether a config is still a candidate is gemv_tuning's check.
+record). A shipped file may also list "residual_add": ["role:NxK", ...], the batch-1 projections
+whose GEMV a same-process A/B of the decode step on that card preferred to add the residual in its
+epilogue (ops.residual_epilogue; role "o" or "down", W of (N, K)). Nothing here is fatal: an
+unreadable file is ignored and an unwritable folder skipped, each with a one-line warning. Whether
+a config is still a candidate is gemv_tuning's check.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def load(card: Card) -> Choices:
     got = _read(path)
     if got is None:
         return {}
-    if got[0] != card.as_json():
+    if got[0]["card"] != card.as_json():
         warnings.warn(f"{path}: written for another card or version, ignored", stacklevel=2)
         return {}
     return got[1]
@@ -91,46 +92,53 @@ def load(card: Card) -> Choices:
 
 def shipped(card: Card) -> Choices:
     """The choices shipped for this card's GPU name and capability; {} if none."""
-    path = _shipped_path(card)
-    got = None if path is None else _read(path)
-    return {} if got is None else got[1]
+    got = _shipped(card)
+    return {} if got is None else got[2]
 
 
 def shipped_residual_adds(card: Card) -> set[tuple[str, int, int]]:
     """The (role, N, K) the file shipped for this card lists under "residual_add"; empty if none. A
     malformed list is ignored with a warning, as an unreadable file is."""
-    path = _shipped_path(card)
-    if path is None:
+    got = _shipped(card)
+    if got is None:
         return set()
-    raw = json.loads(path.read_text()).get("residual_add", [])
+    path, doc, _ = got
+    raw = doc.get("residual_add", [])
     try:
         if not isinstance(raw, list):
             raise ValueError(raw)
-        return {(role, int(n), int(k)) for role, n, k in (role_shape(entry) for entry in raw)}
+        return {role_shape(entry) for entry in raw}
     except ValueError as e:
         warnings.warn(f"{path}: bad residual_add list ignored ({e})", stacklevel=2)
         return set()
 
 
-def role_shape(entry: str) -> tuple[str, str, str]:
-    """ "down:2048x8192" -> ("down", "2048", "8192"), refusing anything else."""
+def role_shape(entry: str) -> tuple[str, int, int]:
+    """ "down:2048x8192" -> ("down", 2048, 8192), refusing anything else."""
     match = re.fullmatch(r"(o|down):(\d+)x(\d+)", str(entry))
     if match is None:
         raise ValueError(f"{entry!r} is not role:NxK with role o or down")
-    return match.groups()
+    role, n, k = match.groups()
+    return role, int(n), int(k)
 
 
-def _shipped_path(card: Card) -> Path | None:
-    """The readable shipped file for this card's GPU name and capability, or None."""
+def _shipped(card: Card) -> tuple[Path, dict, Choices] | None:
+    """(path, document, choices) of the readable shipped file for this card's GPU name and
+    capability, or None."""
     for path in sorted(SHIPPED_DIR.glob("*.json")):
         got = _read(path)
-        if got is not None and (got[0]["name"], tuple(got[0]["capability"])) == (card.name, card.capability):
-            return path
+        if got is not None and _same_gpu(got[0]["card"], card):
+            return path, *got
     return None
 
 
+def _same_gpu(fields: dict, card: Card) -> bool:
+    """Whether a file's card fields name this card's GPU and capability (the versions aside)."""
+    return fields["name"] == card.name and tuple(fields["capability"]) == card.capability
+
+
 def _read(path: Path) -> tuple[dict, Choices] | None:
-    """(the file's card fields, its choices); None (a warning unless missing) if it cannot be used."""
+    """(the whole document, its choices); None (a warning unless missing) if it cannot be used."""
     try:
         doc = json.loads(path.read_text())
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
@@ -138,7 +146,7 @@ def _read(path: Path) -> tuple[dict, Choices] | None:
         fields = doc["card"]
         if not isinstance(fields["name"], str) or len(fields["capability"]) != 2:
             raise ValueError(f"bad card {fields}")
-        return fields, dict(_entry(e) for e in doc["choices"])
+        return doc, dict(_entry(e) for e in doc["choices"])
     except (FileNotFoundError, NotADirectoryError):  # nothing stored yet
         return None
     except (OSError, ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
