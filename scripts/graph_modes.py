@@ -18,7 +18,7 @@ import argparse
 import json
 
 import torch
-from step_timeline import compare_steps, position_rows, profiled_steps, warm_runner
+from step_timeline import compare_slowest, profiled_steps, warm_runner
 
 from graphs.pool import GraphPool
 from runtime.bench.step_timing import isolated_ms, queued_ms
@@ -68,20 +68,14 @@ def main() -> None:
         "model": args.model, "max_batch": args.max_batch, "capacity": args.capacity,
         "times_ms": times, "isolated_ms": isolated,
     }  # fmt: skip
-    slow, fast = (
-        max(range(len(pools)), key=per_graph.__getitem__),
-        min(range(len(pools)), key=per_graph.__getitem__),
+    result.update(
+        compare_slowest(
+            per_graph,
+            "graph",
+            lambda g: from_prompt(lambda: profiled_steps(lambda: pools[g].replay(KEY), args.replays)),
+            args.min_us,
+        )
     )
-    spread_us = (per_graph[slow] - per_graph[fast]) * 1e3
-    print(f"\nspread {spread_us:.1f} us (slowest graph {slow}, fastest {fast})")
-    if spread_us >= args.min_us:
-        rows = {
-            g: position_rows(
-                from_prompt(lambda g=g: profiled_steps(lambda: pools[g].replay(KEY), args.replays))
-            )
-            for g in (slow, fast)
-        }
-        result.update(slow=slow, fast=fast, spread_us=spread_us, **compare_steps(rows[slow], rows[fast]))
     for pool in pools[1:]:
         pool.release()
     runner.release()

@@ -20,7 +20,7 @@ import functools
 import json
 
 import torch
-from step_timeline import compare_steps, position_rows, profiled_steps
+from step_timeline import compare_slowest, profiled_steps
 
 from runtime.bench.step_timing import isolated_ms, queued_ms
 from runtime.engine.runner import Runner
@@ -79,16 +79,12 @@ def main() -> None:
               f"{row['aligned_2mib']} of {2 * len(row['k'])} | {row['v_minus_k_mib']} |")  # fmt: skip
     print(f"\nrunner 0 again, queued, after the others were built: {again:.4f} ms")
     result = {"model": args.model, "capacity": args.capacity, "rows": rows, "runner0_again_ms": again}
-    slow = max(range(len(rows)), key=lambda r: rows[r]["queued_ms"])
-    fast = min(range(len(rows)), key=lambda r: rows[r]["queued_ms"])
-    spread_us = (rows[slow]["queued_ms"] - rows[fast]["queued_ms"]) * 1e3
-    print(f"spread {spread_us:.1f} us (slowest runner {slow}, fastest {fast})")
-    if spread_us >= args.min_us:
-        steps = {}
-        for r in (slow, fast):
-            runners[r].prefill(0, ids, 0, "greedy")
-            steps[r] = position_rows(profiled_steps(lambda r=r: runners[r].pool.replay(KEY), args.replays))
-        result.update(slow=slow, fast=fast, spread_us=spread_us, **compare_steps(steps[slow], steps[fast]))
+
+    def profile(r: int) -> list[list[dict]]:
+        runners[r].prefill(0, ids, 0, "greedy")
+        return profiled_steps(lambda: runners[r].pool.replay(KEY), args.replays)
+
+    result.update(compare_slowest([row["queued_ms"] for row in rows], "runner", profile, args.min_us))
     for runner in runners:
         runner.release()
     if args.out:

@@ -173,6 +173,22 @@ def compare_steps(slow: list[dict], fast: list[dict], shown: int = 16) -> dict:
     return {"positions": diff, "roles": {"slow": slow_roles, "fast": fast_roles}}
 
 
+def compare_slowest(
+    times_ms: list[float], what: str, profile: Callable[[int], list[list[dict]]], min_us: float
+) -> dict:
+    """The slowest and fastest of several timings of one step (graphs, runners: `what`), their
+    spread printed; where it reaches min_us, profile(i) (profiled_steps of reading i) of both,
+    compared by compare_steps -> {slow, fast, spread_us[, positions, roles]}."""
+    slow = max(range(len(times_ms)), key=times_ms.__getitem__)
+    fast = min(range(len(times_ms)), key=times_ms.__getitem__)
+    spread_us = (times_ms[slow] - times_ms[fast]) * 1e3
+    print(f"\nspread {spread_us:.1f} us (slowest {what} {slow}, fastest {fast})")
+    result = {"slow": slow, "fast": fast, "spread_us": spread_us}
+    if spread_us >= min_us:
+        result.update(compare_steps(position_rows(profile(slow)), position_rows(profile(fast))))
+    return result
+
+
 def timeline(model_id: str, batch: int, prompt: int, replays: int, capacity: int | None = None) -> dict:
     runner = warm_runner(model_id, batch, prompt, replays, 20, capacity)
     steps = profiled_steps(lambda: runner.step(batch, "greedy"), replays)

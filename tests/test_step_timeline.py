@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parent.parent / "scripts" / "step_timeline.py"
 
 
@@ -77,3 +79,24 @@ def test_two_readings_of_a_step_compared_position_by_position(capsys):
     assert roles == {"a": 0.0, "b": 1.0}
     table = capsys.readouterr().out
     assert table.count("| +1.00 |") == 3 + 1  # the three positions shown, then the role
+
+
+def test_the_slowest_and_fastest_reading_are_profiled_only_past_the_spread(capsys):
+    st = _module()
+    steps = [
+        [
+            {"name": n, "grid": (1, 1, 1), "start": 2.0 * i, "end": 2.0 * i + 2.0}
+            for i, n in enumerate("ab" * 3)
+        ]
+    ]
+    asked = []
+
+    def profile(i):
+        asked.append(i)
+        return steps * 2
+
+    quiet = st.compare_slowest([1.000, 1.004, 1.002], "graph", profile, min_us=10.0)
+    assert quiet == {"slow": 1, "fast": 0, "spread_us": pytest.approx(4.0)} and asked == []
+    loud = st.compare_slowest([1.020, 1.004, 1.050], "runner", profile, min_us=10.0)
+    assert (loud["slow"], loud["fast"], asked) == (2, 1, [2, 1])
+    assert "positions" in loud and "slowest runner 2, fastest 1" in capsys.readouterr().out
