@@ -522,6 +522,86 @@ def test_qkv_release_points_change_no_bit(monkeypatch, family):
             assert torch.equal(got, want), name
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(INTERPRET, reason="the PDL release points exist on the GPU only")
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_gemv_early_release_changes_no_bit(monkeypatch, family):
+    """Where the o, gate/up and down GEMVs let the next kernel launch (after their loop, or right
+    after their wait: RUNTIME_GEMV_EARLY) changes no logit: the next kernel's own wait still holds
+    it until this one has ended, and no role leaves the chain hung. Llama's o and down add the
+    residual here (the release then sits in linear_add's launch); Gemma's never do."""
+    model = _tiny_model(family, BF16)
+    prompt = torch.randint(3, model.spec.vocab, (1, 7), device=DEVICE)
+    monkeypatch.setenv("RUNTIME_KERNELS", "triton")
+    monkeypatch.setenv("RUNTIME_RESIDUAL_ADD", "o,down")
+    runs = {}
+    for roles in ("none", "o", "gate_up", "down", "o,gate_up,down"):
+        monkeypatch.setenv("RUNTIME_GEMV_EARLY", roles)
+        runs[roles] = _greedy_logits(model, prompt, 6)
+    for roles, logits in runs.items():
+        for got, want in zip(logits, runs["none"]):
+            assert torch.equal(got, want), roles
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_gemv_early_release_reaches_the_named_projections(monkeypatch, family):
+    """RUNTIME_GEMV_EARLY names the roles whose batch-1 GEMV releases early: every decode step hands
+    release_early=True to exactly those projections of every layer (o and down through linear or
+    linear_add, gate/up through norm_linear_act), and False to the others. On the CPU the
+    references run behind the GEMV's dispatch: the argument is only recorded."""
+    from runtime.kernels.fused_linear import linear_add_ref, linear_ref, norm_linear_act_ref
+
+    model = _tiny_model(family, torch.float32, "cpu")
+    prompt = torch.randint(3, model.spec.vocab, (1, 5))
+    role_of = {}
+    for layer in model.layers:
+        role_of[id(layer.attn.o_proj.weight)] = "o"
+        role_of[id(layer.mlp.gate_up.weight)] = "gate_up"
+        role_of[id(layer.mlp.down.weight)] = "down"
+    seen = []
+
+    def record(x, weight, early):
+        if x.shape[:-1].numel() == 1:  # decode; prefill's rows never take the one-row GEMV
+            seen.append((role_of[id(weight)], early))
+
+    def norm_linear_act(h, residual, norm_w, eps, offset, pre_w, weight, activation, release_early=False):
+        record(residual, weight, release_early)
+        return norm_linear_act_ref(h, residual, norm_w, eps, offset, pre_w, weight, activation)
+
+    # the one-row dispatch as on the GPU: the gated epilogue, the residual add where the branch joins
+    monkeypatch.setattr(ops, "gated_epilogue", lambda residual, weight: residual.shape[:-1].numel() == 1)
+    monkeypatch.setattr(ops, "residual_epilogue", lambda x, weight, role: x.shape[:-1].numel() == 1)
+    monkeypatch.setattr(ops, "norm_linear_act", norm_linear_act)
+    monkeypatch.setattr(
+        ops, "linear", lambda x, w, release_early=False: record(x, w, release_early) or linear_ref(x, w)
+    )
+    monkeypatch.setattr(
+        ops,
+        "linear_add",
+        lambda x, w, r, release_early=False: record(x, w, release_early) or linear_add_ref(x, w, r),
+    )
+    steps, layers = 2, model.spec.layers
+    for roles in ("none", "gate_up", "o,down", "o,gate_up,down"):
+        monkeypatch.setenv("RUNTIME_GEMV_EARLY", roles)
+        seen.clear()
+        _greedy_logits(model, prompt, steps)
+        assert sorted(seen) == sorted(
+            (role, role in roles.split(","))
+            for role in ("o", "gate_up", "down")
+            for _ in range(steps * layers)
+        ), roles
+
+
+def test_early_release_roles_refuses_unknown_ones(monkeypatch):
+    monkeypatch.delenv("RUNTIME_GEMV_EARLY", raising=False)
+    assert ops.early_release_roles() == set()  # unset: every GEMV releases after its loop
+    monkeypatch.setenv("RUNTIME_GEMV_EARLY", " down , gate_up ")
+    assert ops.early_release_roles() == {"gate_up", "down"}
+    monkeypatch.setenv("RUNTIME_GEMV_EARLY", "o,up")
+    with pytest.raises(ValueError, match="RUNTIME_GEMV_EARLY.*up"):
+        ops.early_release_roles()
+
+
 def test_residual_epilogue_defaults_to_o_and_the_shapes_the_card_ships(monkeypatch):
     """Unset, RUNTIME_RESIDUAL_ADD means the o GEMV everywhere and the down GEMV at the shapes the
     card's shipped choices name (on the H100 Llama's 2048 x 8192, not Qwen3's 2048 x 6144); set, it

@@ -107,6 +107,7 @@ AB_SETTINGS = (
     {"RUNTIME_ATTN_AHEAD": "auto"},
     {"RUNTIME_ATTN_AHEAD": "0"},
     {"RUNTIME_RESIDUAL_ADD": "o,down"},
+    {"RUNTIME_GEMV_EARLY": "o,gate_up,down"},
 )
 
 # @jit kernels no recorded path launches, with the reason

@@ -136,12 +136,13 @@ def one_row(t: torch.Tensor) -> bool:
 
 def _launch(
     prologue, x, res, norm_w, pre_w, weight, y, res_out, eps, offset, gelu, config, gated=False, add_res=False,
-    release: QkvRelease | None = None,
+    release: QkvRelease | None = None, release_early: bool = False,
 ) -> None:  # fmt: skip
     """x, res: (K,) rows (x is (2K,) for act); y (N,) ((N / 2,) gated: weight is [gate | up]);
     res_out (K,) or None; add_res: res is (N,) and y = res + the product (plain prologue only);
     release: the qkv GEMV's, whose attention may launch right after this one's wait (always, or
-    from a position on: attention_plan.qkv_release)."""
+    from a position on: attention_plan.qkv_release); release_early: the next kernel launches right
+    after this one's wait (the plain and gated GEMVs' A/B, ops.early_release_roles)."""
     assert weight.dim() == 2 and weight.is_contiguous(), "W must be a contiguous (N, K) nn.Linear weight"
     N, K = weight.shape
     N = N // 2 if gated else N  # the outputs
@@ -159,6 +160,7 @@ def _launch(
     launch = pdl(weight.device)
     late = launch["PDL"] == PDL_MODES["late"]
     when = qkv_release(programs, weight.device) if release is not None and late else "late"
+    when = "early" if release_early and late else when
     if when == "early":
         launch = released_early(launch)
     release_at = release if when == "long" else None
@@ -207,19 +209,23 @@ def norm_linear_act_triton(
     pre_w: torch.Tensor | None,
     weight: torch.Tensor,
     activation: str,
+    release_early: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as norm_linear_act_ref; one kernel for one row, the reference otherwise."""
+    """Same contract as norm_linear_act_ref; one kernel for one row, the reference otherwise.
+    release_early: see _launch."""
     K = residual.shape[-1]
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation {activation!r} is not one of {ACTIVATIONS}")
     if not one_row(residual) or K > MAX_NORM_K:
         return norm_linear_act_ref(h, residual, norm_w, eps, offset, pre_w, weight, activation)
-    return _norm_launch(h, residual, norm_w, eps, offset, pre_w, weight, None, "norm_linear_act", activation)
+    return _norm_launch(
+        h, residual, norm_w, eps, offset, pre_w, weight, None, "norm_linear_act", activation, release_early=release_early
+    )  # fmt: skip
 
 
 def _norm_launch(
     h, residual, norm_w, eps, offset, pre_w, weight, out_dtype, op: str, activation: str | None,
-    release: QkvRelease | None = None,
+    release: QkvRelease | None = None, release_early: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The one-row launch of norm_linear (activation None) and norm_linear_act (the gated epilogue:
     weight (2I, K), I outputs): (y, residual + h'), the residual itself when h is None."""
@@ -233,6 +239,7 @@ def _norm_launch(
         _NORM, _row(h) if h is not None else None, _row(residual), norm_w, pre_w, weight, y,
         new_residual if h is not None else None, eps, offset, activation == "gelu_tanh",
         _config(gemv_op(op, pre_w), N, K, weight.dtype), gated=activation is not None, release=release,
+        release_early=release_early,
     )  # fmt: skip
     return y, new_residual
 
@@ -253,23 +260,28 @@ def act_linear_triton(gate_up: torch.Tensor, activation: str, weight: torch.Tens
     return y
 
 
-def linear_add_triton(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def linear_add_triton(
+    x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, release_early: bool = False
+) -> torch.Tensor:
     """Same contract as linear_add_ref; one kernel for one row (one dtype), the reference otherwise.
-    Never in place: the residual may still be read by the kernels of this step that follow."""
+    Never in place: the residual may still be read by the kernels of this step that follow.
+    release_early: see _launch."""
     if not one_row(x) or residual.dtype != weight.dtype:
         return linear_add_ref(x, weight, residual)
     assert residual.shape[-1] == weight.shape[0], (residual.shape, weight.shape)
-    return _plain_launch(x, weight, residual)
+    return _plain_launch(x, weight, residual, release_early)
 
 
-def linear_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def linear_triton(x: torch.Tensor, weight: torch.Tensor, release_early: bool = False) -> torch.Tensor:
     """Same contract as linear_ref; one kernel for one row, the reference for more."""
     if not one_row(x):
         return linear_ref(x, weight)
-    return _plain_launch(x, weight, None)
+    return _plain_launch(x, weight, None, release_early)
 
 
-def _plain_launch(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+def _plain_launch(
+    x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None, release_early: bool = False
+) -> torch.Tensor:
     """The one-row launch of linear and linear_add (residual (..., N) added in the epilogue)."""
     N, K = weight.shape
     shape = (*x.shape[:-1], N) if residual is None else residual.shape
@@ -277,6 +289,6 @@ def _plain_launch(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor 
     res = None if residual is None else _row(residual)
     _launch(
         _NONE, _row(x), res, None, None, weight, y, None, 0.0, 0.0, False, _config("linear", N, K, weight.dtype),
-        add_res=residual is not None,
+        add_res=residual is not None, release_early=release_early,
     )  # fmt: skip
     return y

@@ -203,12 +203,15 @@ def norm_linear_act(
     pre_w: torch.Tensor | None,
     weight: torch.Tensor,
     activation: str,
+    release_early: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """weight (2I, K) = [gate | up] -> (act(gate) * up (..., I), residual + h'): one kernel where
-    gated_epilogue says so, else norm_linear then gated_act."""
+    gated_epilogue says so, else norm_linear then gated_act. release_early: fused_linear._launch's."""
     same = all(t.dtype == weight.dtype for t in (h, residual, norm_w, pre_w) if t is not None)
     if same and gated_epilogue(residual, weight):
-        return norm_linear_act_triton(h, residual, norm_w, eps, offset, pre_w, weight, activation)
+        return norm_linear_act_triton(
+            h, residual, norm_w, eps, offset, pre_w, weight, activation, release_early
+        )
     gate_up, new_residual = norm_linear(h, residual, norm_w, eps, offset, pre_w, weight)
     return gated_act(gate_up, activation), new_residual
 
@@ -261,18 +264,37 @@ def residual_epilogue(x: torch.Tensor, weight: torch.Tensor, role: str) -> bool:
     return role == "o" or shipped_residual_add(role, *weight.shape)
 
 
-def linear_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+EARLY_RELEASE_ROLES = ("o", "gate_up", "down")
+
+
+def early_release_roles() -> set[str]:
+    """RUNTIME_GEMV_EARLY: the batch-1 projections (comma-separated from EARLY_RELEASE_ROLES, or
+    "none", the default) whose GEMV lets the next kernel launch right after its wait instead of after
+    its loop, so the next GEMV's programs take the SM slots this one's last wave leaves and load their
+    first weight tile under its tail (an A/B knob; gate_up is the gated norm GEMV before down)."""
+    raw = (os.environ.get("RUNTIME_GEMV_EARLY") or "none").strip()
+    roles = set() if raw == "none" else {r.strip() for r in raw.split(",") if r.strip()}
+    unknown = sorted(roles - set(EARLY_RELEASE_ROLES))
+    if unknown:
+        choices = ", ".join(EARLY_RELEASE_ROLES)
+        raise ValueError(f"RUNTIME_GEMV_EARLY={raw!r}: {unknown} unknown; name roles of {choices}, or none")
+    return roles
+
+
+def linear_add(
+    x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor, release_early: bool = False
+) -> torch.Tensor:
     """residual (..., N) + x (..., K) @ weight (N, K).T: one kernel where the GEMV runs (one row on
-    Triton, one dtype), else the reference."""
+    Triton, one dtype), else the reference. release_early: fused_linear._launch's."""
     if _gemv_row(x, weight):
-        return linear_add_triton(x, weight, residual)
+        return linear_add_triton(x, weight, residual, release_early)
     return linear_add_ref(x, weight, residual)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x (..., K) @ weight (N, K).T."""
+def linear(x: torch.Tensor, weight: torch.Tensor, release_early: bool = False) -> torch.Tensor:
+    """x (..., K) @ weight (N, K).T. release_early: fused_linear._launch's (one-row GEMV only)."""
     if _gemv_row(x, weight):
-        return linear_triton(x, weight)
+        return linear_triton(x, weight, release_early)
     if x.dtype == weight.dtype and _fused_rows(x, "linear_rows"):
         return linear_rows_triton(x, weight)
     return F.linear(x, weight)
