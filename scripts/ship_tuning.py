@@ -9,8 +9,9 @@ Without --gpu or --capability: this machine's card, and its triton and torch as 
 Refuses a config tune() would no longer time (the candidate list changed since the measurement).
 --step-blocks (with --step-source, the A/B that chose them) replaces shapes' timed choices by blocks a
 same-process A/B of the decode step preferred: under PDL a launch overlaps its neighbours, which a
-shape timed alone does not show. --residual-add (with --residual-source) lists the projections whose
-GEMV such an A/B preferred to add the residual in its epilogue, as role:NxK (ops.residual_epilogue).
+shape timed alone does not show. --residual-add and --early-release (each with its --...-source) list
+the projections, as role:NxK, whose GEMV such an A/B preferred to add the residual in its epilogue
+(ops.residual_epilogue) or to release the next kernel right after its wait (ops.early_release).
 """
 
 from __future__ import annotations
@@ -50,13 +51,19 @@ def main() -> None:
         "(op:NxK=BLOCK_N/BLOCK_K/warps ...): they replace the timed choices, with no time",
     )
     ap.add_argument("--step-source", help="with --step-blocks: the A/B that chose them, for the record")
-    ap.add_argument(
-        "--residual-add",
-        default="",
-        help="role:NxK entries (role o or down, W of (N, K)) whose GEMV adds the residual in its epilogue "
-        "on this card, as a same-process A/B of the step preferred",
-    )
-    ap.add_argument("--residual-source", help="with --residual-add: the A/B that chose them, for the record")
+    what = {
+        "residual_add": "adds the residual in its epilogue",
+        "early_release": "releases the next kernel early",
+    }
+    for field, roles in tuning_store.ROLE_LISTS.items():
+        flag = "--" + field.replace("_", "-")
+        ap.add_argument(
+            flag,
+            default="",
+            help=f"role:NxK entries (role {' or '.join(roles)}, W of (N, K)) whose GEMV {what[field]} on "
+            "this card, as a same-process A/B of the step preferred",
+        )
+        ap.add_argument(f"{flag}-source", help=f"with {flag}: the A/B that chose them, for the record")
     ap.add_argument("--out", help="default: runtime/kernels/tuned/<gpu name>.json")
     args = ap.parse_args()
     if args.gpu is None or args.capability is None:  # measured on this machine
@@ -87,14 +94,21 @@ def main() -> None:
             sys.exit(f"--step-blocks {key[:3]}: {config} is not among today's candidates")
         choices[key] = (config, None)
 
-    residual_add = args.residual_add.replace(";", " ").split()
-    if residual_add and not args.residual_source:
-        sys.exit("--residual-add needs --residual-source (the A/B that chose them)")
-    for entry in residual_add:
-        try:
-            tuning_store.role_shape(entry)
-        except ValueError as e:
-            sys.exit(f"--residual-add: {e}")
+    # the projections the step preferred a choice for: {field: [role:NxK, ...]}, each list named by its A/B
+    listed, sources = {}, ""
+    for field in tuning_store.ROLE_LISTS:
+        flag, entries = "--" + field.replace("_", "-"), getattr(args, field).replace(";", " ").split()
+        source = getattr(args, f"{field}_source")
+        if entries and not source:
+            sys.exit(f"{flag} needs {flag}-source (the A/B that chose them)")
+        for entry in entries:
+            try:
+                tuning_store.role_shape(entry, field)
+            except ValueError as e:
+                sys.exit(f"{flag}: {e}")
+        if entries:
+            listed[field] = entries
+            sources += f"; {field.replace('_', ' ')} in the step: {' '.join(entries)}, from {source}"
 
     head = {
         "format": tuning_store.FORMAT,
@@ -106,14 +120,9 @@ def main() -> None:
             if args.step_blocks
             else ""
         )
-        + (
-            f"; residual add in the step: {args.residual_add}, from {args.residual_source}"
-            if residual_add
-            else ""
-        ),
+        + sources,
+        **listed,
     }
-    if residual_add:
-        head["residual_add"] = residual_add
     out = Path(args.out or tuning_store.SHIPPED_DIR / f"{tuning_store.slug(args.gpu)}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(tuning_store.dumps(head, choices))

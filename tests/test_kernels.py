@@ -594,12 +594,34 @@ def test_gemv_early_release_reaches_the_named_projections(monkeypatch, family):
 
 def test_early_release_roles_refuses_unknown_ones(monkeypatch):
     monkeypatch.delenv("RUNTIME_GEMV_EARLY", raising=False)
-    assert ops.early_release_roles() == set()  # unset: every GEMV releases after its loop
+    assert ops.early_release_roles() is None  # unset: early_release's default
     monkeypatch.setenv("RUNTIME_GEMV_EARLY", " down , gate_up ")
     assert ops.early_release_roles() == {"gate_up", "down"}
+    monkeypatch.setenv("RUNTIME_GEMV_EARLY", "none")
+    assert ops.early_release_roles() == set()
     monkeypatch.setenv("RUNTIME_GEMV_EARLY", "o,up")
     with pytest.raises(ValueError, match="RUNTIME_GEMV_EARLY.*up"):
         ops.early_release_roles()
+
+
+def test_early_release_defaults_to_the_shapes_the_card_ships(monkeypatch):
+    """Unset, RUNTIME_GEMV_EARLY means the projections whose role and shape the card's shipped
+    choices name (on the H100 Llama's gate/up 16384 x 2048 and down 2048 x 8192, not Gemma's gate/up
+    13824 x 1152); set, it names the roles whatever was shipped."""
+    from runtime.kernels import gemv_blocks
+
+    shipped = {("gate_up", 16384, 2048), ("down", 2048, 8192)}
+    monkeypatch.setitem(gemv_blocks.SHIPPED_ROLES, "early_release", shipped)
+    llama_gate_up, gemma_gate_up = torch.empty(16384, 2048), torch.empty(13824, 1152)
+    llama_down, o = torch.empty(2048, 8192), torch.empty(2048, 2048)
+    monkeypatch.delenv("RUNTIME_GEMV_EARLY", raising=False)
+    assert ops.early_release(llama_gate_up, "gate_up") and ops.early_release(llama_down, "down")
+    assert not ops.early_release(gemma_gate_up, "gate_up") and not ops.early_release(o, "o")
+    assert not ops.early_release(llama_down, "gate_up")  # the role counts, not the shape alone
+    monkeypatch.setenv("RUNTIME_GEMV_EARLY", "o")
+    assert ops.early_release(o, "o") and not ops.early_release(llama_gate_up, "gate_up")
+    monkeypatch.setenv("RUNTIME_GEMV_EARLY", "none")
+    assert not ops.early_release(llama_down, "down")
 
 
 def test_residual_epilogue_defaults_to_o_and_the_shapes_the_card_ships(monkeypatch):
@@ -609,7 +631,7 @@ def test_residual_epilogue_defaults_to_o_and_the_shapes_the_card_ships(monkeypat
     from runtime.kernels import gemv_blocks
 
     monkeypatch.setattr(ops, "_gemv_row", lambda x, weight: True)
-    monkeypatch.setattr(gemv_blocks, "SHIPPED_ADDS", {("down", 2048, 8192)})
+    monkeypatch.setitem(gemv_blocks.SHIPPED_ROLES, "residual_add", {("down", 2048, 8192)})
     x = torch.empty(1, 8)
     llama_down, qwen3_down, o = torch.empty(2048, 8192), torch.empty(2048, 6144), torch.empty(2048, 2048)
     monkeypatch.delenv("RUNTIME_RESIDUAL_ADD", raising=False)

@@ -50,6 +50,7 @@ from runtime.kernels import (
     attention_plan,
     fused_linear,
     fused_rows_config,
+    gemv_blocks,
     ops,
     prebuild,
     tuning_store,
@@ -209,7 +210,8 @@ def recording(target: Target) -> Iterator[prebuild.Recorder]:
         mp.setattr(attention_plan, "sm_count", lambda device: target.sms)
         mp.setattr(attention_plan, "l2_bytes", lambda device: 50 * 2**20)  # an H100's
         mp.setattr(fused_linear, "_TUNED", {})
-        mp.setattr("runtime.kernels.gemv_blocks.SHIPPED_ADDS", set())  # the residual adds: o only
+        # no shipped role lists: the residual add in o only, no GEMV releasing early
+        mp.setattr(gemv_blocks, "SHIPPED_ROLES", {field: set() for field in gemv_blocks.ROLE_LISTS})
         mp.setattr(fused_rows_config, "_TUNED_ROWS", {})
         for name in [k for k in os.environ if k.startswith("RUNTIME_")]:
             mp.delenv(name)

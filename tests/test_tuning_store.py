@@ -53,7 +53,7 @@ def fresh_process(tmp_path, monkeypatch):
 
 def restart(monkeypatch) -> None:
     monkeypatch.setattr(fl, "_TUNED", {})
-    monkeypatch.setattr(gemv_blocks, "SHIPPED_ADDS", set())
+    monkeypatch.setattr(gemv_blocks, "SHIPPED_ROLES", {field: set() for field in gemv_blocks.ROLE_LISTS})
     monkeypatch.setattr(gemv_tuning, "TIMINGS", {})
     monkeypatch.setattr(gemv_tuning, "SOURCES", {})
 
@@ -346,7 +346,9 @@ def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_p
            "--step-blocks", H100_STEP_BLOCKS,
            "--step-source", "results/2026-11-27-gpu-checks/profile_ab_o_lm_blocks_confirm_h100.json",
            "--residual-add", "down:2048x8192",
-           "--residual-source", "results/2026-11-28-gpu-checks/ab_down_add_llama_ab.json"]  # fmt: skip
+           "--residual-add-source", "results/2026-11-28-gpu-checks/ab_down_add_llama_ab.json",
+           "--early-release", "gate_up:16384x2048 down:2048x8192",
+           "--early-release-source", "results/2026-11-28-gpu-checks/ab_early_llama_ab.json"]  # fmt: skip
     subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
     assert out.read_text() == (tuning_store.SHIPPED_DIR / "nvidia-h100-80gb-hbm3.json").read_text()
 
@@ -356,13 +358,14 @@ def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_p
     [
         ("--step-blocks", "--step-source", "linear:2048x2048=3/2048/4", "linear:2048x2048=2/2048/4",
          "not among today's candidates"),
-        ("--residual-add", "--residual-source", "qkv:3072x2048", "down:2048x8192", "role:NxK"),
+        ("--residual-add", "--residual-add-source", "gate_up:16384x2048", "down:2048x8192", "role:NxK"),
+        ("--early-release", "--early-release-source", "qkv:3072x2048", "gate_up:16384x2048", "role:NxK"),
     ],
 )  # fmt: skip
 def test_step_choices_must_be_valid_and_name_their_ab(tmp_path, flag, source, bad, good, message):
     """ship_tuning.py's choices from a same-process A/B of the step (--step-blocks: blocks tune()
-    would time; --residual-add: role o or down with a shape): a bad entry is refused, and so is a
-    good one with no --step-source / --residual-source naming the A/B."""
+    would time; --residual-add, --early-release: a role of its list with a shape): a bad entry is
+    refused, and so is a good one with no --...-source naming the A/B."""
     repo = Path(__file__).parent.parent
     base = [sys.executable, "scripts/ship_tuning.py", "results/2026-11-27-gpu-checks/gemv_tuning_h100.json",
             "--out", str(tmp_path / "x.json"), "--gpu", H100.name, "--capability", "9.0"]  # fmt: skip
@@ -374,28 +377,48 @@ def test_step_choices_must_be_valid_and_name_their_ab(tmp_path, flag, source, ba
 
 
 @pytest.mark.filterwarnings("error")
-def test_shipped_residual_adds_reach_the_step_for_their_card_only(fresh_process, monkeypatch):
-    """The H100 file names Llama's down projection (the step's A/B: -9..-14 us with its residual add);
-    tune_shapes hands its card's entries to the GEMV switches, another card's none."""
-    assert tuning_store.shipped_residual_adds(H100) == {("down", 2048, 8192)}
-    assert tuning_store.shipped_residual_adds(A100) == set()
+def test_shipped_role_lists_reach_the_step_for_their_card_only(fresh_process, monkeypatch):
+    """The H100 file names Llama's down projection for the residual add (the step's A/B: -9..-14 us)
+    and its gate/up and down projections for the early release (-13..-19 us); tune_shapes hands its
+    card's entries to the GEMV switches, another card's none."""
+    assert tuning_store.shipped_roles(H100, "residual_add") == {("down", 2048, 8192)}
+    assert tuning_store.shipped_roles(H100, "early_release") == {
+        ("gate_up", 16384, 2048),
+        ("down", 2048, 8192),
+    }
+    assert (
+        tuning_store.shipped_roles(A100, "residual_add")
+        == tuning_store.shipped_roles(A100, "early_release")
+        == set()
+    )
     on(monkeypatch, A100)
     gemv_tuning.tune_shapes(LLAMA[:1], BF16, "cuda")
-    assert not gemv_blocks.shipped_residual_add("down", 2048, 8192)
+    assert not gemv_blocks.shipped_role("residual_add", "down", 2048, 8192)
+    assert not gemv_blocks.shipped_role("early_release", "gate_up", 16384, 2048)
     on(monkeypatch, H100)
     gemv_tuning.tune_shapes(LLAMA[:1], BF16, "cuda")
-    assert gemv_blocks.shipped_residual_add("down", 2048, 8192)
-    assert not gemv_blocks.shipped_residual_add("down", 2048, 6144)  # Qwen3's: slower with it
+    assert gemv_blocks.shipped_role("residual_add", "down", 2048, 8192)
+    assert not gemv_blocks.shipped_role("residual_add", "down", 2048, 6144)  # Qwen3's: slower with it
+    assert gemv_blocks.shipped_role("early_release", "gate_up", 16384, 2048)
+    assert gemv_blocks.shipped_role("early_release", "down", 2048, 8192)
+    assert not gemv_blocks.shipped_role("early_release", "gate_up", 13824, 1152)  # Gemma's: slower early
+    assert not gemv_blocks.shipped_role("early_release", "o", 2048, 2048)
 
 
-@pytest.mark.parametrize("listed", [["down:2048"], ["up:2048x8192"], "down:2048x8192"])
-def test_a_malformed_residual_add_list_warns_and_adds_nothing(monkeypatch, tmp_path, listed):
+@pytest.mark.parametrize(
+    "field,listed",
+    [("residual_add", ["down:2048"]), ("residual_add", ["gate_up:16384x2048"]), ("residual_add", "down:2048x8192"),
+     ("early_release", ["qkv:3072x2048"]), ("early_release", {"gate_up": "16384x2048"})],
+)  # fmt: skip
+def test_a_malformed_role_list_warns_and_names_nothing(monkeypatch, tmp_path, field, listed):
     doc = json.loads((tuning_store.SHIPPED_DIR / "nvidia-h100-80gb-hbm3.json").read_text())
-    (tmp_path / "h100.json").write_text(json.dumps({**doc, "residual_add": listed}))
+    (tmp_path / "h100.json").write_text(json.dumps({**doc, field: listed}))
     monkeypatch.setattr(tuning_store, "SHIPPED_DIR", tmp_path)
-    with pytest.warns(UserWarning, match="residual_add"):
-        assert tuning_store.shipped_residual_adds(H100) == set()
+    with pytest.warns(UserWarning, match=field):
+        assert tuning_store.shipped_roles(H100, field) == set()
     assert tuning_store.shipped(H100)  # the block choices still apply
+    other = next(f for f in gemv_blocks.ROLE_LISTS if f != field)
+    assert tuning_store.shipped_roles(H100, other)  # and so does the other list
 
 
 # ---------------------------------------------------------------- what a benchmark row records

@@ -105,14 +105,17 @@ def block_override(
     return parse_blocks(os.environ.get(variable, ""), variable, fields).get((op, N, K))
 
 
-# (role, N, K) of the batch-1 projections whose GEMV adds the residual in its epilogue on this card
-# by the shipped choices (tuning_store.shipped_residual_adds; gemv_tuning.tune_shapes sets them)
-SHIPPED_ADDS: set[tuple[str, int, int]] = set()
+# the lists of batch-1 projections a shipped file may hold (tuning_store.shipped_roles) -> the roles
+# each may name: whose GEMV adds the residual in its epilogue (ops.residual_epilogue), whose GEMV
+# lets the next kernel launch right after its wait (ops.early_release)
+ROLE_LISTS = {"residual_add": ("o", "down"), "early_release": ("o", "gate_up", "down")}
+# per list, the (role, N, K) the card's shipped choices name (set by gemv_tuning.tune_shapes before capture)
+SHIPPED_ROLES: dict[str, set[tuple[str, int, int]]] = {field: set() for field in ROLE_LISTS}
 
 
-def shipped_residual_add(role: str, N: int, K: int) -> bool:
-    """Whether the card's shipped choices put the residual add in the (N, K) `role` GEMV."""
-    return (role, N, K) in SHIPPED_ADDS
+def shipped_role(field: str, role: str, N: int, K: int) -> bool:
+    """Whether the card's shipped `field` list names the (N, K) `role` GEMV."""
+    return (role, N, K) in SHIPPED_ROLES[field]
 
 
 def tuning_enabled() -> bool:

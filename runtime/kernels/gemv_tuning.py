@@ -75,8 +75,9 @@ def tune_shapes(
         shapes = list(dict.fromkeys(shapes))
         fresh = os.environ.get("RUNTIME_GEMV_TUNE") == "fresh"
         card = tuning_store.card(device)
-        if card is not None:  # where the step preferred the residual add in a GEMV (ops.residual_epilogue)
-            gemv_blocks.SHIPPED_ADDS.update(tuning_store.shipped_residual_adds(card))
+        if card is not None:  # the projections whose residual add or early release the step preferred
+            for field, named in gemv_blocks.SHIPPED_ROLES.items():
+                named.update(tuning_store.shipped_roles(card, field))
         # stale entries (a config no longer among the candidates) are dropped: that shape re-tunes
         stored = {} if card is None else {k: v for k, v in tuning_store.load(card).items() if _valid(k, v[0])}
         sources = (

@@ -47,7 +47,7 @@ from runtime.kernels.fused_rows import (
     linear_rows_triton,
     norm_linear_rows_triton,
 )
-from runtime.kernels.gemv_blocks import shipped_residual_add
+from runtime.kernels.gemv_blocks import ROLE_LISTS, shipped_role
 from runtime.kernels.publish import publish_tokens_ref, publish_tokens_triton
 from runtime.kernels.qkv_attention import qkv_decode_attention_ref, qkv_decode_attention_triton
 from runtime.kernels.qkv_rope import (
@@ -225,25 +225,27 @@ def act_linear(gate_up: torch.Tensor, activation: str, weight: torch.Tensor) -> 
     return F.linear(gated_act(gate_up, activation), weight)
 
 
-RESIDUAL_ADD_ROLES = ("o", "down")
-
-
-def residual_add_roles() -> set[str] | None:
-    """RUNTIME_RESIDUAL_ADD: the batch-1 projections whose GEMV adds the residual in its epilogue
-    (linear_add), comma-separated from RESIDUAL_ADD_ROLES, or "none"; None where it is unset (the
-    default: residual_epilogue). In same-process A/Bs on the H100 the o GEMV's add was -10..+3 us per
-    step, the down GEMV's -9..-23 us on Llama-3.2-1B but +16..+35 us on Qwen3-1.7B (not explained
-    yet; notes/kernels.md), so the default takes o everywhere and down where the card's shipped
-    choices name its shape."""
-    raw = (os.environ.get("RUNTIME_RESIDUAL_ADD") or "").strip()
+def _env_roles(variable: str, field: str) -> set[str] | None:
+    """The roles an environment `variable` names, comma-separated from gemv_blocks.ROLE_LISTS[field],
+    or "none"; None where it is unset (the card's shipped choices decide then)."""
+    raw = (os.environ.get(variable) or "").strip()
     if not raw:
         return None
     roles = set() if raw == "none" else {r.strip() for r in raw.split(",") if r.strip()}
-    unknown = sorted(roles - set(RESIDUAL_ADD_ROLES))
+    unknown = sorted(roles - set(ROLE_LISTS[field]))
     if unknown:
-        choices = ", ".join(RESIDUAL_ADD_ROLES)
-        raise ValueError(f"RUNTIME_RESIDUAL_ADD={raw!r}: {unknown} unknown; name roles of {choices}, or none")
+        choices = ", ".join(ROLE_LISTS[field])
+        raise ValueError(f"{variable}={raw!r}: {unknown} unknown; name roles of {choices}, or none")
     return roles
+
+
+def residual_add_roles() -> set[str] | None:
+    """RUNTIME_RESIDUAL_ADD: the batch-1 projections ("o", "down") whose GEMV adds the residual in its
+    epilogue (linear_add), or "none"; None where it is unset (the default: residual_epilogue). In
+    same-process A/Bs on the H100 the o GEMV's add was -10..+3 us per step, the down GEMV's -9..-23 us
+    on Llama-3.2-1B but +16..+35 us on Qwen3-1.7B (not explained yet; notes/kernels.md), so the
+    default takes o everywhere and down where the card's shipped choices name its shape."""
+    return _env_roles("RUNTIME_RESIDUAL_ADD", "residual_add")
 
 
 def _gemv_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -254,31 +256,33 @@ def _gemv_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def residual_epilogue(x: torch.Tensor, weight: torch.Tensor, role: str) -> bool:
     """Whether the `role` projection ("o" or "down") of this row adds its residual in the GEMV's
     epilogue (linear_add): one row on Triton, one dtype, and the role named by RUNTIME_RESIDUAL_ADD,
-    or where that is unset, "o", or a role and shape the card's shipped choices name
-    (gemv_blocks.shipped_residual_add)."""
+    or where that is unset, "o", or a role and shape the card's shipped choices name."""
     if not _gemv_row(x, weight):
         return False
     roles = residual_add_roles()
     if roles is not None:
         return role in roles
-    return role == "o" or shipped_residual_add(role, *weight.shape)
+    return role == "o" or shipped_role("residual_add", role, *weight.shape)
 
 
-EARLY_RELEASE_ROLES = ("o", "gate_up", "down")
+def early_release_roles() -> set[str] | None:
+    """RUNTIME_GEMV_EARLY: the batch-1 projections ("o", "gate_up", "down") whose GEMV lets the next
+    kernel launch right after its wait instead of after its loop, or "none"; None where it is unset
+    (the default: early_release). Released early, the next GEMV's programs take the SM slots this
+    one's last wave leaves and load their first weight tile under its tail. In same-process A/Bs on
+    the H100 gate_up and down together were -13..-19 us per step on Llama-3.2-1B, gate_up +3 us on
+    Qwen3-1.7B and +38..+46 us on gemma-3-1b-it (notes/kernels.md)."""
+    return _env_roles("RUNTIME_GEMV_EARLY", "early_release")
 
 
-def early_release_roles() -> set[str]:
-    """RUNTIME_GEMV_EARLY: the batch-1 projections (comma-separated from EARLY_RELEASE_ROLES, or
-    "none", the default) whose GEMV lets the next kernel launch right after its wait instead of after
-    its loop, so the next GEMV's programs take the SM slots this one's last wave leaves and load their
-    first weight tile under its tail (an A/B knob; gate_up is the gated norm GEMV before down)."""
-    raw = (os.environ.get("RUNTIME_GEMV_EARLY") or "none").strip()
-    roles = set() if raw == "none" else {r.strip() for r in raw.split(",") if r.strip()}
-    unknown = sorted(roles - set(EARLY_RELEASE_ROLES))
-    if unknown:
-        choices = ", ".join(EARLY_RELEASE_ROLES)
-        raise ValueError(f"RUNTIME_GEMV_EARLY={raw!r}: {unknown} unknown; name roles of {choices}, or none")
-    return roles
+def early_release(weight: torch.Tensor, role: str) -> bool:
+    """Whether the `role` projection's batch-1 GEMV (W (N, K); gate_up's is [gate | up]) releases the
+    next kernel right after its wait: the role named by RUNTIME_GEMV_EARLY, or where that is unset, a
+    role and shape the card's shipped choices name. Only the one-row Triton launch reads it."""
+    roles = early_release_roles()
+    if roles is not None:
+        return role in roles
+    return shipped_role("early_release", role, *weight.shape)
 
 
 def linear_add(

@@ -6,9 +6,11 @@ Two JSON sources, read by gemv_tuning.tune_shapes:
   shipped choices   runtime/kernels/tuned/*.json, applied where GPU name and capability match whatever
                     the triton and torch versions: blocks that won stay valid, only maybe not the fastest
 A file maps (op, N, K, dtype name) to [BLOCK_N, BLOCK_K, num_warps] and the measured us (for the
-record). A shipped file may also list "residual_add": ["role:NxK", ...], the batch-1 projections
-whose GEMV a same-process A/B of the decode step on that card preferred to add the residual in its
-epilogue (ops.residual_epilogue; role "o" or "down", W of (N, K)). Nothing here is fatal: an
+record). A shipped file may also hold lists of batch-1 projections, "role:NxK" each (W of (N, K)),
+that a same-process A/B of the decode step on that card preferred (ROLE_LISTS): "residual_add",
+whose GEMV adds the residual in its epilogue (ops.residual_epilogue; role "o" or "down"), and
+"early_release", whose GEMV lets the next kernel launch right after its wait (ops.early_release;
+role "o", "gate_up" or "down"). Nothing here is fatal: an
 unreadable file is ignored and an unwritable folder skipped, each with a one-line warning. Whether
 a config is still a candidate is gemv_tuning's check.
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 
 from runtime.kernels import _triton
-from runtime.kernels.gemv_blocks import _PROLOGUE_VECTORS
+from runtime.kernels.gemv_blocks import _PROLOGUE_VECTORS, ROLE_LISTS
 from runtime.models.sources import cache_root
 
 FORMAT = 1  # bump when the file layout or the meaning of a config changes
@@ -96,28 +98,29 @@ def shipped(card: Card) -> Choices:
     return {} if got is None else got[2]
 
 
-def shipped_residual_adds(card: Card) -> set[tuple[str, int, int]]:
-    """The (role, N, K) the file shipped for this card lists under "residual_add"; empty if none. A
-    malformed list is ignored with a warning, as an unreadable file is."""
+def shipped_roles(card: Card, field: str) -> set[tuple[str, int, int]]:
+    """The (role, N, K) the file shipped for this card lists under `field` (a ROLE_LISTS key); empty
+    if none. A malformed list is ignored with a warning, as an unreadable file is."""
     got = _shipped(card)
     if got is None:
         return set()
     path, doc, _ = got
-    raw = doc.get("residual_add", [])
+    raw = doc.get(field, [])
     try:
         if not isinstance(raw, list):
             raise ValueError(raw)
-        return {role_shape(entry) for entry in raw}
+        return {role_shape(entry, field) for entry in raw}
     except ValueError as e:
-        warnings.warn(f"{path}: bad residual_add list ignored ({e})", stacklevel=2)
+        warnings.warn(f"{path}: bad {field} list ignored ({e})", stacklevel=2)
         return set()
 
 
-def role_shape(entry: str) -> tuple[str, int, int]:
-    """ "down:2048x8192" -> ("down", 2048, 8192), refusing anything else."""
-    match = re.fullmatch(r"(o|down):(\d+)x(\d+)", str(entry))
+def role_shape(entry: str, field: str) -> tuple[str, int, int]:
+    """ "down:2048x8192" -> ("down", 2048, 8192), refusing a role `field` does not list, or anything else."""
+    roles = ROLE_LISTS[field]
+    match = re.fullmatch(rf"({'|'.join(roles)}):(\d+)x(\d+)", str(entry))
     if match is None:
-        raise ValueError(f"{entry!r} is not role:NxK with role o or down")
+        raise ValueError(f"{entry!r} is not role:NxK with role {' or '.join(roles)}")
     role, n, k = match.groups()
     return role, int(n), int(k)
 

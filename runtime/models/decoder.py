@@ -53,7 +53,7 @@ class MLP(nn.Module):
         otherwise the activation rides in down's prologue."""
         if self.gate_up.bias is None and ops.gated_epilogue(x, self.gate_up.weight):
             pre_w = None if pre is None else pre.weight
-            early = "gate_up" in ops.early_release_roles()
+            early = ops.early_release(self.gate_up.weight, "gate_up")
             act, x = ops.norm_linear_act(
                 h, x, norm.weight, norm.eps, norm.offset, pre_w, self.gate_up.weight, self.activation, early
             )
@@ -97,7 +97,7 @@ def _join(
     """A branch's last projection of out -> (residual, pending): (x + linear(out), None) where the
     branch `joins` the residual x without a norm of its own and the GEMV adds it in its epilogue
     (ops.residual_epilogue), else (x, linear(out)) for the next norm_linear to add."""
-    early = role in ops.early_release_roles()
+    early = ops.early_release(linear.weight, role)
     if joins and linear.bias is None and ops.residual_epilogue(out, linear.weight, role):
         return ops.linear_add(out, linear.weight, x, early), None
     y = ops.linear(out, linear.weight, early)
