@@ -347,8 +347,9 @@ def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_p
            "--step-source", "results/2026-11-27-gpu-checks/profile_ab_o_lm_blocks_confirm_h100.json",
            "--residual-add", "down:2048x8192",
            "--residual-add-source", "results/2026-11-28-gpu-checks/ab_down_add_llama_ab.json",
-           "--early-release", "gate_up:16384x2048 down:2048x8192",
-           "--early-release-source", "results/2026-11-28-gpu-checks/ab_early_llama_ab.json"]  # fmt: skip
+           "--early-release", "gate_up:16384x2048 down:2048x8192 gate_up:12288x2048 down:2048x6144",
+           "--early-release-source", "results/2026-11-28-gpu-checks/ab_early_llama_ab.json, "
+           "results/2026-11-28-gpu-checks/ab_early3_qwen3_p256_ab.json"]  # fmt: skip
     subprocess.run(cmd, cwd=repo, check=True, capture_output=True)
     assert out.read_text() == (tuning_store.SHIPPED_DIR / "nvidia-h100-80gb-hbm3.json").read_text()
 
@@ -379,13 +380,12 @@ def test_step_choices_must_be_valid_and_name_their_ab(tmp_path, flag, source, ba
 @pytest.mark.filterwarnings("error")
 def test_shipped_role_lists_reach_the_step_for_their_card_only(fresh_process, monkeypatch):
     """The H100 file names Llama's down projection for the residual add (the step's A/B: -9..-14 us)
-    and its gate/up and down projections for the early release (-13..-19 us); tune_shapes hands its
-    card's entries to the GEMV switches, another card's none."""
+    and Llama's and Qwen3's gate/up and down projections for the early release (-13..-19 and
+    -11..-19 us); tune_shapes hands its card's entries to the GEMV switches, another card's none."""
     assert tuning_store.shipped_roles(H100, "residual_add") == {("down", 2048, 8192)}
     assert tuning_store.shipped_roles(H100, "early_release") == {
-        ("gate_up", 16384, 2048),
-        ("down", 2048, 8192),
-    }
+        ("gate_up", 16384, 2048), ("down", 2048, 8192), ("gate_up", 12288, 2048), ("down", 2048, 6144)
+    }  # fmt: skip
     assert (
         tuning_store.shipped_roles(A100, "residual_add")
         == tuning_store.shipped_roles(A100, "early_release")

@@ -270,8 +270,9 @@ def early_release_roles() -> set[str] | None:
     kernel launch right after its wait instead of after its loop, or "none"; None where it is unset
     (the default: early_release). Released early, the next GEMV's programs take the SM slots this
     one's last wave leaves and load their first weight tile under its tail. In same-process A/Bs on
-    the H100 gate_up and down together were -13..-19 us per step on Llama-3.2-1B, gate_up +3 us on
-    Qwen3-1.7B and +38..+46 us on gemma-3-1b-it (notes/kernels.md)."""
+    the H100 gate_up and down together were -13..-19 us per step on Llama-3.2-1B and -11..-19 us on
+    Qwen3-1.7B (either alone +3 us there), +75 us on gemma-3-1b-it; o with them +3..+6 on Llama
+    (notes/kernels.md)."""
     return _env_roles("RUNTIME_GEMV_EARLY", "early_release")
 
 
