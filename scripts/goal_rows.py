@@ -76,7 +76,7 @@ def goal_rows(folder: Path) -> tuple[list[str], list[list[str]]]:
 
     body = []
     floor = {m: float(summary[(m, "medium")]["floor_ratio"]) for m in models if (m, "medium") in summary}
-    body.append(row("step, medium, greedy", "<= 1.15x floor", floor, "{:.2f}x".format, lambda v: v <= 1.15))
+    body.append(row("step, medium, greedy", "<= 1.15x floor", floor, "{:.3f}x".format, lambda v: v <= 1.15))
     if LLAMA in models:
         llama = {LLAMA: step(LLAMA, "medium")}
         body.append(
@@ -116,7 +116,8 @@ def _ratio(value: float | None, base: float | None) -> float | None:
 
 
 def _percent(ratio: float) -> str:
-    return f"{100 * (ratio - 1):+.1f}%"
+    """Two decimals, so a value just past its line does not print as the line (+5.01%, not +5.0%)."""
+    return f"{100 * (ratio - 1):+.2f}%"
 
 
 def markdown(header: list[str], body: list[list[str]]) -> str:

@@ -58,11 +58,11 @@ def test_goal_rows_values_and_states(tmp_path):
     header, body = gr.goal_rows(tmp_path)
     assert header == ["goal row", "target", "Llama-3.2-1B-Instruct", "Qwen3-1.7B", "state"]
     table = {r[0]: r[2:] for r in body}
-    assert table["step, medium, greedy"] == ["1.20x", "1.10x", "not met (Llama-3.2-1B-Instruct)"]
+    assert table["step, medium, greedy"] == ["1.200x", "1.100x", "not met (Llama-3.2-1B-Instruct)"]
     assert table["pass gpt-fast (Llama)"] == ["1.000 ms", "-", "met"]
-    assert table["sampled vs greedy"] == ["+2.0%", "+4.0%", "not met (Qwen3-1.7B)"]
-    assert table["full_pipe vs greedy"] == ["+2.0%", "+0.0%", "met"]
-    assert table["long: position 2000 vs 300"] == ["+4.0%", "+10.0%", "not met (Qwen3-1.7B)"]
+    assert table["sampled vs greedy"] == ["+2.00%", "+4.00%", "not met (Qwen3-1.7B)"]
+    assert table["full_pipe vs greedy"] == ["+2.00%", "+0.00%", "met"]
+    assert table["long: position 2000 vs 300"] == ["+4.00%", "+10.00%", "not met (Qwen3-1.7B)"]
     # the median of the three ok trials, each listed; the failed trial's 99 ms is not a TTFT
     assert table["TTFT, 1024-token prompt (Llama)"] == ["5.50 ms (trials 5.00 / 9.00 / 5.50)", "-", "met"]
     assert table["batch 16 vs batch 1"] == ["1.2900x", "1.4500x", "not met (Qwen3-1.7B)"]
@@ -79,3 +79,9 @@ def test_step_near_takes_the_window_around_a_position():
 def test_a_folder_that_is_not_a_run_exits_with_the_fix(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode != 0 and "summary.csv is missing" in proc.stderr and "runtime bench" in proc.stderr
+
+
+def test_a_value_just_past_its_line_does_not_print_as_the_line():
+    """goals40 read Qwen3's long row at 1.05012: "+5.0%" beside "not met" read as a contradiction."""
+    percent = _module()._percent
+    assert percent(1.05012) == "+5.01%" and percent(1.0499) == "+4.99%"
