@@ -592,18 +592,6 @@ def test_gemv_early_release_reaches_the_named_projections(monkeypatch, family):
         ), roles
 
 
-def test_early_release_roles_refuses_unknown_ones(monkeypatch):
-    monkeypatch.delenv("RUNTIME_GEMV_EARLY", raising=False)
-    assert ops.early_release_roles() is None  # unset: early_release's default
-    monkeypatch.setenv("RUNTIME_GEMV_EARLY", " down , gate_up ")
-    assert ops.early_release_roles() == {"gate_up", "down"}
-    monkeypatch.setenv("RUNTIME_GEMV_EARLY", "none")
-    assert ops.early_release_roles() == set()
-    monkeypatch.setenv("RUNTIME_GEMV_EARLY", "o,up")
-    with pytest.raises(ValueError, match="RUNTIME_GEMV_EARLY.*up"):
-        ops.early_release_roles()
-
-
 def test_early_release_defaults_to_the_shapes_the_card_ships(monkeypatch):
     """Unset, RUNTIME_GEMV_EARLY means the projections whose role and shape the card's shipped
     choices name (on the H100 Llama's gate/up 16384 x 2048 and down 2048 x 8192, not Gemma's gate/up
@@ -646,16 +634,22 @@ def test_residual_epilogue_defaults_to_o_and_the_shapes_the_card_ships(monkeypat
     assert not ops.residual_epilogue(x, llama_down, "down")
 
 
-def test_residual_add_roles_refuses_unknown_ones(monkeypatch):
-    monkeypatch.delenv("RUNTIME_RESIDUAL_ADD", raising=False)
-    assert ops.residual_add_roles() is None  # unset: residual_epilogue's default
-    monkeypatch.setenv("RUNTIME_RESIDUAL_ADD", " down , o ")
-    assert ops.residual_add_roles() == {"o", "down"}
-    monkeypatch.setenv("RUNTIME_RESIDUAL_ADD", "none")
-    assert ops.residual_add_roles() == set()
-    monkeypatch.setenv("RUNTIME_RESIDUAL_ADD", "o,gate")
-    with pytest.raises(ValueError, match="RUNTIME_RESIDUAL_ADD.*gate"):
-        ops.residual_add_roles()
+@pytest.mark.parametrize(
+    "variable,read,unknown",
+    [("RUNTIME_RESIDUAL_ADD", ops.residual_add_roles, "gate_up"), ("RUNTIME_GEMV_EARLY", ops.early_release_roles, "up")],
+)  # fmt: skip
+def test_role_variables_name_roles_or_refuse_unknown_ones(monkeypatch, variable, read, unknown):
+    """RUNTIME_RESIDUAL_ADD and RUNTIME_GEMV_EARLY: unset, None (the card's shipped choices decide);
+    "none", no role; else the comma-separated roles, spaces aside, a role outside the list refused."""
+    monkeypatch.delenv(variable, raising=False)
+    assert read() is None
+    monkeypatch.setenv(variable, " down , o ")
+    assert read() == {"o", "down"}
+    monkeypatch.setenv(variable, "none")
+    assert read() == set()
+    monkeypatch.setenv(variable, f"o,{unknown}")
+    with pytest.raises(ValueError, match=f"{variable}.*{unknown}"):
+        read()
 
 
 # ---------------------------------------------------------------- dispatcher (CPU, no Triton needed)
