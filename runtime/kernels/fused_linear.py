@@ -142,7 +142,7 @@ def _launch(
     res_out (K,) or None; add_res: res is (N,) and y = res + the product (plain prologue only);
     release: the qkv GEMV's, whose attention may launch right after this one's wait (always, or
     from a position on: attention_plan.qkv_release); release_early: the next kernel launches right
-    after this one's wait (the plain and gated GEMVs' A/B, ops.early_release_roles)."""
+    after this one's wait (the plain and gated GEMVs' choice, ops.early_release)."""
     assert weight.dim() == 2 and weight.is_contiguous(), "W must be a contiguous (N, K) nn.Linear weight"
     N, K = weight.shape
     N = N // 2 if gated else N  # the outputs

@@ -10,9 +10,9 @@ record). A shipped file may also hold lists of batch-1 projections, "role:NxK" e
 that a same-process A/B of the decode step on that card preferred (ROLE_LISTS): "residual_add",
 whose GEMV adds the residual in its epilogue (ops.residual_epilogue; role "o" or "down"), and
 "early_release", whose GEMV lets the next kernel launch right after its wait (ops.early_release;
-role "o", "gate_up" or "down"). Nothing here is fatal: an
-unreadable file is ignored and an unwritable folder skipped, each with a one-line warning. Whether
-a config is still a candidate is gemv_tuning's check.
+role "o", "gate_up" or "down"). Nothing here is fatal: an unreadable file is ignored and an
+unwritable folder skipped, each with a one-line warning. Whether a config is still a candidate is
+gemv_tuning's check.
 """
 
 from __future__ import annotations
