@@ -33,7 +33,7 @@ from kernel_testing import (
     tol,
 )
 
-from runtime.kernels import _triton, arrival, ops
+from runtime.kernels import _triton, arrival, gemv_blocks, ops
 from runtime.kernels import activation as activation_mod
 from runtime.kernels import decode_attention as attention_mod
 from runtime.kernels import qkv_attention as qkv_attention_mod
@@ -596,8 +596,6 @@ def test_early_release_defaults_to_the_shapes_the_card_ships(monkeypatch):
     """Unset, RUNTIME_GEMV_EARLY means the projections whose role and shape the card's shipped
     choices name (on the H100 Llama's gate/up 16384 x 2048 and down 2048 x 8192, not Gemma's gate/up
     13824 x 1152); set, it names the roles whatever was shipped."""
-    from runtime.kernels import gemv_blocks
-
     shipped = {("gate_up", 16384, 2048), ("down", 2048, 8192)}
     monkeypatch.setitem(gemv_blocks.SHIPPED_ROLES, "early_release", shipped)
     llama_gate_up, gemma_gate_up = torch.empty(16384, 2048), torch.empty(13824, 1152)
@@ -616,8 +614,6 @@ def test_residual_epilogue_defaults_to_o_and_the_shapes_the_card_ships(monkeypat
     """Unset, RUNTIME_RESIDUAL_ADD means the o GEMV everywhere and the down GEMV at the shapes the
     card's shipped choices name (on the H100 Llama's 2048 x 8192, not Qwen3's 2048 x 6144); set, it
     names the roles whatever was shipped."""
-    from runtime.kernels import gemv_blocks
-
     monkeypatch.setattr(ops, "_gemv_row", lambda x, weight: True)
     monkeypatch.setitem(gemv_blocks.SHIPPED_ROLES, "residual_add", {("down", 2048, 8192)})
     x = torch.empty(1, 8)
@@ -636,7 +632,8 @@ def test_residual_epilogue_defaults_to_o_and_the_shapes_the_card_ships(monkeypat
 
 @pytest.mark.parametrize(
     "variable,read,unknown",
-    [("RUNTIME_RESIDUAL_ADD", ops.residual_add_roles, "gate_up"), ("RUNTIME_GEMV_EARLY", ops.early_release_roles, "up")],
+    [("RUNTIME_RESIDUAL_ADD", gemv_blocks.residual_add_roles, "gate_up"),
+     ("RUNTIME_GEMV_EARLY", gemv_blocks.early_release_roles, "up")],
 )  # fmt: skip
 def test_role_variables_name_roles_or_refuse_unknown_ones(monkeypatch, variable, read, unknown):
     """RUNTIME_RESIDUAL_ADD and RUNTIME_GEMV_EARLY: unset, None (the card's shipped choices decide);

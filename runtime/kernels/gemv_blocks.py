@@ -1,6 +1,7 @@
 """Which blocks a batch-1 GEMV (fused_linear.py) launches, apart from the choices tune() stored:
 the candidates it times, the heuristic for the rest, the tuning name of a launch, and the launch
-switches read at each call.
+switches read at each call, among them which projections add the residual in their epilogue or
+release the next kernel early (the environment's roles, else the card's shipped lists).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def block_override(
 
 # the lists of batch-1 projections a shipped file may hold (tuning_store.shipped_roles) -> the roles
 # each may name: whose GEMV adds the residual in its epilogue (ops.residual_epilogue), whose GEMV
-# lets the next kernel launch right after its wait (ops.early_release)
+# lets the next kernel launch right after its wait (early_release below)
 ROLE_LISTS = {"residual_add": ("o", "down"), "early_release": ("o", "gate_up", "down")}
 # per list, the (role, N, K) the card's shipped choices name (set by gemv_tuning.tune_shapes before capture)
 SHIPPED_ROLES: dict[str, set[tuple[str, int, int]]] = {field: set() for field in ROLE_LISTS}
@@ -116,6 +117,50 @@ SHIPPED_ROLES: dict[str, set[tuple[str, int, int]]] = {field: set() for field in
 def shipped_role(field: str, role: str, N: int, K: int) -> bool:
     """Whether the card's shipped `field` list names the (N, K) `role` GEMV."""
     return (role, N, K) in SHIPPED_ROLES[field]
+
+
+def _env_roles(variable: str, field: str) -> set[str] | None:
+    """The roles an environment `variable` names, comma-separated from ROLE_LISTS[field],
+    or "none"; None where it is unset (the card's shipped choices decide then)."""
+    raw = (os.environ.get(variable) or "").strip()
+    if not raw:
+        return None
+    roles = set() if raw == "none" else {r.strip() for r in raw.split(",") if r.strip()}
+    unknown = sorted(roles - set(ROLE_LISTS[field]))
+    if unknown:
+        choices = ", ".join(ROLE_LISTS[field])
+        raise ValueError(f"{variable}={raw!r}: {unknown} unknown; name roles of {choices}, or none")
+    return roles
+
+
+def residual_add_roles() -> set[str] | None:
+    """RUNTIME_RESIDUAL_ADD: the batch-1 projections ("o", "down") whose GEMV adds the residual in its
+    epilogue (linear_add), or "none"; None where it is unset (the default: ops.residual_epilogue). In
+    same-process A/Bs on the H100 the o GEMV's add was -10..+3 us per step, the down GEMV's -9..-23 us
+    on Llama-3.2-1B but +16..+35 us on Qwen3-1.7B (not explained yet; notes/kernels.md), so the
+    default takes o everywhere and down where the card's shipped choices name its shape."""
+    return _env_roles("RUNTIME_RESIDUAL_ADD", "residual_add")
+
+
+def early_release_roles() -> set[str] | None:
+    """RUNTIME_GEMV_EARLY: the batch-1 projections ("o", "gate_up", "down") whose GEMV lets the next
+    kernel launch right after its wait instead of after its loop, or "none"; None where it is unset
+    (the default: early_release). Released early, the next GEMV's programs take the SM slots this
+    one's last wave leaves and load their first weight tile under its tail. In same-process A/Bs on
+    the H100 gate_up and down together were -13..-19 us per step on Llama-3.2-1B and -11..-19 us on
+    Qwen3-1.7B (either alone +3 us there), +75 us on gemma-3-1b-it; o with them +3..+6 on Llama
+    (notes/kernels.md)."""
+    return _env_roles("RUNTIME_GEMV_EARLY", "early_release")
+
+
+def early_release(weight: torch.Tensor, role: str) -> bool:
+    """Whether the `role` projection's batch-1 GEMV (W (N, K); gate_up's is [gate | up]) releases the
+    next kernel right after its wait: the role named by RUNTIME_GEMV_EARLY, or where that is unset, a
+    role and shape the card's shipped choices name. Only the one-row Triton launch reads it."""
+    roles = early_release_roles()
+    if roles is not None:
+        return role in roles
+    return shipped_role("early_release", role, *weight.shape)
 
 
 def tuning_enabled() -> bool:

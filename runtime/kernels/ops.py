@@ -47,7 +47,7 @@ from runtime.kernels.fused_rows import (
     linear_rows_triton,
     norm_linear_rows_triton,
 )
-from runtime.kernels.gemv_blocks import ROLE_LISTS, shipped_role
+from runtime.kernels.gemv_blocks import early_release, residual_add_roles, shipped_role
 from runtime.kernels.publish import publish_tokens_ref, publish_tokens_triton
 from runtime.kernels.qkv_attention import qkv_decode_attention_ref, qkv_decode_attention_triton
 from runtime.kernels.qkv_rope import (
@@ -225,29 +225,6 @@ def act_linear(gate_up: torch.Tensor, activation: str, weight: torch.Tensor) -> 
     return F.linear(gated_act(gate_up, activation), weight)
 
 
-def _env_roles(variable: str, field: str) -> set[str] | None:
-    """The roles an environment `variable` names, comma-separated from gemv_blocks.ROLE_LISTS[field],
-    or "none"; None where it is unset (the card's shipped choices decide then)."""
-    raw = (os.environ.get(variable) or "").strip()
-    if not raw:
-        return None
-    roles = set() if raw == "none" else {r.strip() for r in raw.split(",") if r.strip()}
-    unknown = sorted(roles - set(ROLE_LISTS[field]))
-    if unknown:
-        choices = ", ".join(ROLE_LISTS[field])
-        raise ValueError(f"{variable}={raw!r}: {unknown} unknown; name roles of {choices}, or none")
-    return roles
-
-
-def residual_add_roles() -> set[str] | None:
-    """RUNTIME_RESIDUAL_ADD: the batch-1 projections ("o", "down") whose GEMV adds the residual in its
-    epilogue (linear_add), or "none"; None where it is unset (the default: residual_epilogue). In
-    same-process A/Bs on the H100 the o GEMV's add was -10..+3 us per step, the down GEMV's -9..-23 us
-    on Llama-3.2-1B but +16..+35 us on Qwen3-1.7B (not explained yet; notes/kernels.md), so the
-    default takes o everywhere and down where the card's shipped choices name its shape."""
-    return _env_roles("RUNTIME_RESIDUAL_ADD", "residual_add")
-
-
 def _gemv_row(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether x @ weight.T runs as the batch-1 GEMV (linear, linear_add): one row on Triton, one dtype."""
     return x.dtype == weight.dtype and one_row(x) and enabled("linear", x)
@@ -263,27 +240,6 @@ def residual_epilogue(x: torch.Tensor, weight: torch.Tensor, role: str) -> bool:
     if roles is not None:
         return role in roles
     return role == "o" or shipped_role("residual_add", role, *weight.shape)
-
-
-def early_release_roles() -> set[str] | None:
-    """RUNTIME_GEMV_EARLY: the batch-1 projections ("o", "gate_up", "down") whose GEMV lets the next
-    kernel launch right after its wait instead of after its loop, or "none"; None where it is unset
-    (the default: early_release). Released early, the next GEMV's programs take the SM slots this
-    one's last wave leaves and load their first weight tile under its tail. In same-process A/Bs on
-    the H100 gate_up and down together were -13..-19 us per step on Llama-3.2-1B and -11..-19 us on
-    Qwen3-1.7B (either alone +3 us there), +75 us on gemma-3-1b-it; o with them +3..+6 on Llama
-    (notes/kernels.md)."""
-    return _env_roles("RUNTIME_GEMV_EARLY", "early_release")
-
-
-def early_release(weight: torch.Tensor, role: str) -> bool:
-    """Whether the `role` projection's batch-1 GEMV (W (N, K); gate_up's is [gate | up]) releases the
-    next kernel right after its wait: the role named by RUNTIME_GEMV_EARLY, or where that is unset, a
-    role and shape the card's shipped choices name. Only the one-row Triton launch reads it."""
-    roles = early_release_roles()
-    if roles is not None:
-        return role in roles
-    return shipped_role("early_release", role, *weight.shape)
 
 
 def linear_add(
