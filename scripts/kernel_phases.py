@@ -46,7 +46,7 @@ def phases(model_id: str, batch: int, prompt: int, replays: int, capacity: int |
     found: dict[tuple[str, str], list[dict]] = {}
     for _ in range(replays):
         phase_clock.zero_all()
-        runner.step(batch, "greedy")
+        runner.step(batch, "greedy", prompt)
         torch.cuda.synchronize()
         for family, label, buf in phase_clock.records():
             summary = phase_clock.summarize(buf.cpu(), phase_clock.MARKS[family])

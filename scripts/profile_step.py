@@ -289,18 +289,19 @@ def linear_bytes(model: torch.nn.Module) -> int:
     return total
 
 
-def step_ms(runner: Runner, steps: int, variant: str = "greedy", batch: int = 1) -> float:
-    return isolated_ms(lambda: runner.step(batch, variant), steps)
+def step_ms(runner: Runner, steps: int, variant: str = "greedy", batch: int = 1, position: int = 0) -> float:
+    """position: where the rows stand (it picks a long-position graph, runtime/engine/long_graphs.py)."""
+    return isolated_ms(lambda: runner.step(batch, variant, position), steps)
 
 
 def kernel_table(
-    runner: Runner, replays: int, batch: int = 1, variant: str = "greedy"
+    runner: Runner, replays: int, batch: int = 1, variant: str = "greedy", position: int = 0
 ) -> dict[str, tuple[float, float]]:
     """kernel name -> (us per step, launches per step), from `replays` profiled replays."""
 
     def replay() -> None:
         for _ in range(replays):
-            runner.step(batch, variant)
+            runner.step(batch, variant, position)
 
     return {k: (t / replays, c / replays) for k, (t, c) in kernel_times(replay).items()}
 
@@ -311,12 +312,12 @@ def run(model_id: str, prompt: int, steps: int, profiled: int, copy_gbs: float) 
     ids = torch.randint(3, loaded.spec.vocab - 1, (prompt,)).tolist()
     runner.prefill(0, ids, 0, "greedy")
     for _ in range(8):
-        runner.step(1, "greedy")
-    ms = step_ms(runner, steps)
-    table = kernel_table(runner, profiled)
+        runner.step(1, "greedy", prompt)
+    ms = step_ms(runner, steps, position=prompt)
+    table = kernel_table(runner, profiled, position=prompt)
     runner.set_row(0, SamplingParams(0.8, 50, 0.9, 1.0, 1))  # the "topk" step: where sampling costs go
-    topk_ms = step_ms(runner, steps // 2, "topk")
-    topk_table = kernel_table(runner, profiled, 1, "topk")
+    topk_ms = step_ms(runner, steps // 2, "topk", position=prompt)
+    topk_table = kernel_table(runner, profiled, 1, "topk", prompt)
     for r in range(BATCH):  # the batch bucket's step: every row from the same prompt
         runner.prefill(r, ids, 0, "greedy")
     batch_ms = step_ms(runner, steps // 2, "greedy", BATCH)
@@ -398,8 +399,8 @@ def ab(
             runner.set_row(0, params)
             runner.prefill(0, ids, 0, variant)
             for _ in range(8):
-                runner.step(1, variant)
-            row[variant] = round(step_ms(runner, steps, variant), 4)
+                runner.step(1, variant, prompt)
+            row[variant] = round(step_ms(runner, steps, variant, position=prompt), 4)
         for r in range(BATCH):  # every row from the same prompt: the batch-16 greedy step
             runner.set_row(r, SamplingParams())
             runner.prefill(r, ids, 0, "greedy")

@@ -80,7 +80,7 @@ def warm_runner(
     for row in range(batch):
         runner.prefill(row, ids, 0, "greedy")
     for _ in range(warm_steps):
-        runner.step(batch, "greedy")
+        runner.step(batch, "greedy", prompt)
     return runner
 
 
@@ -191,7 +191,7 @@ def compare_slowest(
 
 def timeline(model_id: str, batch: int, prompt: int, replays: int, capacity: int | None = None) -> dict:
     runner = warm_runner(model_id, batch, prompt, replays, 20, capacity)
-    steps = profiled_steps(lambda: runner.step(batch, "greedy"), replays)
+    steps = profiled_steps(lambda: runner.step(batch, "greedy", prompt), replays)
     runner_capacity = runner.capacity
     runner.release()
     rows = position_rows(steps)

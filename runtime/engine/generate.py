@@ -99,6 +99,7 @@ def generate(
     # them there (a copy between two replays cost ~10 us a step on the H100), else in pinned[i]
     ring, pinned = runner.token_ring, None
     first_positions = [s + len(p) for s, p in zip(starts, prompts)]
+    last_position = max(first_positions)  # the largest position step 1 feeds
     if ring is None:
         pinned = torch.empty((max_new_tokens, bucket), dtype=torch.int64, pin_memory=cuda)
 
@@ -125,7 +126,7 @@ def generate(
             if all(done):
                 break
             t_step = time.perf_counter()
-            runner.step(bucket, variant)
+            runner.step(bucket, variant, last_position + i - 1)  # the graph for the rows' positions
             if pinned is not None:
                 pinned[i].copy_(runner.buffers.tokens[:bucket], non_blocking=cuda)
             if cuda:

@@ -12,6 +12,7 @@ captured on first use: its warm-up and capture write only the cache row being pr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
@@ -20,11 +21,13 @@ import torch
 
 from graphs.buckets import bucket_for, make_buckets
 from graphs.pool import GraphPool
+from runtime.engine.long_graphs import graph_key, long_graphs_from, long_keys
 from runtime.engine.prefill_graphs import PrefillGraphs
 from runtime.engine.sampler import SamplingParams, advance, fused_sampler, sample, sample_step
 from runtime.engine.state import DecodeBuffers, KVCache, kv_cache_bytes
 from runtime.errors import RuntimeUserError
 from runtime.kernels import argmax, gemv_tuning, ops, prebuild
+from runtime.kernels.position_plan import long_positions
 from runtime.kernels.switches import env_choice
 from runtime.models.loader import LoadedModel, oom_message
 
@@ -129,6 +132,8 @@ class Runner:
         # first position where a row's logits were not finite (-1 = none); read after a request
         self.nonfinite_at = torch.full((max_batch,), -1, dtype=torch.int64, device=self.device)
         self.token_ring = self._token_ring()
+        # batch-1 steps from this position replay the long-position graphs (long_graphs.py)
+        self.long_from = long_graphs_from(self.model, self.capacity, self.device)
         self.pool: GraphPool | None = None
         self.capture_error: str | None = None
         self.tune_s = 0.0
@@ -147,13 +152,14 @@ class Runner:
             self.prefill_graphs = PrefillGraphs(self.model, self.cache, self.capacity, self.device)
 
     # graph: everything below `_step` is captured; it touches only fixed-address tensors
-    def _step(self, key: tuple[int, str]) -> None:
-        B, variant = key
+    def _step(self, key: tuple) -> None:
+        B, variant, *span = key  # (B, variant), or (1, variant, "long"): long_graphs.graph_key
         buf = self.buffers
         tokens, positions = buf.tokens[:B], buf.positions[:B]
         # (B, V): float32, or bf16 from cuBLAS at B > 1 where the tail's kernels widen as they load
         widen = not ops.enabled("narrow_logits", positions)
-        logits = self.model.decode(tokens, positions, self.cache, widen_logits=widen)
+        with long_positions() if span else contextlib.nullcontext():
+            logits = self.model.decode(tokens, positions, self.cache, widen_logits=widen)
         step_tail(logits, buf, self.nonfinite_at, variant)  # next token, position, seen, the record
         if self.token_ring is not None:  # the new tokens into the host's ring, at their new positions
             ops.publish_tokens(tokens, positions, self.token_ring)
@@ -175,6 +181,7 @@ class Runner:
 
     def _capture(self) -> None:
         keys = [(b, v) for b in self.buckets for v in VARIANTS]
+        keys += long_keys(VARIANTS, self.capacity, self.long_from)
         # the Triton kernels of every step, built on all cores first (a fresh cache's start-up)
         self.prebuild = prebuild.compile_ahead(lambda: self._unlaunched_steps(keys), self.device)
         self.pool = GraphPool(self._step)
@@ -189,7 +196,7 @@ class Runner:
                 stacklevel=2,
             )
 
-    def _unlaunched_steps(self, keys: list[tuple[int, str]]) -> None:
+    def _unlaunched_steps(self, keys: list[tuple]) -> None:
         """Each key's step once while prebuild records Triton's launches instead of running them:
         the step's torch ops still run, on outputs no kernel wrote, so the buffers they write
         (tokens, positions, seen, the record) are put back afterwards."""
@@ -214,12 +221,14 @@ class Runner:
     def bucket(self, n: int) -> int:
         return bucket_for(n, self.buckets)
 
-    def step(self, bucket: int, variant: str) -> None:
-        """Advance rows [0, bucket) by one token: a graph replay, or the same code eagerly."""
+    def step(self, bucket: int, variant: str, position: int = 0) -> None:
+        """Advance rows [0, bucket) by one token: a graph replay, or the same code eagerly.
+        position: the largest position the rows feed (known to the host), which picks the graph."""
+        key = graph_key(bucket, variant, position, self.long_from)
         if self.pool is not None:
-            self.pool.replay((bucket, variant))
+            self.pool.replay(key)
         else:
-            self._step((bucket, variant))
+            self._step(key)
 
     def set_row(self, row: int, params: SamplingParams, keep_seen: bool = False) -> None:
         buf = self.buffers

@@ -206,7 +206,7 @@ class DecoderLM(nn.Module):
             logits = torch.tanh(logits / softcap) * softcap
         return logits
 
-    def _l2_spill_position(self, device: torch.device) -> int:
+    def cache_spill_position(self, device: torch.device) -> int:
         """The first position at which a row's K/V over the layers without a window outgrows L2."""
         s = self.spec
         global_layers = sum(w is None for w in s.sliding_window)
@@ -274,6 +274,6 @@ class DecoderLM(nn.Module):
             tokens[:, None],
             positions[:, None],
             lambda attn, qkv, cos, sin: attn.decode(qkv, cos, sin, cache, positions),
-            QkvRelease(positions, self._l2_spill_position(positions.device)),
+            QkvRelease(positions, self.cache_spill_position(positions.device)),
         )
         return self._logits(_pick(h, lambda t: t[:, 0]), x[:, 0], widen_logits)
