@@ -29,20 +29,23 @@ def _h100(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def test_the_long_plan_halves_batch_one_blocks_only(monkeypatch):
-    """Inside long_positions a batch-1 step takes 32-slot blocks (Qwen3's and Llama's heads, 64
-    outside); blocks already smaller keep their size (fp32 D = 256: 16), batch buckets keep theirs,
-    and the split count keeps its rule. RUNTIME_ATTN_LONG_BLOCK_N overrides the size."""
+def test_the_long_plan_halves_batch_one_blocks_of_256_byte_rows(monkeypatch):
+    """Inside long_positions a batch-1 step with 256-byte K/V rows (Qwen3's D = 128, and Llama's
+    D = 64 in fp32) takes 32-slot blocks, 64 outside; Llama's and Gemma's bf16 rows keep their
+    blocks, batch buckets theirs, and the split count keeps its rule. RUNTIME_ATTN_LONG_BLOCK_N
+    gives every row width its size."""
     assert plan.split_plan(1, 8, 2048, 128, 2, GPU) == (64, 32)
     with long_positions():
         assert plan.split_plan(1, 8, 2048, 128, 2, GPU) == (32, 33)
-        assert plan.split_plan(1, 8, 2048, 64, 2, GPU) == (32, 33)
-        assert plan.split_plan(1, 1, 2048, 256, 4, GPU) == (16, 128)
+        assert plan.split_plan(1, 8, 2048, 64, 4, GPU) == (32, 33)
+        assert plan.split_plan(1, 8, 2048, 64, 2, GPU) == (64, 32)
+        assert plan.split_plan(1, 1, 2048, 256, 2, GPU) == (32, 64)
         assert plan.split_plan(16, 8, 2048, 128, 2, GPU) == (64, 1)
         monkeypatch.setenv("RUNTIME_ATTN_LONG_BLOCK_N", "16")
         assert plan.split_plan(1, 8, 2048, 128, 2, GPU) == (16, 33)
+        assert plan.split_plan(1, 8, 2048, 64, 2, GPU) == (16, 33)
     assert plan.split_plan(1, 8, 2048, 128, 2, GPU) == (64, 32)
-    assert position_plan.long_block_n() is None
+    assert position_plan.long_block_n(256) is None
 
 
 def _model(kv_heads: int, head_dim: int, spill: int):
@@ -52,13 +55,13 @@ def _model(kv_heads: int, head_dim: int, spill: int):
 
 def test_long_graphs_start_at_the_spill_where_the_plan_differs(monkeypatch):
     """auto: Qwen3's cache (8 x 128, spilling L2 at 458 on the H100) from 458 where the capacity
-    passes it; never below, never for Gemma's heads (1 x 256: 32-slot blocks already), never off
-    CUDA (no L2 read); "0" never; a position forces it; anything else is refused."""
-    qwen3, gemma = _model(8, 128, 458), _model(1, 256, 4096)
+    passes it; never below; never for Llama's or Gemma's heads (their blocks stay), even where
+    their caches spill; "0" never; a position forces it; anything else is refused."""
+    qwen3, llama, gemma = _model(8, 128, 458), _model(8, 64, 1600), _model(1, 256, 100)
     assert long_graphs.long_graphs_from(qwen3, 2048, GPU) == 458
     assert long_graphs.long_graphs_from(qwen3, 458, GPU) == plan.NEVER
-    assert long_graphs.long_graphs_from(_model(1, 256, 100), 2048, GPU) == plan.NEVER
-    assert long_graphs.long_graphs_from(gemma, 8192, GPU) == plan.NEVER
+    assert long_graphs.long_graphs_from(llama, 4096, GPU) == plan.NEVER
+    assert long_graphs.long_graphs_from(gemma, 2048, GPU) == plan.NEVER
     monkeypatch.setenv("RUNTIME_LONG_GRAPHS", "0")
     assert long_graphs.long_graphs_from(qwen3, 2048, GPU) == plan.NEVER
     monkeypatch.setenv("RUNTIME_LONG_GRAPHS", "40")
@@ -88,7 +91,7 @@ def test_generate_runs_the_long_plan_from_its_position(smollm2_fp32, monkeypatch
     decode = runner.model.decode
 
     def spy(tokens, positions, *args, **kwargs):
-        seen.append((int(positions[0]), position_plan.long_block_n() is not None))
+        seen.append((int(positions[0]), position_plan.inside_long_positions()))
         return decode(tokens, positions, *args, **kwargs)
 
     monkeypatch.setattr(runner.model, "decode", spy)
