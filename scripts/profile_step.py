@@ -290,7 +290,7 @@ def linear_bytes(model: torch.nn.Module) -> int:
 
 
 def step_ms(runner: Runner, steps: int, variant: str = "greedy", batch: int = 1, position: int = 0) -> float:
-    """position: where the rows stand (it picks a long-position graph, runtime/engine/long_graphs.py)."""
+    """position: where the rows stand (it picks a spill graph, runtime/engine/spill_graphs.py)."""
     return isolated_ms(lambda: runner.step(batch, variant, position), steps)
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from runtime.engine.generate import generate
-from runtime.engine.long_graphs import long_keys
 from runtime.engine.runner import VARIANTS, Runner
 from runtime.engine.sampler import SamplingParams
+from runtime.engine.spill_graphs import spill_keys
 from runtime.errors import CapacityError
 
 pytestmark = pytest.mark.cuda
@@ -100,7 +100,7 @@ def test_seeded_sampling_reproduces(runners):
 def test_capture_stats_are_recorded(runners):
     _, graph, _ = runners
     keys = {s.key for s in graph.pool.stats}
-    # Qwen3's cache spills the H100's L2 at 458 slots: its long-position graphs too (long_graphs.py)
-    long = set(long_keys(VARIANTS, graph.capacity, graph.long_from))
-    assert {(b, v) for b in (1, 2, 4, 8) for v in VARIANTS} | long == keys
+    # Qwen3's cache spills the H100's L2 at 458 slots: its spill graphs too (spill_graphs.py)
+    spill = set(spill_keys(VARIANTS, graph.spill_window))
+    assert {(b, v) for b in (1, 2, 4, 8) for v in VARIANTS} | spill == keys
     assert graph.capture_s > 0

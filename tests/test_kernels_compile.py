@@ -55,7 +55,7 @@ from runtime.kernels import (
     prebuild,
     tuning_store,
 )
-from runtime.kernels.position_plan import long_positions
+from runtime.kernels.position_plan import spill_positions
 from runtime.kernels.prebuild import Launch
 from runtime.models.decoder import DecoderLM
 from runtime.models.loader import read_spec
@@ -345,16 +345,16 @@ def launches(target: Target) -> tuple[Launch, ...]:
     return tuple(rec.launches.values())
 
 
-def long_decode(lm: DecoderLM) -> None:
-    """The batch-1 step of a long-position graph (runtime/engine/long_graphs.py)."""
-    with long_positions():
+def spill_decode(lm: DecoderLM) -> None:
+    """The batch-1 step of a spill graph (runtime/engine/spill_graphs.py)."""
+    with spill_positions():
         decode(lm, 1)
 
 
 def paths(lm: DecoderLM) -> list[tuple[str, Callable[[], None]]]:
     return [
         *((f"decode B={batch}", functools.partial(decode, lm, batch)) for batch in BATCHES),
-        ("decode B=1, long positions", functools.partial(long_decode, lm)),
+        ("decode B=1, spill graph", functools.partial(spill_decode, lm)),
         ("prefill", functools.partial(prefill, lm)),
     ]
 

@@ -5,8 +5,8 @@ position back into them, so the host only enqueues replays; on CUDA it also writ
 into a ring in pinned host memory (token_ring), where the host reads them without a copy. Three
 variants per batch bucket: "greedy" (argmax), "topk" (sampling among the best TOPK_CANDIDATES
 logits, exact for top-k settings up to that size) and "sample" (a full sort, any setting); where a
-row's cache outgrows L2, batch 1 has each variant twice, the second for positions past that point
-(long_graphs.py). All are captured at start-up, before any request, so capture never disturbs a
+row's cache outgrows L2 while the attention leaves SMs idle, batch 1 has each variant twice, the
+second for those positions (spill_graphs.py). All are captured at start-up, before any request, so capture never disturbs a
 live cache. A prompt from position 0 replays a prefill graph of its length bucket
 (runtime/engine/prefill_graphs.py), captured on first use: its warm-up and capture write only the
 cache row being prefilled.
@@ -23,13 +23,13 @@ import torch
 
 from graphs.buckets import bucket_for, make_buckets
 from graphs.pool import GraphPool
-from runtime.engine.long_graphs import graph_key, long_graphs_from, long_keys
 from runtime.engine.prefill_graphs import PrefillGraphs
 from runtime.engine.sampler import SamplingParams, advance, fused_sampler, sample, sample_step
+from runtime.engine.spill_graphs import graph_key, spill_keys, spill_window
 from runtime.engine.state import DecodeBuffers, KVCache, kv_cache_bytes
 from runtime.errors import RuntimeUserError
 from runtime.kernels import argmax, gemv_tuning, ops, prebuild
-from runtime.kernels.position_plan import long_positions
+from runtime.kernels.position_plan import spill_positions
 from runtime.kernels.switches import env_choice
 from runtime.models.loader import LoadedModel, oom_message
 
@@ -134,8 +134,8 @@ class Runner:
         # first position where a row's logits were not finite (-1 = none); read after a request
         self.nonfinite_at = torch.full((max_batch,), -1, dtype=torch.int64, device=self.device)
         self.token_ring = self._token_ring()
-        # batch-1 steps from this position replay the long-position graphs (long_graphs.py)
-        self.long_from = long_graphs_from(self.model, self.capacity, self.device)
+        # batch-1 steps at positions in [start, end) replay the spill graphs (spill_graphs.py)
+        self.spill_window = spill_window(self.model, self.capacity, self.device)
         self.pool: GraphPool | None = None
         self.capture_error: str | None = None
         self.tune_s = 0.0
@@ -155,12 +155,12 @@ class Runner:
 
     # graph: everything below `_step` is captured; it touches only fixed-address tensors
     def _step(self, key: tuple) -> None:
-        B, variant, *span = key  # (B, variant), or (1, variant, "long"): long_graphs.graph_key
+        B, variant, *spill = key  # (B, variant), or (1, variant, "spill"): spill_graphs.graph_key
         buf = self.buffers
         tokens, positions = buf.tokens[:B], buf.positions[:B]
         # (B, V): float32, or bf16 from cuBLAS at B > 1 where the tail's kernels widen as they load
         widen = not ops.enabled("narrow_logits", positions)
-        with long_positions() if span else contextlib.nullcontext():
+        with spill_positions() if spill else contextlib.nullcontext():
             logits = self.model.decode(tokens, positions, self.cache, widen_logits=widen)
         step_tail(logits, buf, self.nonfinite_at, variant)  # next token, position, seen, the record
         if self.token_ring is not None:  # the new tokens into the host's ring, at their new positions
@@ -183,7 +183,7 @@ class Runner:
 
     def _capture(self) -> None:
         keys = [(b, v) for b in self.buckets for v in VARIANTS]
-        keys += long_keys(VARIANTS, self.capacity, self.long_from)
+        keys += spill_keys(VARIANTS, self.spill_window)
         # the Triton kernels of every step, built on all cores first (a fresh cache's start-up)
         self.prebuild = prebuild.compile_ahead(lambda: self._unlaunched_steps(keys), self.device)
         self.pool = GraphPool(self._step)
@@ -226,7 +226,7 @@ class Runner:
     def step(self, bucket: int, variant: str, position: int = 0) -> None:
         """Advance rows [0, bucket) by one token: a graph replay, or the same code eagerly.
         position: the largest position the rows feed (known to the host), which picks the graph."""
-        key = graph_key(bucket, variant, position, self.long_from)
+        key = graph_key(bucket, variant, position, self.spill_window)
         if self.pool is not None:
             self.pool.replay(key)
         else:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from runtime.kernels._triton import INTERPRETING, cdiv, next_pow2, released_early
-from runtime.kernels.position_plan import long_block_n
+from runtime.kernels.position_plan import spill_block_n
 from runtime.kernels.switches import env_choice
 
 
@@ -48,8 +48,8 @@ def split_plan(
         wide == "1" or (wide == "batch" and batch > 1 and fills_card(batch, kv_heads, device))
     ):
         block_n = 128
-    if batch == 1 and long_block_n(row_bytes):  # a long-position graph (position_plan.py)
-        block_n = long_block_n(row_bytes)
+    if batch == 1 and spill_block_n(row_bytes):  # a spill graph's step (position_plan.py)
+        block_n = spill_block_n(row_bytes)
     if os.environ.get("RUNTIME_ATTN_BLOCK_N"):  # an A/B knob: slots per K/V block, any D
         block_n = int(os.environ["RUNTIME_ATTN_BLOCK_N"])
     per_sm = int(os.environ.get("RUNTIME_ATTN_PER_SM", "2") or 2)
