@@ -6,10 +6,10 @@ into a ring in pinned host memory (token_ring), where the host reads them withou
 variants per batch bucket: "greedy" (argmax), "topk" (sampling among the best TOPK_CANDIDATES
 logits, exact for top-k settings up to that size) and "sample" (a full sort, any setting); where a
 row's cache outgrows L2 while the attention leaves SMs idle, batch 1 has each variant twice, the
-second for those positions (spill_graphs.py). All are captured at start-up, before any request, so capture never disturbs a
-live cache. A prompt from position 0 replays a prefill graph of its length bucket
-(runtime/engine/prefill_graphs.py), captured on first use: its warm-up and capture write only the
-cache row being prefilled.
+second for those positions (spill_graphs.py). All are captured at start-up, before any request, so
+capture never disturbs a live cache. A prompt from position 0 replays a prefill graph of its length
+bucket (runtime/engine/prefill_graphs.py), captured on first use: its warm-up and capture write
+only the cache row being prefilled.
 """
 
 from __future__ import annotations
