@@ -13,6 +13,26 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
+# apply_chat_template options of transformers that only these defaults are offered for
+CHAT_DEFAULTS = {
+    "continue_final_message": False,
+    "sanitize_control_tokens": False,
+    "return_assistant_tokens_mask": False,
+    "padding": False,
+    "truncation": False,
+    "max_length": None,
+    "return_tensors": None,
+    "tokenizer_kwargs": None,
+}
+
+
+def take_default_options(kwargs: dict[str, Any]) -> None:
+    """Remove CHAT_DEFAULTS' options from apply_chat_template's kwargs; any other value is left to
+    transformers (NotImplementedError)."""
+    for name, default in CHAT_DEFAULTS.items():
+        if name in kwargs and kwargs.pop(name) != default:
+            raise NotImplementedError(f"apply_chat_template({name}=...) is left to transformers")
+
 
 def jinja_version_ok(version: str) -> bool:
     parts = []

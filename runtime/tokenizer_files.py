@@ -14,7 +14,13 @@ from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, processors
 
-from runtime.chat_templates import chat_messages, compile_template, plain_data, with_reasoning_aliases
+from runtime.chat_templates import (
+    chat_messages,
+    compile_template,
+    plain_data,
+    take_default_options,
+    with_reasoning_aliases,
+)
 from runtime.tokenizer_folder import (
     add_missing_tokens,
     chat_templates,
@@ -22,18 +28,6 @@ from runtime.tokenizer_folder import (
     read_json,
     special_tokens,
 )
-
-# apply_chat_template options of transformers that only these defaults are offered for
-CHAT_DEFAULTS = {
-    "continue_final_message": False,
-    "sanitize_control_tokens": False,
-    "return_assistant_tokens_mask": False,
-    "padding": False,
-    "truncation": False,
-    "max_length": None,
-    "return_tensors": None,
-    "tokenizer_kwargs": None,
-}
 
 
 class Encoded(dict):
@@ -207,10 +201,7 @@ class FileTokenizer:
         **kwargs,
     ) -> Any:
         """Render (and by default encode, without added special tokens) a conversation or a batch of them."""
-        for name, default in CHAT_DEFAULTS.items():
-            if name in kwargs:
-                if kwargs.pop(name) != default:
-                    raise NotImplementedError(f"apply_chat_template({name}=...) is left to transformers")
+        take_default_options(kwargs)
         template = self.get_chat_template(chat_template, tools)
         if isinstance(conversation, (list, tuple)) and len(conversation) == 0:
             raise ValueError(

@@ -538,3 +538,15 @@ def test_loading_never_imports_transformers(tmp_path, smollm2_folder):
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+def test_chat_options_other_than_their_defaults_are_left_to_transformers():
+    """apply_chat_template's options that FileTokenizer offers only at transformers' defaults: taken
+    out where they hold the default, refused (NotImplementedError) otherwise; others stay."""
+    from runtime.chat_templates import take_default_options
+
+    kwargs = {"padding": False, "max_length": None, "enable_thinking": True}
+    take_default_options(kwargs)
+    assert kwargs == {"enable_thinking": True}
+    with pytest.raises(NotImplementedError, match="return_tensors"):
+        take_default_options({"return_tensors": "pt"})
