@@ -30,29 +30,31 @@ from runtime.bench.step_timing import isolated_ms, queued_ms
 from runtime.engine.generate import generate
 from runtime.engine.runner import Runner
 from runtime.engine.sampler import SamplingParams
+from runtime.engine.spill_graphs import graph_key
 from runtime.models.loader import load_model
 
 ARCHS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
 
 
-def copied_ms(runner: Runner, steps: int) -> float:
-    """queued_ms of the greedy step, each followed by the token row's copy into pinned memory (the
-    copy generate made before the ring), a row of its own per call."""
+def copied_ms(runner: Runner, steps: int, position: int) -> float:
+    """queued_ms of the greedy step at `position`, each followed by the token row's copy into pinned
+    memory (the copy generate made before the ring), a row of its own per call."""
     pinned = iter(torch.empty((steps + 3, 1), dtype=torch.int64, pin_memory=True))
 
     def step_and_copy() -> None:
-        runner.step(1, "greedy")
+        runner.step(1, "greedy", position)
         next(pinned).copy_(runner.buffers.tokens[:1], non_blocking=True)
 
     return queued_ms(step_and_copy, steps)
 
 
-def two_per_graph_ms(runner: Runner, steps: int) -> float:
+def two_per_graph_ms(runner: Runner, steps: int, position: int) -> float:
     """Mean ms per step of `steps` steps replayed two to a graph (a second pool capturing two of the
-    runner's greedy steps back to back), queued: half the graph boundaries."""
+    runner's greedy steps at `position` back to back), queued: half the graph boundaries."""
+    key = graph_key(1, "greedy", position, runner.spill_window)  # the step runner.step replays there
     pool = GraphPool(lambda key: (runner._step(key), runner._step(key)))
-    pool.capture([(1, "greedy")])
-    ms = queued_ms(lambda: pool.replay((1, "greedy")), steps // 2, warmup=2) / 2
+    pool.capture([key])
+    ms = queued_ms(lambda: pool.replay(key), steps // 2, warmup=2) / 2
     pool.release()
     return ms
 
@@ -68,17 +70,17 @@ def measure(model_id: str, prompt: int, steps: int, trials: int) -> list[dict]:
             os.environ["RUNTIME_TOKEN_RING"] = ring  # read as the runner is built
             runner = Runner(loaded, capacity=prompt + steps + 64, max_batch=1, mode="graph")
             del os.environ["RUNTIME_TOKEN_RING"]
-            greedy = functools.partial(runner.step, 1, "greedy")
+            greedy = functools.partial(runner.step, 1, "greedy", prompt)  # generate's graph there
             row = {"model": model_id, "trial": trial, "ring": runner.token_ring is not None}
             runner.prefill(0, ids, 0, "greedy")
             row["isolated"] = isolated_ms(greedy, steps)
             runner.prefill(0, ids, 0, "greedy")
             row["pipelined"] = queued_ms(greedy, steps)
             runner.prefill(0, ids, 0, "greedy")
-            row["copied"] = copied_ms(runner, steps)
+            row["copied"] = copied_ms(runner, steps, prompt)
             row["generate"] = statistics.median(generate(runner, [ids], SamplingParams(), steps + 1).step_ms)
             runner.prefill(0, ids, 0, "greedy")
-            row["two_per_graph"] = two_per_graph_ms(runner, steps)
+            row["two_per_graph"] = two_per_graph_ms(runner, steps, prompt)
             rows.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
             runner.release()
     return rows

@@ -60,7 +60,7 @@ def main() -> None:
     for r in range(args.runners):
         runner = Runner(loaded, capacity=args.capacity, max_batch=1, mode="graph")
         runners.append(runner)  # kept: the next runner's allocations land elsewhere
-        greedy = functools.partial(runner.step, 1, "greedy")
+        greedy = functools.partial(runner.step, 1, "greedy", args.prompt)  # generate's graph there
         runner.prefill(0, ids, 0, "greedy")
         queued = queued_ms(greedy, args.steps)
         runner.prefill(0, ids, 0, "greedy")
@@ -70,7 +70,7 @@ def main() -> None:
         )
     # the first runner again, after the others exist: a mode that follows the runner stays
     runners[0].prefill(0, ids, 0, "greedy")
-    again = queued_ms(functools.partial(runners[0].step, 1, "greedy"), args.steps)
+    again = queued_ms(functools.partial(runners[0].step, 1, "greedy", args.prompt), args.steps)
     print(
         "| runner | queued ms | isolated ms | k[0] MiB | 2 MiB-aligned k, v | v - k MiB |\n|---|---|---|---|---|---|"
     )
