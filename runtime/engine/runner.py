@@ -28,7 +28,7 @@ from runtime.engine.sampler import SamplingParams, advance, fused_sampler, sampl
 from runtime.engine.spill_graphs import graph_key, spill_keys, spill_window
 from runtime.engine.state import DecodeBuffers, KVCache, kv_cache_bytes
 from runtime.errors import RuntimeUserError
-from runtime.kernels import argmax, gemv_tuning, kv_l2, ops, prebuild
+from runtime.kernels import argmax, gemv_tuning, ops, prebuild
 from runtime.kernels.position_plan import spill_positions
 from runtime.kernels.switches import env_choice
 from runtime.models.loader import LoadedModel, oom_message
@@ -134,8 +134,6 @@ class Runner:
         # first position where a row's logits were not finite (-1 = none); read after a request
         self.nonfinite_at = torch.full((max_batch,), -1, dtype=torch.int64, device=self.device)
         self.token_ring = self._token_ring()
-        # the first layers' caches kept in L2 across batch-1 steps where RUNTIME_ATTN_KV_L2 asks (kv_l2.py)
-        self.l2_kept_layers, self._l2_limit_before = kv_l2.keep(self.cache.k, self.cache.v, self.device)
         # batch-1 steps at positions in [start, end) replay the spill graphs (spill_graphs.py)
         self.spill_window = spill_window(self.model, self.capacity, self.device)
         self.pool: GraphPool | None = None
@@ -272,8 +270,6 @@ class Runner:
         return int(first[0])
 
     def release(self) -> None:
-        kv_l2.release(self.device, self._l2_limit_before)
-        self._l2_limit_before = None
         if self.pool is not None:
             self.pool.release()
             self.pool = None

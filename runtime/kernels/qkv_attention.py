@@ -20,7 +20,6 @@ import math
 
 import torch
 
-from runtime.kernels import kv_l2
 from runtime.kernels._triton import INTERPRETING, cdiv, next_pow2, pdl
 from runtime.kernels.arrival import arrival_counters
 from runtime.kernels.attention_plan import (
@@ -145,7 +144,6 @@ def qkv_decode_attention_triton(
         EARLY_TABLES=early_tables(), GROUPED=grouped_loads(), CLOCK=clock is not None,
         EARLY_ROW_SCALE=early_row_scale(), LATE_V=late_v(B), AHEAD=ahead > 0,
         ROW_LINES=next_pow2(cdiv(D * elem, LINE_BYTES)), LINE_ELEMS=max(1, LINE_BYTES // elem),
-        KV_POLICY="evict_last" if kv_l2.is_kept(k_cache) else "",
         num_warps=split_warps(D, elem, B), num_stages=split_stages(B, splits), **launch,
     )  # fmt: skip
     if not merge and not direct:

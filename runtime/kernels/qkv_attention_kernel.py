@@ -94,7 +94,6 @@ def _qkv_split_kernel(
     AHEAD: tl.constexpr = False,
     ROW_LINES: tl.constexpr = 1,
     LINE_ELEMS: tl.constexpr = 64,
-    KV_POLICY: tl.constexpr = "",
 ):
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
     # what no kernel of this layer writes: the positions, the cache slots but the new one, and with
@@ -128,7 +127,7 @@ def _qkv_split_kernel(
     # the first cache block's K and V are loaded before the wait, so their latency overlaps the
     # qkv GEMV's tail (at short lengths a program has one block only)
     k1, k2, v, live = cache_block(
-        k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss, KV_POLICY
+        k_base, v_base, split, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
     )
     cs = cos_ptr + b.to(tl.int64) * cos_stride
     sn = sin_ptr + b.to(tl.int64) * cos_stride
@@ -212,7 +211,7 @@ def _qkv_split_kernel(
     m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32, late_v)
     for blk in range(split + n_splits, n_blocks, n_splits):
         k1, k2, v, live = cache_block(
-            k_base, v_base, blk, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss, KV_POLICY
+            k_base, v_base, blk, BLOCK_N, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
         )
         m_i, l_i, acc = _attend_block(q1, q2, k1, k2, v, live, m_i, l_i, acc, qk_scale, DOT_F32)
 

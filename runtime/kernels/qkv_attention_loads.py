@@ -12,20 +12,17 @@ from runtime.kernels.qkv_rope import norm_weight_halves, rope_halves
 
 @jit
 def cache_block(
-    k_base, v_base, blk, BLOCK_N: tl.constexpr, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss,
-    POLICY: tl.constexpr = "",
-):  # fmt: skip
+    k_base, v_base, blk, BLOCK_N: tl.constexpr, n, c, c_ok, d, d_ok, length, new_slot, half, k_ss, v_ss
+):
     """Cache block blk: K's two halves (BLOCK_N, HALF_BLOCK), V (BLOCK_N, BLOCK_D) and which of its
-    slots are live (below the length, and not the new token's slot, which may still hold an older one).
-    POLICY: the loads' L2 priority, "" or "evict_last" for a cache kept in L2 (kv_l2.py)."""
+    slots are live (below the length, and not the new token's slot, which may still hold an older one)."""
     slots = blk * BLOCK_N + n
     live = (slots < length) & (slots != new_slot)
     at = slots.to(tl.int64)[:, None]
     k_ok = live[:, None] & c_ok[None, :]
-    v_ok = live[:, None] & d_ok[None, :]
-    k1 = tl.load(k_base + at * k_ss + c[None, :], mask=k_ok, other=0.0, eviction_policy=POLICY)
-    k2 = tl.load(k_base + at * k_ss + half + c[None, :], mask=k_ok, other=0.0, eviction_policy=POLICY)
-    v = tl.load(v_base + at * v_ss + d[None, :], mask=v_ok, other=0.0, eviction_policy=POLICY)
+    k1 = tl.load(k_base + at * k_ss + c[None, :], mask=k_ok, other=0.0)
+    k2 = tl.load(k_base + at * k_ss + half + c[None, :], mask=k_ok, other=0.0)
+    v = tl.load(v_base + at * v_ss + d[None, :], mask=live[:, None] & d_ok[None, :], other=0.0)
     return k1, k2, v, live
 
 
