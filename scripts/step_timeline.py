@@ -28,6 +28,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from runtime.engine.runner import Runner
+from runtime.engine.sampler import SamplingParams
 from runtime.models.loader import load_model
 
 
@@ -69,18 +70,21 @@ def warm_runner(
     warm_steps: int,
     capacity: int | None = None,
     max_batch: int | None = None,
+    variant: str = "greedy",
 ) -> Runner:
     """A graph Runner of model_id with random weights and room for `replays` more steps (or
     `capacity` slots) and `max_batch` rows (default `batch`): `batch` rows prefilled with one random
-    prompt of `prompt` tokens, then `warm_steps` greedy steps."""
+    prompt of `prompt` tokens, then `warm_steps` steps of `variant` ("topk": each row sampled with
+    temperature 0.8, top-k 50, top-p 0.9, as the bench's sampled config)."""
     loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
     rows = max(batch, max_batch or 1)
     runner = Runner(loaded, capacity=capacity or prompt + 64 + replays, max_batch=rows, mode="graph")
     ids = torch.randint(3, loaded.spec.vocab - 1, (prompt,)).tolist()
     for row in range(batch):
-        runner.prefill(row, ids, 0, "greedy")
+        runner.set_row(row, SAMPLED if variant == "topk" else SamplingParams())
+        runner.prefill(row, ids, 0, variant)
     for _ in range(warm_steps):
-        runner.step(batch, "greedy", prompt)
+        runner.step(batch, variant, prompt)
     return runner
 
 
@@ -189,9 +193,11 @@ def compare_slowest(
     return result
 
 
-def timeline(model_id: str, batch: int, prompt: int, replays: int, capacity: int | None = None) -> dict:
-    runner = warm_runner(model_id, batch, prompt, replays, 20, capacity)
-    steps = profiled_steps(lambda: runner.step(batch, "greedy", prompt), replays)
+def timeline(
+    model_id: str, batch: int, prompt: int, replays: int, capacity: int | None = None, variant: str = "greedy"
+) -> dict:
+    runner = warm_runner(model_id, batch, prompt, replays, 20, capacity, variant=variant)
+    steps = profiled_steps(lambda: runner.step(batch, variant, prompt), replays)
     runner_capacity = runner.capacity
     runner.release()
     rows = position_rows(steps)
@@ -200,6 +206,7 @@ def timeline(model_id: str, batch: int, prompt: int, replays: int, capacity: int
     return {
         "model": model_id,
         "batch": batch,
+        "variant": variant,
         "prompt": prompt,
         "capacity": runner_capacity,
         "kernels_per_step": len(rows),
@@ -211,7 +218,7 @@ def timeline(model_id: str, batch: int, prompt: int, replays: int, capacity: int
 
 
 def print_result(res: dict) -> None:
-    print(f"\n### {res['model']}, batch {res['batch']}, prompt {res['prompt']}, capacity {res['capacity']}: "
+    print(f"\n### {res['model']}, batch {res['batch']}, {res['variant']}, prompt {res['prompt']}, capacity {res['capacity']}: "
           f"{res['kernels_per_step']} kernels, "
           f"step {res['step_us_end_to_end']} us (last end to last end), {res['period']} kernels per layer")  # fmt: skip
     _table("role", res["roles"])
@@ -229,6 +236,7 @@ def _table(first: str, rows: list[dict]) -> None:
         )
 
 
+SAMPLED = SamplingParams(0.8, 50, 0.9, 1.0, 1)  # the bench's sampled config, seeded
 DEV_MODELS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
 
 
@@ -256,11 +264,16 @@ def step_args(
 
 
 def main() -> None:
-    args = step_args(__doc__.splitlines()[0], [1], 30)
+    args = step_args(
+        __doc__.splitlines()[0],
+        [1],
+        30,
+        lambda ap: ap.add_argument("--variant", default="greedy", choices=("greedy", "topk")),
+    )
     results = []
     for model_id in args.model:
         for batch in args.batch:
-            res = timeline(model_id, batch, args.prompt, args.replays, args.capacity)
+            res = timeline(model_id, batch, args.prompt, args.replays, args.capacity, args.variant)
             print_result(res)
             results.append(res)
             torch.cuda.empty_cache()

@@ -687,6 +687,25 @@ def test_env_choice_reads_a_switch_and_refuses_unknown_values(monkeypatch):
         env_choice("RUNTIME_TEST_SWITCH", ("a", "b", "c"), "a")
 
 
+def test_env_power_of_two_reads_a_size_and_refuses_others(monkeypatch):
+    """Unset or empty -> the default; a power of two inside [low, high] as it is; anything else (not
+    a number, not a power of two, outside the range) refused with the switch's name and the range."""
+    from runtime.kernels.switches import env_power_of_two
+
+    monkeypatch.delenv("RUNTIME_TEST_SIZE", raising=False)
+    assert env_power_of_two("RUNTIME_TEST_SIZE", 128, 2, 4096) == 128
+    monkeypatch.setenv("RUNTIME_TEST_SIZE", "")
+    assert env_power_of_two("RUNTIME_TEST_SIZE", 128, 2, 4096) == 128
+    monkeypatch.setenv("RUNTIME_TEST_SIZE", "64")
+    assert env_power_of_two("RUNTIME_TEST_SIZE", 128, 2, 4096) == 64
+    for bad in ("96", "abc", "-64", "1", "8192", "0"):
+        monkeypatch.setenv("RUNTIME_TEST_SIZE", bad)
+        with pytest.raises(
+            ValueError, match=rf"^RUNTIME_TEST_SIZE='{bad}': choose a power of two from 2 to 4096$"
+        ):
+            env_power_of_two("RUNTIME_TEST_SIZE", 128, 2, 4096)
+
+
 def test_pdl_early_is_the_early_release_where_pdl_is_on(monkeypatch):
     """pdl(device, early=True): RUNTIME_PDL's mode changed to the early release on a card that has
     PDL; no PDL (an older card, a CPU tensor) stays off."""

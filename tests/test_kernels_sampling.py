@@ -113,6 +113,21 @@ def test_top_candidates(poisoned, monkeypatch, B, V, K, ties):
 
 
 @kernel_test
+def test_the_chunk_switch_sets_the_first_stages_lists(poisoned, monkeypatch):
+    """RUNTIME_TOPK_CHUNK (an A/B knob): stage 1 takes that many logits a program, so a row of V
+    leaves cdiv(V, chunk) lists of K keys (no merge round here), and the candidates stay exact."""
+    B, V, K, chunk = (2, 1000, 16, 256) if INTERPRET else (2, 128256, 128, 1024)
+    monkeypatch.setattr(topk_mod, "GROUP", 2**15)  # one list per program, none merged
+    monkeypatch.setenv("RUNTIME_TOPK_CHUNK", str(chunk))
+    x = logits(B, V)
+    keys, n_keys, _ = topk_mod._candidate_keys(x, K)
+    assert n_keys == -(-V // chunk) * K and keys.shape == (B, n_keys)
+    values, ids = top_candidates_triton(x, K)
+    want_values, want_ids = stable_top(x, K)
+    assert torch.equal(values, want_values) and torch.equal(ids, want_ids)
+
+
+@kernel_test
 def test_top_candidates_keeps_negative_and_infinite_values_in_order(poisoned, monkeypatch):
     if INTERPRET:
         monkeypatch.setattr(topk_mod, "CHUNK", 128)

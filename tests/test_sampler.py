@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runtime.engine.runner import TOPK_CANDIDATES, variant_for
+from runtime.engine.runner import TOPK_CANDIDATES, _candidates, variant_for
 from runtime.engine.sampler import SamplingParams, gumbel_noise, sample
 from runtime.errors import RuntimeUserError
 
@@ -106,3 +106,20 @@ def test_variant_choice():
     assert variant_for(SamplingParams(temperature=0.0, repetition_penalty=1.1)) == "topk"
     assert variant_for(SamplingParams(temperature=0.8)) == "sample"
     assert variant_for(SamplingParams(temperature=0.8, top_k=TOPK_CANDIDATES + 1)) == "sample"
+
+
+def test_the_candidate_switch_moves_the_topk_variants_bound(monkeypatch):
+    """RUNTIME_TOPK_CANDIDATES (an A/B knob): the topk variant samples among that many logits and takes
+    top-k settings up to it; larger ones go to the full sort; a count that is not a power of two is
+    refused by name."""
+    x = torch.zeros(1, 1000)
+    monkeypatch.delenv("RUNTIME_TOPK_CANDIDATES", raising=False)
+    assert _candidates(x, "topk") == TOPK_CANDIDATES and _candidates(x, "sample") == 0
+    monkeypatch.setenv("RUNTIME_TOPK_CANDIDATES", "64")
+    assert _candidates(x, "topk") == 64
+    assert variant_for(SamplingParams(temperature=0.8, top_k=64)) == "topk"
+    assert variant_for(SamplingParams(temperature=0.8, top_k=65)) == "sample"
+    assert _candidates(torch.zeros(1, 40), "topk") == 40  # never more than the vocabulary
+    monkeypatch.setenv("RUNTIME_TOPK_CANDIDATES", "100")
+    with pytest.raises(ValueError, match="RUNTIME_TOPK_CANDIDATES"):
+        variant_for(SamplingParams(temperature=0.8, top_k=50))

@@ -28,9 +28,9 @@ from runtime.engine.sampler import SamplingParams, advance, fused_sampler, sampl
 from runtime.engine.spill_graphs import graph_key, spill_keys, spill_window
 from runtime.engine.state import DecodeBuffers, KVCache, kv_cache_bytes
 from runtime.errors import RuntimeUserError
-from runtime.kernels import argmax, gemv_tuning, ops, prebuild
+from runtime.kernels import argmax, gemv_tuning, ops, prebuild, topk
 from runtime.kernels.position_plan import spill_positions
-from runtime.kernels.switches import env_choice
+from runtime.kernels.switches import env_choice, env_power_of_two
 from runtime.models.loader import LoadedModel, oom_message
 
 VARIANTS = ("greedy", "topk", "sample")
@@ -38,19 +38,28 @@ TOPK_CANDIDATES = 128  # the "topk" variant samples among this many best logits
 TOKEN_RING = 64  # slots per row of the host ring the step writes its tokens into (publish.py)
 
 
+def topk_candidates() -> int:
+    """The "topk" variant's candidate count: TOPK_CANDIDATES, or RUNTIME_TOPK_CANDIDATES (a power of
+    two up to topk.CHUNK; an A/B knob, read where variants are chosen and steps captured). Fewer
+    candidates shorten the sampler's selection but send top-k settings above them to the "sample"
+    variant's full sort. H200, the topk step against greedy with 64 against 128, four trials each:
+    Gemma -8 us, Qwen3 -2, Llama 0 (notes/kernels.md); 128 stays."""
+    return env_power_of_two("RUNTIME_TOPK_CANDIDATES", TOPK_CANDIDATES, 2, topk.CHUNK)
+
+
 def variant_for(params: SamplingParams) -> str:
-    """greedy: argmax only; topk: exact while 0 < top_k <= TOPK_CANDIDATES (or no sampling at all,
-    only a penalty); sample: a full-vocabulary sort, any setting."""
+    """greedy: argmax only; topk: exact while 0 < top_k <= topk_candidates() (or no sampling at
+    all, only a penalty); sample: a full-vocabulary sort, any setting."""
     if params.greedy:
         return "greedy"
-    if params.temperature == 0 or 0 < params.top_k <= TOPK_CANDIDATES:
+    if params.temperature == 0 or 0 < params.top_k <= topk_candidates():
         return "topk"
     return "sample"
 
 
 def _candidates(logits: torch.Tensor, variant: str) -> int:
     """The sampler's candidate set for logits (B, V): TOPK_CANDIDATES for topk, 0 (a full sort) else."""
-    return min(TOPK_CANDIDATES, logits.shape[-1]) if variant == "topk" else 0
+    return min(topk_candidates(), logits.shape[-1]) if variant == "topk" else 0
 
 
 def next_token(

@@ -1,6 +1,6 @@
-"""The one reader of the RUNTIME_* switches that name a choice: read at every call (so one process can
-A/B them), empty meaning the default, and an unknown value refused with the switch's name and its
-choices.
+"""The readers of the RUNTIME_* switches that name a choice or a power of two: read at every call
+(so one process can A/B them), empty meaning the default, and an unknown value refused with the
+switch's name and its choices.
 """
 
 from __future__ import annotations
@@ -17,3 +17,15 @@ def env_choice(name: str, choices: Iterable[str], default: str) -> str:
         listed = f"{options[0]} or {options[1]}" if len(options) == 2 else f"one of {', '.join(options)}"
         raise ValueError(f"{name}={choice!r}: choose {listed}")
     return choice
+
+
+def env_power_of_two(name: str, default: int, low: int, high: int) -> int:
+    """The value of environment variable `name` as a power of two in [low, high] (the default
+    where unset or empty); anything else is refused by name."""
+    raw = os.environ.get(name) or ""
+    if not raw:
+        return default
+    value = int(raw) if raw.isdigit() else 0
+    if value < low or value > high or value & (value - 1):
+        raise ValueError(f"{name}={raw!r}: choose a power of two from {low} to {high}")
+    return value

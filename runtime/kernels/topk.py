@@ -59,15 +59,14 @@ The sampler's "topk" variant runs on these stages: topk_sample.py.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
+from runtime.kernels.switches import env_power_of_two
 
 CHUNK = 4096  # logits per stage-1 program
 GROUP = 1024  # keys a merge or last-stage program selects from (8 lists of K = 128)
-# (CHUNK and GROUP stay below 2**16: _select packs two counts of keys in one int32)
+MAX_KEYS = 2**15  # the most keys one program selects from: _select packs two counts < 2**16 in one int32
 # constexprs, so kernels may read them: the low word of a key holds _LOW - id; _LOWEST is the key
 # of a padded slot, which sorts after every real key; _PAD_WORD is its value word
 _LOW = tl.constexpr(0xFFFFFFFF) if tl is not None else 0xFFFFFFFF
@@ -225,7 +224,8 @@ def _candidate_keys(
     max(GROUP, 2 k) keys per row, in lists of k, which hold the row's k best. check: flags
     (B, V / chunk) int32, stage 1's finite check of its raw logits (_chunk_kernel); else None."""
     B, vocab = x.shape
-    chunk = min(CHUNK, max(k, next_pow2(vocab)))
+    # logits a stage-1 program takes; RUNTIME_TOPK_CHUNK (a power of two) A/Bs CHUNK
+    chunk = min(max(k, env_power_of_two("RUNTIME_TOPK_CHUNK", CHUNK, 16, MAX_KEYS)), max(k, next_pow2(vocab)))
     lists = cdiv(vocab, chunk)
     keys = torch.empty((B, lists * k), dtype=torch.int64, device=x.device)
     flags = torch.empty((B, lists), dtype=torch.int32, device=x.device) if check else None
@@ -237,7 +237,7 @@ def _candidate_keys(
     )  # fmt: skip
     # graph: grids, buffers and rounds follow from shapes only; pass counts stay on the device
     # lists a merge program takes (a power of two); RUNTIME_TOPK_GROUP (a power of two) A/Bs GROUP
-    per_group = max(2, int(os.environ.get("RUNTIME_TOPK_GROUP") or GROUP) // k)
+    per_group = max(2, env_power_of_two("RUNTIME_TOPK_GROUP", GROUP, 2, MAX_KEYS) // k)
     while lists > per_group:
         groups = cdiv(lists, per_group)
         merged = torch.empty((B, groups * k), dtype=torch.int64, device=x.device)
