@@ -36,8 +36,7 @@ the K largest keys, and ranking those K by counting gives the order of a full so
 Padded slots (past V in the last chunk, past the lists in a masked load) hold the lowest key
 (value word -2**31, low word 0) and lie after every real key, as key order has them; a row has
 V >= K real keys, so the last stage never takes one. The last stage hands the K keys between its
-threads through a (B, K) scratch in global memory, ordered by a CTA barrier (tl.debug_barrier); it
-ranks them in registers, where the sampler (topk_sample.py) uses them without another trip.
+threads through a (B, 2, K) scratch in global memory, ordered by a CTA barrier (tl.debug_barrier).
 
 Cost on an H100, batch 1, K = 128: a PREDICTION from the sm_90 SASS (compiled on the CPU, never
 run here) and a rough model, not a measurement. A pass is ~620 instructions a thread for 16 keys a
@@ -63,7 +62,7 @@ from __future__ import annotations
 import torch
 
 from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
-from runtime.kernels.switches import env_choice, env_power_of_two
+from runtime.kernels.switches import env_power_of_two
 
 CHUNK = 4096  # logits per stage-1 program
 GROUP = 1024  # keys a merge or last-stage program selects from (8 lists of K = 128)
@@ -77,8 +76,6 @@ _PAD_WORD = tl.constexpr(-(2**31)) if tl is not None else -(2**31)
 _BITS = tl.constexpr(5) if tl is not None else 5
 _BINS = tl.constexpr(32) if tl is not None else 32
 _FIRST = tl.constexpr(27) if tl is not None else 27
-RANK_BY_COUNT = 128  # the most keys the last stage ranks by counting (K x K compares in registers)
-_RANK_BY_COUNT = tl.constexpr(RANK_BY_COUNT) if tl is not None else RANK_BY_COUNT
 
 
 def top_candidates_ref(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,26 +129,21 @@ def _select(word, K: tl.constexpr):
 def _chunk_kernel(
     x_ptr, seen_ptr, penalty_ptr, keys_ptr, flags_ptr, vocab, x_stride, seen_stride, parts,
     K: tl.constexpr, CHUNK: tl.constexpr, PENALTY: tl.constexpr, CHECK: tl.constexpr, PDL: tl.constexpr,
-    SEEN_EARLY: tl.constexpr = True,
 ):  # fmt: skip
     # grid (B, parts): program (b, p) keeps the K best keys of logits [p * CHUNK, (p + 1) * CHUNK),
     # after the repetition penalty of row b when PENALTY; they go out in id order
+    pdl_wait(PDL)
     row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)
     cols = (part * CHUNK + tl.arange(0, CHUNK)).to(tl.int64)
     live = cols < vocab
-    if PENALTY and SEEN_EARLY:  # the seen row and the penalty before the wait: no kernel of the step
-        seen = tl.load(seen_ptr + row * seen_stride + cols, mask=live, other=0) != 0  # writes them
-        p = tl.load(penalty_ptr + row)  # before the sampler's last launch, which marks the new token
-    pdl_wait(PDL)
     x = tl.load(x_ptr + row * x_stride + cols, mask=live, other=0.0).to(tl.float32)
     if CHECK:  # flags (B, parts) int32 of the raw logits: 2 a NaN or +inf, else 1 a value > -inf, else 0
         odd = (x != x) | (x == float("inf"))
         flag = tl.where(odd, 2, tl.where(live & (x > float("-inf")), 1, 0))
         tl.store(flags_ptr + row * parts + part, tl.max(flag, axis=0))
     if PENALTY:  # as apply_repetition_penalty: seen logits divided (if > 0) or multiplied
-        if not SEEN_EARLY:
-            seen = tl.load(seen_ptr + row * seen_stride + cols, mask=live, other=0) != 0
-            p = tl.load(penalty_ptr + row)
+        seen = tl.load(seen_ptr + row * seen_stride + cols, mask=live, other=0) != 0
+        p = tl.load(penalty_ptr + row)
         x = tl.where(seen, tl.where(x > 0, x / p, x * p), x)
     word = tl.where(live, _value_word(x), _PAD_WORD)
     keys = (word.to(tl.int64) << 32) + tl.where(live, _LOW - cols, 0)  # padded: _LOWEST
@@ -186,29 +178,6 @@ def _id(keys):
 
 
 @jit
-def _best(keys_ptr, best_ptr, row, n_keys, K: tl.constexpr, BLOCK: tl.constexpr):
-    """The row's K best of its n_keys survivors -> (keys (K,), rank (K,) int32: each key's place in
-    descending key order, 0 the best). Up to _RANK_BY_COUNT keys they come in id order, ranked by
-    counting the keys above each (the K keys are unique, so the ranks permute 0..K-1); more would
-    not fit K x K compares in registers, so those come sorted (rank = index). best_ptr: a (B, K)
-    int64 scratch through which the selected keys pass between the program's threads."""
-    j = tl.arange(0, BLOCK)
-    keys = tl.load(keys_ptr + row * n_keys + j, mask=j < n_keys, other=_LOWEST)
-    take, slot = _select((keys >> 32).to(tl.int32), K)
-    chosen = best_ptr + row * K  # the K best in id order
-    tl.store(chosen + slot, keys, mask=take)
-    tl.debug_barrier()  # threads read back what others stored (a CTA barrier orders memory)
-    r = tl.arange(0, K)
-    keys = tl.load(chosen + r)
-    if K <= _RANK_BY_COUNT:
-        rank = tl.sum((keys[None, :] > keys[:, None]).to(tl.int32), axis=1)
-    else:
-        keys = tl.sort(keys, descending=True)
-        rank = r
-    return keys, rank
-
-
-@jit
 def _best_sorted(keys_ptr, best_ptr, row, n_keys, K: tl.constexpr, BLOCK: tl.constexpr):
     """The row's K best of its n_keys survivors -> (ranked, keys): `ranked` points at them, best
     first, in the row's part of best_ptr, where any thread of the program may read one; keys (K,)
@@ -237,15 +206,10 @@ def _merge_kernel(
     # grid (B,): the K best of the row's survivors
     pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
-    keys, rank = _best(keys_ptr, best_ptr, row, n_keys, K, BLOCK)
-    tl.store(vals_ptr + row * K + rank, _value(keys))  # best first
-    tl.store(ids_ptr + row * K + rank, _id(keys))
-
-
-def scratch_ranks() -> bool:
-    """RUNTIME_TOPK_RANKS=scratch (an A/B knob): the sampler's tail as before its register ranking
-    (topk_sample._sample_kernel_scratch; stage 1 reads the seen row after its wait)."""
-    return env_choice("RUNTIME_TOPK_RANKS", ("registers", "scratch"), "registers") == "scratch"
+    _, keys = _best_sorted(keys_ptr, best_ptr, row, n_keys, K, BLOCK)
+    j = tl.arange(0, K)
+    tl.store(vals_ptr + row * K + j, _value(keys))
+    tl.store(ids_ptr + row * K + j, _id(keys))
 
 
 def _warps(n_keys: int) -> int:
@@ -269,7 +233,7 @@ def _candidate_keys(
     _chunk_kernel[(B, lists)](
         x, seen if with_penalty else x, penalty if with_penalty else x, keys, flags if check else x,
         vocab, x.stride(0), seen.stride(0) if with_penalty else 0, lists, K=k, CHUNK=chunk,
-        PENALTY=with_penalty, CHECK=check, SEEN_EARLY=not scratch_ranks(), num_warps=_warps(chunk), **pdl(x.device),
+        PENALTY=with_penalty, CHECK=check, num_warps=_warps(chunk), **pdl(x.device),
     )  # fmt: skip
     # graph: grids, buffers and rounds follow from shapes only; pass counts stay on the device
     # lists a merge program takes (a power of two); RUNTIME_TOPK_GROUP (a power of two) A/Bs GROUP
@@ -306,7 +270,7 @@ def top_candidates_triton(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.
     x = x if x.stride(-1) == 1 else x.contiguous()
     B = x.shape[0]
     keys, n_keys, _ = _candidate_keys(x, k)
-    best = torch.empty((B, k), dtype=torch.int64, device=x.device)  # scratch of the last stage
+    best = torch.empty((B, 2, k), dtype=torch.int64, device=x.device)  # scratch of the last stage
     values = torch.empty((B, k), dtype=torch.float32, device=x.device)
     ids = torch.empty((B, k), dtype=torch.int64, device=x.device)
     _merge_kernel[(B,)](

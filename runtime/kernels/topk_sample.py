@@ -17,17 +17,7 @@ from __future__ import annotations
 import torch
 
 from runtime.kernels._triton import jit, next_pow2, pdl, pdl_wait, tl
-from runtime.kernels.topk import (
-    _LOW,
-    _RANK_BY_COUNT,
-    _best,
-    _best_sorted,
-    _candidate_keys,
-    _id,
-    _value,
-    _warps,
-    scratch_ranks,
-)
+from runtime.kernels.topk import _LOW, _best_sorted, _candidate_keys, _id, _value, _warps
 
 
 @jit
@@ -51,78 +41,11 @@ def _gumbel(seed, position, ids):
 
 
 @jit
-def _mass_before(probs, rank, K: tl.constexpr):
-    """probs (K,) of keys ranked by `rank` -> each key's mass of the keys ranked above it (the top-p
-    prefix's running sum): a K x K masked sum where _best ranks by counting (keys in id order),
-    else a running sum (keys sorted, rank = index)."""
-    if K <= _RANK_BY_COUNT:
-        above = rank[None, :] < rank[:, None]  # (K, K): key j ranks above key i
-        mass = tl.sum(tl.where(above, probs[None, :], 0.0), axis=1)
-    else:
-        mass = tl.cumsum(probs, axis=0) - probs
-    return mass
-
-
-@jit
 def _sample_kernel(
     keys_ptr, best_ptr, out_ptr, temp_ptr, top_k_ptr, top_p_ptr, seed_ptr, pos_ptr, seen_ptr,
     flags_ptr, nonfinite_ptr, n_keys, seen_stride, parts, K: tl.constexpr, BLOCK: tl.constexpr,
     PARTS: tl.constexpr, STEP: tl.constexpr, CHECK: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    # grid (B,): sampler.sample's steps after the candidate set, on the row's K best (penalised).
-    # STEP: out_ptr is the tokens buffer and pos_ptr the rows' current positions, which advance.
-    # CHECK (with STEP): stage 1's flags (B, parts) give the row's non-finite record in nonfinite_ptr
-    row = tl.program_id(0).to(tl.int64)
-    # the row's settings and position, before the wait: no kernel of the sampler writes them (the
-    # host does before the replay; this kernel advances the position only at its end)
-    temperature = tl.load(temp_ptr + row)
-    top_k = tl.load(top_k_ptr + row)
-    top_p = tl.load(top_p_ptr + row)
-    seed = tl.load(seed_ptr + row)
-    position = tl.load(pos_ptr + row) + STEP  # where the token goes: keys the noise
-    pdl_wait(PDL)
-    keys, rank = _best(keys_ptr, best_ptr, row, n_keys, K, BLOCK)
-    # every pick below is a reduction over the (K,) keys in registers, by rank
-    t = tl.maximum(temperature, 1e-5)
-    scaled = _value(keys) / t
-    # top_k_top_p_cutoff: keep the n best, n = min(k, smallest prefix whose mass reaches p)
-    k = tl.where(top_k > 0, tl.minimum(top_k, K), K)
-    in_k = rank < k
-    top = tl.max(keys, axis=0)  # the best key: the largest scaled value, and the greedy pick
-    e = tl.where(in_k, tl.exp(scaled - _value(top) / t), 0.0)
-    probs = e / tl.sum(e, axis=0)
-    mass_before = _mass_before(probs, rank, K)
-    n_keep = tl.sum((in_k & (mass_before < top_p)).to(tl.int32), axis=0)
-    n_keep = tl.maximum(tl.minimum(n_keep, k), 1)
-    cutoff = tl.max(tl.where(rank == n_keep - 1, scaled, float("-inf")), axis=0)
-    ids = _id(keys)
-    noise = _gumbel(seed, position, ids)
-    kept = tl.where(scaled >= cutoff, scaled + noise, float("-inf"))
-    first = tl.min(
-        tl.where(kept == tl.max(kept, axis=0), rank, K), axis=0
-    )  # the first best rank, as torch.argmax
-    sampled = tl.max(tl.where(rank == first, ids, -1), axis=0)
-    greedy = _id(top)  # the penalised argmax, first index
-    token = tl.where(temperature > 0, sampled, greedy)
-    tl.store(out_ptr + row, token)
-    if STEP:  # stage 1 has read the seen row already (an earlier launch)
-        if CHECK:  # argmax_checked_ref's bad row: a NaN or +inf anywhere (2), or nothing above -inf (0)
-            p = tl.arange(0, PARTS)
-            flag = tl.max(tl.load(flags_ptr + row * parts + p, mask=p < parts, other=0), axis=0)
-            recorded = tl.load(nonfinite_ptr + row)  # the first bad position stays
-            tl.store(nonfinite_ptr + row, position - 1, mask=(flag != 1) & (recorded < 0))
-        tl.store(pos_ptr + row, position)
-        tl.store(seen_ptr + row * seen_stride + token, 1)
-
-
-@jit
-def _sample_kernel_scratch(
-    keys_ptr, best_ptr, out_ptr, temp_ptr, top_k_ptr, top_p_ptr, seed_ptr, pos_ptr, seen_ptr,
-    flags_ptr, nonfinite_ptr, n_keys, seen_stride, parts, K: tl.constexpr, BLOCK: tl.constexpr,
-    PARTS: tl.constexpr, STEP: tl.constexpr, CHECK: tl.constexpr, PDL: tl.constexpr,
-):  # fmt: skip
-    # RUNTIME_TOPK_RANKS=scratch (an A/B of _sample_kernel): the K best sorted through the scratch,
-    # every pick a load from it, the settings read after the wait.
     # grid (B,): sampler.sample's steps after the candidate set, on the row's K best (penalised).
     # STEP: out_ptr is the tokens buffer and pos_ptr the rows' current positions, which advance.
     # CHECK (with STEP): stage 1's flags (B, parts) give the row's non-finite record in nonfinite_ptr
@@ -191,15 +114,11 @@ def sample_topk_triton(
     assert not step or tokens.stride(0) == positions.stride(0) == seen.stride(-1) == 1
     assert not check or (step and nonfinite_at.stride(0) == 1)
     keys, n_keys, flags = _candidate_keys(logits, candidates, seen, repetition_penalty, check)
-    scratch = scratch_ranks()
-    best = torch.empty(
-        (B, 2 if scratch else 1, candidates), dtype=torch.int64, device=logits.device
-    )  # scratch
+    best = torch.empty((B, 2, candidates), dtype=torch.int64, device=logits.device)  # scratch
     out = tokens if step else torch.empty(B, dtype=torch.int64, device=logits.device)
     parts = flags.shape[1] if check else 1
     # pointers this launch never touches get any tensor (flags and nonfinite_at when not checking)
-    kernel = _sample_kernel_scratch if scratch else _sample_kernel
-    kernel[(B,)](
+    _sample_kernel[(B,)](
         keys, best, out, temperature, top_k, top_p, seed, positions, seen, flags if check else keys,
         nonfinite_at if check else positions, n_keys, seen.stride(0), parts, K=candidates,
         BLOCK=next_pow2(n_keys), PARTS=max(16, next_pow2(parts)), STEP=int(step), CHECK=check,
