@@ -284,6 +284,29 @@ def test_sample_topk_matches_the_reference(poisoned, monkeypatch, B, V, K):
 
 
 @kernel_test
+def test_more_candidates_than_the_count_ranks_are_sorted(poisoned, monkeypatch):
+    """K = 256, above the 128 keys the last stage ranks by counting (topk._best_sorted): it sorts
+    its K keys instead; the candidates stay exact and the sampler's tokens match the reference."""
+    from runtime.engine.sampler import sample_ref
+
+    K = 256
+    B, V = (2, 3000) if INTERPRET else (2, 128256)
+    if INTERPRET:
+        monkeypatch.setattr(topk_mod, "CHUNK", K)
+        monkeypatch.setattr(topk_mod, "GROUP", 2 * K)
+    x = logits(B, V)
+    values, ids = top_candidates_triton(x, K)
+    want_values, want_ids = stable_top(x, K)
+    assert torch.equal(values, want_values) and torch.equal(ids, want_ids)
+    seen = torch.rand(B, V, device=DEVICE) < 0.3
+    rows = _settings(B, [0.8, 1.2], [K, K // 3], [0.95, 0.7], [1.1])
+    for pos in range(4 if INTERPRET else 50):
+        p = torch.full((B,), pos, device=DEVICE)
+        got = topk_sample_mod.sample_topk_triton(x, p, seen=seen, candidates=K, **rows)
+        assert torch.equal(got, sample_ref(x, p, seen=seen, candidates=K, **rows)), pos
+
+
+@kernel_test
 def test_sample_topk_greedy_rows_take_the_penalised_argmax(poisoned, monkeypatch):
     from runtime.engine.sampler import apply_repetition_penalty
 
