@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+from pathlib import Path
 
 import torch
 
@@ -32,7 +33,7 @@ from runtime.bench.kernel_times import kernel_times
 from runtime.bench.step_timing import isolated_ms
 from runtime.engine.runner import Runner
 from runtime.engine.sampler import SamplingParams
-from runtime.kernels import gemv_tuning
+from runtime.kernels import gemv_tuning, tuning_store
 from runtime.models.loader import load_model
 
 ARCHS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
@@ -394,6 +395,7 @@ def ab(
             "trial": trial,
             "capture_s": round(runner.capture_s, 2),
             "mode": runner.mode,
+            "gemv_blocks": runner.gemv_blocks,  # the batch-1 GEMVs' blocks and where each came from
         }
         for variant, params in (("greedy", SamplingParams()), ("topk", SamplingParams(0.8, 50, 0.9, 1.0, 1))):
             runner.set_row(0, params)
@@ -485,6 +487,13 @@ def main() -> None:
     )
     ap.add_argument("--capacity", type=int, help="with --ab: KV cache slots (default: what the steps need)")
     ap.add_argument(
+        "--blocks-from",
+        action="append",
+        default=[],
+        help="with --ab: one more setting per tuning file (e.g. another card's in runtime/kernels/tuned/), "
+        "its GEMV blocks forced through RUNTIME_GEMV_BLOCKS",
+    )
+    ap.add_argument(
         "--best-from", help="print the RUNTIME_KERNELS_OFF of the fastest setting in an --ab JSON"
     )
     ap.add_argument("--out")
@@ -495,6 +504,10 @@ def main() -> None:
         return
     try:
         extra = extra_settings(args.setting)
+        for path in args.blocks_from:
+            extra[f"blocks of {Path(path).stem}"] = {
+                "RUNTIME_GEMV_BLOCKS": tuning_store.block_overrides(path)
+            }
     except ValueError as e:
         ap.error(str(e))
     SETTINGS.update(extra)

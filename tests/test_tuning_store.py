@@ -438,3 +438,19 @@ def test_describe_names_each_shapes_blocks_and_their_source(fresh_process, monke
     assert gemv_tuning.describe(LLAMA[:1], BF16) == (
         f"norm_linear 3072x2048 {'/'.join(map(str, gemv_blocks.gemv_config(3072, 2048, 2, 3)))} heuristic"
     )
+
+
+def test_a_tuning_files_blocks_as_a_block_override(tmp_path):
+    """block_overrides: every bf16 choice of a file as one RUNTIME_GEMV_BLOCKS value, which the
+    launches' parser reads back to the same blocks (profile_step --blocks-from); another dtype's
+    choices are left out; a missing file is refused by name."""
+    path = next(tuning_store.SHIPPED_DIR.glob("*.json"))
+    doc = json.loads(path.read_text())
+    doc["choices"].append({**doc["choices"][0], "dtype": "float16", "config": [1, 2048, 4]})
+    copy = tmp_path / "card.json"
+    copy.write_text(json.dumps(doc))
+    parsed = gemv_blocks.parse_blocks(tuning_store.block_overrides(copy), "RUNTIME_GEMV_BLOCKS")
+    want = {(e["op"], e["N"], e["K"]): tuple(e["config"]) for e in doc["choices"] if e["dtype"] == "bfloat16"}
+    assert parsed == want and len(parsed) == len(doc["choices"]) - 1
+    with pytest.raises(ValueError, match="no readable tuning file"):
+        tuning_store.block_overrides(tmp_path / "missing.json")

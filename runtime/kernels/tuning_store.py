@@ -98,6 +98,20 @@ def shipped(card: Card) -> Choices:
     return {} if got is None else got[2]
 
 
+def block_overrides(path: Path, dtype: torch.dtype = torch.bfloat16) -> str:
+    """A tuning file's `dtype` choices as a RUNTIME_GEMV_BLOCKS value ("op:NxK=BLOCK_N/BLOCK_K/warps"
+    entries): another card's blocks forced for an A/B of this card's own (profile_step --blocks-from)."""
+    got = _read(Path(path))
+    if got is None:
+        raise ValueError(f"{path}: no readable tuning file there")
+    entries = (
+        f"{op}:{N}x{K}={'/'.join(map(str, config))}"
+        for (op, N, K, dt), (config, _) in got[1].items()
+        if dt == dtype
+    )
+    return " ".join(sorted(entries))
+
+
 def shipped_roles(card: Card, field: str) -> set[tuple[str, int, int]]:
     """The (role, N, K) the file shipped for this card lists under `field` (a ROLE_LISTS key); empty
     if none. A malformed list is ignored with a warning, as an unreadable file is."""
