@@ -58,7 +58,7 @@ def variant_for(params: SamplingParams) -> str:
 
 
 def _candidates(logits: torch.Tensor, variant: str) -> int:
-    """The sampler's candidate set for logits (B, V): TOPK_CANDIDATES for topk, 0 (a full sort) else."""
+    """The sampler's candidate set for logits (B, V): topk_candidates() for topk, 0 (a full sort) else."""
     return min(topk_candidates(), logits.shape[-1]) if variant == "topk" else 0
 
 
