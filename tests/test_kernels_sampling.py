@@ -148,19 +148,27 @@ def test_top_candidates_other_cases_take_the_reference():
 
 
 @jit
-def _select_kernel(word_ptr, take_ptr, slot_ptr, N: tl.constexpr, K: tl.constexpr):
+def _select_kernel(
+    word_ptr, take_ptr, slot_ptr, N: tl.constexpr, K: tl.constexpr, SKIP: tl.constexpr = False
+):
     j = tl.arange(0, N)
-    take, slot = topk_mod._select(tl.load(word_ptr + j), K)
+    take, slot = topk_mod._select(tl.load(word_ptr + j), K, SKIP)
     tl.store(take_ptr + j, take.to(tl.int32))
     tl.store(slot_ptr + j, tl.where(take, slot, -1))
 
 
 @kernel_test
+@pytest.mark.parametrize("skip", [False, True], ids=["from_the_top", "shared_digits_skipped"])
 @pytest.mark.parametrize("K", [1, 5, 128])
-@pytest.mark.parametrize("pattern", ["random", "extremes", "equal", "tie_at_cut", "low_bits", "two_values"])
-def test_select_takes_exactly_the_k_best_in_order(pattern, K):
+@pytest.mark.parametrize(
+    "pattern", ["random", "extremes", "equal", "tie_at_cut", "low_bits", "two_values", "close"]
+)
+def test_select_takes_exactly_the_k_best_in_order(pattern, K, skip):
     """The selection itself: exactly K taken, the K largest value words (ties: the first
-    positions), and their slots 0..K-1 in position order, so the scatter store is a compaction."""
+    positions), and their slots 0..K-1 in position order, so the scatter store is a compaction.
+    skip: the loop starts below the digits the K best share (RUNTIME_TOPK_SKIP; K a power of two)."""
+    if skip and K & (K - 1):
+        pytest.skip("the shared digits are found over a power-of-two K groups")
     N = 1024
     word = torch.randint(-(2**31), 2**31, (N,), dtype=torch.int64)
     if pattern == "extremes":  # the lowest and highest words, and the sign boundary
@@ -174,15 +182,43 @@ def test_select_takes_exactly_the_k_best_in_order(pattern, K):
         word = 0x3F800000 + torch.randint(0, 6, (N,))
     elif pattern == "two_values":  # words that differ in the sign bit only
         word = torch.where(torch.rand(N) < 0.3, 5, 5 - 2**31)
+    elif pattern == "close":  # the K best share their top 20 bits: a skipping select starts low
+        word = 0x40A00000 + torch.randint(0, 2**12, (N,))
+        word[torch.randperm(N)[:300]] = 0x3F000000
     word = word.to(torch.int32)
     take = torch.full((N,), -7, dtype=torch.int32, device=DEVICE)
     slot = torch.full((N,), -7, dtype=torch.int32, device=DEVICE)
-    _select_kernel[(1,)](word.to(DEVICE), take, slot, N=N, K=K)
+    _select_kernel[(1,)](word.to(DEVICE), take, slot, N=N, K=K, SKIP=skip)
     # the K largest, ties towards the first position: a stable descending sort
     want = torch.zeros(N, dtype=torch.bool)
     want[word.sort(descending=True, stable=True).indices[:K]] = True
     assert torch.equal(take.cpu().bool(), want)
     assert torch.equal(slot.cpu()[want], torch.arange(K, dtype=torch.int32))
+
+
+@jit
+def _shared_kernel(word_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr):
+    j = tl.arange(0, N)
+    u = tl.load(word_ptr + j).to(tl.uint32, bitcast=True) ^ 0x80000000
+    high, prefix, size, shift = topk_mod._shared_digits(u, K)
+    tl.store(out_ptr, shift)
+    tl.store(out_ptr + 1, size)
+
+
+@kernel_test
+def test_the_shared_digits_start_the_select_below_them():
+    """Words alike in all but their low 12 bits (and a lower group): the start skips the digits
+    above bit 12 (shift 7) with the alike words in the bucket; words apart in the top digit
+    start at the top (shift 27, every key in the bucket)."""
+    N, K = 1024, 128
+    word = 0x40A00000 + torch.randint(0, 2**12, (N,), dtype=torch.int64)
+    word[torch.randperm(N)[:300]] = 0x3F000000
+    out = torch.full((2,), -7, dtype=torch.int32, device=DEVICE)
+    _shared_kernel[(1,)](word.to(torch.int32).to(DEVICE), out, N=N, K=K)
+    assert out.tolist() == [7, int((word >= 0x40A00000).sum())]
+    word = torch.randint(-(2**31), 2**31, (N,), dtype=torch.int64)
+    _shared_kernel[(1,)](word.to(torch.int32).to(DEVICE), out, N=N, K=K)
+    assert out.tolist() == [27, N]
 
 
 def hard_rows(V: int, k: int) -> torch.Tensor:

@@ -62,7 +62,7 @@ from __future__ import annotations
 import torch
 
 from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
-from runtime.kernels.switches import env_power_of_two
+from runtime.kernels.switches import env_choice, env_power_of_two
 
 CHUNK = 4096  # logits per stage-1 program
 GROUP = 1024  # keys a merge or last-stage program selects from (8 lists of K = 128)
@@ -91,19 +91,51 @@ def _value_word(x):
 
 
 @jit
-def _select(word, K: tl.constexpr):
+def _shared_digits(u, K: tl.constexpr):
+    """u (N,) uint32 keys' value words in unsigned order, N a multiple of K -> (high, prefix, size,
+    shift): a start for _select's loop that skips the digits every one of the K best shares. The
+    largest word and a bound the K best all reach (the least of the maxima of K groups of N / K
+    keys: each group's maximum reaches it, so K keys do) agree on their top bits, and so does every
+    word between them: the K best have those bits, no key is above them (the largest has them),
+    and the passes over those digits would keep the whole bucket. The loop starts at the digit
+    holding the highest bit where the two differ; `size` counts the keys with the shared bits."""
+    groups = tl.reshape(u, (K, u.shape[0] // K))
+    top = tl.max(u, axis=0)
+    bound = tl.min(tl.max(groups, axis=1), axis=0)
+    differ = top ^ bound
+    # the digits below the top one start at 22, 17, 12, 7, 2, then 0 (the last pass): the loop may
+    # start at each whose bits above it agree; the deepest such start wins
+    shift = tl.full((), _FIRST, tl.int32)
+    for below in tl.static_range(_FIRST - _BITS, -1, -_BITS):
+        shift = tl.where((differ >> (below + _BITS)) == 0, below, shift)
+    shift = tl.where((differ >> _BITS) == 0, 0, shift)
+    ones = tl.full((), 0xFFFFFFFF, tl.uint32)
+    high = tl.where(
+        shift == _FIRST, tl.full((), 0, tl.uint32), ones << tl.minimum(shift + _BITS, 31).to(tl.uint32)
+    )
+    prefix = top & high
+    size = tl.sum(((u & high) == prefix).to(tl.int32), axis=0)
+    return high, prefix, size, shift
+
+
+@jit
+def _select(word, K: tl.constexpr, SKIP: tl.constexpr = False):
     """word (N,) int32: the value words of N >= K keys in increasing-id order (padded slots
     last) -> (take (N,) bool, marking the K largest keys; slot (N,) int32, each taken key's place
-    in 0..K-1, in id order). A radix select; the module docstring says why it is exact."""
+    in 0..K-1, in id order). A radix select; the module docstring says why it is exact. SKIP
+    (RUNTIME_TOPK_SKIP, an A/B): start below the digits the K best share (_shared_digits)."""
     u = word.to(tl.uint32, bitcast=True) ^ 0x80000000  # unsigned order = the value order
     bins = tl.arange(0, _BINS)
     # scalars carried through the loop: the bits resolved so far are those of `high` (from the
     # top down); the bucket is the keys with u & high == prefix (the need-th best key's bits)
-    high = tl.full((), 0, tl.uint32)
-    prefix = tl.full((), 0, tl.uint32)
     need = tl.full((), K, tl.int32)
-    size = tl.full((), word.shape[0], tl.int32)
-    shift = tl.full((), _FIRST, tl.int32)  # the digit's lowest bit: 27, 22, 17, 12, 7, 2, then 0
+    if SKIP:
+        high, prefix, size, shift = _shared_digits(u, K)
+    else:
+        high = tl.full((), 0, tl.uint32)
+        prefix = tl.full((), 0, tl.uint32)
+        size = tl.full((), word.shape[0], tl.int32)
+        shift = tl.full((), _FIRST, tl.int32)  # the digit's lowest bit: 27, 22, 17, 12, 7, 2, then 0
     while (size > need) & (shift >= 0):
         digit = ((u >> shift.to(tl.uint32)) & (_BINS - 1)).to(tl.int32)
         count = tl.histogram(digit, _BINS, mask=(u & high) == prefix)  # (32,) the bucket's digits
@@ -129,6 +161,7 @@ def _select(word, K: tl.constexpr):
 def _chunk_kernel(
     x_ptr, seen_ptr, penalty_ptr, keys_ptr, flags_ptr, vocab, x_stride, seen_stride, parts,
     K: tl.constexpr, CHUNK: tl.constexpr, PENALTY: tl.constexpr, CHECK: tl.constexpr, PDL: tl.constexpr,
+    SKIP: tl.constexpr = False,
 ):  # fmt: skip
     # grid (B, parts): program (b, p) keeps the K best keys of logits [p * CHUNK, (p + 1) * CHUNK),
     # after the repetition penalty of row b when PENALTY; they go out in id order
@@ -147,19 +180,27 @@ def _chunk_kernel(
         x = tl.where(seen, tl.where(x > 0, x / p, x * p), x)
     word = tl.where(live, _value_word(x), _PAD_WORD)
     keys = (word.to(tl.int64) << 32) + tl.where(live, _LOW - cols, 0)  # padded: _LOWEST
-    take, slot = _select(word, K)
+    take, slot = _select(word, K, SKIP)
     tl.store(keys_ptr + (row * parts + part) * K + slot, keys, mask=take)
 
 
 @jit
-def _group_kernel(keys_ptr, out_ptr, n_keys, K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _group_kernel(
+    keys_ptr,
+    out_ptr,
+    n_keys,
+    K: tl.constexpr,
+    BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
+    SKIP: tl.constexpr = False,
+):
     # grid (B, groups): program (b, g) keeps the K best of keys [g * BLOCK, (g + 1) * BLOCK) of
     # row b (BLOCK / K whole lists, in id order; so is what it writes)
     pdl_wait(PDL)
     row, group = tl.program_id(0).to(tl.int64), tl.program_id(1)
     at = group * BLOCK + tl.arange(0, BLOCK)
     keys = tl.load(keys_ptr + row * n_keys + at, mask=at < n_keys, other=_LOWEST)
-    take, slot = _select((keys >> 32).to(tl.int32), K)
+    take, slot = _select((keys >> 32).to(tl.int32), K, SKIP)
     tl.store(out_ptr + (row * tl.num_programs(1) + group) * K + slot, keys, mask=take)
 
 
@@ -178,13 +219,15 @@ def _id(keys):
 
 
 @jit
-def _best_sorted(keys_ptr, best_ptr, row, n_keys, K: tl.constexpr, BLOCK: tl.constexpr):
+def _best_sorted(
+    keys_ptr, best_ptr, row, n_keys, K: tl.constexpr, BLOCK: tl.constexpr, SKIP: tl.constexpr = False
+):
     """The row's K best of its n_keys survivors -> (ranked, keys): `ranked` points at them, best
     first, in the row's part of best_ptr, where any thread of the program may read one; keys (K,)
     the same keys. best_ptr: a (B, 2, K) int64 scratch that carries keys between the threads."""
     j = tl.arange(0, BLOCK)
     keys = tl.load(keys_ptr + row * n_keys + j, mask=j < n_keys, other=_LOWEST)
-    take, slot = _select((keys >> 32).to(tl.int32), K)
+    take, slot = _select((keys >> 32).to(tl.int32), K, SKIP)
     chosen = best_ptr + row * 2 * K  # the K best in id order; then, at `ranked`, best first
     tl.store(chosen + slot, keys, mask=take)
     tl.debug_barrier()  # threads read back what others stored (a CTA barrier orders memory)
@@ -201,15 +244,22 @@ def _best_sorted(keys_ptr, best_ptr, row, n_keys, K: tl.constexpr, BLOCK: tl.con
 
 @jit
 def _merge_kernel(
-    keys_ptr, best_ptr, vals_ptr, ids_ptr, n_keys, K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr
-):
+    keys_ptr, best_ptr, vals_ptr, ids_ptr, n_keys, K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+    SKIP: tl.constexpr = False,
+):  # fmt: skip
     # grid (B,): the K best of the row's survivors
     pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
-    _, keys = _best_sorted(keys_ptr, best_ptr, row, n_keys, K, BLOCK)
+    _, keys = _best_sorted(keys_ptr, best_ptr, row, n_keys, K, BLOCK, SKIP)
     j = tl.arange(0, K)
     tl.store(vals_ptr + row * K + j, _value(keys))
     tl.store(ids_ptr + row * K + j, _id(keys))
+
+
+def skip_shared_digits() -> bool:
+    """RUNTIME_TOPK_SKIP=1 (an A/B knob, off by default until timed): every stage's radix select
+    starts below the digits its K best share (_shared_digits) instead of at the top digit."""
+    return env_choice("RUNTIME_TOPK_SKIP", ("0", "1"), "0") == "1"
 
 
 def _warps(n_keys: int) -> int:
@@ -233,7 +283,7 @@ def _candidate_keys(
     _chunk_kernel[(B, lists)](
         x, seen if with_penalty else x, penalty if with_penalty else x, keys, flags if check else x,
         vocab, x.stride(0), seen.stride(0) if with_penalty else 0, lists, K=k, CHUNK=chunk,
-        PENALTY=with_penalty, CHECK=check, num_warps=_warps(chunk), **pdl(x.device),
+        PENALTY=with_penalty, CHECK=check, SKIP=skip_shared_digits(), num_warps=_warps(chunk), **pdl(x.device),
     )  # fmt: skip
     # graph: grids, buffers and rounds follow from shapes only; pass counts stay on the device
     # lists a merge program takes (a power of two); RUNTIME_TOPK_GROUP (a power of two) A/Bs GROUP
@@ -247,6 +297,7 @@ def _candidate_keys(
             lists * k,
             K=k,
             BLOCK=per_group * k,
+            SKIP=skip_shared_digits(),
             num_warps=_warps(per_group * k),
             **pdl(x.device),
         )
@@ -281,6 +332,7 @@ def top_candidates_triton(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.
         n_keys,
         K=k,
         BLOCK=next_pow2(n_keys),
+        SKIP=skip_shared_digits(),
         num_warps=_warps(n_keys),
         **pdl(x.device),
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from runtime.kernels._triton import jit, next_pow2, pdl, pdl_wait, tl
-from runtime.kernels.topk import _LOW, _best_sorted, _candidate_keys, _id, _value, _warps
+from runtime.kernels.topk import _LOW, _best_sorted, _candidate_keys, _id, _value, _warps, skip_shared_digits
 
 
 @jit
@@ -45,13 +45,14 @@ def _sample_kernel(
     keys_ptr, best_ptr, out_ptr, temp_ptr, top_k_ptr, top_p_ptr, seed_ptr, pos_ptr, seen_ptr,
     flags_ptr, nonfinite_ptr, n_keys, seen_stride, parts, K: tl.constexpr, BLOCK: tl.constexpr,
     PARTS: tl.constexpr, STEP: tl.constexpr, CHECK: tl.constexpr, PDL: tl.constexpr,
+    SKIP: tl.constexpr = False,
 ):  # fmt: skip
     # grid (B,): sampler.sample's steps after the candidate set, on the row's K best (penalised).
     # STEP: out_ptr is the tokens buffer and pos_ptr the rows' current positions, which advance.
     # CHECK (with STEP): stage 1's flags (B, parts) give the row's non-finite record in nonfinite_ptr
     pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
-    ranked, keys = _best_sorted(keys_ptr, best_ptr, row, n_keys, K, BLOCK)
+    ranked, keys = _best_sorted(keys_ptr, best_ptr, row, n_keys, K, BLOCK, SKIP)
     # single keys by rank come from the scratch (scalar loads), which spares block-wide reductions
     rank = tl.arange(0, K)
     temperature = tl.load(temp_ptr + row)
@@ -122,6 +123,7 @@ def sample_topk_triton(
         keys, best, out, temperature, top_k, top_p, seed, positions, seen, flags if check else keys,
         nonfinite_at if check else positions, n_keys, seen.stride(0), parts, K=candidates,
         BLOCK=next_pow2(n_keys), PARTS=max(16, next_pow2(parts)), STEP=int(step), CHECK=check,
+        SKIP=skip_shared_digits(),
         num_warps=_warps(n_keys), **pdl(logits.device),
     )  # fmt: skip
     return out
