@@ -61,6 +61,16 @@ for stage in $STAGES; do
                  --model Qwen/Qwen3-1.7B --settings "default,qkv GEMV releases early past the L2 position,qkv GEMV releases early" \
                  --out "$OUT/qkv_long_$p.json" 2>&1 | tee "$OUT/qkv_long_$p.log" | grep '^| Q'
              done ;;
+    # the twenty-fourth session's next A/Bs (notes/kernels.md): the H100's shipped GEMV blocks against
+    # this card's own picks, and the top-k select started below the shared digits; then their tests
+    nextab) timeout 120 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_kernels_sampling.py -k "select or shared or sample" 2>&1 \
+              | tee "$OUT/tests_topk_skip.log" | tail -2
+            for m in meta-llama/Llama-3.2-1B-Instruct google/gemma-3-1b-it Qwen/Qwen3-1.7B; do
+              timeout 150 python3 scripts/profile_step.py --ab --no-profile --repeat 3 --prompt 256 --steps 200 --capacity 2048 \
+                --model "$m" --settings default --setting 'skip::RUNTIME_TOPK_SKIP=1' \
+                --blocks-from runtime/kernels/tuned/nvidia-h100-80gb-hbm3.json \
+                --out "$OUT/nextab_${m##*/}.json" 2>&1 | tee "$OUT/nextab_${m##*/}.log" | grep '^| [mgQ]'
+            done ;;
     kbench) python3 scripts/bench_kernels.py --out "$OUT/bench_kernels.json" 2>&1 | tee "$OUT/bench_kernels.log" | tail -30 ;;
     chat) python3 scripts/chat_gpu_check.py "${CHAT_ARGS[@]}" 2>&1 | tee "$OUT/chat.log" | tail -8 ;;
     # the full suite, resumable: rerun the same stage (carrying results/$FULL_DIR) until it completes
