@@ -16,6 +16,7 @@ from kernel_testing import (
 )
 
 from runtime.kernels import argmax as argmax_mod
+from runtime.kernels import radix_select
 from runtime.kernels import topk as topk_mod
 from runtime.kernels import topk_sample as topk_sample_mod
 from runtime.kernels._triton import jit, tl
@@ -152,7 +153,7 @@ def _select_kernel(
     word_ptr, take_ptr, slot_ptr, N: tl.constexpr, K: tl.constexpr, SKIP: tl.constexpr = False
 ):
     j = tl.arange(0, N)
-    take, slot = topk_mod._select(tl.load(word_ptr + j), K, SKIP)
+    take, slot = radix_select.select_largest(tl.load(word_ptr + j), K, SKIP)
     tl.store(take_ptr + j, take.to(tl.int32))
     tl.store(slot_ptr + j, tl.where(take, slot, -1))
 
@@ -200,7 +201,7 @@ def test_select_takes_exactly_the_k_best_in_order(pattern, K, skip):
 def _shared_kernel(word_ptr, out_ptr, N: tl.constexpr, K: tl.constexpr):
     j = tl.arange(0, N)
     u = tl.load(word_ptr + j).to(tl.uint32, bitcast=True) ^ 0x80000000
-    high, prefix, size, shift = topk_mod._shared_digits(u, K)
+    high, prefix, size, shift = radix_select.shared_digits(u, K)
     tl.store(out_ptr, shift)
     tl.store(out_ptr + 1, size)
 

@@ -16,24 +16,9 @@ within a row and a descending order of keys is by value, then by smaller id:
 The row's K best are among the K best of each chunk (a key that K keys of its chunk beat is beaten
 by K keys of the row), and likewise of each group of lists, so the stages lose nothing.
 
-Why _select, the selection of every stage, is exact. It takes N >= K keys laid out in increasing-id
-order and counts on their value words read as unsigned (u): a radix select from the top bit, 5
-bits a pass (tl.histogram pads its bins to the 32 lanes of a warp, so 5 bits cost what 4 do). It
-carries scalars only: `need`, the keys still to take, and the bits of the need-th best key
-resolved so far, which define the bucket (the keys that agree with it on those bits). A pass takes
-the histogram of the next digit over the bucket and finds the digit d of the need-th best key;
-bucket keys with a digit above d beat it on the resolved bits, so they are taken (need drops by
-their count), those below are dropped, those of digit d stay. Invariant: every taken key beats
-every bucket key, every bucket key beats every dropped one, 1 <= need <= |bucket|. The loop ends
-when the whole bucket is needed (|bucket| == need: usually after 4-5 passes, once the K-th key is
-alone in its bucket) or after bit 0 (7 passes: the bucket keys then have equal value words, so
-key order among them is id order, smaller first). The K best are then the keys above the bucket
-and the first `need` bucket keys by position, which is id order because every stage keeps it:
-stage 1 reads ids in order, its compaction keeps the order, and lists go out chunk by chunk.
-One scan (the taken and the bucket flags packed in one int32) gives each chosen key its slot in
-0..K-1 and a masked scatter store writes them, still in id order. So every stage yields exactly
-the K largest keys, and ranking those K by counting gives the order of a full sort.
-Padded slots (past V in the last chunk, past the lists in a masked load) hold the lowest key
+Every stage selects with radix_select.select_largest (exact: see there); it keeps id order, so
+the lists go out in id order chunk by chunk, and ranking the last stage's K by counting gives the
+order of a full sort. Padded slots (past V in the last chunk, past the lists in a masked load) hold the lowest key
 (value word -2**31, low word 0) and lie after every real key, as key order has them; a row has
 V >= K real keys, so the last stage never takes one. The last stage hands the K keys between its
 threads through a (B, 2, K) scratch in global memory, ordered by a CTA barrier (tl.debug_barrier).
@@ -62,20 +47,18 @@ from __future__ import annotations
 import torch
 
 from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
+from runtime.kernels.radix_select import select_largest
 from runtime.kernels.switches import env_choice, env_power_of_two
 
 CHUNK = 4096  # logits per stage-1 program
 GROUP = 1024  # keys a merge or last-stage program selects from (8 lists of K = 128)
-MAX_KEYS = 2**15  # the most keys one program selects from: _select packs two counts < 2**16 in one int32
+# the most keys one program selects from: select_largest packs two counts < 2**16 in one int32
+MAX_KEYS = 2**15
 # constexprs, so kernels may read them: the low word of a key holds _LOW - id; _LOWEST is the key
 # of a padded slot, which sorts after every real key; _PAD_WORD is its value word
 _LOW = tl.constexpr(0xFFFFFFFF) if tl is not None else 0xFFFFFFFF
 _LOWEST = tl.constexpr(-(2**63)) if tl is not None else -(2**63)
 _PAD_WORD = tl.constexpr(-(2**31)) if tl is not None else -(2**31)
-# a radix pass reads a 5-bit digit (32 bins), from bit 27 (the top digit) down
-_BITS = tl.constexpr(5) if tl is not None else 5
-_BINS = tl.constexpr(32) if tl is not None else 32
-_FIRST = tl.constexpr(27) if tl is not None else 27
 
 
 def top_candidates_ref(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,73 +71,6 @@ def _value_word(x):
     """fp32 -> int32 whose signed order is the float order (the high word of a key)."""
     bits = x.to(tl.int32, bitcast=True)
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negative floats: flip the magnitude bits
-
-
-@jit
-def _shared_digits(u, K: tl.constexpr):
-    """u (N,) uint32 keys' value words in unsigned order, N a multiple of K -> (high, prefix, size,
-    shift): a start for _select's loop that skips the digits every one of the K best shares. The
-    largest word and a bound the K best all reach (the least of the maxima of K groups of N / K
-    keys: each group's maximum reaches it, so K keys do) agree on their top bits, and so does every
-    word between them: the K best have those bits, no key is above them (the largest has them),
-    and the passes over those digits would keep the whole bucket. The loop starts at the digit
-    holding the highest bit where the two differ; `size` counts the keys with the shared bits."""
-    groups = tl.reshape(u, (K, u.shape[0] // K))
-    top = tl.max(u, axis=0)
-    bound = tl.min(tl.max(groups, axis=1), axis=0)
-    differ = top ^ bound
-    # the digits below the top one start at 22, 17, 12, 7, 2, then 0 (the last pass): the loop may
-    # start at each whose bits above it agree; the deepest such start wins
-    shift = tl.full((), _FIRST, tl.int32)
-    for below in tl.static_range(_FIRST - _BITS, -1, -_BITS):
-        shift = tl.where((differ >> (below + _BITS)) == 0, below, shift)
-    shift = tl.where((differ >> _BITS) == 0, 0, shift)
-    ones = tl.full((), 0xFFFFFFFF, tl.uint32)
-    high = tl.where(
-        shift == _FIRST, tl.full((), 0, tl.uint32), ones << tl.minimum(shift + _BITS, 31).to(tl.uint32)
-    )
-    prefix = top & high
-    size = tl.sum(((u & high) == prefix).to(tl.int32), axis=0)
-    return high, prefix, size, shift
-
-
-@jit
-def _select(word, K: tl.constexpr, SKIP: tl.constexpr = False):
-    """word (N,) int32: the value words of N >= K keys in increasing-id order (padded slots
-    last) -> (take (N,) bool, marking the K largest keys; slot (N,) int32, each taken key's place
-    in 0..K-1, in id order). A radix select; the module docstring says why it is exact. SKIP
-    (RUNTIME_TOPK_SKIP, an A/B): start below the digits the K best share (_shared_digits)."""
-    u = word.to(tl.uint32, bitcast=True) ^ 0x80000000  # unsigned order = the value order
-    bins = tl.arange(0, _BINS)
-    # scalars carried through the loop: the bits resolved so far are those of `high` (from the
-    # top down); the bucket is the keys with u & high == prefix (the need-th best key's bits)
-    need = tl.full((), K, tl.int32)
-    if SKIP:
-        high, prefix, size, shift = _shared_digits(u, K)
-    else:
-        high = tl.full((), 0, tl.uint32)
-        prefix = tl.full((), 0, tl.uint32)
-        size = tl.full((), word.shape[0], tl.int32)
-        shift = tl.full((), _FIRST, tl.int32)  # the digit's lowest bit: 27, 22, 17, 12, 7, 2, then 0
-    while (size > need) & (shift >= 0):
-        digit = ((u >> shift.to(tl.uint32)) & (_BINS - 1)).to(tl.int32)
-        count = tl.histogram(digit, _BINS, mask=(u & high) == prefix)  # (32,) the bucket's digits
-        at_least = tl.cumsum(count, axis=0, reverse=True)  # bucket keys with a digit >= each bin
-        d = tl.sum((at_least >= need).to(tl.int32), axis=0) - 1  # the need-th best key's digit
-        need -= tl.sum(tl.where(bins > d, count, 0), axis=0)
-        size = tl.sum(tl.where(bins == d, count, 0), axis=0)
-        # the last pass re-reads bits 2-4, which the bucket shares (harmless), to end on bit 0
-        prefix |= d.to(tl.uint32) << shift.to(tl.uint32)
-        high = tl.full((), 0xFFFFFFFF, tl.uint32) << shift.to(tl.uint32)
-        shift = tl.where(shift == 0, -1, tl.maximum(shift - _BITS, 0))
-    # the taken keys, then the first `need` of the bucket by position (it ties, or is all needed)
-    taken = (u & high) > prefix
-    bucket = (u & high) == prefix
-    flags = tl.where(taken, 1 << 16, 0) + bucket.to(tl.int32)  # two counts < 2**16 in one scan
-    before = tl.cumsum(flags, axis=0) - flags
-    bucket_before = before & 0xFFFF
-    take = taken | (bucket & (bucket_before < need))
-    return take, (before >> 16) + tl.minimum(bucket_before, need)
 
 
 @jit
@@ -180,7 +96,7 @@ def _chunk_kernel(
         x = tl.where(seen, tl.where(x > 0, x / p, x * p), x)
     word = tl.where(live, _value_word(x), _PAD_WORD)
     keys = (word.to(tl.int64) << 32) + tl.where(live, _LOW - cols, 0)  # padded: _LOWEST
-    take, slot = _select(word, K, SKIP)
+    take, slot = select_largest(word, K, SKIP)
     tl.store(keys_ptr + (row * parts + part) * K + slot, keys, mask=take)
 
 
@@ -200,7 +116,7 @@ def _group_kernel(
     row, group = tl.program_id(0).to(tl.int64), tl.program_id(1)
     at = group * BLOCK + tl.arange(0, BLOCK)
     keys = tl.load(keys_ptr + row * n_keys + at, mask=at < n_keys, other=_LOWEST)
-    take, slot = _select((keys >> 32).to(tl.int32), K, SKIP)
+    take, slot = select_largest((keys >> 32).to(tl.int32), K, SKIP)
     tl.store(out_ptr + (row * tl.num_programs(1) + group) * K + slot, keys, mask=take)
 
 
@@ -227,7 +143,7 @@ def _best_sorted(
     the same keys. best_ptr: a (B, 2, K) int64 scratch that carries keys between the threads."""
     j = tl.arange(0, BLOCK)
     keys = tl.load(keys_ptr + row * n_keys + j, mask=j < n_keys, other=_LOWEST)
-    take, slot = _select((keys >> 32).to(tl.int32), K, SKIP)
+    take, slot = select_largest((keys >> 32).to(tl.int32), K, SKIP)
     chosen = best_ptr + row * 2 * K  # the K best in id order; then, at `ranked`, best first
     tl.store(chosen + slot, keys, mask=take)
     tl.debug_barrier()  # threads read back what others stored (a CTA barrier orders memory)
@@ -258,7 +174,7 @@ def _merge_kernel(
 
 def skip_shared_digits() -> bool:
     """RUNTIME_TOPK_SKIP=1 (an A/B knob, off by default until timed): every stage's radix select
-    starts below the digits its K best share (_shared_digits) instead of at the top digit."""
+    starts below the digits its K best share (radix_select.shared_digits) instead of at the top digit."""
     return env_choice("RUNTIME_TOPK_SKIP", ("0", "1"), "0") == "1"
 
 
