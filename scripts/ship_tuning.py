@@ -39,7 +39,11 @@ def measured_rows(path: Path) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("tuning_json", nargs="+", help="profile_step's _gemv.json lists, or a tuning store file")
+    ap.add_argument(
+        "tuning_json",
+        nargs="*",
+        help="profile_step's _gemv.json lists, or a tuning store file (none: --step-blocks only)",
+    )
     ap.add_argument("--gpu", help="torch.cuda.get_device_name of the card that measured")
     ap.add_argument("--capability", help="its compute capability, e.g. 9.0")
     ap.add_argument("--dtype", default="bfloat16", help="the weights' dtype when measured")
@@ -73,6 +77,8 @@ def main() -> None:
         args.gpu = args.gpu or here.name
         args.capability = args.capability or "{}.{}".format(*here.capability)
         args.measured_with = args.measured_with or f"triton {here.triton}, torch {here.torch}"
+    if not args.tuning_json and not args.step_blocks:
+        sys.exit("nothing to ship: pass a tuning JSON or --step-blocks")
     dtype = getattr(torch, args.dtype)
 
     choices = {}
@@ -116,7 +122,7 @@ def main() -> None:
         "measured_with": args.measured_with,
         "source": ", ".join(args.tuning_json)
         + (
-            f"; in the step (no time alone): {args.step_blocks}, from {args.step_source}"
+            f"{'; ' if args.tuning_json else ''}in the step (no time alone): {args.step_blocks}, from {args.step_source}"
             if args.step_blocks
             else ""
         )
