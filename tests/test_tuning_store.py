@@ -355,24 +355,27 @@ def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_p
 
 
 def test_the_shipped_h200_file_is_the_h100_blocks_its_step_preferred(tmp_path):
-    """The H200's file holds the H100's blocks and nothing else (an in-step A/B on an H200 preferred
-    them to its start-up tuner's picks): ship_tuning.py remakes it from --step-blocks alone, and
-    refuses to write a file with neither a measurement nor step blocks."""
+    """The H200's file holds the H100's blocks (an in-step A/B on an H200 preferred them to its
+    start-up tuner's picks: Llama -9, Qwen3 -47 us) and Llama's down-GEMV residual add (-14..-17 us
+    there), no early release (Gemma +85 us): ship_tuning.py remakes it from the step's choices
+    alone, and refuses to write a file with neither a measurement nor step blocks."""
     repo = Path(__file__).parent.parent
     h100, h200 = (tuning_store.SHIPPED_DIR / f"nvidia-{n}.json" for n in ("h100-80gb-hbm3", "h200"))
     blocks = tuning_store.block_overrides(h100)
-    source = json.loads(h200.read_text())["source"].split(", from ", 1)[1]
+    doc = json.loads(h200.read_text())
+    block_source, add_source = (part.split(", from ", 1)[1] for part in doc["source"].split("; "))
     out = tmp_path / "h200.json"
     base = [sys.executable, "scripts/ship_tuning.py", "--out", str(out), "--gpu", "NVIDIA H200",
             "--capability", "9.0", "--measured-with", "triton 3.6.0, torch 2.11.0+cu130"]  # fmt: skip
     empty = subprocess.run(base, cwd=repo, capture_output=True, text=True)
     assert empty.returncode != 0 and "nothing to ship" in empty.stderr and not out.exists()
-    subprocess.run(
-        [*base, "--step-blocks", blocks, "--step-source", source], cwd=repo, check=True, capture_output=True
-    )
+    step = ["--step-blocks", blocks, "--step-source", block_source,
+            "--residual-add", "down:2048x8192", "--residual-add-source", add_source]  # fmt: skip
+    subprocess.run([*base, *step], cwd=repo, check=True, capture_output=True)
     assert out.read_text() == h200.read_text()
     h200_card = Card("NVIDIA H200", (9, 0), "9.9.9", "9.9.9+test")
     assert tuning_store.shipped(h200_card).keys() == tuning_store.shipped(H100).keys()
+    assert tuning_store.shipped_roles(h200_card, "residual_add") == {("down", 2048, 8192)}
     assert tuning_store.shipped_roles(h200_card, "early_release") == set()
 
 
