@@ -22,13 +22,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("tuning_file", help="a shipped tuning file: its shapes, and its blocks to compare")
     ap.add_argument("--out", help="JSON: one row per shape with every candidate's us")
+    ap.add_argument(
+        "--picks-out", help="a tuning file of the fastest blocks, for profile_step.py --blocks-from"
+    )
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("no CUDA card here: the candidates are timed on the GPU")
     got = tuning_store._read(Path(args.tuning_file))
     if got is None:
         raise SystemExit(f"{args.tuning_file}: no readable tuning file there")
-    rows = []
+    rows, picks = [], {}
     print(
         "| op | N | K | heuristic | us | fastest | us | file's | us |\n|---|---|---|---|---|---|---|---|---|"
     )
@@ -37,6 +40,7 @@ def main() -> None:
         timings = gemv_tuning.TIMINGS[(op, N, K, dtype)]
         heuristic = gemv_tuning.candidates(op, N, K, dtype)[0]
         best = min(timings, key=timings.get)
+        picks[(op, N, K, dtype)] = (best, timings[best])
         rows.append(
             {"op": op, "N": N, "K": K, "heuristic": heuristic, "fastest": best, "file": tuple(listed),
              "us": {"/".join(map(str, c)): round(t, 2) for c, t in timings.items()}}
@@ -48,6 +52,12 @@ def main() -> None:
         print(f"| {op} | {N} | {K} | " + " | ".join(cells) + " |")
     if args.out:
         Path(args.out).write_text(json.dumps({"card": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+    if args.picks_out:
+        here = tuning_store.card("cuda")
+        head = {"format": tuning_store.FORMAT, "card": {"name": here.name, "capability": list(here.capability)},
+                "measured_with": f"triton {here.triton}, torch {here.torch}",
+                "source": f"scripts/gemv_candidates.py {args.tuning_file}: the fastest alone"}  # fmt: skip
+        Path(args.picks_out).write_text(tuning_store.dumps(head, picks))
 
 
 if __name__ == "__main__":

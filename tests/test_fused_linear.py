@@ -9,6 +9,7 @@ so the tolerance only has to cover the output's rounding and sum-order effects (
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ from kernel_testing import (
     rand,
 )
 
-from runtime.kernels import _triton, gemv_blocks, ops
+from runtime.kernels import _triton, gemv_blocks, gemv_tuning, ops
 from runtime.kernels import fused_linear as fl
 from runtime.kernels.activation import gated_act_ref
 from runtime.kernels.fused_linear import (
@@ -302,6 +303,21 @@ def test_tune_on_the_gpu_picks_a_candidate_the_launch_then_uses(monkeypatch, op)
         assert_linear_close(act_linear_triton(x, "silu", weight), gated_act_ref(x, "silu"), weight)
     else:
         assert_linear_close(linear_triton(x, weight), x, weight)
+
+
+@pytest.mark.cuda
+def test_tune_times_the_kernel_not_the_hosts_launch():
+    """A candidate whose launch path is slow on the host (here 0.4 ms, past the 256 MB flush) is
+    timed by its kernel alone: the GPU must not wait on the host inside the timed span, or a slow
+    Python launch decides the choice (the H200's tuner picks were a draw of such waits)."""
+    x = torch.randn(1 << 20, device="cuda")
+
+    def slow_launch():
+        time.sleep(400e-6)  # the host between the start event and the kernel
+        x.mul_(1.0)
+
+    alone = gemv_tuning._time_us(lambda: x.mul_(1.0))
+    assert gemv_tuning._time_us(slow_launch) < alone + 20.0, alone
 
 
 # ---------------------------------------------------------------- CPU: fallbacks, config, dispatch

@@ -143,15 +143,30 @@ def _valid(key: tuple[str, int, int, torch.dtype], config: tuple[int, int, int])
     return tuple(config) in candidates(*key)
 
 
+# the fastest SM clock a card may run (Hz): a spin of HOST_GAP_CLOCK x seconds cycles lasts at least
+# that long on any card
+HOST_GAP_CLOCK = 3.5e9
+
+
 def _time_us(fn, warmup: int = 3, reps: int = 20) -> float:
     """Median device microseconds of fn, L2 flushed before each call (a decode step's weights come
-    from HBM). The flush also keeps the GPU busy while the CPU enqueues fn, so launch cost is not timed."""
+    from HBM). After the flush a spin kernel keeps the GPU busy for twice the host's time to
+    enqueue the start event and fn, so the GPU never waits on the host inside the timed span: a
+    launch path slower than the flush (~60 us on an H200's host) would otherwise add its wait to
+    the kernel's time and make the choice a draw."""
     flush = torch.empty(64 << 20, dtype=torch.int32, device="cuda")  # 256 MB > L2
     for _ in range(warmup):
         fn()
+    torch.cuda.synchronize()
+    begin = time.perf_counter()
+    torch.cuda.Event(enable_timing=True).record()
+    fn()
+    host_s = time.perf_counter() - begin
+    spin_cycles = int(2 * max(host_s, 20e-6) * HOST_GAP_CLOCK)
     times = []
     for _ in range(reps):
         flush.zero_()
+        torch.cuda._sleep(spin_cycles)  # touches no memory: L2 stays flushed
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         fn()
