@@ -334,6 +334,18 @@ def test_the_shipped_files_parse_and_hold_only_candidates():
 # the o projection's and the LM heads' blocks the step's A/B preferred on the H100 (Llama -14 us,
 # Qwen3 -6 us per step against the tuner's choices alone: 1 row on 8 warps, 2 and 4 rows)
 H100_STEP_BLOCKS = "linear:2048x2048=2/2048/4 lm_head:128256x2048=8/2048/8 lm_head:151936x2048=8/2048/8"
+# Gemma's and Qwen3's own shapes (not the o projection Qwen3 shares with Llama) from the tuner's picks
+# once it timed kernels, not the host's waits: the step preferred them (Gemma -33..-38 us, Qwen3 -15..-18)
+H100_RETUNED_BLOCKS = (
+    "linear:1152x6912=2/2048/8 lm_head_pre:262144x1152=16/256/4 norm_linear:1536x1152=2/2048/4 "
+    "norm_linear_pre:1536x1152=8/2048/8 norm_linear:4096x2048=2/2048/4 norm_linear_act:12288x2048=2/2048/4 "
+    "linear:2048x6144=1/4096/8"
+)
+H100_STEP_SOURCE = (
+    "results/2026-11-27-gpu-checks/profile_ab_o_lm_blocks_confirm_h100.json (o and LM heads); "
+    "results/2026-11-28-gpu-checks/ab_picks_h100_gemma-3-1b-it_ab.json, "
+    "results/2026-11-28-gpu-checks/ab_picks_h100_Qwen3-1.7B_ab.json (Gemma's and Qwen3's own shapes)"
+)
 
 
 def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_path):
@@ -343,8 +355,7 @@ def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_p
     out = tmp_path / "h100.json"
     cmd = [sys.executable, "scripts/ship_tuning.py", *sources, "--out", str(out), "--gpu", H100.name,
            "--capability", "9.0", "--measured-with", "triton 3.6.0, torch 2.11.0+cu130",
-           "--step-blocks", H100_STEP_BLOCKS,
-           "--step-source", "results/2026-11-27-gpu-checks/profile_ab_o_lm_blocks_confirm_h100.json",
+           "--step-blocks", f"{H100_STEP_BLOCKS} {H100_RETUNED_BLOCKS}", "--step-source", H100_STEP_SOURCE,
            "--residual-add", "down:2048x8192",
            "--residual-add-source", "results/2026-11-28-gpu-checks/ab_down_add_llama_ab.json",
            "--early-release", "gate_up:16384x2048 down:2048x8192 gate_up:12288x2048 down:2048x6144",
@@ -354,23 +365,27 @@ def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_p
     assert out.read_text() == (tuning_store.SHIPPED_DIR / "nvidia-h100-80gb-hbm3.json").read_text()
 
 
-def test_the_shipped_h200_file_is_the_h100_blocks_its_step_preferred(tmp_path):
-    """The H200's file holds the H100's blocks (an in-step A/B on an H200 preferred them to its
-    start-up tuner's picks: Llama -9, Qwen3 -47 us) and Llama's down-GEMV residual add (-14..-17 us
-    there), no early release (Gemma +85 us): ship_tuning.py remakes it from the step's choices
-    alone, and refuses to write a file with neither a measurement nor step blocks."""
+def test_the_shipped_h200_file_is_the_step_choices_it_records(tmp_path):
+    """The H200's file: the H100's blocks of before its Gemma and Qwen3 retune (an in-step A/B on an
+    H200 preferred them to the start-up tuner's picks: Llama -9, Qwen3 -47 us), Gemma's four used
+    shapes from the H200's own picks once the tuner timed kernels (-45 us in the step), Llama's
+    down-GEMV residual add (-14..-17 us), no early release (Gemma +85 us). ship_tuning.py remakes
+    it from the choices its source records, and refuses a file with neither a measurement nor
+    step blocks."""
     repo = Path(__file__).parent.parent
-    h100, h200 = (tuning_store.SHIPPED_DIR / f"nvidia-{n}.json" for n in ("h100-80gb-hbm3", "h200"))
-    blocks = tuning_store.block_overrides(h100)
-    doc = json.loads(h200.read_text())
-    block_source, add_source = (part.split(", from ", 1)[1] for part in doc["source"].split("; "))
+    h200 = tuning_store.SHIPPED_DIR / "nvidia-h200.json"
+    source = json.loads(h200.read_text())["source"]
+    blocks, _, rest = source.removeprefix("in the step (no time alone): ").partition(", from ")
+    block_source, _, add = rest.partition("; residual add in the step: down:2048x8192, from ")
+    gemma = "linear:1152x6912=2/2048/8 lm_head_pre:262144x1152=32/128/4 norm_linear:1536x1152=2/2048/4"
+    assert set(gemma.split()) <= set(blocks.split()) and "norm_linear:4096x2048=4/512/4" in blocks
     out = tmp_path / "h200.json"
     base = [sys.executable, "scripts/ship_tuning.py", "--out", str(out), "--gpu", "NVIDIA H200",
             "--capability", "9.0", "--measured-with", "triton 3.6.0, torch 2.11.0+cu130"]  # fmt: skip
     empty = subprocess.run(base, cwd=repo, capture_output=True, text=True)
     assert empty.returncode != 0 and "nothing to ship" in empty.stderr and not out.exists()
     step = ["--step-blocks", blocks, "--step-source", block_source,
-            "--residual-add", "down:2048x8192", "--residual-add-source", add_source]  # fmt: skip
+            "--residual-add", "down:2048x8192", "--residual-add-source", add]  # fmt: skip
     subprocess.run([*base, *step], cwd=repo, check=True, capture_output=True)
     assert out.read_text() == h200.read_text()
     h200_card = Card("NVIDIA H200", (9, 0), "9.9.9", "9.9.9+test")
