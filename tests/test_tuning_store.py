@@ -338,7 +338,7 @@ H100_STEP_BLOCKS = "linear:2048x2048=2/2048/4 lm_head:128256x2048=8/2048/8 lm_he
 # once it timed kernels, not the host's waits: the step preferred them (Gemma -33..-38 us, Qwen3 -15..-18)
 H100_RETUNED_BLOCKS = (
     "linear:1152x6912=2/2048/8 lm_head_pre:262144x1152=16/256/4 norm_linear:1536x1152=2/2048/4 "
-    "norm_linear_pre:1536x1152=8/2048/8 norm_linear:4096x2048=2/2048/4 norm_linear_act:12288x2048=2/2048/4 "
+    "norm_linear_pre:1536x1152=8/2048/8 norm_linear_act:12288x2048=2/2048/4 "
     "linear:2048x6144=1/4096/8"
 )
 H100_STEP_SOURCE = (
