@@ -1,8 +1,9 @@
 """GEMV block choices kept on disk, so a start on a known card neither compiles nor times candidates.
 
 Two JSON sources, read by gemv_tuning.tune_shapes:
-  the user's store  one file per card key (GPU name, compute capability, triton, torch, FORMAT) under
-                    sources.cache_root(), written after tune() measured; any change of the key re-tunes
+  the user's store  one file per card key (GPU name, compute capability, triton, torch, FORMAT,
+                    TIMING) under sources.cache_root(), written after tune() measured; any change of
+                    the key re-tunes
   shipped choices   runtime/kernels/tuned/*.json, applied where GPU name and capability match whatever
                     the triton and torch versions: blocks that won stay valid, only maybe not the fastest
 A file maps (op, N, K, dtype name) to [BLOCK_N, BLOCK_K, num_warps] and the measured us (for the
@@ -33,6 +34,9 @@ from runtime.kernels.gemv_blocks import _PROLOGUE_VECTORS, ROLE_LISTS
 from runtime.models.sources import cache_root
 
 FORMAT = 1  # bump when the file layout or the meaning of a config changes
+# bump when tune()'s timing changes: a store timed the old way re-tunes (2: the GPU no longer waits on
+# the host inside the timed span, which had made the choices a draw on slow hosts)
+TIMING = 2
 SHIPPED_DIR = Path(__file__).parent / "tuned"
 
 Key = tuple[str, int, int, torch.dtype]  # (op, N, K, dtype), as fused_linear._TUNED
@@ -52,7 +56,7 @@ class Card:
     @property
     def key(self) -> str:
         sm = "".join(map(str, self.capability))
-        return f"{slug(self.name)}-sm{sm}-triton{self.triton}-torch{self.torch}-v{FORMAT}"
+        return f"{slug(self.name)}-sm{sm}-triton{self.triton}-torch{self.torch}-v{FORMAT}-timing{TIMING}"
 
     def as_json(self) -> dict:
         return {**asdict(self), "capability": list(self.capability)}
