@@ -368,9 +368,9 @@ def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_p
 
 def test_the_shipped_h200_file_is_the_step_choices_it_records(tmp_path):
     """The H200's file: the H100's blocks of before its Gemma and Qwen3 retune (an in-step A/B on an
-    H200 preferred them to the start-up tuner's picks: Llama -9, Qwen3 -47 us), Gemma's four used
+    H200 preferred them to the start-up tuner's picks: Llama -6, Qwen3 -49 us), Gemma's four used
     shapes from the H200's own picks once the tuner timed kernels (-45 us in the step), Llama's
-    down-GEMV residual add (-14..-17 us), no early release (Gemma +85 us). ship_tuning.py remakes
+    down-GEMV residual add (-8..-17 us), no early release (Gemma +80..+89 us). ship_tuning.py remakes
     it from the choices its source records, and refuses a file with neither a measurement nor
     step blocks."""
     repo = Path(__file__).parent.parent
