@@ -54,8 +54,7 @@ def main() -> None:
         Path(args.out).write_text(json.dumps({"card": torch.cuda.get_device_name(), "rows": rows}, indent=1))
     if args.picks_out:
         here = tuning_store.card("cuda")
-        head = {"format": tuning_store.FORMAT, "card": {"name": here.name, "capability": list(here.capability)},
-                "measured_with": f"triton {here.triton}, torch {here.torch}",
+        head = {"format": tuning_store.FORMAT, "card": here.as_json(),
                 "source": f"scripts/gemv_candidates.py {args.tuning_file}: the fastest alone"}  # fmt: skip
         Path(args.picks_out).write_text(tuning_store.dumps(head, picks))
 

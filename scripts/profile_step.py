@@ -32,7 +32,7 @@ from runtime.bench.bandwidth import copy_bandwidth_gbs
 from runtime.bench.kernel_times import kernel_times
 from runtime.bench.step_timing import isolated_ms
 from runtime.engine.runner import Runner
-from runtime.engine.sampler import SamplingParams
+from runtime.engine.sampler import BENCH_SAMPLED, SamplingParams
 from runtime.kernels import gemv_tuning, tuning_store
 from runtime.models.loader import load_model
 
@@ -316,7 +316,7 @@ def run(model_id: str, prompt: int, steps: int, profiled: int, copy_gbs: float) 
         runner.step(1, "greedy", prompt)
     ms = step_ms(runner, steps, position=prompt)
     table = kernel_table(runner, profiled, position=prompt)
-    runner.set_row(0, SamplingParams(0.8, 50, 0.9, 1.0, 1))  # the "topk" step: where sampling costs go
+    runner.set_row(0, BENCH_SAMPLED)  # the "topk" step: where sampling costs go
     topk_ms = step_ms(runner, steps // 2, "topk", position=prompt)
     topk_table = kernel_table(runner, profiled, 1, "topk", prompt)
     for r in range(BATCH):  # the batch bucket's step: every row from the same prompt
@@ -397,7 +397,7 @@ def ab(
             "mode": runner.mode,
             "gemv_blocks": runner.gemv_blocks,  # the batch-1 GEMVs' blocks and where each came from
         }
-        for variant, params in (("greedy", SamplingParams()), ("topk", SamplingParams(0.8, 50, 0.9, 1.0, 1))):
+        for variant, params in (("greedy", SamplingParams()), ("topk", BENCH_SAMPLED)):
             runner.set_row(0, params)
             runner.prefill(0, ids, 0, variant)
             for _ in range(8):

@@ -28,7 +28,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from runtime.engine.runner import Runner
-from runtime.engine.sampler import SamplingParams
+from runtime.engine.sampler import BENCH_SAMPLED, SamplingParams
 from runtime.models.loader import load_model
 
 
@@ -81,7 +81,7 @@ def warm_runner(
     runner = Runner(loaded, capacity=capacity or prompt + 64 + replays, max_batch=rows, mode="graph")
     ids = torch.randint(3, loaded.spec.vocab - 1, (prompt,)).tolist()
     for row in range(batch):
-        runner.set_row(row, SAMPLED if variant == "topk" else SamplingParams())
+        runner.set_row(row, BENCH_SAMPLED if variant == "topk" else SamplingParams())
         runner.prefill(row, ids, 0, variant)
     for _ in range(warm_steps):
         runner.step(batch, variant, prompt)
@@ -236,7 +236,6 @@ def _table(first: str, rows: list[dict]) -> None:
         )
 
 
-SAMPLED = SamplingParams(0.8, 50, 0.9, 1.0, 1)  # the bench's sampled config, seeded
 DEV_MODELS = ["meta-llama/Llama-3.2-1B-Instruct", "Qwen/Qwen3-1.7B", "google/gemma-3-1b-it"]
 
 

@@ -42,6 +42,11 @@ class SamplingParams:
         return self.temperature == 0 and self.repetition_penalty == 1.0
 
 
+# the sampled config the goals bench runs (configs/goals.yaml: temperature 0.8, top-k 50, top-p 0.9),
+# seeded: the "topk" step the profiling scripts time
+BENCH_SAMPLED = SamplingParams(0.8, 50, 0.9, 1.0, 1)
+
+
 def _mix(h: torch.Tensor) -> torch.Tensor:
     """32-bit avalanche in int64 arithmetic (every product stays below 2**63)."""
     h = h ^ (h >> 16)
