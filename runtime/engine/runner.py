@@ -23,6 +23,7 @@ import torch
 
 from graphs.buckets import bucket_for, make_buckets
 from graphs.pool import GraphPool
+from runtime.engine import step_tuning
 from runtime.engine.prefill_graphs import PrefillGraphs
 from runtime.engine.sampler import SamplingParams, advance, fused_sampler, sample, sample_step
 from runtime.engine.spill_graphs import graph_key, spill_keys, spill_window
@@ -155,6 +156,7 @@ class Runner:
                 self.tune_s = gemv_tuning.tune_shapes(
                     self.model.gemv_shapes(), self.model.dtype, self.device, self.buckets
                 )
+                self.tune_s += step_tuning.refine(self)  # tune()'s finalists timed in the step
                 self.gemv_blocks = gemv_tuning.describe(self.model.gemv_shapes(), self.model.dtype)
             self._capture()
         # prompts from position 0 replay a graph per length bucket (RUNTIME_PREFILL_GRAPHS=0: eager)
@@ -211,12 +213,19 @@ class Runner:
         """Each key's step once while prebuild records Triton's launches instead of running them:
         the step's torch ops still run, on outputs no kernel wrote, so the buffers they write
         (tokens, positions, seen, the record) are put back afterwards."""
+        with self.kept_state():
+            for key in keys:
+                self._step(key)
+
+    @contextlib.contextmanager
+    def kept_state(self):
+        """Steps run inside (start-up work before any request) leave the decode buffers and the
+        non-finite record as they found them; the cache rows they wrote hold no request yet."""
         buf = self.buffers
         saved = {f.name: getattr(buf, f.name).clone() for f in dataclasses.fields(buf)}
         record = self.nonfinite_at.clone()
         try:
-            for key in keys:
-                self._step(key)
+            yield
         finally:
             for name, value in saved.items():
                 getattr(buf, name).copy_(value)

@@ -1,0 +1,141 @@
+"""The start-up tuner's finalists timed in the decode step (runtime/engine/step_tuning.py).
+
+On the CPU the step timer is replaced (choose() takes it as an argument) and tune() by
+test_tuning_store's FakeTune; the `cuda` test times real captured steps of the tiny llama.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from test_tuning_store import A100, BF16, LLAMA, fresh_process, keyed, on, restart  # noqa: F401
+from tiny_configs import tiny_llama_runner
+
+from runtime.engine import step_tuning
+from runtime.kernels import fused_linear as fl
+from runtime.kernels import gemv_tuning, tuning_store
+
+# every test in a fresh "process": an empty cache folder, no choice made yet (test_tuning_store.py)
+pytestmark = pytest.mark.usefixtures("fresh_process")
+
+
+@pytest.fixture(autouse=True)
+def no_step_timings(monkeypatch):
+    monkeypatch.setattr(step_tuning, "STEP_TIMINGS", {})
+
+
+def near_ties(key, spread=(1.0, 1.05, 1.08, 1.5)) -> list[tuple[int, int, int]]:
+    """Give `key` candidates timed alone at `spread` (the fastest first); returns them in that order."""
+    configs = gemv_tuning.candidates(*key)[: len(spread)]
+    gemv_tuning.TIMINGS[key] = dict(zip(configs, spread, strict=True))
+    return configs
+
+
+def test_finalists_are_the_fastest_alone_within_the_margin():
+    timings = {(1, 1, 1): 10.0, (2, 2, 2): 10.9, (3, 3, 3): 11.2, (4, 4, 4): 10.5, (5, 5, 5): 10.8}
+    assert step_tuning.finalists(timings) == [(1, 1, 1), (4, 4, 4), (5, 5, 5)]
+    assert step_tuning.finalists(timings, limit=5) == [(1, 1, 1), (4, 4, 4), (5, 5, 5), (2, 2, 2)]
+    assert step_tuning.finalists(timings, margin=0.01) == [(1, 1, 1)]
+
+
+def test_pending_takes_the_shapes_tuned_now_with_finalists_most_bytes_first(monkeypatch):
+    on(monkeypatch, A100)
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    qkv, o, gate_up, down, lm_head = keyed(LLAMA)
+    for key in (qkv, gate_up, down, lm_head):
+        near_ties(key)
+    gemv_tuning.TIMINGS[o] = dict.fromkeys(gemv_tuning.TIMINGS[o], 1.0) | {fl._TUNED[o]: 0.5}  # one finalist
+    gemv_tuning.SOURCES[qkv] = "stored"  # read from a file: its choice stands
+    monkeypatch.setenv("RUNTIME_GEMV_BLOCKS", "act_linear:2048x8192=2/1024/4")  # down forced
+    assert step_tuning.pending(LLAMA, BF16) == [lm_head, gate_up]
+
+
+def test_choose_keeps_the_steps_fastest_and_times_each_shape_after_the_earlier_choices(monkeypatch):
+    on(monkeypatch, A100)
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    gate_up, lm_head = keyed(LLAMA)[2], keyed(LLAMA)[4]
+    lm_configs, gate_up_configs = near_ties(lm_head), near_ties(gate_up)
+    seen = []
+
+    def time_configs(key, configs):  # the third finalist wins in the step, the fastest alone loses
+        seen.append((key, configs, fl._TUNED.get(lm_head)))
+        return {c: 1.0 - 0.1 * i for i, c in enumerate(configs)}
+
+    chosen = step_tuning.choose([lm_head, gate_up], time_configs)
+    assert chosen == {lm_head: lm_configs[2], gate_up: gate_up_configs[2]}
+    assert seen[0][:2] == (lm_head, lm_configs[:3]) and seen[1][:2] == (gate_up, gate_up_configs[:3])
+    assert seen[1][2] == lm_configs[2]  # gate/up timed with the LM head's step choice in place
+    assert fl._TUNED[lm_head] == lm_configs[2] and fl._TUNED[gate_up] == gate_up_configs[2]
+    assert gemv_tuning.SOURCES[lm_head] == gemv_tuning.SOURCES[gate_up] == "step"
+    assert step_tuning.STEP_TIMINGS[lm_head] == pytest.approx(dict(zip(lm_configs[:3], (1.0, 0.9, 0.8))))
+
+
+def test_the_steps_choice_is_stored_and_the_next_start_reads_it(monkeypatch):
+    on(monkeypatch, A100)
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    lm_head = keyed(LLAMA)[4]
+    configs = near_ties(lm_head)
+    step_tuning.remember(
+        A100, step_tuning.choose([lm_head], lambda key, cs: {c: -i for i, c in enumerate(cs)})
+    )
+    assert tuning_store.load(A100)[lm_head] == (configs[2], 1.08)  # with what it measured alone
+    chosen = dict(fl._TUNED)
+
+    restart(monkeypatch)
+    fake = on(monkeypatch, A100)
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    assert fake.calls == [] and fl._TUNED == chosen
+    assert step_tuning.pending(LLAMA, BF16) == []  # read from the store: nothing is timed again
+
+
+def test_refine_does_nothing_off_cuda_or_switched_off(monkeypatch):
+    runner = types.SimpleNamespace(device=torch.device("cpu"), capacity=4096, model=None)
+    assert step_tuning.refine(runner) == 0.0
+    monkeypatch.setenv("RUNTIME_STEP_TUNE", "0")
+    runner.device = torch.device("cuda")
+    assert step_tuning.refine(runner) == 0.0  # never reaches the model
+    monkeypatch.setenv("RUNTIME_STEP_TUNE", "yes")
+    with pytest.raises(ValueError, match="RUNTIME_STEP_TUNE='yes': choose 1 or 0"):
+        step_tuning.refine(runner)
+
+
+def test_steps_run_for_start_up_work_leave_the_buffers_as_they_were():
+    runner = tiny_llama_runner("eager", "cpu", capacity=64)
+    runner.buffers.positions[:2] = torch.tensor([5, 9])
+    runner.buffers.tokens[:2] = torch.tensor([7, 3])
+    before = {name: t.clone() for name, t in vars(runner.buffers).items()}
+    with runner.kept_state():
+        runner._step((2, "greedy"))
+        assert not torch.equal(runner.buffers.positions, before["positions"])  # the step did advance
+    for name, t in vars(runner.buffers).items():
+        assert torch.equal(t, before[name]), name
+    assert runner.nonfinite_at.tolist() == [-1] * 4
+
+
+@pytest.mark.cuda
+def test_the_finalists_are_timed_in_captured_steps_and_decode_as_eager_does(monkeypatch):
+    from runtime.engine.generate import generate
+    from runtime.engine.sampler import SamplingParams
+
+    monkeypatch.setattr(step_tuning, "MARGIN", 100.0)  # every shape has FINALISTS finalists
+    monkeypatch.setattr(step_tuning, "ROUNDS", 2)
+    graph = tiny_llama_runner("graph", "cuda", capacity=320)
+    assert graph.mode == "graph", graph.capture_error
+    shapes = graph.model.gemv_shapes()
+    keys = [(*s, torch.float32) for s in dict.fromkeys(shapes)]
+    assert set(step_tuning.STEP_TIMINGS) == set(keys)
+    card = tuning_store.card("cuda")
+    stored = tuning_store.load(card)
+    for key in keys:
+        times = step_tuning.STEP_TIMINGS[key]
+        assert list(times) == step_tuning.finalists(gemv_tuning.TIMINGS[key])
+        assert all(0 < ms < 10 for ms in times.values())
+        assert fl._TUNED[key] == min(times, key=times.get) == stored[key][0]
+        assert gemv_tuning.SOURCES[key] == "step"
+    eager = tiny_llama_runner("eager", "cuda", capacity=320)
+    prompts = [[5, 9, 13, 2, 40], [7, 7, 1]]
+    want = generate(eager, prompts, SamplingParams(), 24).tokens
+    assert generate(graph, prompts, SamplingParams(), 24).tokens == want
+    graph.release()
