@@ -55,7 +55,7 @@ def pick(model_id: str, capacity: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", action="append", required=True, help="repeatable")
+    ap.add_argument("--model", action="append", default=[], help="repeatable")
     ap.add_argument("--out", required=True, help="a folder: the two stores per model and summary.json")
     ap.add_argument("--capacity", type=int, default=2048)
     ap.add_argument("--pick", help=argparse.SUPPRESS)  # the child's role: one model, this environment
@@ -64,6 +64,8 @@ def main() -> None:
     if args.pick:
         print(json.dumps(pick(args.pick, args.capacity)))
         return
+    if not args.model:
+        ap.error("name at least one --model")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for model_id in args.model:

@@ -367,19 +367,18 @@ def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_p
 
 
 def test_the_shipped_h200_file_is_the_step_choices_it_records(tmp_path):
-    """The H200's file: the H100's blocks of before its Gemma and Qwen3 retune (an in-step A/B on an
-    H200 preferred them to the start-up tuner's picks: Llama -6, Qwen3 -49 us), Gemma's four used
-    shapes from the H200's own picks once the tuner timed kernels (-45 us in the step), Llama's
-    down-GEMV residual add (-8..-17 us), no early release (Gemma +80..+89 us). ship_tuning.py remakes
-    it from the choices its source records, and refuses a file with neither a measurement nor
-    step blocks."""
+    """The H200's file: the dev models' shapes from the step tuner's picks on an H200 (step_tuning.py;
+    in the step against the earlier file: Llama -40..-52, Qwen3 -5..-8, Gemma -6..-19 us), the other
+    shapes the H100's blocks of before its Gemma and Qwen3 retune, Llama's down-GEMV residual add
+    (-8..-17 us), no early release (Gemma +80..+89 us). ship_tuning.py remakes it from the choices
+    its source records, and refuses a file with neither a measurement nor step blocks."""
     repo = Path(__file__).parent.parent
     h200 = tuning_store.SHIPPED_DIR / "nvidia-h200.json"
     source = json.loads(h200.read_text())["source"]
     blocks, _, rest = source.removeprefix("in the step (no time alone): ").partition(", from ")
     block_source, _, add = rest.partition("; residual add in the step: down:2048x8192, from ")
-    gemma = "linear:1152x6912=2/2048/8 lm_head_pre:262144x1152=32/128/4 norm_linear:1536x1152=2/2048/4"
-    assert set(gemma.split()) <= set(blocks.split()) and "norm_linear:4096x2048=4/512/4" in blocks
+    picked = "linear:2048x8192=8/2048/8 lm_head:128256x2048=4/512/4 norm_linear:1536x1152=8/2048/8"
+    assert set(picked.split()) <= set(blocks.split()) and "norm_linear:4096x2048=4/512/4" in blocks
     out = tmp_path / "h200.json"
     base = [sys.executable, "scripts/ship_tuning.py", "--out", str(out), "--gpu", "NVIDIA H200",
             "--capability", "9.0", "--measured-with", "triton 3.6.0, torch 2.11.0+cu130"]  # fmt: skip
