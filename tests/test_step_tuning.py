@@ -6,6 +6,7 @@ test_tuning_store's FakeTune; the `cuda` test times real captured steps of the t
 
 from __future__ import annotations
 
+import contextlib
 import types
 
 import pytest
@@ -139,3 +140,34 @@ def test_the_finalists_are_timed_in_captured_steps_and_decode_as_eager_does(monk
     want = generate(eager, prompts, SamplingParams(), 24).tokens
     assert generate(graph, prompts, SamplingParams(), 24).tokens == want
     graph.release()
+
+
+def test_a_failure_in_the_step_keeps_what_was_chosen_and_the_picks_alone_for_the_rest(monkeypatch):
+    """Out of memory while capturing a finalist's step (as a capture may fail) costs no start: a
+    warning naming it, the shapes chosen before it keep their step choice (stored), the rest tune()'s picks."""
+    on(monkeypatch, A100)
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    gate_up, lm_head = keyed(LLAMA)[2], keyed(LLAMA)[4]
+    lm_configs = near_ties(lm_head)
+    near_ties(gate_up)
+    picks = dict(fl._TUNED)
+
+    def timer(runner, key, configs, position):
+        if key == gate_up:
+            fl._TUNED[key] = configs[1]  # part-way through its captures
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {c: -i for i, c in enumerate(configs)}
+
+    monkeypatch.setattr(step_tuning, "_time_in_step", timer)
+    monkeypatch.setattr(step_tuning.prebuild, "compile_ahead", lambda run, device: run())
+    runner = types.SimpleNamespace(
+        device=torch.device("cuda"), capacity=4096,
+        model=types.SimpleNamespace(gemv_shapes=lambda: LLAMA, dtype=BF16),
+        kept_state=contextlib.nullcontext, _unlaunched_steps=lambda keys: None,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="inside the decode step failed \\(CUDA out of memory"):
+        step_tuning.refine(runner)
+    assert fl._TUNED == {**picks, lm_head: lm_configs[2]}
+    assert gemv_tuning.SOURCES[lm_head] == "step" and gemv_tuning.SOURCES[gate_up] == "tuned"
+    assert tuning_store.load(A100)[lm_head][0] == lm_configs[2]
+    assert tuning_store.load(A100)[gate_up][0] == picks[gate_up]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -69,10 +70,11 @@ def pending(shapes: Iterable[tuple[str, int, int]], dtype: torch.dtype) -> list[
     return sorted(keys, key=lambda k: -k[1] * k[2])
 
 
-def choose(keys: list[Key], time_configs: TimeConfigs) -> dict[Key, Config]:
+def choose(keys: list[Key], time_configs: TimeConfigs, chosen: dict | None = None) -> dict[Key, Config]:
     """Each key in turn: its finalists timed in the step by time_configs(key, finalists) -> {config:
-    ms}, with the keys before it at their step choice; the fastest kept in _TUNED (source "step")."""
-    chosen = {}
+    ms}, with the keys before it at their step choice; the fastest kept in _TUNED (source "step")
+    and in `chosen` (returned; filled as it goes, so a failure part-way keeps what was chosen)."""
+    chosen = {} if chosen is None else chosen
     for key in keys:
         times = time_configs(key, finalists(gemv_tuning.TIMINGS[key]))
         best = min(times, key=times.get)
@@ -112,8 +114,19 @@ def refine(runner) -> float:
             fused_linear._TUNED[key] = picks[key]
 
     prebuild.compile_ahead(record, runner.device)
-    with runner.kept_state():
-        chosen = choose(keys, lambda key, configs: _time_in_step(runner, key, configs, position))
+    chosen: dict[Key, Config] = {}
+    try:
+        with runner.kept_state():
+            choose(keys, lambda key, configs: _time_in_step(runner, key, configs, position), chosen)
+    except (torch.cuda.OutOfMemoryError, RuntimeError) as e:  # the capture's own failures, as _capture's
+        for key in keys:
+            if key not in chosen:
+                fused_linear._TUNED[key] = picks[key]
+        warnings.warn(
+            f"timing GEMV blocks inside the decode step failed ({str(e).splitlines()[0]}); the shapes "
+            f"not yet chosen keep the blocks timed alone (RUNTIME_STEP_TUNE=0 skips this step)",
+            stacklevel=2,
+        )
     remember(tuning_store.card(runner.device), chosen)
     return time.perf_counter() - start
 
