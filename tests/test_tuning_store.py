@@ -366,17 +366,22 @@ def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_p
     assert out.read_text() == (tuning_store.SHIPPED_DIR / "nvidia-h100-80gb-hbm3.json").read_text()
 
 
+LLAMA_EARLY = "gate_up:16384x2048 down:2048x8192"  # the H200's early-release list: Llama's shapes
+
+
 def test_the_shipped_h200_file_is_the_step_choices_it_records(tmp_path):
     """The H200's file: the dev models' shapes from the step tuner's picks on an H200 (step_tuning.py;
     in the step against the earlier file: Llama -40..-52, Qwen3 -5..-8, Gemma -6..-19 us), the other
     shapes the H100's blocks of before its Gemma and Qwen3 retune, Llama's down-GEMV residual add
-    (-8..-17 us), no early release (Gemma +80..+89 us). ship_tuning.py remakes it from the choices
-    its source records, and refuses a file with neither a measurement nor step blocks."""
+    (-8..-17 us) and its gate/up and down early release (-9..-22 us with those blocks; Qwen3's +4..+11,
+    Gemma's +80..+89 on the earlier blocks). ship_tuning.py remakes it from the choices its source
+    records, and refuses a file with neither a measurement nor step blocks."""
     repo = Path(__file__).parent.parent
     h200 = tuning_store.SHIPPED_DIR / "nvidia-h200.json"
     source = json.loads(h200.read_text())["source"]
     blocks, _, rest = source.removeprefix("in the step (no time alone): ").partition(", from ")
-    block_source, _, add = rest.partition("; residual add in the step: down:2048x8192, from ")
+    block_source, _, roles = rest.partition("; residual add in the step: down:2048x8192, from ")
+    add, _, early = roles.partition(f"; early release in the step: {LLAMA_EARLY}, from ")
     picked = "linear:2048x8192=8/2048/8 lm_head:128256x2048=4/512/4 norm_linear:1536x1152=8/2048/8"
     assert set(picked.split()) <= set(blocks.split()) and "norm_linear:4096x2048=4/512/4" in blocks
     out = tmp_path / "h200.json"
@@ -385,13 +390,17 @@ def test_the_shipped_h200_file_is_the_step_choices_it_records(tmp_path):
     empty = subprocess.run(base, cwd=repo, capture_output=True, text=True)
     assert empty.returncode != 0 and "nothing to ship" in empty.stderr and not out.exists()
     step = ["--step-blocks", blocks, "--step-source", block_source,
-            "--residual-add", "down:2048x8192", "--residual-add-source", add]  # fmt: skip
+            "--residual-add", "down:2048x8192", "--residual-add-source", add,
+            "--early-release", LLAMA_EARLY, "--early-release-source", early]  # fmt: skip
     subprocess.run([*base, *step], cwd=repo, check=True, capture_output=True)
     assert out.read_text() == h200.read_text()
     h200_card = Card("NVIDIA H200", (9, 0), "9.9.9", "9.9.9+test")
     assert tuning_store.shipped(h200_card).keys() == tuning_store.shipped(H100).keys()
     assert tuning_store.shipped_roles(h200_card, "residual_add") == {("down", 2048, 8192)}
-    assert tuning_store.shipped_roles(h200_card, "early_release") == set()
+    assert tuning_store.shipped_roles(h200_card, "early_release") == {
+        ("gate_up", 16384, 2048),
+        ("down", 2048, 8192),
+    }
 
 
 @pytest.mark.parametrize(
