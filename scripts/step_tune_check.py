@@ -2,9 +2,9 @@
 it costs at start-up, as a card without shipped choices would see it.
 
 For each model (random weights), two fresh processes build a batch-1 graph runner with
-RUNTIME_GEMV_TUNE=fresh (shipped and stored choices ignored, every shape timed), each with its own
-empty store: "alone" with RUNTIME_STEP_TUNE=0 (tune()'s picks), "step" with the finalists timed in
-the step. Each store is kept as a tuning file, so one process can time both against the shipped
+RUNTIME_GEMV_TUNE=fresh (shipped and stored choices and role lists ignored, every shape timed), each
+with its own empty store: "alone" with RUNTIME_STEP_TUNE=0 (tune()'s picks, no roles), "step" with the
+finalists and the role options (step_roles.py) timed in the step (--mode picks one). Each store is kept as a tuning file, so one process can time both against the shipped
 blocks afterwards:
   python scripts/step_tune_check.py --model meta-llama/Llama-3.2-1B-Instruct --out DIR
   python scripts/profile_step.py --ab --no-profile --repeat 3 --settings default \
@@ -29,9 +29,9 @@ def pick(model_id: str, capacity: int) -> dict:
     """Build one runner under this process's environment; what its start-up chose and spent."""
     import torch
 
-    from runtime.engine import step_tuning
+    from runtime.engine import step_roles, step_tuning
     from runtime.engine.runner import Runner
-    from runtime.kernels import tuning_store
+    from runtime.kernels import gemv_blocks, tuning_store
     from runtime.models.loader import load_model
 
     loaded = load_model(model_id, weights="random", device="cuda", dtype="bfloat16")
@@ -45,6 +45,12 @@ def pick(model_id: str, capacity: int) -> dict:
         "tune_s": round(runner.tune_s, 2),
         "capture_s": round(runner.capture_s, 2),
         "gemv_blocks": runner.gemv_blocks,
+        "roles": {
+            field: {"on" if on else "off": round(ms, 4) for on, ms in times.items()}
+            | {"entries": sorted(map(str, entries))}
+            for (field, entries), times in step_roles.TIMINGS.items()
+        },
+        "role_lists": {field: sorted(map(str, named)) for field, named in gemv_blocks.SHIPPED_ROLES.items()},
         "step_ms": {
             f"{op}:{N}x{K}": {"/".join(map(str, c)): round(ms, 4) for c, ms in times.items()}
             for (op, N, K, _), times in step_tuning.STEP_TIMINGS.items()
@@ -58,6 +64,7 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[], help="repeatable")
     ap.add_argument("--out", required=True, help="a folder: the two stores per model and summary.json")
     ap.add_argument("--capacity", type=int, default=2048)
+    ap.add_argument("--mode", action="append", choices=list(MODES), help="repeatable; default: both")
     ap.add_argument("--pick", help=argparse.SUPPRESS)  # the child's role: one model, this environment
     args = ap.parse_args()
     out = Path(args.out)
@@ -71,6 +78,8 @@ def main() -> None:
     for model_id in args.model:
         name = model_id.split("/")[-1]
         for mode, switch in MODES.items():
+            if args.mode and mode not in args.mode:
+                continue
             cache = out / f"cache_{mode}_{name}"
             env = {**os.environ, "RUNTIME_GEMV_TUNE": "fresh", "RUNTIME_STEP_TUNE": switch,
                    "RUNTIME_CACHE_DIR": str(cache)}  # fmt: skip
@@ -89,6 +98,9 @@ def main() -> None:
             )
             for shape, times in row["step_ms"].items():
                 print(f"  {shape}: " + ", ".join(f"{c} {ms:.4f} ms" for c, ms in times.items()))
+            for field, times in row["roles"].items():
+                print(f"  {field} {times['entries']}: off {times['off']:.4f} ms, on {times['on']:.4f} ms")
+            print(f"  role lists: {row['role_lists']}")
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
 
 

@@ -11,12 +11,12 @@ import types
 
 import pytest
 import torch
-from test_tuning_store import A100, BF16, LLAMA, fresh_process, keyed, on, restart  # noqa: F401
+from test_tuning_store import A100, BF16, H100, LLAMA, fresh_process, keyed, on, restart  # noqa: F401
 from tiny_configs import tiny_llama_runner
 
-from runtime.engine import step_tuning
+from runtime.engine import step_roles, step_tuning
 from runtime.kernels import fused_linear as fl
-from runtime.kernels import gemv_tuning, tuning_store
+from runtime.kernels import gemv_blocks, gemv_tuning, tuning_store
 
 # every test in a fresh "process": an empty cache folder, no choice made yet (test_tuning_store.py)
 pytestmark = pytest.mark.usefixtures("fresh_process")
@@ -122,6 +122,8 @@ def test_the_finalists_are_timed_in_captured_steps_and_decode_as_eager_does(monk
 
     monkeypatch.setattr(step_tuning, "MARGIN", 100.0)  # every shape has FINALISTS finalists
     monkeypatch.setattr(step_tuning, "ROUNDS", 2)
+    monkeypatch.setattr(step_roles, "TIMINGS", {})
+    monkeypatch.setenv("RUNTIME_GEMV_TUNE", "fresh")  # the role options too, whatever this card ships
     graph = tiny_llama_runner("graph", "cuda", capacity=320)
     assert graph.mode == "graph", graph.capture_error
     shapes = graph.model.gemv_shapes()
@@ -135,6 +137,14 @@ def test_the_finalists_are_timed_in_captured_steps_and_decode_as_eager_does(monk
         assert all(0 < ms < 10 for ms in times.values())
         assert fl._TUNED[key] == min(times, key=times.get) == stored[key][0]
         assert gemv_tuning.SOURCES[key] == "step"
+    spec = graph.model.spec
+    down, gate_up = ("down", spec.hidden, spec.intermediate), ("gate_up", 2 * spec.intermediate, spec.hidden)
+    options = {("residual_add", frozenset({down})), ("early_release", frozenset({gate_up, down}))}
+    assert set(step_roles.TIMINGS) == options
+    for (field, entries), times in step_roles.TIMINGS.items():
+        kept = times[True] < times[False]
+        assert (entries <= gemv_blocks.SHIPPED_ROLES[field]) == kept
+        assert (entries <= tuning_store.stored_roles(card, field)) == kept
     eager = tiny_llama_runner("eager", "cuda", capacity=320)
     prompts = [[5, 9, 13, 2, 40], [7, 7, 1]]
     want = generate(eager, prompts, SamplingParams(), 24).tokens
@@ -142,32 +152,101 @@ def test_the_finalists_are_timed_in_captured_steps_and_decode_as_eager_does(monk
     graph.release()
 
 
+def fake_runner(model=None):
+    """What refine reads of a Runner, on no device: Llama's shapes, its residual-joining MLP."""
+    model = model or types.SimpleNamespace(
+        gemv_shapes=lambda: LLAMA, dtype=BF16, spec=types.SimpleNamespace(hidden=2048, intermediate=8192),
+        layers=[types.SimpleNamespace(mlp_out_norm=None)],
+    )  # fmt: skip
+    return types.SimpleNamespace(
+        device=torch.device("cuda"), capacity=4096, model=model,
+        kept_state=contextlib.nullcontext, _unlaunched_steps=lambda keys: None,
+    )  # fmt: skip
+
+
+DOWN, GATE_UP = ("down", 2048, 8192), ("gate_up", 16384, 2048)
+
+
+def test_role_options_where_nothing_ships_and_no_switch_names_them(monkeypatch):
+    llama = fake_runner().model
+    gemma = types.SimpleNamespace(spec=llama.spec, layers=[types.SimpleNamespace(mlp_out_norm=object())])
+    both = [("residual_add", frozenset({DOWN})), ("early_release", frozenset({GATE_UP, DOWN}))]
+    assert step_roles.options(llama, A100) == both
+    assert step_roles.options(gemma, A100) == both[1:]  # its MLP meets a norm before the residual
+    assert step_roles.options(llama, H100) == []  # the H100 ships its lists
+    assert step_roles.options(llama, None) == []
+    monkeypatch.setenv("RUNTIME_GEMV_TUNE", "fresh")
+    assert step_roles.options(llama, H100) == both
+    monkeypatch.setenv("RUNTIME_GEMV_EARLY", "none")
+    assert step_roles.options(llama, H100) == both[:1]
+
+
+def test_roles_are_kept_where_the_step_is_faster_with_them_and_stored(monkeypatch):
+    on(monkeypatch, A100)
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    lm_head = keyed(LLAMA)[4]
+    lm_configs = near_ties(lm_head)
+    seen = []
+
+    def fake_variants(runner, variants, position):
+        labels = list(variants)
+        if labels == [False, True]:  # a role option: the residual add gains, the early release loses
+            variants[True]()
+            seen.append(set(gemv_blocks.SHIPPED_ROLES["residual_add"]))
+            gains = gemv_blocks.shipped_role("residual_add", *DOWN) and not seen[1:]
+            return {False: 1.0, True: 0.9 if gains else 1.1}
+        return {c: -i for i, c in enumerate(labels)}  # blocks: the last finalist
+
+    monkeypatch.setattr(step_tuning, "time_variants", fake_variants)
+    monkeypatch.setattr(step_tuning.prebuild, "compile_ahead", lambda run, device: run())
+    step_tuning.refine(fake_runner())
+    assert fl._TUNED[lm_head] == lm_configs[2]
+    assert gemv_blocks.SHIPPED_ROLES == {"residual_add": {DOWN}, "early_release": set()}
+    assert seen == [{DOWN}, {DOWN}]  # the early release timed with the add already chosen
+    assert tuning_store.stored_roles(A100, "residual_add") == {DOWN}
+    assert tuning_store.stored_roles(A100, "early_release") == set()
+
+    restart(monkeypatch)
+    fake = on(monkeypatch, A100)
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")  # the next start: everything from the store
+    assert fake.calls == [] and gemv_blocks.SHIPPED_ROLES["residual_add"] == {DOWN}
+    assert step_tuning.refine(fake_runner()) == 0.0  # nothing timed alone: nothing timed in the step
+    tuning_store.save(A100, tuning_store.load(A100))  # a later save of blocks keeps the lists
+    assert tuning_store.stored_roles(A100, "residual_add") == {DOWN}
+    restart(monkeypatch)
+    on(monkeypatch, A100)
+    monkeypatch.setenv("RUNTIME_GEMV_TUNE", "fresh")  # fresh: neither stored blocks nor stored roles
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    assert gemv_blocks.SHIPPED_ROLES == {"residual_add": set(), "early_release": set()}
+
+
 def test_a_failure_in_the_step_keeps_what_was_chosen_and_the_picks_alone_for_the_rest(monkeypatch):
-    """Out of memory while capturing a finalist's step (as a capture may fail) costs no start: a
-    warning naming it, the shapes chosen before it keep their step choice (stored), the rest tune()'s picks."""
+    """Out of memory while capturing a variant's step (as a capture may fail) costs no start: a
+    warning naming it, the shapes chosen before it keep their step choice (stored), the rest tune()'s
+    picks, and the role lists stay as they were."""
     on(monkeypatch, A100)
     gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
     gate_up, lm_head = keyed(LLAMA)[2], keyed(LLAMA)[4]
     lm_configs = near_ties(lm_head)
-    near_ties(gate_up)
+    gate_up_configs = near_ties(gate_up)
     picks = dict(fl._TUNED)
 
-    def timer(runner, key, configs, position):
-        if key == gate_up:
-            fl._TUNED[key] = configs[1]  # part-way through its captures
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return {c: -i for i, c in enumerate(configs)}
+    calls = []
 
-    monkeypatch.setattr(step_tuning, "_time_in_step", timer)
+    def fake_variants(runner, variants, position):  # the LM head's finalists, then gate/up's
+        calls.append(list(variants))
+        if len(calls) == 2:
+            variants[gate_up_configs[1]]()  # part-way through gate/up's captures
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return {c: -i for i, c in enumerate(variants)}
+
+    monkeypatch.setattr(step_tuning, "time_variants", fake_variants)
     monkeypatch.setattr(step_tuning.prebuild, "compile_ahead", lambda run, device: run())
-    runner = types.SimpleNamespace(
-        device=torch.device("cuda"), capacity=4096,
-        model=types.SimpleNamespace(gemv_shapes=lambda: LLAMA, dtype=BF16),
-        kept_state=contextlib.nullcontext, _unlaunched_steps=lambda keys: None,
-    )  # fmt: skip
     with pytest.warns(UserWarning, match="inside the decode step failed \\(CUDA out of memory"):
-        step_tuning.refine(runner)
+        step_tuning.refine(fake_runner())
     assert fl._TUNED == {**picks, lm_head: lm_configs[2]}
     assert gemv_tuning.SOURCES[lm_head] == "step" and gemv_tuning.SOURCES[gate_up] == "tuned"
     assert tuning_store.load(A100)[lm_head][0] == lm_configs[2]
     assert tuning_store.load(A100)[gate_up][0] == picks[gate_up]
+    assert gemv_blocks.SHIPPED_ROLES == {"residual_add": set(), "early_release": set()}
+    assert calls == [lm_configs[:3], gate_up_configs[:3]]  # no role timed after the failure

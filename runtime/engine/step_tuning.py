@@ -12,20 +12,25 @@ within MARGIN of the fastest alone) are captured into a batch-1 greedy decode gr
 model's other GEMVs at their current choice, and timed in ROUNDS interleaved rounds (median of
 the rounds' medians); the step's fastest goes into fused_linear._TUNED and the user's store (source
 "step"), so the next start reads it and times nothing. Shapes go one at a time, the largest
-first. RUNTIME_STEP_TUNE=0 keeps tune()'s picks. CUDA graph mode only; elsewhere a no-op.
+first. Then, on a card that ships no role lists, the options of step_roles.py (the down GEMV adding
+the residual, the gate/up and down GEMVs releasing early) are timed off and on the same way and
+stored with the blocks. RUNTIME_STEP_TUNE=0 keeps tune()'s picks and no roles. CUDA graph mode only;
+elsewhere a no-op.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 import torch
 
 from graphs.pool import GraphPool
 from runtime.bench.step_timing import isolated_ms
+from runtime.engine import step_roles
 from runtime.kernels import fused_linear, gemv_blocks, gemv_tuning, prebuild, tuning_store
 from runtime.kernels.switches import env_choice
 from runtime.kernels.tuning_store import Config, Key
@@ -85,68 +90,104 @@ def choose(keys: list[Key], time_configs: TimeConfigs, chosen: dict | None = Non
     return chosen
 
 
-def remember(card: tuning_store.Card | None, chosen: dict[Key, Config]) -> None:
-    """The step's choices into the user's store for this card, with what each measured alone."""
-    if card is not None and chosen:
+def remember(card: tuning_store.Card | None, chosen: dict[Key, Config], roles: dict | None = None) -> None:
+    """The step's choices into the user's store for this card, with what each measured alone, and
+    the role lists the step chose (None: the store keeps its own)."""
+    if card is not None and (chosen or roles is not None):
         measured = {k: (c, gemv_tuning.TIMINGS.get(k, {}).get(c)) for k, c in chosen.items()}
-        tuning_store.save(card, {**tuning_store.load(card), **measured})
+        tuning_store.save(card, {**tuning_store.load(card), **measured}, roles)
 
 
 def refine(runner) -> float:
-    """The step choice for each of the runner's pending shapes, before its graphs are captured
-    (runner: runtime.engine.runner.Runner). Returns the seconds spent."""
+    """The step choice for each of the runner's pending shapes, then for its role options
+    (step_roles.py), before its graphs are captured (runner: runtime.engine.runner.Runner). Only
+    where tune() timed a shape of the model at this start (its first on the card). Returns the
+    seconds spent."""
     model = runner.model
     capacity = runner.capacity
     if not enabled() or runner.device.type != "cuda" or capacity < 2 * REPLAYS:
         return 0.0
-    keys = pending(model.gemv_shapes(), model.dtype)
-    if not keys:
+    shapes = model.gemv_shapes()
+    if not any(gemv_tuning.SOURCES.get((*s, model.dtype)) == "tuned" for s in shapes):
+        return 0.0
+    card = tuning_store.card(runner.device)
+    keys, found = pending(shapes, model.dtype), step_roles.options(model, card)
+    if not keys and not found:
         return 0.0
     start = time.perf_counter()
     position = min(POSITION, capacity - REPLAYS - 1)
     picks = {key: fused_linear._TUNED[key] for key in keys}
+    roles_before = {field: set(named) for field, named in gemv_blocks.SHIPPED_ROLES.items()}
 
-    def record() -> None:  # every finalist's kernels, built on all cores before the captures
+    def record() -> None:  # every variant's kernels, built on all cores before the captures
         for key in keys:
             for config in finalists(gemv_tuning.TIMINGS[key]):
                 fused_linear._TUNED[key] = config
                 runner._unlaunched_steps([(1, "greedy")])
             fused_linear._TUNED[key] = picks[key]
+        for field, entries in found:
+            step_roles.set_option(field, entries, True)
+            runner._unlaunched_steps([(1, "greedy")])
+            step_roles.set_option(field, entries, False)
+        _restore_roles(roles_before)
+
+    def time_blocks(key: Key, configs: list[Config]) -> dict[Config, float]:
+        return time_variants(runner, {c: functools.partial(_set_block, key, c) for c in configs}, position)
+
+    def time_toggle(field: str, entries: step_roles.Entries) -> dict[bool, float]:
+        toggles = {on: functools.partial(step_roles.set_option, field, entries, on) for on in (False, True)}
+        return time_variants(runner, toggles, position)
 
     prebuild.compile_ahead(record, runner.device)
     chosen: dict[Key, Config] = {}
+    roles = None
     try:
         with runner.kept_state():
-            choose(keys, lambda key, configs: _time_in_step(runner, key, configs, position), chosen)
+            choose(keys, time_blocks, chosen)
+            roles = step_roles.choose(found, time_toggle) if found else None
     except (torch.cuda.OutOfMemoryError, RuntimeError) as e:  # the capture's own failures, as _capture's
         for key in keys:
             if key not in chosen:
                 fused_linear._TUNED[key] = picks[key]
+        _restore_roles(roles_before)
         warnings.warn(
-            f"timing GEMV blocks inside the decode step failed ({str(e).splitlines()[0]}); the shapes "
+            f"timing GEMV choices inside the decode step failed ({str(e).splitlines()[0]}); the shapes "
             f"not yet chosen keep the blocks timed alone (RUNTIME_STEP_TUNE=0 skips this step)",
             stacklevel=2,
         )
-    remember(tuning_store.card(runner.device), chosen)
+    remember(card, chosen, roles)
     return time.perf_counter() - start
 
 
-def _time_in_step(runner, key: Key, configs: list[Config], position: int) -> dict[Config, float]:
-    """Median ms of the batch-1 greedy step captured once per config of `key`, timed in interleaved
-    rounds from `position` (each round puts row 0 back there: a replay advances it)."""
+def _set_block(key: Key, config: Config) -> None:
+    fused_linear._TUNED[key] = config
 
-    def captured(config: Config) -> None:
-        fused_linear._TUNED[key] = config
+
+def _restore_roles(before: dict[str, set]) -> None:
+    for field, named in gemv_blocks.SHIPPED_ROLES.items():
+        named.clear()
+        named.update(before[field])
+
+
+def time_variants(
+    runner, variants: dict[Hashable, Callable[[], None]], position: int
+) -> dict[Hashable, float]:
+    """Median ms of the batch-1 greedy step captured once per variant (variants[label]() sets it up
+    before the step is traced), timed in ROUNDS interleaved rounds from `position` (each round puts
+    row 0 back there: a replay advances it)."""
+
+    def captured(label: Hashable) -> None:
+        variants[label]()
         runner._step((1, "greedy"))
 
     pool = GraphPool(captured, warmup=1)
     try:
-        pool.capture(configs)
-        rounds: dict[Config, list[float]] = {c: [] for c in configs}
+        pool.capture(variants)
+        rounds: dict[Hashable, list[float]] = {label: [] for label in variants}
         for _ in range(ROUNDS):
-            for config in configs:
+            for label in variants:
                 runner.buffers.positions[:1].fill_(position)
-                rounds[config].append(isolated_ms(lambda c=config: pool.replay(c), REPLAYS))
+                rounds[label].append(isolated_ms(lambda v=label: pool.replay(v), REPLAYS))
     finally:
         pool.release()
-    return {c: statistics.median(ms) for c, ms in rounds.items()}
+    return {label: statistics.median(ms) for label, ms in rounds.items()}

@@ -110,7 +110,8 @@ def block_override(
 # each may name: whose GEMV adds the residual in its epilogue (ops.residual_epilogue), whose GEMV
 # lets the next kernel launch right after its wait (early_release below)
 ROLE_LISTS = {"residual_add": ("o", "down"), "early_release": ("o", "gate_up", "down")}
-# per list, the (role, N, K) the card's shipped choices name (set by gemv_tuning.tune_shapes before capture)
+# per list, the (role, N, K) the card's shipped or stored choices name (set by gemv_tuning.tune_shapes before
+# capture, and by runtime/engine/step_tuning.py where it times the roles in the step)
 SHIPPED_ROLES: dict[str, set[tuple[str, int, int]]] = {field: set() for field in ROLE_LISTS}
 
 

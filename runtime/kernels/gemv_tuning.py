@@ -65,8 +65,9 @@ def tune_shapes(
 ) -> float:
     """Choose the blocks of each (op, N, K) of a model (before its graphs are captured: tuning
     allocates and synchronises), from the first of: this process's choice, the user's store for
-    this card, the choices shipped for it, tune() (then saved to the store). RUNTIME_GEMV_TUNE=fresh
-    skips store and shipped choices and overwrites the store; =0 leaves the heuristic's blocks.
+    this card, the choices shipped for it, tune() (then saved to the store); the role lists (residual
+    add, early release) of both apply. RUNTIME_GEMV_TUNE=fresh skips store and shipped choices and
+    role lists and overwrites the store; =0 leaves the heuristic's blocks.
     With RUNTIME_ROWS_TUNE=1 also tune_rows each shape but the LM head for each batch bucket of
     2..16 rows in row_buckets (off by default: the heuristic's blocks otherwise). Returns the
     seconds spent."""
@@ -75,9 +76,9 @@ def tune_shapes(
         shapes = list(dict.fromkeys(shapes))
         fresh = os.environ.get("RUNTIME_GEMV_TUNE") == "fresh"
         card = tuning_store.card(device)
-        if card is not None:  # the projections whose residual add or early release the step preferred
-            for field, named in gemv_blocks.SHIPPED_ROLES.items():
-                named.update(tuning_store.shipped_roles(card, field))
+        if card is not None and not fresh:  # the projections whose residual add or early release
+            for field, named in gemv_blocks.SHIPPED_ROLES.items():  # the step preferred on this card
+                named.update(tuning_store.shipped_roles(card, field) | tuning_store.stored_roles(card, field))
         # stale entries (a config no longer among the candidates) are dropped: that shape re-tunes
         stored = {} if card is None else {k: v for k, v in tuning_store.load(card).items() if _valid(k, v[0])}
         sources = (

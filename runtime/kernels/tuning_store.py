@@ -2,8 +2,9 @@
 
 Two JSON sources, read by gemv_tuning.tune_shapes:
   the user's store  one file per card key (GPU name, compute capability, triton, torch, FORMAT,
-                    TIMING) under sources.cache_root(), written after tune() measured; any change of
-                    the key re-tunes
+                    TIMING) under sources.cache_root(), written after tune() measured (and the step
+                    chose: runtime/engine/step_tuning.py, which also writes its role lists there);
+                    any change of the key re-tunes
   shipped choices   runtime/kernels/tuned/*.json, applied where GPU name and capability match whatever
                     the triton and torch versions: blocks that won stay valid, only maybe not the fastest
 A file maps (op, N, K, dtype name) to [BLOCK_N, BLOCK_K, num_warps] and the measured us (for the
@@ -120,9 +121,20 @@ def shipped_roles(card: Card, field: str) -> set[tuple[str, int, int]]:
     """The (role, N, K) the file shipped for this card lists under `field` (a ROLE_LISTS key); empty
     if none. A malformed list is ignored with a warning, as an unreadable file is."""
     got = _shipped(card)
-    if got is None:
+    return set() if got is None else _roles(*got[:2], field)
+
+
+def stored_roles(card: Card, field: str) -> set[tuple[str, int, int]]:
+    """The (role, N, K) the user's store for exactly this card lists under `field`: what the decode
+    step preferred at an earlier start (runtime/engine/step_tuning.py); empty if none."""
+    path = store_path(card)
+    got = _read(path)
+    if got is None or got[0]["card"] != card.as_json():
         return set()
-    path, doc, _ = got
+    return _roles(path, got[0], field)
+
+
+def _roles(path: Path, doc: dict, field: str) -> set[tuple[str, int, int]]:
     raw = doc.get(field, [])
     try:
         if not isinstance(raw, list):
@@ -192,16 +204,20 @@ def _entry(e: dict) -> tuple[Key, tuple[Config, float | None]]:
 # ---------------------------------------------------------------- writing
 
 
-def save(card: Card, choices: Choices) -> bool:
-    """Replace this card's store with choices, atomically; False (a warning) if it cannot be written."""
+def save(card: Card, choices: Choices, roles: dict[str, list[str]] | None = None) -> bool:
+    """Replace this card's store with choices, atomically; False (a warning) if it cannot be written.
+    roles: the ROLE_LISTS the step chose ({field: ["role:NxK", ...]}); None keeps the store's own."""
     path = store_path(card)
+    if roles is None:
+        roles = {f: sorted(f"{r}:{n}x{k}" for r, n, k in stored_roles(card, f)) for f in ROLE_LISTS}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # a temp file in the same folder, so os.replace is a rename: readers see the old or the new file
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as f:
-                f.write(dumps({"format": FORMAT, "card": card.as_json()}, choices))
+                lists = {field: entries for field, entries in roles.items() if entries}
+                f.write(dumps({"format": FORMAT, "card": card.as_json(), **lists}, choices))
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
