@@ -1,11 +1,12 @@
 """What the in-step choice of GEMV blocks (runtime/engine/step_tuning.py) picks on this card, and what
 it costs at start-up, as a card without shipped choices would see it.
 
-For each model (random weights), two fresh processes build a batch-1 graph runner with
+For each model (random weights), fresh processes build a batch-1 graph runner with
 RUNTIME_GEMV_TUNE=fresh (shipped and stored choices and role lists ignored, every shape timed), each
 with its own empty store: "alone" with RUNTIME_STEP_TUNE=0 (tune()'s picks, no roles), "step" with the
-finalists and the role options (step_roles.py) timed in the step (--mode picks one). Each store is kept as a tuning file, so one process can time both against the shipped
-blocks afterwards:
+finalists timed in the step, "roles" with the role options of step_roles.py timed after them (--mode
+picks; default alone and step). Each store is kept as a tuning file, so one process can time them
+against the shipped blocks afterwards:
   python scripts/step_tune_check.py --model meta-llama/Llama-3.2-1B-Instruct --out DIR
   python scripts/profile_step.py --ab --no-profile --repeat 3 --settings default \
       --blocks-from DIR/alone_<model>.json --blocks-from DIR/step_<model>.json --model ... --out ...
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-MODES = {"alone": "0", "step": "1"}
+MODES = {"alone": "0", "step": "1", "roles": "roles"}  # -> RUNTIME_STEP_TUNE
 
 
 def pick(model_id: str, capacity: int) -> dict:
@@ -64,7 +65,7 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[], help="repeatable")
     ap.add_argument("--out", required=True, help="a folder: the two stores per model and summary.json")
     ap.add_argument("--capacity", type=int, default=2048)
-    ap.add_argument("--mode", action="append", choices=list(MODES), help="repeatable; default: both")
+    ap.add_argument("--mode", action="append", choices=list(MODES), help="repeatable; default: alone, step")
     ap.add_argument("--pick", help=argparse.SUPPRESS)  # the child's role: one model, this environment
     args = ap.parse_args()
     out = Path(args.out)
@@ -78,7 +79,7 @@ def main() -> None:
     for model_id in args.model:
         name = model_id.split("/")[-1]
         for mode, switch in MODES.items():
-            if args.mode and mode not in args.mode:
+            if mode not in (args.mode or ("alone", "step")):
                 continue
             cache = out / f"cache_{mode}_{name}"
             env = {**os.environ, "RUNTIME_GEMV_TUNE": "fresh", "RUNTIME_STEP_TUNE": switch,

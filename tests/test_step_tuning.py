@@ -98,7 +98,7 @@ def test_refine_does_nothing_off_cuda_or_switched_off(monkeypatch):
     runner.device = torch.device("cuda")
     assert step_tuning.refine(runner) == 0.0  # never reaches the model
     monkeypatch.setenv("RUNTIME_STEP_TUNE", "yes")
-    with pytest.raises(ValueError, match="RUNTIME_STEP_TUNE='yes': choose 1 or 0"):
+    with pytest.raises(ValueError, match="RUNTIME_STEP_TUNE='yes': choose one of 1, roles, 0"):
         step_tuning.refine(runner)
 
 
@@ -124,6 +124,7 @@ def test_the_finalists_are_timed_in_captured_steps_and_decode_as_eager_does(monk
     monkeypatch.setattr(step_tuning, "ROUNDS", 2)
     monkeypatch.setattr(step_roles, "TIMINGS", {})
     monkeypatch.setenv("RUNTIME_GEMV_TUNE", "fresh")  # the role options too, whatever this card ships
+    monkeypatch.setenv("RUNTIME_STEP_TUNE", "roles")
     graph = tiny_llama_runner("graph", "cuda", capacity=320)
     assert graph.mode == "graph", graph.capture_error
     shapes = graph.model.gemv_shapes()
@@ -181,7 +182,7 @@ def test_role_options_where_nothing_ships_and_no_switch_names_them(monkeypatch):
     assert step_roles.options(llama, H100) == both[:1]
 
 
-def test_roles_are_kept_where_the_step_is_faster_with_them_and_stored(monkeypatch):
+def test_roles_opted_in_are_kept_where_the_step_is_faster_with_them_and_stored(monkeypatch):
     on(monkeypatch, A100)
     gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
     lm_head = keyed(LLAMA)[4]
@@ -194,11 +195,20 @@ def test_roles_are_kept_where_the_step_is_faster_with_them_and_stored(monkeypatc
             variants[True]()
             seen.append(set(gemv_blocks.SHIPPED_ROLES["residual_add"]))
             gains = gemv_blocks.shipped_role("residual_add", *DOWN) and not seen[1:]
-            return {False: 1.0, True: 0.9 if gains else 1.1}
+            return {False: 1.0, True: 0.99 if gains else 0.999}  # 1%, and 0.1%: within MARGIN
         return {c: -i for i, c in enumerate(labels)}  # blocks: the last finalist
 
     monkeypatch.setattr(step_tuning, "time_variants", fake_variants)
     monkeypatch.setattr(step_tuning.prebuild, "compile_ahead", lambda run, device: run())
+    step_tuning.refine(fake_runner())  # by default, the blocks only
+    assert seen == [] and tuning_store.stored_roles(A100, "residual_add") == set()
+    restart(monkeypatch)
+    on(monkeypatch, A100)
+    monkeypatch.setenv("RUNTIME_GEMV_TUNE", "fresh")
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    near_ties(lm_head)
+    monkeypatch.delenv("RUNTIME_GEMV_TUNE")
+    monkeypatch.setenv("RUNTIME_STEP_TUNE", "roles")
     step_tuning.refine(fake_runner())
     assert fl._TUNED[lm_head] == lm_configs[2]
     assert gemv_blocks.SHIPPED_ROLES == {"residual_add": {DOWN}, "early_release": set()}

@@ -12,10 +12,10 @@ within MARGIN of the fastest alone) are captured into a batch-1 greedy decode gr
 model's other GEMVs at their current choice, and timed in ROUNDS interleaved rounds (median of
 the rounds' medians); the step's fastest goes into fused_linear._TUNED and the user's store (source
 "step"), so the next start reads it and times nothing. Shapes go one at a time, the largest
-first. Then, on a card that ships no role lists, the options of step_roles.py (the down GEMV adding
-the residual, the gate/up and down GEMVs releasing early) are timed off and on the same way and
-stored with the blocks. RUNTIME_STEP_TUNE=0 keeps tune()'s picks and no roles. CUDA graph mode only;
-elsewhere a no-op.
+first. With RUNTIME_STEP_TUNE=roles, on a card that ships no role lists, the options of
+step_roles.py (the down GEMV adding the residual, the gate/up and down GEMVs releasing early) are
+then timed off and on the same way and stored with the blocks (opt-in: see step_roles.py).
+RUNTIME_STEP_TUNE=0 keeps tune()'s picks. CUDA graph mode only; elsewhere a no-op.
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ STEP_TIMINGS: dict[Key, dict[Config, float]] = {}
 TimeConfigs = Callable[[Key, list[Config]], dict[Config, float]]
 
 
-def enabled() -> bool:
-    """RUNTIME_STEP_TUNE: "1" (the default) times the finalists in the step, "0" keeps tune()'s picks."""
-    return env_choice("RUNTIME_STEP_TUNE", ("1", "0"), "1") == "1"
+def setting() -> str:
+    """RUNTIME_STEP_TUNE: "1" (the default) times the finalists in the step, "roles" the role options
+    of step_roles.py after them too (opt-in: see there), "0" keeps tune()'s picks."""
+    return env_choice("RUNTIME_STEP_TUNE", ("1", "roles", "0"), "1")
 
 
 def finalists(timings: dict[Config, float], limit: int = FINALISTS, margin: float = MARGIN) -> list[Config]:
@@ -105,13 +106,14 @@ def refine(runner) -> float:
     seconds spent."""
     model = runner.model
     capacity = runner.capacity
-    if not enabled() or runner.device.type != "cuda" or capacity < 2 * REPLAYS:
+    if setting() == "0" or runner.device.type != "cuda" or capacity < 2 * REPLAYS:
         return 0.0
     shapes = model.gemv_shapes()
     if not any(gemv_tuning.SOURCES.get((*s, model.dtype)) == "tuned" for s in shapes):
         return 0.0
     card = tuning_store.card(runner.device)
-    keys, found = pending(shapes, model.dtype), step_roles.options(model, card)
+    keys = pending(shapes, model.dtype)
+    found = step_roles.options(model, card) if setting() == "roles" else []
     if not keys and not found:
         return 0.0
     start = time.perf_counter()
