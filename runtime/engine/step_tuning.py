@@ -2,8 +2,8 @@
 
 gemv_tuning.tune() times each candidate block alone, with L2 flushed. Inside the step a block also
 decides how the GEMV shares the card with its neighbours under PDL (how many of its programs are
-still resident when the next kernel's launch, how its first tiles overlap the previous kernel's
-tail), and the fastest alone lost inside the step by 4-50 us per step on an H100 and an H200
+still resident when the next kernel's programs launch, how its first tiles overlap the previous
+kernel's tail), and the fastest alone lost inside the step by 4-50 us per step on an H100 and an H200
 (notes/kernels.md, twenty-fifth session). The shipped choices were picked in the step by hand;
 this does the same at start-up on a card without them.
 
@@ -124,14 +124,13 @@ def refine(runner) -> float:
     def record() -> None:  # every variant's kernels, built on all cores before the captures
         for key in keys:
             for config in finalists(gemv_tuning.TIMINGS[key]):
-                fused_linear._TUNED[key] = config
+                _set_block(key, config)
                 runner._unlaunched_steps([(1, "greedy")])
-            fused_linear._TUNED[key] = picks[key]
+            _set_block(key, picks[key])
         for field, entries in found:
             step_roles.set_option(field, entries, True)
             runner._unlaunched_steps([(1, "greedy")])
-            step_roles.set_option(field, entries, False)
-        _restore_roles(roles_before)
+            _restore_roles(roles_before)
 
     def time_blocks(key: Key, configs: list[Config]) -> dict[Config, float]:
         return time_variants(runner, {c: functools.partial(_set_block, key, c) for c in configs}, position)
