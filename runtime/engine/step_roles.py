@@ -65,7 +65,4 @@ def choose(found: list[Option], time_toggle: TimeToggle) -> dict[str, list[str]]
     for field, entries in found:
         times = TIMINGS[(field, entries)] = time_toggle(field, entries)
         set_option(field, entries, times[True] < times[False] * (1 - MARGIN))
-    return {
-        field: sorted(f"{role}:{n}x{k}" for role, n, k in gemv_blocks.SHIPPED_ROLES[field])
-        for field in gemv_blocks.ROLE_LISTS
-    }
+    return {field: tuning_store.role_list(named) for field, named in gemv_blocks.SHIPPED_ROLES.items()}

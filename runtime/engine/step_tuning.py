@@ -106,14 +106,15 @@ def refine(runner) -> float:
     seconds spent."""
     model = runner.model
     capacity = runner.capacity
-    if setting() == "0" or runner.device.type != "cuda" or capacity < 2 * REPLAYS:
+    mode = setting()
+    if mode == "0" or runner.device.type != "cuda" or capacity < 2 * REPLAYS:
         return 0.0
     shapes = model.gemv_shapes()
     if not any(gemv_tuning.SOURCES.get((*s, model.dtype)) == "tuned" for s in shapes):
         return 0.0
     card = tuning_store.card(runner.device)
     keys = pending(shapes, model.dtype)
-    found = step_roles.options(model, card) if setting() == "roles" else []
+    found = step_roles.options(model, card) if mode == "roles" else []
     if not keys and not found:
         return 0.0
     start = time.perf_counter()

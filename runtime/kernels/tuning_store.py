@@ -155,6 +155,11 @@ def role_shape(entry: str, field: str) -> tuple[str, int, int]:
     return role, int(n), int(k)
 
 
+def role_list(named: set[tuple[str, int, int]]) -> list[str]:
+    """{("down", 2048, 8192), ...} -> ["down:2048x8192", ...], sorted: a file's list, as role_shape reads it."""
+    return sorted(f"{role}:{n}x{k}" for role, n, k in named)
+
+
 def _shipped(card: Card) -> tuple[Path, dict, Choices] | None:
     """(path, document, choices) of the readable shipped file for this card's GPU name and
     capability, or None."""
@@ -209,7 +214,7 @@ def save(card: Card, choices: Choices, roles: dict[str, list[str]] | None = None
     roles: the ROLE_LISTS the step chose ({field: ["role:NxK", ...]}); None keeps the store's own."""
     path = store_path(card)
     if roles is None:
-        roles = {f: sorted(f"{r}:{n}x{k}" for r, n, k in stored_roles(card, f)) for f in ROLE_LISTS}
+        roles = {field: role_list(stored_roles(card, field)) for field in ROLE_LISTS}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # a temp file in the same folder, so os.replace is a rename: readers see the old or the new file
