@@ -491,7 +491,8 @@ def main() -> None:
         action="append",
         default=[],
         help="with --ab: one more setting per tuning file (e.g. another card's in runtime/kernels/tuned/), "
-        "its GEMV blocks forced through RUNTIME_GEMV_BLOCKS",
+        "its GEMV blocks forced through RUNTIME_GEMV_BLOCKS and its role lists through RUNTIME_RESIDUAL_ADD "
+        "and RUNTIME_GEMV_EARLY (a list the file lacks: none), as a card with that file runs",
     )
     ap.add_argument(
         "--best-from", help="print the RUNTIME_KERNELS_OFF of the fastest setting in an --ab JSON"
@@ -506,7 +507,8 @@ def main() -> None:
         extra = extra_settings(args.setting)
         for path in args.blocks_from:
             extra[f"blocks of {Path(path).stem}"] = {
-                "RUNTIME_GEMV_BLOCKS": tuning_store.block_overrides(path)
+                "RUNTIME_GEMV_BLOCKS": tuning_store.block_overrides(path),
+                **tuning_store.role_switches(path),
             }
     except ValueError as e:
         ap.error(str(e))

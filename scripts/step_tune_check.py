@@ -3,10 +3,10 @@ it costs at start-up, as a card without shipped choices would see it.
 
 For each model (random weights), fresh processes build a batch-1 graph runner with
 RUNTIME_GEMV_TUNE=fresh (shipped and stored choices and role lists ignored, every shape timed), each
-with its own empty store: "alone" with RUNTIME_STEP_TUNE=0 (tune()'s picks, no roles), "step" with the
-finalists timed in the step, "roles" with the role options of step_roles.py timed after them (--mode
-picks; default alone and step). Each store is kept as a tuning file, so one process can time them
-against the shipped blocks afterwards:
+with its own empty store: "alone" with RUNTIME_STEP_TUNE=0 (tune()'s picks, no roles), "blocks" with
+the finalists timed in the step, "step" (the default) with the role options of step_roles.py timed
+with them (--mode picks; default alone and step). Each store is kept as a tuning file (blocks and
+role lists), so one process can time them against the shipped choices afterwards:
   python scripts/step_tune_check.py --model meta-llama/Llama-3.2-1B-Instruct --out DIR
   python scripts/profile_step.py --ab --no-profile --repeat 3 --settings default \
       --blocks-from DIR/alone_<model>.json --blocks-from DIR/step_<model>.json --model ... --out ...
@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-MODES = {"alone": "0", "step": "1", "roles": "roles"}  # -> RUNTIME_STEP_TUNE
+MODES = {"alone": "0", "blocks": "blocks", "step": "1"}  # -> RUNTIME_STEP_TUNE
 
 
 def pick(model_id: str, capacity: int) -> dict:
@@ -52,6 +52,13 @@ def pick(model_id: str, capacity: int) -> dict:
             for (field, entries), times in step_roles.TIMINGS.items()
         },
         "role_lists": {field: sorted(map(str, named)) for field, named in gemv_blocks.SHIPPED_ROLES.items()},
+        "variant_ms": {
+            f"{op}:{N}x{K}": {
+                "/".join(map(str, c)) + "".join(f" +{field}" for field, _ in sorted(on)): round(ms, 4)
+                for (c, on), ms in times.items()
+            }
+            for (op, N, K, _), times in step_tuning.VARIANT_TIMINGS.items()
+        },
         "step_ms": {
             f"{op}:{N}x{K}": {"/".join(map(str, c)): round(ms, 4) for c, ms in times.items()}
             for (op, N, K, _), times in step_tuning.STEP_TIMINGS.items()
@@ -99,6 +106,8 @@ def main() -> None:
             )
             for shape, times in row["step_ms"].items():
                 print(f"  {shape}: " + ", ".join(f"{c} {ms:.4f} ms" for c, ms in times.items()))
+            for shape, times in row["variant_ms"].items():
+                print(f"  {shape} with options: " + ", ".join(f"{v} {ms:.4f}" for v, ms in times.items()))
             for field, times in row["roles"].items():
                 print(f"  {field} {times['entries']}: off {times['off']:.4f} ms, on {times['on']:.4f} ms")
             print(f"  role lists: {row['role_lists']}")

@@ -608,6 +608,8 @@ def test_early_release_defaults_to_the_shapes_the_card_ships(monkeypatch):
     assert ops.early_release(o, "o") and not ops.early_release(llama_gate_up, "gate_up")
     monkeypatch.setenv("RUNTIME_GEMV_EARLY", "none")
     assert not ops.early_release(llama_down, "down")
+    monkeypatch.setenv("RUNTIME_GEMV_EARLY", "down:2048x8192")  # one shape of a role
+    assert ops.early_release(llama_down, "down") and not ops.early_release(torch.empty(2048, 6144), "down")
 
 
 def test_residual_epilogue_defaults_to_o_and_the_shapes_the_card_ships(monkeypatch):
@@ -637,16 +639,20 @@ def test_residual_epilogue_defaults_to_o_and_the_shapes_the_card_ships(monkeypat
 )  # fmt: skip
 def test_role_variables_name_roles_or_refuse_unknown_ones(monkeypatch, variable, read, unknown):
     """RUNTIME_RESIDUAL_ADD and RUNTIME_GEMV_EARLY: unset, None (the card's shipped choices decide);
-    "none", no role; else the comma-separated roles, spaces aside, a role outside the list refused."""
+    "none", no role; else the comma-separated roles or role:NxK entries, spaces aside, a role outside
+    the list or a malformed shape refused."""
     monkeypatch.delenv(variable, raising=False)
     assert read() is None
     monkeypatch.setenv(variable, " down , o ")
     assert read() == {"o", "down"}
     monkeypatch.setenv(variable, "none")
     assert read() == set()
-    monkeypatch.setenv(variable, f"o,{unknown}")
-    with pytest.raises(ValueError, match=f"{variable}.*{unknown}"):
-        read()
+    monkeypatch.setenv(variable, "o, down:2048x8192")  # a role at one shape, as a tuning file lists it
+    assert read() == {"o", "down:2048x8192"}
+    for bad in (unknown, f"{unknown}:2048x8192", "down:2048", "down:2048x"):
+        monkeypatch.setenv(variable, f"o,{bad}")
+        with pytest.raises(ValueError, match=f"{variable}.*{bad}"):
+            read()
 
 
 # ---------------------------------------------------------------- dispatcher (CPU, no Triton needed)

@@ -25,6 +25,8 @@ pytestmark = pytest.mark.usefixtures("fresh_process")
 @pytest.fixture(autouse=True)
 def no_step_timings(monkeypatch):
     monkeypatch.setattr(step_tuning, "STEP_TIMINGS", {})
+    monkeypatch.setattr(step_tuning, "VARIANT_TIMINGS", {})
+    monkeypatch.setattr(step_roles, "TIMINGS", {})
 
 
 def near_ties(key, spread=(1.0, 1.05, 1.08, 1.5)) -> list[tuple[int, int, int]]:
@@ -60,13 +62,15 @@ def test_choose_keeps_the_steps_fastest_and_times_each_shape_after_the_earlier_c
     lm_configs, gate_up_configs = near_ties(lm_head), near_ties(gate_up)
     seen = []
 
-    def time_configs(key, configs):  # the third finalist wins in the step, the fastest alone loses
-        seen.append((key, configs, fl._TUNED.get(lm_head)))
-        return {c: 1.0 - 0.1 * i for i, c in enumerate(configs)}
+    def time_configs(key, variants):  # the third finalist wins in the step, the fastest alone loses
+        seen.append((key, variants, fl._TUNED.get(lm_head)))
+        return {v: 1.0 - 0.1 * i for i, v in enumerate(variants)}
 
     chosen = step_tuning.choose([lm_head, gate_up], time_configs)
     assert chosen == {lm_head: lm_configs[2], gate_up: gate_up_configs[2]}
-    assert seen[0][:2] == (lm_head, lm_configs[:3]) and seen[1][:2] == (gate_up, gate_up_configs[:3])
+    no_options = frozenset()  # no option names them: each finalist alone
+    assert seen[0][:2] == (lm_head, [(c, no_options) for c in lm_configs[:3]])
+    assert seen[1][:2] == (gate_up, [(c, no_options) for c in gate_up_configs[:3]])
     assert seen[1][2] == lm_configs[2]  # gate/up timed with the LM head's step choice in place
     assert fl._TUNED[lm_head] == lm_configs[2] and fl._TUNED[gate_up] == gate_up_configs[2]
     assert gemv_tuning.SOURCES[lm_head] == gemv_tuning.SOURCES[gate_up] == "step"
@@ -98,7 +102,7 @@ def test_refine_does_nothing_off_cuda_or_switched_off(monkeypatch):
     runner.device = torch.device("cuda")
     assert step_tuning.refine(runner) == 0.0  # never reaches the model
     monkeypatch.setenv("RUNTIME_STEP_TUNE", "yes")
-    with pytest.raises(ValueError, match="RUNTIME_STEP_TUNE='yes': choose one of 1, roles, 0"):
+    with pytest.raises(ValueError, match="RUNTIME_STEP_TUNE='yes': choose one of 1, blocks, 0"):
         step_tuning.refine(runner)
 
 
@@ -122,9 +126,11 @@ def test_the_finalists_are_timed_in_captured_steps_and_decode_as_eager_does(monk
 
     monkeypatch.setattr(step_tuning, "MARGIN", 100.0)  # every shape has FINALISTS finalists
     monkeypatch.setattr(step_tuning, "ROUNDS", 2)
+    monkeypatch.setattr(step_tuning, "VARIANT_TIMINGS", {})
     monkeypatch.setattr(step_roles, "TIMINGS", {})
+    monkeypatch.setattr(step_roles, "MARGIN", 0.0)  # an option is on where its fastest variant wins
     monkeypatch.setenv("RUNTIME_GEMV_TUNE", "fresh")  # the role options too, whatever this card ships
-    monkeypatch.setenv("RUNTIME_STEP_TUNE", "roles")
+    monkeypatch.delenv("RUNTIME_STEP_TUNE", raising=False)  # the default: blocks with the options
     graph = tiny_llama_runner("graph", "cuda", capacity=320)
     assert graph.mode == "graph", graph.capture_error
     shapes = graph.model.gemv_shapes()
@@ -142,6 +148,10 @@ def test_the_finalists_are_timed_in_captured_steps_and_decode_as_eager_does(monk
     down, gate_up = ("down", spec.hidden, spec.intermediate), ("gate_up", 2 * spec.intermediate, spec.hidden)
     options = {("residual_add", frozenset({down})), ("early_release", frozenset({gate_up, down}))}
     assert set(step_roles.TIMINGS) == options
+    down_key = next(k for k in keys if k[:3] == ("linear", spec.hidden, spec.intermediate))
+    variants = step_tuning.VARIANT_TIMINGS[down_key]  # each finalist with each subset of the options
+    assert len(variants) == 4 * len(step_tuning.STEP_TIMINGS[down_key])
+    assert min(variants.values()) == min(step_tuning.STEP_TIMINGS[down_key].values())
     for (field, entries), times in step_roles.TIMINGS.items():
         kept = times[True] < times[False]
         assert (entries <= gemv_blocks.SHIPPED_ROLES[field]) == kept
@@ -182,7 +192,8 @@ def test_role_options_where_nothing_ships_and_no_switch_names_them(monkeypatch):
     assert step_roles.options(llama, H100) == both[:1]
 
 
-def test_roles_opted_in_are_kept_where_the_step_is_faster_with_them_and_stored(monkeypatch):
+def test_options_naming_no_shape_timed_now_are_timed_alone_kept_where_faster_and_stored(monkeypatch):
+    """Only the LM head is timed at this start, so the role options go off and on after its blocks."""
     on(monkeypatch, A100)
     gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
     lm_head = keyed(LLAMA)[4]
@@ -200,7 +211,8 @@ def test_roles_opted_in_are_kept_where_the_step_is_faster_with_them_and_stored(m
 
     monkeypatch.setattr(step_tuning, "time_variants", fake_variants)
     monkeypatch.setattr(step_tuning.prebuild, "compile_ahead", lambda run, device: run())
-    step_tuning.refine(fake_runner())  # by default, the blocks only
+    monkeypatch.setenv("RUNTIME_STEP_TUNE", "blocks")
+    step_tuning.refine(fake_runner())  # the blocks only
     assert seen == [] and tuning_store.stored_roles(A100, "residual_add") == set()
     restart(monkeypatch)
     on(monkeypatch, A100)
@@ -208,7 +220,7 @@ def test_roles_opted_in_are_kept_where_the_step_is_faster_with_them_and_stored(m
     gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
     near_ties(lm_head)
     monkeypatch.delenv("RUNTIME_GEMV_TUNE")
-    monkeypatch.setenv("RUNTIME_STEP_TUNE", "roles")
+    monkeypatch.delenv("RUNTIME_STEP_TUNE")  # the default: the options too
     step_tuning.refine(fake_runner())
     assert fl._TUNED[lm_head] == lm_configs[2]
     assert gemv_blocks.SHIPPED_ROLES == {"residual_add": {DOWN}, "early_release": set()}
@@ -242,11 +254,13 @@ def test_a_failure_in_the_step_keeps_what_was_chosen_and_the_picks_alone_for_the
     picks = dict(fl._TUNED)
 
     calls = []
+    early = ("early_release", frozenset({GATE_UP, DOWN}))
 
     def fake_variants(runner, variants, position):  # the LM head's finalists, then gate/up's
         calls.append(list(variants))
         if len(calls) == 2:
-            variants[gate_up_configs[1]]()  # part-way through gate/up's captures
+            variants[(gate_up_configs[1], frozenset({early}))]()  # part-way, with the release on
+            assert gemv_blocks.SHIPPED_ROLES["early_release"] == {GATE_UP, DOWN}
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return {c: -i for i, c in enumerate(variants)}
 
@@ -259,4 +273,59 @@ def test_a_failure_in_the_step_keeps_what_was_chosen_and_the_picks_alone_for_the
     assert tuning_store.load(A100)[lm_head][0] == lm_configs[2]
     assert tuning_store.load(A100)[gate_up][0] == picks[gate_up]
     assert gemv_blocks.SHIPPED_ROLES == {"residual_add": set(), "early_release": set()}
-    assert calls == [lm_configs[:3], gate_up_configs[:3]]  # no role timed after the failure
+    # gate/up's finalists each with the early release off and on; no role timed after the failure
+    assert calls == [
+        [(c, frozenset()) for c in lm_configs[:3]],
+        step_roles.variants(gate_up_configs[:3], [early]),
+    ]
+
+
+def test_blocks_and_the_options_naming_them_are_chosen_together(monkeypatch):
+    """The down GEMV's finalists each timed with the residual add and the early release off and on:
+    the pair of block and options that is fastest in the step wins, though its block loses without
+    the add (where choosing the block first, then the add, keeps the other block and no add), and an
+    option on must gain MARGIN."""
+    on(monkeypatch, A100)
+    monkeypatch.setenv("RUNTIME_GEMV_TUNE", "fresh")
+    gemv_tuning.tune_shapes(LLAMA, BF16, "cuda")
+    gate_up, down = keyed(LLAMA)[2], keyed(LLAMA)[3]
+    gate_up_configs, down_configs = near_ties(gate_up), near_ties(down)
+    add, early = ("residual_add", frozenset({DOWN})), ("early_release", frozenset({GATE_UP, DOWN}))
+    step_ms = {  # the down GEMV: its first finalist fastest without the add, its second with it
+        (down_configs[0], frozenset()): 1.000, (down_configs[1], frozenset()): 1.0002,
+        (down_configs[0], frozenset({add})): 1.010, (down_configs[1], frozenset({add})): 0.990,
+        (down_configs[1], frozenset({add, early})): 0.9885,  # gains 0.15% over the add alone: < MARGIN
+    }  # fmt: skip
+    timed = {}
+
+    def fake_variants(runner, variants, position):
+        for label, set_up in variants.items():  # each variant's options in force when it is set up
+            set_up()
+            if label[0] in down_configs:
+                on = {o for o in (add, early) if o[1] <= gemv_blocks.SHIPPED_ROLES[o[0]]}
+                assert on == set(label[1]), label
+        key = gate_up if set(variants) <= set(step_roles.variants(gate_up_configs, [early])) else down
+        timed[key] = list(variants)
+        if key == gate_up:  # gate/up: its second finalist, without the early release
+            return {v: 0.9 if v == (gate_up_configs[1], frozenset()) else 1.0 for v in variants}
+        return {v: step_ms.get(v, 1.05) for v in variants}
+
+    monkeypatch.setattr(step_tuning, "time_variants", fake_variants)
+    monkeypatch.setattr(step_tuning.prebuild, "compile_ahead", lambda run, device: run())
+    monkeypatch.delenv("RUNTIME_GEMV_TUNE")
+    step_tuning.refine(fake_runner())
+    assert timed[gate_up] == step_roles.variants(gate_up_configs[:3], [early])
+    assert timed[down] == step_roles.variants(down_configs[:3], [add, early])  # 3 blocks x 4 subsets
+    assert len(timed[down]) == 12 and timed[down][0] == (down_configs[0], frozenset())
+    assert fl._TUNED[gate_up] == gate_up_configs[1] and fl._TUNED[down] == down_configs[1]
+    assert gemv_blocks.SHIPPED_ROLES == {"residual_add": {DOWN}, "early_release": set()}
+    assert step_roles.TIMINGS[add] == {False: 1.0, True: 0.9885}  # each option's fastest off and on
+    assert step_roles.TIMINGS[early] == {False: 0.990, True: 0.9885}
+    assert step_tuning.STEP_TIMINGS[down] == {
+        down_configs[0]: 1.0,
+        down_configs[1]: 0.9885,
+        down_configs[2]: 1.05,
+    }
+    assert tuning_store.load(A100)[down][0] == down_configs[1]
+    assert tuning_store.stored_roles(A100, "residual_add") == {DOWN}
+    assert tuning_store.stored_roles(A100, "early_release") == set()

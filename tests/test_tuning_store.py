@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from runtime.kernels import fused_linear as fl
-from runtime.kernels import gemv_blocks, gemv_tuning, tuning_store
+from runtime.kernels import gemv_blocks, gemv_tuning, ops, tuning_store
 from runtime.kernels.tuning_store import Card
 
 BF16 = torch.bfloat16
@@ -366,24 +366,27 @@ def test_the_shipped_h100_file_is_what_the_script_makes_of_the_measurement(tmp_p
     assert out.read_text() == (tuning_store.SHIPPED_DIR / "nvidia-h100-80gb-hbm3.json").read_text()
 
 
-LLAMA_EARLY = "gate_up:16384x2048 down:2048x8192"  # the H200's early-release list: Llama's shapes
+# the H200's early-release list: Llama's shapes (a hand-made A/B), Qwen3's (the joint step choice)
+H200_EARLY = "gate_up:16384x2048 down:2048x8192 gate_up:12288x2048 down:2048x6144"
 
 
 def test_the_shipped_h200_file_is_the_step_choices_it_records(tmp_path):
     """The H200's file: the dev models' shapes from the step tuner's picks on an H200 (step_tuning.py;
-    in the step against the earlier file: Llama -40..-52, Qwen3 -5..-8, Gemma -6..-19 us), the other
-    shapes the H100's blocks of before its Gemma and Qwen3 retune, Llama's down-GEMV residual add
-    (-8..-17 us) and its gate/up and down early release (-9..-22 us with those blocks; Qwen3's +4..+11,
-    Gemma's +80..+89 on the earlier blocks). ship_tuning.py remakes it from the choices its source
-    records, and refuses a file with neither a measurement nor step blocks."""
+    in the step against the earlier file: Llama -40..-52, Qwen3 -5..-8, Gemma -6..-19 us), Qwen3's
+    down and qkv blocks and its gate/up and down early release from the joint choice of blocks and
+    roles (-13..-36 us), the other shapes the H100's blocks of before its Gemma and Qwen3 retune,
+    Llama's down-GEMV residual add (-8..-17 us) and its gate/up and down early release (-9..-22 us with
+    those blocks; Gemma's +80..+89 on the earlier blocks). ship_tuning.py remakes it from the choices
+    its source records, and refuses a file with neither a measurement nor step blocks."""
     repo = Path(__file__).parent.parent
     h200 = tuning_store.SHIPPED_DIR / "nvidia-h200.json"
     source = json.loads(h200.read_text())["source"]
     blocks, _, rest = source.removeprefix("in the step (no time alone): ").partition(", from ")
     block_source, _, roles = rest.partition("; residual add in the step: down:2048x8192, from ")
-    add, _, early = roles.partition(f"; early release in the step: {LLAMA_EARLY}, from ")
+    add, _, early = roles.partition(f"; early release in the step: {H200_EARLY}, from ")
     picked = "linear:2048x8192=8/2048/8 lm_head:128256x2048=4/512/4 norm_linear:1536x1152=8/2048/8"
-    assert set(picked.split()) <= set(blocks.split()) and "norm_linear:4096x2048=4/512/4" in blocks
+    joint = "linear:2048x6144=8/2048/8 norm_linear:4096x2048=4/1024/4"
+    assert set(f"{picked} {joint}".split()) <= set(blocks.split())
     out = tmp_path / "h200.json"
     base = [sys.executable, "scripts/ship_tuning.py", "--out", str(out), "--gpu", "NVIDIA H200",
             "--capability", "9.0", "--measured-with", "triton 3.6.0, torch 2.11.0+cu130"]  # fmt: skip
@@ -391,7 +394,7 @@ def test_the_shipped_h200_file_is_the_step_choices_it_records(tmp_path):
     assert empty.returncode != 0 and "nothing to ship" in empty.stderr and not out.exists()
     step = ["--step-blocks", blocks, "--step-source", block_source,
             "--residual-add", "down:2048x8192", "--residual-add-source", add,
-            "--early-release", LLAMA_EARLY, "--early-release-source", early]  # fmt: skip
+            "--early-release", H200_EARLY, "--early-release-source", early]  # fmt: skip
     subprocess.run([*base, *step], cwd=repo, check=True, capture_output=True)
     assert out.read_text() == h200.read_text()
     h200_card = Card("NVIDIA H200", (9, 0), "9.9.9", "9.9.9+test")
@@ -400,6 +403,8 @@ def test_the_shipped_h200_file_is_the_step_choices_it_records(tmp_path):
     assert tuning_store.shipped_roles(h200_card, "early_release") == {
         ("gate_up", 16384, 2048),
         ("down", 2048, 8192),
+        ("gate_up", 12288, 2048),
+        ("down", 2048, 6144),
     }
 
 
@@ -503,3 +508,32 @@ def test_a_tuning_files_blocks_as_a_block_override(tmp_path):
     assert parsed == want and len(parsed) == len(doc["choices"]) - 1
     with pytest.raises(ValueError, match="no readable tuning file"):
         tuning_store.block_overrides(tmp_path / "missing.json")
+
+
+def test_a_tuning_files_role_lists_as_the_switches_that_force_them(tmp_path, monkeypatch):
+    """role_switches: a file's lists as RUNTIME_RESIDUAL_ADD and RUNTIME_GEMV_EARLY values naming its
+    shapes (the o add, on at every shape by default, first), which the launches read back as the
+    file's choices: Llama's down adds and releases, Qwen3's does neither; a file without lists names
+    no role beyond the default (profile_step --blocks-from)."""
+    doc = {"format": tuning_store.FORMAT, "card": A100.as_json(), "choices": [],
+           "residual_add": ["down:2048x8192"], "early_release": ["down:2048x8192", "gate_up:16384x2048"]}  # fmt: skip
+    path = tmp_path / "card.json"
+    path.write_text(json.dumps(doc))
+    switches = tuning_store.role_switches(path)
+    assert switches == {
+        "RUNTIME_RESIDUAL_ADD": "o,down:2048x8192",
+        "RUNTIME_GEMV_EARLY": "down:2048x8192,gate_up:16384x2048",
+    }
+    for variable, value in switches.items():
+        monkeypatch.setenv(variable, value)
+    monkeypatch.setattr(ops, "_gemv_row", lambda x, weight: True)
+    x, o = torch.empty(1, 8), torch.empty(2048, 2048)
+    llama_down, qwen3_down = torch.empty(2048, 8192), torch.empty(2048, 6144)
+    assert ops.residual_epilogue(x, o, "o") and ops.residual_epilogue(x, llama_down, "down")
+    assert not ops.residual_epilogue(x, qwen3_down, "down")
+    assert ops.early_release(llama_down, "down") and ops.early_release(torch.empty(16384, 2048), "gate_up")
+    assert not ops.early_release(qwen3_down, "down") and not ops.early_release(o, "o")
+    path.write_text(json.dumps({k: v for k, v in doc.items() if k not in gemv_blocks.ROLE_LISTS}))
+    assert tuning_store.role_switches(path) == {"RUNTIME_RESIDUAL_ADD": "o", "RUNTIME_GEMV_EARLY": "none"}
+    with pytest.raises(ValueError, match="no readable tuning file"):
+        tuning_store.role_switches(tmp_path / "missing.json")

@@ -12,10 +12,11 @@ within MARGIN of the fastest alone) are captured into a batch-1 greedy decode gr
 model's other GEMVs at their current choice, and timed in ROUNDS interleaved rounds (median of
 the rounds' medians); the step's fastest goes into fused_linear._TUNED and the user's store (source
 "step"), so the next start reads it and times nothing. Shapes go one at a time, the largest
-first. With RUNTIME_STEP_TUNE=roles, on a card that ships no role lists, the options of
-step_roles.py (the down GEMV adding the residual, the gate/up and down GEMVs releasing early) are
-then timed off and on the same way and stored with the blocks (opt-in: see step_roles.py).
-RUNTIME_STEP_TUNE=0 keeps tune()'s picks. CUDA graph mode only; elsewhere a no-op.
+first. On a card that ships no role lists, the options of step_roles.py (the down GEMV adding the
+residual, the gate/up and down GEMVs releasing early) are chosen with the blocks of the shapes
+they name (each finalist timed with them off and on) and stored with the blocks.
+RUNTIME_STEP_TUNE=blocks times the blocks only, 0 keeps tune()'s picks. CUDA graph mode only;
+elsewhere a no-op.
 """
 
 from __future__ import annotations
@@ -41,16 +42,18 @@ ROUNDS = 5
 REPLAYS = 16  # isolated replays per round and finalist
 POSITION = 256  # where the timed steps start (their attention reads this many slots), capacity allowing
 
-# every step timing taken: key -> {config: median step ms}
+# every step timing taken: key -> {config: median step ms (its fastest variant's)}
 STEP_TIMINGS: dict[Key, dict[Config, float]] = {}
+# the keys timed with role options: key -> {variant: median step ms}
+VARIANT_TIMINGS: dict[Key, dict] = {}
 
-TimeConfigs = Callable[[Key, list[Config]], dict[Config, float]]
+TimeVariants = Callable[[Key, list[step_roles.Variant]], dict[step_roles.Variant, float]]
 
 
 def setting() -> str:
-    """RUNTIME_STEP_TUNE: "1" (the default) times the finalists in the step, "roles" the role options
-    of step_roles.py after them too (opt-in: see there), "0" keeps tune()'s picks."""
-    return env_choice("RUNTIME_STEP_TUNE", ("1", "roles", "0"), "1")
+    """RUNTIME_STEP_TUNE: "1" (the default) times the finalists in the step with the role options
+    of step_roles.py, "blocks" the finalists alone, "0" keeps tune()'s picks."""
+    return env_choice("RUNTIME_STEP_TUNE", ("1", "blocks", "0"), "1")
 
 
 def finalists(timings: dict[Config, float], limit: int = FINALISTS, margin: float = MARGIN) -> list[Config]:
@@ -76,18 +79,30 @@ def pending(shapes: Iterable[tuple[str, int, int]], dtype: torch.dtype) -> list[
     return sorted(keys, key=lambda k: -k[1] * k[2])
 
 
-def choose(keys: list[Key], time_configs: TimeConfigs, chosen: dict | None = None) -> dict[Key, Config]:
-    """Each key in turn: its finalists timed in the step by time_configs(key, finalists) -> {config:
-    ms}, with the keys before it at their step choice; the fastest kept in _TUNED (source "step")
-    and in `chosen` (returned; filled as it goes, so a failure part-way keeps what was chosen)."""
+def choose(
+    keys: list[Key],
+    time_variants: TimeVariants,
+    chosen: dict | None = None,
+    found: list[step_roles.Option] = (),
+) -> dict[Key, Config]:
+    """Each key in turn: its finalists, each with the options of `found` that name the key off and
+    on (step_roles.variants), timed in the step by time_variants(key, variants) -> {variant: ms},
+    with the keys before it at their step choice; the fastest (step_roles.best) kept: its block in
+    _TUNED (source "step") and in `chosen` (returned; filled as it goes, so a failure part-way keeps
+    what was chosen), its options in force."""
     chosen = {} if chosen is None else chosen
     for key in keys:
-        times = time_configs(key, finalists(gemv_tuning.TIMINGS[key]))
-        best = min(times, key=times.get)
-        fused_linear._TUNED[key] = best
+        configs, here = finalists(gemv_tuning.TIMINGS[key]), step_roles.naming(found, key)
+        times = time_variants(key, step_roles.variants(configs, here))
+        config, on = step_roles.best(times)
+        fused_linear._TUNED[key] = config
         gemv_tuning.SOURCES[key] = "step"
-        STEP_TIMINGS[key] = times
-        chosen[key] = best
+        step_roles.apply(here, on)
+        STEP_TIMINGS[key] = {c: min(ms for (c2, _), ms in times.items() if c2 == c) for c in configs}
+        step_roles.record(here, times)
+        if here:
+            VARIANT_TIMINGS[key] = times
+        chosen[key] = config
     return chosen
 
 
@@ -100,8 +115,8 @@ def remember(card: tuning_store.Card | None, chosen: dict[Key, Config], roles: d
 
 
 def refine(runner) -> float:
-    """The step choice for each of the runner's pending shapes, then for its role options
-    (step_roles.py), before its graphs are captured (runner: runtime.engine.runner.Runner). Only
+    """The step choice for each of the runner's pending shapes, with its role options (step_roles.py),
+    before its graphs are captured (runner: runtime.engine.runner.Runner). Only
     where tune() timed a shape of the model at this start (its first on the card). Returns the
     seconds spent."""
     model = runner.model
@@ -114,7 +129,8 @@ def refine(runner) -> float:
         return 0.0
     card = tuning_store.card(runner.device)
     keys = pending(shapes, model.dtype)
-    found = step_roles.options(model, card) if mode == "roles" else []
+    found = step_roles.options(model, card) if mode == "1" else []
+    alone = [o for o in found if not any(step_roles.naming([o], key) for key in keys)]  # timed apart
     if not keys and not found:
         return 0.0
     start = time.perf_counter()
@@ -124,17 +140,22 @@ def refine(runner) -> float:
 
     def record() -> None:  # every variant's kernels, built on all cores before the captures
         for key in keys:
-            for config in finalists(gemv_tuning.TIMINGS[key]):
-                _set_block(key, config)
+            here = step_roles.naming(found, key)
+            for variant in step_roles.variants(finalists(gemv_tuning.TIMINGS[key]), here):
+                _set_variant(key, here, variant)
                 runner._unlaunched_steps([(1, "greedy")])
             _set_block(key, picks[key])
-        for field, entries in found:
+            _restore_roles(roles_before)
+        for field, entries in alone:
             step_roles.set_option(field, entries, True)
             runner._unlaunched_steps([(1, "greedy")])
             _restore_roles(roles_before)
 
-    def time_blocks(key: Key, configs: list[Config]) -> dict[Config, float]:
-        return time_variants(runner, {c: functools.partial(_set_block, key, c) for c in configs}, position)
+    def time_blocks(key: Key, variants: list[step_roles.Variant]) -> dict[step_roles.Variant, float]:
+        here = step_roles.naming(found, key)
+        return time_variants(
+            runner, {v: functools.partial(_set_variant, key, here, v) for v in variants}, position
+        )
 
     def time_toggle(field: str, entries: step_roles.Entries) -> dict[bool, float]:
         toggles = {on: functools.partial(step_roles.set_option, field, entries, on) for on in (False, True)}
@@ -145,8 +166,8 @@ def refine(runner) -> float:
     roles = None
     try:
         with runner.kept_state():
-            choose(keys, time_blocks, chosen)
-            roles = step_roles.choose(found, time_toggle) if found else None
+            choose(keys, time_blocks, chosen, found)
+            roles = step_roles.choose(alone, time_toggle) if found else None
     except (torch.cuda.OutOfMemoryError, RuntimeError) as e:  # the capture's own failures, as _capture's
         for key in keys:
             if key not in chosen:
@@ -163,6 +184,11 @@ def refine(runner) -> float:
 
 def _set_block(key: Key, config: Config) -> None:
     fused_linear._TUNED[key] = config
+
+
+def _set_variant(key: Key, here: list[step_roles.Option], variant: step_roles.Variant) -> None:
+    _set_block(key, variant[0])
+    step_roles.apply(here, variant[1])
 
 
 def _restore_roles(before: dict[str, set]) -> None:

@@ -7,6 +7,7 @@ release the next kernel early (the environment's roles, else the card's shipped 
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 
@@ -110,6 +111,9 @@ def block_override(
 # each may name: whose GEMV adds the residual in its epilogue (ops.residual_epilogue), whose GEMV
 # lets the next kernel launch right after its wait (early_release below)
 ROLE_LISTS = {"residual_add": ("o", "down"), "early_release": ("o", "gate_up", "down")}
+# per list, the switch that names its roles by hand, and the roles it takes at every shape when unset
+ROLE_SWITCHES = {"residual_add": "RUNTIME_RESIDUAL_ADD", "early_release": "RUNTIME_GEMV_EARLY"}
+DEFAULT_ROLES = {"residual_add": ("o",), "early_release": ()}
 # per list, the (role, N, K) the card's shipped or stored choices name (set by gemv_tuning.tune_shapes before
 # capture, and by runtime/engine/step_tuning.py where it times the roles in the step)
 SHIPPED_ROLES: dict[str, set[tuple[str, int, int]]] = {field: set() for field in ROLE_LISTS}
@@ -121,17 +125,26 @@ def shipped_role(field: str, role: str, N: int, K: int) -> bool:
 
 
 def _env_roles(variable: str, field: str) -> set[str] | None:
-    """The roles an environment `variable` names, comma-separated from ROLE_LISTS[field],
-    or "none"; None where it is unset (the card's shipped choices decide then)."""
+    """What an environment `variable` names, comma-separated: roles of ROLE_LISTS[field] ("down":
+    every shape), roles at one shape ("down:2048x8192", as a tuning file lists them), or "none";
+    None where it is unset (the card's shipped choices decide then)."""
     raw = (os.environ.get(variable) or "").strip()
     if not raw:
         return None
     roles = set() if raw == "none" else {r.strip() for r in raw.split(",") if r.strip()}
-    unknown = sorted(roles - set(ROLE_LISTS[field]))
+    pattern = rf"({'|'.join(ROLE_LISTS[field])})(:\d+x\d+)?"
+    unknown = sorted(r for r in roles if re.fullmatch(pattern, r) is None)
     if unknown:
         choices = ", ".join(ROLE_LISTS[field])
-        raise ValueError(f"{variable}={raw!r}: {unknown} unknown; name roles of {choices}, or none")
+        raise ValueError(
+            f"{variable}={raw!r}: {unknown} unknown; name roles of {choices} (role:NxK for one shape), or none"
+        )
     return roles
+
+
+def env_names(roles: set[str], role: str, N: int, K: int) -> bool:
+    """Whether an _env_roles set names the (N, K) `role` GEMV: by its role alone or at this shape."""
+    return role in roles or f"{role}:{N}x{K}" in roles
 
 
 def residual_add_roles() -> set[str] | None:
@@ -140,7 +153,7 @@ def residual_add_roles() -> set[str] | None:
     same-process A/Bs on the H100 the o GEMV's add was -10..+3 us per step, the down GEMV's -9..-23 us
     on Llama-3.2-1B but +16..+35 us on Qwen3-1.7B (not explained yet; notes/kernels.md), so the
     default takes o everywhere and down where the card's shipped choices name its shape."""
-    return _env_roles("RUNTIME_RESIDUAL_ADD", "residual_add")
+    return _env_roles(ROLE_SWITCHES["residual_add"], "residual_add")
 
 
 def early_release_roles() -> set[str] | None:
@@ -151,7 +164,7 @@ def early_release_roles() -> set[str] | None:
     the H100 gate_up and down together were -13..-19 us per step on Llama-3.2-1B and -11..-19 us on
     Qwen3-1.7B (either alone +3 us there), +75 us on gemma-3-1b-it; o with them +3..+6 on Llama
     (notes/kernels.md)."""
-    return _env_roles("RUNTIME_GEMV_EARLY", "early_release")
+    return _env_roles(ROLE_SWITCHES["early_release"], "early_release")
 
 
 def early_release(weight: torch.Tensor, role: str) -> bool:
@@ -160,8 +173,8 @@ def early_release(weight: torch.Tensor, role: str) -> bool:
     role and shape the card's shipped choices name. Only the one-row Triton launch reads it."""
     roles = early_release_roles()
     if roles is not None:
-        return role in roles
-    return shipped_role("early_release", role, *weight.shape)
+        return env_names(roles, role, *weight.shape)
+    return role in DEFAULT_ROLES["early_release"] or shipped_role("early_release", role, *weight.shape)
 
 
 def tuning_enabled() -> bool:

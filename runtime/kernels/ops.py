@@ -47,7 +47,13 @@ from runtime.kernels.fused_rows import (
     linear_rows_triton,
     norm_linear_rows_triton,
 )
-from runtime.kernels.gemv_blocks import early_release, residual_add_roles, shipped_role
+from runtime.kernels.gemv_blocks import (
+    DEFAULT_ROLES,
+    early_release,
+    env_names,
+    residual_add_roles,
+    shipped_role,
+)
 from runtime.kernels.publish import publish_tokens_ref, publish_tokens_triton
 from runtime.kernels.qkv_attention import qkv_decode_attention_ref, qkv_decode_attention_triton
 from runtime.kernels.qkv_rope import (
@@ -238,8 +244,8 @@ def residual_epilogue(x: torch.Tensor, weight: torch.Tensor, role: str) -> bool:
         return False
     roles = residual_add_roles()
     if roles is not None:
-        return role in roles
-    return role == "o" or shipped_role("residual_add", role, *weight.shape)
+        return env_names(roles, role, *weight.shape)
+    return role in DEFAULT_ROLES["residual_add"] or shipped_role("residual_add", role, *weight.shape)
 
 
 def linear_add(

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from runtime.kernels import _triton
-from runtime.kernels.gemv_blocks import _PROLOGUE_VECTORS, ROLE_LISTS
+from runtime.kernels.gemv_blocks import _PROLOGUE_VECTORS, DEFAULT_ROLES, ROLE_LISTS, ROLE_SWITCHES
 from runtime.models.sources import cache_root
 
 FORMAT = 1  # bump when the file layout or the meaning of a config changes
@@ -115,6 +115,20 @@ def block_overrides(path: Path, dtype: torch.dtype = torch.bfloat16) -> str:
         if dt == dtype
     )
     return " ".join(sorted(entries))
+
+
+def role_switches(path: Path) -> dict[str, str]:
+    """A tuning file's role lists as the switches that force them ({"RUNTIME_GEMV_EARLY":
+    "gate_up:16384x2048,down:2048x8192", ...}), with each list's roles of every shape: what a card
+    with this file runs, for an A/B (profile_step --blocks-from). A list the file lacks names none."""
+    got = _read(Path(path))
+    if got is None:
+        raise ValueError(f"{path}: no readable tuning file there")
+    return {
+        ROLE_SWITCHES[field]: ",".join([*DEFAULT_ROLES[field], *role_list(_roles(path, got[0], field))])
+        or "none"
+        for field in ROLE_LISTS
+    }
 
 
 def shipped_roles(card: Card, field: str) -> set[tuple[str, int, int]]:
