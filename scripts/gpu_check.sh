@@ -72,12 +72,15 @@ for stage in $STAGES; do
                 --out "$OUT/nextab_${m##*/}.json" 2>&1 | tee "$OUT/nextab_${m##*/}.log" | grep '^| [mgQ]'
             done ;;
     # the start-up step choice (runtime/engine/step_tuning.py) as a card without shipped choices sees it:
-    # each model's picks alone and in the step under RUNTIME_GEMV_TUNE=fresh, then both against the shipped file
+    # each model's picks alone, blocks in the step, and blocks with roles in the step under RUNTIME_GEMV_TUNE=fresh,
+    # then all three (each file's blocks and role lists) against the shipped file
     steptune) for m in meta-llama/Llama-3.2-1B-Instruct Qwen/Qwen3-1.7B google/gemma-3-1b-it; do
                 n=${m#*/}
-                timeout 150 python3 scripts/step_tune_check.py --model "$m" --out "$OUT/step_tune" 2>&1 | tee -a "$OUT/step_tune.log" | grep -v '^  '
-                timeout 190 python3 scripts/profile_step.py --ab --no-profile --repeat "${AB_REPEAT:-3}" --capacity 2048 --model "$m" \
-                  --settings default --blocks-from "$OUT/step_tune/alone_$n.json" --blocks-from "$OUT/step_tune/step_$n.json" \
+                timeout 180 python3 scripts/step_tune_check.py --model "$m" --mode alone --mode blocks --mode step --out "$OUT/step_tune" \
+                  2>&1 | tee -a "$OUT/step_tune.log" | grep -v '^  '
+                timeout 250 python3 scripts/profile_step.py --ab --no-profile --repeat "${AB_REPEAT:-3}" --capacity 2048 --model "$m" \
+                  --settings default --blocks-from "$OUT/step_tune/alone_$n.json" --blocks-from "$OUT/step_tune/blocks_$n.json" \
+                  --blocks-from "$OUT/step_tune/step_$n.json" \
                   --out "$OUT/ab_steptune_$n.json" 2>&1 | grep '^| ' | grep -v -e '^| model' -e '^|---'
               done
               rm -rf "$OUT"/step_tune/cache_* ;;
