@@ -128,6 +128,40 @@ def test_the_chunk_switch_sets_the_first_stages_lists(poisoned, monkeypatch):
     assert torch.equal(values, want_values) and torch.equal(ids, want_ids)
 
 
+def test_the_warps_switch_sets_each_stages_warps_or_refuses(monkeypatch):
+    """RUNTIME_TOPK_WARPS (an A/B knob): stage=warps entries replace the count a stage's keys give;
+    unset, 16 keys a thread between 4 and 16 warps; a bad entry is refused by name."""
+    monkeypatch.delenv("RUNTIME_TOPK_WARPS", raising=False)
+    assert [topk_mod._warps(n, "chunk") for n in (512, 4096, 8192, 32768)] == [4, 8, 16, 16]
+    monkeypatch.setenv("RUNTIME_TOPK_WARPS", " chunk=4, last=16 ")
+    assert topk_mod.stage_warps() == {"chunk": 4, "last": 16}
+    assert (topk_mod._warps(4096, "chunk"), topk_mod._warps(4096, "group"), topk_mod._warps(512, "last")) == (
+        4,
+        8,
+        16,
+    )
+    for bad in ("chunk=3", "chunk=64", "merge=4", "chunk", "last=x"):
+        monkeypatch.setenv("RUNTIME_TOPK_WARPS", bad)
+        with pytest.raises(ValueError, match="RUNTIME_TOPK_WARPS"):
+            topk_mod.stage_warps()
+
+
+@kernel_test
+@pytest.mark.parametrize("warps", ["chunk=4,group=16,last=8", "chunk=16,group=4,last=16"])
+def test_the_sampler_is_exact_on_any_stage_warps(poisoned, monkeypatch, warps):
+    """The stages' warp counts change how a program splits its keys, never which keys it keeps:
+    the candidates equal the stable top-k under other counts for every stage."""
+    B, V, K = (2, 1000, 16) if INTERPRET else (2, 128256, 128)
+    if INTERPRET:
+        monkeypatch.setattr(topk_mod, "CHUNK", 128)
+        monkeypatch.setattr(topk_mod, "GROUP", 32)  # 2 lists a merge: a round runs
+    monkeypatch.setenv("RUNTIME_TOPK_WARPS", warps)
+    x = logits(B, V, ties=True)
+    values, ids = top_candidates_triton(x, K)
+    want_values, want_ids = stable_top(x, K)
+    assert torch.equal(values, want_values) and torch.equal(ids, want_ids)
+
+
 @kernel_test
 def test_top_candidates_keeps_negative_and_infinite_values_in_order(poisoned, monkeypatch):
     if INTERPRET:

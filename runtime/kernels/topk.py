@@ -44,6 +44,8 @@ The sampler's "topk" variant runs on these stages: topk_sample.py.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
@@ -178,9 +180,30 @@ def skip_shared_digits() -> bool:
     return env_choice("RUNTIME_TOPK_SKIP", ("0", "1"), "0") == "1"
 
 
-def _warps(n_keys: int) -> int:
-    """Warps for a program that selects from n_keys keys: 16 keys a thread, 4 to 16 warps."""
-    return min(16, max(4, next_pow2(n_keys) // 512))
+STAGES = ("chunk", "group", "last")  # stage 1, the merge rounds, the last stage (topk_sample.py's too)
+
+
+def _warps(n_keys: int, stage: str) -> int:
+    """Warps for a `stage` program that selects from n_keys keys: 16 keys a thread, 4 to 16 warps,
+    or what RUNTIME_TOPK_WARPS gives the stage (stage_warps)."""
+    return stage_warps().get(stage) or min(16, max(4, next_pow2(n_keys) // 512))
+
+
+def stage_warps() -> dict[str, int]:
+    """RUNTIME_TOPK_WARPS (an A/B knob, unset by default): "chunk=4,last=8" sets the warps of a
+    stage's programs (a power of two from 1 to 32) instead of the count its keys give."""
+    raw = (os.environ.get("RUNTIME_TOPK_WARPS") or "").strip()
+    chosen = {}
+    for entry in filter(None, (e.strip() for e in raw.split(","))):
+        stage, _, count = entry.partition("=")
+        warps = int(count) if count.isdigit() else 0
+        if stage not in STAGES or not 1 <= warps <= 32 or warps & (warps - 1):
+            raise ValueError(
+                f"RUNTIME_TOPK_WARPS={raw!r}: write stage=warps entries, stage one of {', '.join(STAGES)}, "
+                "warps a power of two from 1 to 32"
+            )
+        chosen[stage] = warps
+    return chosen
 
 
 def _candidate_keys(
@@ -199,7 +222,7 @@ def _candidate_keys(
     _chunk_kernel[(B, lists)](
         x, seen if with_penalty else x, penalty if with_penalty else x, keys, flags if check else x,
         vocab, x.stride(0), seen.stride(0) if with_penalty else 0, lists, K=k, CHUNK=chunk,
-        PENALTY=with_penalty, CHECK=check, SKIP=skip_shared_digits(), num_warps=_warps(chunk), **pdl(x.device),
+        PENALTY=with_penalty, CHECK=check, SKIP=skip_shared_digits(), num_warps=_warps(chunk, "chunk"), **pdl(x.device),
     )  # fmt: skip
     # graph: grids, buffers and rounds follow from shapes only; pass counts stay on the device
     # lists a merge program takes (a power of two); RUNTIME_TOPK_GROUP (a power of two) A/Bs GROUP
@@ -214,7 +237,7 @@ def _candidate_keys(
             K=k,
             BLOCK=per_group * k,
             SKIP=skip_shared_digits(),
-            num_warps=_warps(per_group * k),
+            num_warps=_warps(per_group * k, "group"),
             **pdl(x.device),
         )
         keys, lists = merged, groups
@@ -249,7 +272,7 @@ def top_candidates_triton(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.
         K=k,
         BLOCK=next_pow2(n_keys),
         SKIP=skip_shared_digits(),
-        num_warps=_warps(n_keys),
+        num_warps=_warps(n_keys, "last"),
         **pdl(x.device),
     )
     return values, ids

@@ -124,6 +124,6 @@ def sample_topk_triton(
         nonfinite_at if check else positions, n_keys, seen.stride(0), parts, K=candidates,
         BLOCK=next_pow2(n_keys), PARTS=max(16, next_pow2(parts)), STEP=int(step), CHECK=check,
         SKIP=skip_shared_digits(),
-        num_warps=_warps(n_keys), **pdl(logits.device),
+        num_warps=_warps(n_keys, "last"), **pdl(logits.device),
     )  # fmt: skip
     return out
