@@ -129,21 +129,3 @@ def test_wide_blocks_for_one_split_batch_buckets(monkeypatch):
     monkeypatch.setenv("RUNTIME_ATTN_WIDE_BLOCKS", "wide")
     with pytest.raises(ValueError, match="RUNTIME_ATTN_WIDE_BLOCKS"):
         plan.split_plan(16, 8, 4096, 64, 2, GPU)
-
-
-def test_the_next_weight_asked_of_l2(monkeypatch):
-    """RUNTIME_ATTN_NEXT_W: off by default; "before" (1) or "after" (2) the PDL wait only where a
-    batch bucket's program walks its row's cache; never under the CPU interpreter; a bad value is
-    refused by name."""
-    monkeypatch.setattr(plan, "INTERPRETING", False)
-    monkeypatch.delenv("RUNTIME_ATTN_NEXT_W", raising=False)
-    assert plan.l2_next_weight(True) == 0
-    monkeypatch.setenv("RUNTIME_ATTN_NEXT_W", "before")
-    assert (plan.l2_next_weight(True), plan.l2_next_weight(False)) == (1, 0)
-    monkeypatch.setenv("RUNTIME_ATTN_NEXT_W", "after")
-    assert plan.l2_next_weight(True) == 2
-    monkeypatch.setattr(plan, "INTERPRETING", True)
-    assert plan.l2_next_weight(True) == 0
-    monkeypatch.setenv("RUNTIME_ATTN_NEXT_W", "early")
-    with pytest.raises(ValueError, match="RUNTIME_ATTN_NEXT_W"):
-        plan.l2_next_weight(True)

@@ -309,30 +309,6 @@ def test_qkv_decode_attention(
         torch.testing.assert_close(c_got[sel].float(), c_want[sel].float(), **tol(dtype))
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("when", ["before", "after"])
-def test_asking_l2_for_the_next_weight_changes_no_output(poisoned, monkeypatch, when):
-    """RUNTIME_ATTN_NEXT_W (attention_plan.l2_next_weight): a batch bucket's programs ask L2 for a
-    share each of the o projection's weight (Llama's 2048 x 2048, and an odd size whose last share
-    is short); the output and the caches are bit-equal to the launch without it."""
-    B, H, Hkv, D, S = 16, 32, 8, 64, 300
-    qkv = rand(B, 1, (H + 2 * Hkv) * D, dtype=BF16)
-    positions = torch.randint(0, S, (B,)).to(DEVICE)
-    cos, sin = _rope_tables(positions[:, None], D, BF16)
-    k0, v0 = rand(B, Hkv, S, D, dtype=BF16), rand(B, Hkv, S, D, dtype=BF16)
-    args = (qkv, H, Hkv, cos, sin, None, None, 1e-6, 0.0)
-    monkeypatch.delenv("RUNTIME_ATTN_NEXT_W", raising=False)
-    k_off, v_off = k0.clone(), v0.clone()
-    want = qkv_decode_attention_triton(*args, k_off, v_off, positions, D**-0.5, num_splits=1)
-    monkeypatch.setenv("RUNTIME_ATTN_NEXT_W", when)
-    for weight in (rand(2048, 2048, dtype=BF16), rand(1000, 333, dtype=BF16)):
-        k_on, v_on = k0.clone(), v0.clone()
-        got = qkv_decode_attention_triton(
-            *args, k_on, v_on, positions, D**-0.5, next_weight=weight, num_splits=1
-        )
-        assert torch.equal(got, want) and torch.equal(k_on, k_off) and torch.equal(v_on, v_off)
-
-
 FOLDED_ATTN_CASES = cases(
     full=[(16, 32, 8, 64, 300, False, BF16), (16, 16, 8, 128, 400, True, BF16), (3, 6, 3, 40, 33, True, F32)],
     small=[(3, 6, 3, 40, 33, True, F32), (2, 8, 2, 64, 20, False, BF16)],

@@ -108,8 +108,6 @@ AB_SETTINGS = (
     {"RUNTIME_QKV_PDL": "long"},
     {"RUNTIME_ATTN_AHEAD": "auto"},
     {"RUNTIME_ATTN_AHEAD": "0"},
-    {"RUNTIME_ATTN_NEXT_W": "before"},
-    {"RUNTIME_ATTN_NEXT_W": "after"},
     {"RUNTIME_RESIDUAL_ADD": "o,down"},
     {"RUNTIME_GEMV_EARLY": "o,gate_up,down"},
 )
@@ -464,28 +462,3 @@ def test_blocks_asked_ahead_go_out_before_the_wait():
     assert "prefetch.global.L2" in ptx
     assert ptx.index("prefetch.global.L2") < ptx.index("griddepcontrol.wait")
     assert "prefetch.global.L2" not in plain[0].build(target.gpu).asm["ptx"]
-
-
-def test_the_next_weight_is_asked_for_where_its_switch_says():
-    """RUNTIME_ATTN_NEXT_W (opt-in): a batch bucket's split kernel asks L2 for its share of the o
-    projection's weight in its sm_90 PTX: "before" (NEXT_W 1) ahead of griddepcontrol.wait, "after"
-    (2) behind it (the blocks asked ahead go out before the wait either way)."""
-    target = TARGETS[0]
-    why = ptxas_refuses(target)
-    if why is not None:
-        pytest.skip(why)
-    split = {
-        launch.constants()["NEXT_W"]: launch
-        for launch in launches(target)
-        if short_name(launch.fn) == "qkv_attention_kernel._qkv_split_kernel"
-        and launch.constants()["PDL"] == _triton.PDL_MODES[_triton.PDL_DEFAULT]
-        and launch.constants()["DIRECT"]
-        and launch.constants()["AHEAD"]
-    }
-    assert {0, 1, 2} <= set(split), f"recorded NEXT_W values: {sorted(split)}"
-    ptx = {mode: split[mode].build(target.gpu).asm["ptx"] for mode in (0, 1, 2)}
-    wait = {mode: text.index("griddepcontrol.wait") for mode, text in ptx.items()}
-    after = {mode: text[wait[mode] :].count("prefetch.global.L2") for mode, text in ptx.items()}
-    before = {mode: text[: wait[mode]].count("prefetch.global.L2") for mode, text in ptx.items()}
-    assert after[0] == 0 and after[1] == 0 and after[2] > 0
-    assert before[1] > before[0] == before[2] > 0

@@ -197,17 +197,6 @@ def l2_ahead(programs: int, block_bytes: int, device: torch.device, walks_cache:
     return 0 if INTERPRETING else count
 
 
-def l2_next_weight(walks_cache: bool) -> int:
-    """Whether a batch bucket's split programs ask L2 for the o projection's weight, each its share
-    of lines, so that the o product after the attention (cuBLAS at M = 16: 6.2 us for 8 MB on
-    Llama, a DRAM-latency-bound 1.35 TB/s) reads it from L2 (an A/B, opt-in). RUNTIME_ATTN_NEXT_W:
-    "0" (the default), "before" (with the program's loads before its PDL wait, under the qkv
-    product) or "after" (right after the wait, beside its own cache reads). Returns 0, 1 or 2; 0
-    wherever the programs do not walk the cache (batch 1) and under the CPU interpreter."""
-    choice = env_choice("RUNTIME_ATTN_NEXT_W", ("0", "before", "after"), "0")
-    return 0 if INTERPRETING or not walks_cache else ("0", "before", "after").index(choice)
-
-
 def qkv_release(programs: int, device: torch.device) -> str:
     """When the batch-1 qkv GEMV (`programs` of them) lets the attention launch: "early" (right after
     its own wait), "late" (after its loop) or "long" (early once the row's position reaches

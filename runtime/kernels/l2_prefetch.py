@@ -41,13 +41,3 @@ def prefetch_cache_blocks(
         asked += _prefetch_lines(k_base + slots * k_ss + lines)
         asked += _prefetch_lines(v_base + slots * v_ss + lines)
     return tl.sum(tl.sum(asked, axis=1), axis=0)
-
-
-@jit
-def prefetch_share(w_ptr, part, share, lines, SHARE: tl.constexpr, LINE_ELEMS: tl.constexpr):
-    """Every line of part `part` of a buffer of `lines` lines split in parts of `share` lines
-    (SHARE >= share, a power of two; LINE_ELEMS elements a line): lines past the part or the
-    buffer ask for its last one again. Returns 0 (int32), to be kept by the caller."""
-    i = tl.arange(0, SHARE)
-    line = tl.minimum(part * share + tl.minimum(i, share - 1), lines - 1).to(tl.int64)
-    return tl.sum(_prefetch_lines(w_ptr + line * LINE_ELEMS), axis=0)

@@ -27,7 +27,6 @@ from runtime.kernels.attention_plan import (
     early_tables,
     grouped_loads,
     l2_ahead,
-    l2_next_weight,
     late_v,
     merge_block,
     merge_in_kernel,
@@ -60,14 +59,11 @@ def qkv_decode_attention_ref(
     scale: float,
     norm_source: torch.Tensor | None = None,
     norm_eps: float = 0.0,
-    next_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """qkv (B, 1, ...) -> (B, H, D); writes k/v_cache[b, :, positions[b] % S] on the way.
     norm_source (B, K): qkv was projected from these un-normed rows through a matrix holding the
     norm's weight, so each qkv row is first divided by rms(norm_source[b]) (scale_rows_ref; the
-    batch buckets' folded norm, runtime/models/folded_norms.py). next_weight: the product after
-    the attention, whose weight the Triton launch may ask L2 for (l2_next_weight); no result
-    depends on it."""
+    batch buckets' folded norm, runtime/models/folded_norms.py)."""
     if norm_source is not None:
         qkv = scale_rows_ref(qkv, norm_source[:, None], norm_eps)
     q = qkv_rope_to_cache_ref(
@@ -93,7 +89,6 @@ def qkv_decode_attention_triton(
     scale: float,
     norm_source: torch.Tensor | None = None,
     norm_eps: float = 0.0,
-    next_weight: torch.Tensor | None = None,
     num_splits: int | None = None,
 ) -> torch.Tensor:
     """Same contract as qkv_decode_attention_ref; two launches (split + merge), or one with
@@ -134,17 +129,13 @@ def qkv_decode_attention_triton(
         if prefetch_enabled()
         else 0
     )
-    next_w = l2_next_weight(walks_cache) if next_weight is not None and prefetch_enabled() else 0
-    w = next_weight if next_w else qkv2  # its lines split evenly over the programs
-    w_lines = cdiv(w.numel() * w.element_size(), LINE_BYTES)
-    w_share = cdiv(w_lines, B * Hkv * splits)
     _qkv_split_kernel[(B * Hkv, splits)](
         qkv2, q_weight if norm else qkv2, k_weight if norm else qkv2, cos2, sin2, positions, k_cache, v_cache,
         acc, ml, out, counters, src, ml if clock is None else clock, scale * math.log2(math.e), eps, norm_eps,
         src.shape[1], src.stride(0),
         heads, Hkv, splits, S, qkv2.stride(0), D,
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
-        v_cache.stride(2), out.stride(0), ahead, w, w_lines, w_share,
+        v_cache.stride(2), out.stride(0), ahead,
         G=G, BLOCK_G=max(16, next_pow2(G)), D=D, HALF_BLOCK=max(16, next_pow2(D // 2)),
         BLOCK_D=max(16, next_pow2(D)), BLOCK_N=block_n, QK_NORM=norm, OFFSET=float(offset),
         DOT_F32=INTERPRETING, MERGE=merge, DIRECT=direct, BLOCK_P=merge_block(D, splits),
@@ -153,7 +144,6 @@ def qkv_decode_attention_triton(
         EARLY_TABLES=early_tables(), GROUPED=grouped_loads(), CLOCK=clock is not None,
         EARLY_ROW_SCALE=early_row_scale(), LATE_V=late_v(B), AHEAD=ahead > 0,
         ROW_LINES=next_pow2(cdiv(D * elem, LINE_BYTES)), LINE_ELEMS=max(1, LINE_BYTES // elem),
-        NEXT_W=next_w, W_SHARE=next_pow2(w_share) if next_w else 1, W_LINE_ELEMS=max(1, LINE_BYTES // w.element_size()),
         num_warps=split_warps(D, elem, B), num_stages=split_stages(B, splits), **launch,
     )  # fmt: skip
     if not merge and not direct:

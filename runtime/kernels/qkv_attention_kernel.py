@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from runtime.kernels._triton import jit, pdl_release, pdl_wait, tl
 from runtime.kernels.decode_attention import block_dot, merge_head
-from runtime.kernels.l2_prefetch import prefetch_cache_blocks, prefetch_share
+from runtime.kernels.l2_prefetch import prefetch_cache_blocks
 from runtime.kernels.phase_clock import clock_mark, total_2d
 from runtime.kernels.qkv_attention_loads import cache_block, key_value_rows, pinned, query_rows, tables
 from runtime.kernels.qkv_rope import cache_slot, norm_rope_loaded
@@ -70,9 +70,6 @@ def _qkv_split_kernel(
     v_ss,
     o_sb,
     ahead,
-    w_ptr,
-    w_lines,
-    w_share,
     G: tl.constexpr,
     BLOCK_G: tl.constexpr,
     D: tl.constexpr,
@@ -97,9 +94,6 @@ def _qkv_split_kernel(
     AHEAD: tl.constexpr = False,
     ROW_LINES: tl.constexpr = 1,
     LINE_ELEMS: tl.constexpr = 64,
-    NEXT_W: tl.constexpr = 0,
-    W_SHARE: tl.constexpr = 1,
-    W_LINE_ELEMS: tl.constexpr = 64,
 ):
     # With PREFETCH, before the wait (PDL: the previous kernel, the qkv GEMV, may still run) only
     # what no kernel of this layer writes: the positions, the cache slots but the new one, and with
@@ -160,14 +154,8 @@ def _qkv_split_kernel(
     inv = 1.0
     if early_scale:
         inv = row_inv_rms(src_ptr + b.to(tl.int64) * src_stride, n_src, src_eps, BLOCK_SRC)
-    # NEXT_W (attention_plan.l2_next_weight): this program's share of the next product's weight
-    # asked of L2, before the wait (1) or right after it (2); read-only, so either is safe
-    if NEXT_W == 1:
-        asked += prefetch_share(w_ptr, program, w_share, w_lines, W_SHARE, W_LINE_ELEMS)
     if PREFETCH:
         pdl_wait(PDL)
-    if NEXT_W == 2:
-        asked += prefetch_share(w_ptr, program, w_share, w_lines, W_SHARE, W_LINE_ELEMS)
     clock_mark(clock_ptr, program, 5, length, CLOCK)
     if not EARLY_TABLES:
         qw1, qw2, kw1, kw2, qcos1, qcos2, qsin1, qsin2, kcos1, kcos2, ksin1, ksin2 = tables(
@@ -229,7 +217,7 @@ def _qkv_split_kernel(
 
     clock_mark(clock_ptr, program, 7, tl.sum(l_i, axis=0), CLOCK)
     pdl_release(PDL)
-    if ahead_on or NEXT_W > 0:
+    if ahead_on:
         l_i += asked.to(tl.float32)  # + 0.0: l_i >= 0, unchanged bit for bit
     if DIRECT:
         # one program per (row, kv head): its running softmax is the whole one, so it writes the

@@ -105,7 +105,7 @@ class Attention(nn.Module):
         k_cache, v_cache = cache.k[self.layer][:B], cache.v[self.layer][:B]
         return ops.qkv_decode_attention(
             qkv, self.heads, self.kv_heads, cos, sin, *self._qk_args(), k_cache, v_cache, positions,
-            self.scale, norm_source, norm_eps, self.o_proj.weight,
+            self.scale, norm_source, norm_eps,
         )  # fmt: skip
 
 
