@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
+
+from graphs.pool import GraphPool
+from runtime.bench.step_timing import isolated_ms
 
 SHAPES = {  # (N, K) of the batch-16 products cuBLAS runs (qkv and the LM head run on Triton)
     "Llama o": (2048, 2048),
@@ -30,31 +32,6 @@ REPS = 20  # calls per graph
 ROUNDS = 15  # replays timed
 
 
-def graph_of(calls) -> torch.cuda.CUDAGraph:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        calls()  # warm-up: cuBLAS picks its kernel and workspace outside the capture
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        calls()
-    return graph
-
-
-def time_us(graph: torch.cuda.CUDAGraph) -> float:
-    """Median us a call over ROUNDS replays of REPS calls."""
-    times = []
-    for _ in range(ROUNDS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / REPS)
-    return statistics.median(times)
-
-
 def products(x: torch.Tensor, weights: list[torch.Tensor], out: torch.Tensor):
     """REPS calls of x @ W.T into out, W cycling over `weights`."""
     return lambda: [torch.mm(x, weights[i % len(weights)].t(), out=out) for i in range(REPS)]
@@ -67,17 +44,14 @@ def measure(N: int, K: int, rows: int, l2: int) -> dict:
     copies = max(2, -(-2 * l2 // w_bytes) + 1)
     weights = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
     out = torch.empty(rows, N, device="cuda", dtype=torch.bfloat16)
-    row = {
-        "N": N,
-        "K": K,
-        "MB": round(w_bytes / 2**20, 1),
-        "dram_us": round(time_us(graph_of(products(x, weights, out))), 2),
-    }
-    if w_bytes < l2 // 2:
-        row["l2_us"] = round(time_us(graph_of(products(x, weights[:1], out))), 2)
-    for where in ("dram", "l2"):
-        if f"{where}_us" in row:
-            row[f"{where}_gbs"] = round(w_bytes / row[f"{where}_us"] / 1e3, 1)
+    sources = {"dram": weights, "l2": weights[:1]} if w_bytes < l2 // 2 else {"dram": weights}
+    pool = GraphPool(lambda where: products(x, sources[where], out)(), warmup=1)
+    pool.capture(sources)
+    row = {"N": N, "K": K, "MB": round(w_bytes / 2**20, 1)}
+    for where in sources:  # each replay (REPS calls) timed alone: median us a call
+        us = isolated_ms(lambda w=where: pool.replay(w), ROUNDS) * 1e3 / REPS
+        row[f"{where}_us"], row[f"{where}_gbs"] = round(us, 2), round(w_bytes / us / 1e3, 1)
+    pool.release()
     return row
 
 
