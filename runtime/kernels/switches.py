@@ -25,7 +25,13 @@ def env_power_of_two(name: str, default: int, low: int, high: int) -> int:
     raw = os.environ.get(name) or ""
     if not raw:
         return default
-    value = int(raw) if raw.isdigit() else 0
-    if value < low or value > high or value & (value - 1):
+    value = power_of_two(raw, low, high)
+    if value is None:
         raise ValueError(f"{name}={raw!r}: choose a power of two from {low} to {high}")
     return value
+
+
+def power_of_two(text: str, low: int, high: int) -> int | None:
+    """`text` as a power of two in [low, high], or None where it is not one."""
+    value = int(text) if text.isdigit() else 0
+    return None if value < low or value > high or value & (value - 1) else value

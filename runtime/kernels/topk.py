@@ -50,7 +50,7 @@ import torch
 
 from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
 from runtime.kernels.radix_select import select_largest
-from runtime.kernels.switches import env_choice, env_power_of_two
+from runtime.kernels.switches import env_choice, env_power_of_two, power_of_two
 
 CHUNK = 4096  # logits per stage-1 program
 GROUP = 1024  # keys a merge or last-stage program selects from (8 lists of K = 128)
@@ -196,8 +196,8 @@ def stage_warps() -> dict[str, int]:
     chosen = {}
     for entry in filter(None, (e.strip() for e in raw.split(","))):
         stage, _, count = entry.partition("=")
-        warps = int(count) if count.isdigit() else 0
-        if stage not in STAGES or not 1 <= warps <= 32 or warps & (warps - 1):
+        warps = power_of_two(count, 1, 32)
+        if stage not in STAGES or warps is None:
             raise ValueError(
                 f"RUNTIME_TOPK_WARPS={raw!r}: write stage=warps entries, stage one of {', '.join(STAGES)}, "
                 "warps a power of two from 1 to 32"
