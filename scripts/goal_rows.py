@@ -12,7 +12,9 @@ and rows.jsonl (per-step times and each trial's TTFT):
                (medium: 256 + 256), each the median of the 32 steps around it, then over trials
   TTFT         the prefill config's time to first token (1024-token prompt), Llama
   batch 16     medium_b16's step against medium's
-Start-up is not part of a goals run (scripts/startup_check.py measures it).
+  start-up     with --startup LOG (scripts/startup_check.py's output, which a goals run does not
+               measure): the first start's load from local safetensors + capture, the slowest such
+               start in the log (a fresh Triton cache where the log has one)
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 LLAMA = "meta-llama/Llama-3.2-1B-Instruct"
 GPT_FAST_MS = 1.48  # gpt-fast's Llama-3.2-1B step on the H100 (the issue's baseline)
+STARTUP_S = 10.0  # the start-up goal: load from local safetensors + capture of every bucket
 WINDOW = 32  # steps around a position whose median stands for it
 
 
@@ -58,8 +61,22 @@ def ttft(rows: list[dict], model: str, config: str) -> tuple[float | None, list[
     return (statistics.median(values) if values else None), values
 
 
-def goal_rows(folder: Path) -> tuple[list[str], list[list[str]]]:
-    """-> (header, body) of the goal table for the run in `folder`."""
+def first_start(log: Path) -> dict | None:
+    """The slowest first start from local safetensors among startup_check.py's JSON lines in `log`
+    (a fresh Triton cache's where there is one), or None where the log holds none."""
+    starts = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            start = json.loads(line)
+            if start.get("start") == "first" and start.get("loader") == "safetensors":
+                starts.append(start)
+    fresh = [s for s in starts if s.get("fresh_triton_cache")] or starts
+    return max(fresh, key=lambda s: s["load_plus_capture_s"]) if fresh else None
+
+
+def goal_rows(folder: Path, startup: Path | None = None) -> tuple[list[str], list[list[str]]]:
+    """-> (header, body) of the goal table for the run in `folder`, with the start-up row where
+    `startup` names a startup_check.py log."""
     summary, rows = _summary(folder), _rows(folder)
     models = list(dict.fromkeys(m for m, _ in summary))
 
@@ -106,6 +123,19 @@ def goal_rows(folder: Path) -> tuple[list[str], list[list[str]]]:
         body.append(cells)
     b16 = {m: _ratio(step(m, "medium_b16"), step(m, "medium")) for m in models}
     body.append(row("batch 16 vs batch 1", "<= 1.3x", b16, "{:.4f}x".format, lambda v: v <= 1.3))
+    start = first_start(startup) if startup else None
+    if start:
+        model = start["model"] if start["model"] in models else models[0]
+        cells = row(
+            f"start-up ({model.split('/')[-1]}: load + capture)",
+            f"<= {STARTUP_S:g} s",
+            {model: start["load_plus_capture_s"]},
+            "{:.2f} s".format,
+            lambda v: v <= STARTUP_S,
+        )
+        cache = "empty" if start.get("fresh_triton_cache") else "warm"
+        cells[2 + models.index(model)] += f" (first start, {cache} Triton cache, {start['graphs']} graphs)"
+        body.append(cells)
     header = ["goal row", "target", *[m.split("/")[-1] for m in models], "state"]
     return header, body
 
@@ -129,11 +159,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, help="a folder written by `runtime bench configs/goals.yaml`")
     ap.add_argument("--out", type=Path, help="also write the table here")
+    ap.add_argument("--startup", type=Path, help="a scripts/startup_check.py log: adds the start-up row")
     args = ap.parse_args()
     for name in ("summary.csv", "rows.jsonl"):
         if not (args.run / name).is_file():
             raise SystemExit(f"{args.run / name} is missing: pass a folder written by runtime bench --out")
-    table = markdown(*goal_rows(args.run))
+    if args.startup and not (args.startup.is_file() and first_start(args.startup)):
+        raise SystemExit(
+            f"{args.startup} holds no first start from safetensors: pass startup_check.py's output"
+        )
+    table = markdown(*goal_rows(args.run, args.startup))
     print(table, end="")
     if args.out:
         args.out.write_text(table)

@@ -85,3 +85,53 @@ def test_a_value_just_past_its_line_does_not_print_as_the_line():
     """goals40 read Qwen3's long row at 1.05012: "+5.0%" beside "not met" read as a contradiction."""
     percent = _module()._percent
     assert percent(1.05012) == "+5.01%" and percent(1.0499) == "+4.99%"
+
+
+def _startup_log(path: Path, starts: list[dict]) -> Path:
+    """startup_check.py's output: progress lines, then one JSON line per child."""
+    lines = ["wrote /tmp/startup-checkpoint in 5.1 s", ""] + [json.dumps(s) for s in starts]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _start(start: str, loader: str, fresh: bool, seconds: float) -> dict:
+    return dict(
+        model=LLAMA,
+        loader=loader,
+        start=start,
+        fresh_triton_cache=fresh,
+        graphs=21,
+        load_plus_capture_s=seconds,
+    )
+
+
+def test_the_start_up_row_takes_the_slowest_first_start_from_safetensors(tmp_path):
+    gr = _module()
+    _run(tmp_path)
+    log = _startup_log(
+        tmp_path / "startup.log",
+        [
+            _start("first", "safetensors", True, 8.12),
+            _start("second", "safetensors", True, 30.0),  # a second start is not the first start
+            _start("first", "staged", True, 12.0),  # another loader
+            _start("first", "safetensors", True, 10.4),
+            _start("first", "safetensors", False, 11.0),  # a warm cache where fresh ones exist
+        ],
+    )
+    table = {r[0]: r[2:] for r in gr.goal_rows(tmp_path, log)[1]}
+    row = table["start-up (Llama-3.2-1B-Instruct: load + capture)"]
+    assert row == [
+        "10.40 s (first start, empty Triton cache, 21 graphs)",
+        "-",
+        "not met (Llama-3.2-1B-Instruct)",
+    ]
+    assert not any(name.startswith("start-up") for name in {r[0] for r in gr.goal_rows(tmp_path)[1]})
+
+
+def test_a_startup_log_without_a_first_start_exits_with_the_fix(tmp_path):
+    _run(tmp_path)
+    log = _startup_log(tmp_path / "startup.log", [_start("second", "safetensors", False, 4.0)])
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path), "--startup", str(log)], capture_output=True, text=True
+    )
+    assert proc.returncode != 0 and "no first start" in proc.stderr and "startup_check.py" in proc.stderr
