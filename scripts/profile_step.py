@@ -124,6 +124,8 @@ SETTINGS = {  # name -> the environment the runner is built (captured) under
     "gate/up GEMV releases early": {"RUNTIME_GEMV_EARLY": "gate_up"},
     "gate/up and down GEMVs release early": {"RUNTIME_GEMV_EARLY": "gate_up,down"},
     "cuBLASLt for the batch GEMMs": {"PROFILE_BLAS": "cublaslt"},
+    "batch GEMMs without split-K": {"PROFILE_BLAS": "cublaslt", "PROFILE_SPLITK": "off"},
+    "batch GEMMs with split-K summed in fp32": {"PROFILE_SPLITK": "fp32"},
     "norm 1 warp": {"RUNTIME_NORM_WARPS": "1"},
     "norm 2 warps": {"RUNTIME_NORM_WARPS": "2"},
     "norm 8 warps": {"RUNTIME_NORM_WARPS": "8"},
@@ -374,10 +376,19 @@ def ab(
     chosen = [(name, env) for name, env in SETTINGS.items() if not settings or name in settings]
     for trial, (name, env) in ((t, item) for t in range(repeat) for item in chosen):
         os.environ.update(env)  # read while the step is captured
-        # PROFILE_BLAS (not a runtime switch): torch's BLAS backend while this runner captures
+        # PROFILE_BLAS (not a runtime switch): torch's BLAS backend while this runner captures;
+        # PROFILE_SPLITK, its bf16 reductions: "off" no split K (cuBLASLt only), "fp32" split K
+        # summed in fp32, not bf16 (torch's allow_bf16_reduced_precision_reduction pair)
         blas = torch.backends.cuda.preferred_blas_library()
+        matmul = torch.backends.cuda.matmul
+        reduction = (
+            matmul.allow_bf16_reduced_precision_reduction,
+            matmul.allow_bf16_reduced_precision_reduction_split_k,
+        )
         if "PROFILE_BLAS" in env:
             torch.backends.cuda.preferred_blas_library(env["PROFILE_BLAS"])
+        if "PROFILE_SPLITK" in env:
+            matmul.allow_bf16_reduced_precision_reduction = (False, env["PROFILE_SPLITK"] == "fp32")
         try:
             runner = Runner(
                 loaded, capacity=capacity or prompt + 2 * steps + 32, max_batch=BATCH, mode="graph"
@@ -389,6 +400,7 @@ def ab(
             for key in env:
                 del os.environ[key]
             torch.backends.cuda.preferred_blas_library(blas)
+            matmul.allow_bf16_reduced_precision_reduction = reduction
         row = {
             "model": model_id,
             "setting": name,
