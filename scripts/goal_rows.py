@@ -74,9 +74,9 @@ def first_start(log: Path) -> dict | None:
     return max(fresh, key=lambda s: s["load_plus_capture_s"]) if fresh else None
 
 
-def goal_rows(folder: Path, startup: Path | None = None) -> tuple[list[str], list[list[str]]]:
+def goal_rows(folder: Path, start: dict | None = None) -> tuple[list[str], list[list[str]]]:
     """-> (header, body) of the goal table for the run in `folder`, with the start-up row where
-    `startup` names a startup_check.py log."""
+    `start` is a first start (first_start) of one of the run's models."""
     summary, rows = _summary(folder), _rows(folder)
     models = list(dict.fromkeys(m for m, _ in summary))
 
@@ -123,9 +123,8 @@ def goal_rows(folder: Path, startup: Path | None = None) -> tuple[list[str], lis
         body.append(cells)
     b16 = {m: _ratio(step(m, "medium_b16"), step(m, "medium")) for m in models}
     body.append(row("batch 16 vs batch 1", "<= 1.3x", b16, "{:.4f}x".format, lambda v: v <= 1.3))
-    start = first_start(startup) if startup else None
     if start:
-        model = start["model"] if start["model"] in models else models[0]
+        model = start["model"]
         cells = row(
             f"start-up ({model.split('/')[-1]}: load + capture)",
             f"<= {STARTUP_S:g} s",
@@ -164,11 +163,16 @@ def main() -> None:
     for name in ("summary.csv", "rows.jsonl"):
         if not (args.run / name).is_file():
             raise SystemExit(f"{args.run / name} is missing: pass a folder written by runtime bench --out")
-    if args.startup and not (args.startup.is_file() and first_start(args.startup)):
-        raise SystemExit(
-            f"{args.startup} holds no first start from safetensors: pass startup_check.py's output"
-        )
-    table = markdown(*goal_rows(args.run, args.startup))
+    start = None
+    if args.startup:
+        start = first_start(args.startup) if args.startup.is_file() else None
+        if not start:
+            raise SystemExit(
+                f"{args.startup} holds no first start from safetensors: pass startup_check.py's output"
+            )
+        if start["model"] not in {model for model, _ in _summary(args.run)}:
+            raise SystemExit(f"{args.startup} times {start['model']}, which {args.run} did not run")
+    table = markdown(*goal_rows(args.run, start))
     print(table, end="")
     if args.out:
         args.out.write_text(table)

@@ -118,7 +118,7 @@ def test_the_start_up_row_takes_the_slowest_first_start_from_safetensors(tmp_pat
             _start("first", "safetensors", False, 11.0),  # a warm cache where fresh ones exist
         ],
     )
-    table = {r[0]: r[2:] for r in gr.goal_rows(tmp_path, log)[1]}
+    table = {r[0]: r[2:] for r in gr.goal_rows(tmp_path, gr.first_start(log))[1]}
     row = table["start-up (Llama-3.2-1B-Instruct: load + capture)"]
     assert row == [
         "10.40 s (first start, empty Triton cache, 21 graphs)",
@@ -128,10 +128,16 @@ def test_the_start_up_row_takes_the_slowest_first_start_from_safetensors(tmp_pat
     assert not any(name.startswith("start-up") for name in {r[0] for r in gr.goal_rows(tmp_path)[1]})
 
 
-def test_a_startup_log_without_a_first_start_exits_with_the_fix(tmp_path):
+def test_a_startup_log_without_a_first_start_or_of_another_model_exits_with_the_fix(tmp_path):
     _run(tmp_path)
-    log = _startup_log(tmp_path / "startup.log", [_start("second", "safetensors", False, 4.0)])
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(tmp_path), "--startup", str(log)], capture_output=True, text=True
-    )
+
+    def run(starts: list[dict]) -> subprocess.CompletedProcess:
+        log = _startup_log(tmp_path / "startup.log", starts)
+        cmd = [sys.executable, str(SCRIPT), str(tmp_path), "--startup", str(log)]
+        return subprocess.run(cmd, capture_output=True, text=True)
+
+    proc = run([_start("second", "safetensors", False, 4.0)])
     assert proc.returncode != 0 and "no first start" in proc.stderr and "startup_check.py" in proc.stderr
+    proc = run([{**_start("first", "safetensors", True, 8.0), "model": "google/gemma-3-1b-it"}])
+    assert proc.returncode != 0 and "gemma-3-1b-it, which" in proc.stderr and "did not run" in proc.stderr
+    assert run([_start("first", "safetensors", True, 8.0)]).returncode == 0
