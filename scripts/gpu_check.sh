@@ -40,7 +40,9 @@ for stage in $STAGES; do
     prefill) timeout 150 python3 scripts/profile_prefill.py --out "$OUT/profile_prefill.json" 2>&1 | tee "$OUT/profile_prefill.log" | tail -6 ;;
     profile) python3 scripts/profile_step.py --out "$OUT/profile_step.json" 2>&1 | tee "$OUT/profile_step.log" | tail -60 ;;
     barrier) timeout 120 python3 scripts/bench_grid_barrier.py --out "$OUT/grid_barrier.json" 2>&1 | tee "$OUT/grid_barrier.log" | tail -5 ;;
-    timeline) timeout 240 python3 scripts/step_timeline.py --batch 1 --batch 16 --out "$OUT/timeline.json" 2>&1 | tee "$OUT/timeline.log" | grep -v -i warn | tail -60 ;;
+    # the step's kernels in launch order, then each layer's kernels against their bytes at copy speed
+    timeline) timeout 240 python3 scripts/step_timeline.py --batch 1 --batch 16 --out "$OUT/timeline.json" 2>&1 | tee "$OUT/timeline.log" | grep -v -i warn | tail -60
+              python3 scripts/layer_budget.py "$OUT/timeline.json" --out "$OUT/layer_budget.md" | grep -E '^(###|for|\| \*\*layer)' ;;
     # where the attention and GEMV kernels' programs spend their time (the phase clock), after its tests
     phases) python3 -m pytest -q -p no:cacheprovider tests/test_phase_clock.py 2>&1 | tail -2
             timeout 300 python3 scripts/kernel_phases.py --kernels "${PHASE_KERNELS:-attention,gemv}" ${PHASES_ARGS:-} \

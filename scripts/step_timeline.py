@@ -27,6 +27,7 @@ from collections.abc import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from runtime.bench.bandwidth import copy_bandwidth_gbs
 from runtime.engine.runner import Runner
 from runtime.engine.sampler import BENCH_SAMPLED, SamplingParams
 from runtime.models.loader import load_model
@@ -270,9 +271,11 @@ def main() -> None:
         lambda ap: ap.add_argument("--variant", default="greedy", choices=("greedy", "topk")),
     )
     results = []
+    gbs = copy_bandwidth_gbs(torch.device("cuda"))  # layer_budget.py's denominator
     for model_id in args.model:
         for batch in args.batch:
             res = timeline(model_id, batch, args.prompt, args.replays, args.capacity, args.variant)
+            res["bandwidth_gbs"] = round(gbs, 1) if gbs else None
             print_result(res)
             results.append(res)
             torch.cuda.empty_cache()
