@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 from pathlib import Path
 
 from runtime.models.config_json import spec_from_config_json
@@ -104,8 +105,7 @@ def markdown(result: dict, b: dict, gbs: float) -> str:
             f"{result['step_us_end_to_end']} us, copy {gbs:.0f} GB/s")  # fmt: skip
     lines = [head, "| part | kernel | adds us | MB | at copy us | excess us |", "|---|---|---|---|---|---|"]
     for r in b["rows"]:
-        kernel = r["kernel"] if len(r["kernel"]) < 40 else r["kernel"][:37] + "..."
-        lines.append(f"| {r['part'] or '-'} | {kernel} | {r['adds']:.2f} | {r['bytes'] / 1e6:.2f} | "
+        lines.append(f"| {r['part'] or '-'} | {textwrap.shorten(r['kernel'], 48, placeholder='...')} | {r['adds']:.2f} | {r['bytes'] / 1e6:.2f} | "
                      f"{r['at_copy']:.2f} | {r['excess']:.2f} |")  # fmt: skip
     s = b["layer"]
     lines.append(
