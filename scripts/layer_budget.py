@@ -73,8 +73,8 @@ def role_names(roles: list[dict]) -> list[str] | None:
 
 
 def budget(result: dict, gbs: float, batch1_us: float | None = None) -> dict:
-    """One step_timeline result -> {"rows": per role (part, kernel, adds, bytes, at_copy, excess),
-    "layer": the sums, "goal": the goal's words, "needed": the change per layer that meets it (None
+    """One step_timeline result at copy bandwidth gbs -> {"gbs", "rows": per role (part, kernel,
+    adds, bytes, at_copy, excess), "layer": the sums, "goal": the goal's words, "needed": the change per layer that meets it (None
     where unknown)}. batch1_us: the same model's batch-1 step, for a larger batch's goal."""
     spec = spec_from_config_json(shipped_config(result["model"]))
     parts = role_names(result["roles"])
@@ -97,12 +97,19 @@ def budget(result: dict, gbs: float, batch1_us: float | None = None) -> dict:
         goal, needed = f"{FLOOR_GOAL}x the floor", (FLOOR_GOAL * floor_us - step_us) / spec.layers
     elif parts and step_us and batch1_us:
         goal, needed = f"{BATCH_GOAL}x the batch-1 step", (BATCH_GOAL * batch1_us - step_us) / spec.layers
-    return {"rows": rows, "layer": layer, "goal": goal, "needed": needed, "mapped": parts is not None}
+    return {
+        "gbs": gbs,
+        "rows": rows,
+        "layer": layer,
+        "goal": goal,
+        "needed": needed,
+        "mapped": parts is not None,
+    }
 
 
-def markdown(result: dict, b: dict, gbs: float) -> str:
+def markdown(result: dict, b: dict) -> str:
     head = (f"### {result['model']}, batch {result['batch']}, prompt {result['prompt']}: step "
-            f"{result['step_us_end_to_end']} us, copy {gbs:.0f} GB/s")  # fmt: skip
+            f"{result['step_us_end_to_end']} us, copy {b['gbs']:.0f} GB/s")  # fmt: skip
     lines = [head, "| part | kernel | adds us | MB | at copy us | excess us |", "|---|---|---|---|---|---|"]
     for r in b["rows"]:
         lines.append(f"| {r['part'] or '-'} | {textwrap.shorten(r['kernel'], 48, placeholder='...')} | {r['adds']:.2f} | {r['bytes'] / 1e6:.2f} | "
@@ -138,8 +145,7 @@ def main() -> None:
         raise SystemExit(f"no shipped config for {', '.join(missing)}: add configs/models/<name>.json")
     batch1 = {r["model"]: r.get("step_us_end_to_end") for r in results if r["batch"] == 1}
     text = "\n".join(
-        markdown(r, budget(r, gbs or r["bandwidth_gbs"], batch1.get(r["model"])), gbs or r["bandwidth_gbs"])
-        for r in results
+        markdown(r, budget(r, gbs or r["bandwidth_gbs"], batch1.get(r["model"]))) for r in results
     )
     print(text, end="")
     if args.out:

@@ -69,7 +69,7 @@ def test_a_layer_it_cannot_name_keeps_its_times_without_bytes():
     llama["roles"] = [r for r in llama["roles"] if r["role"] != 4]  # the o GEMV gone: three products
     b = lb.budget(llama, GBS)
     assert not b["mapped"] and b["needed"] is None and all(r["bytes"] == 0 for r in b["rows"])
-    assert "could not be named" in lb.markdown(llama, b, GBS)
+    assert "could not be named" in lb.markdown(llama, b)
 
 
 def test_the_command_line_needs_a_bandwidth_and_a_shipped_config(tmp_path):
