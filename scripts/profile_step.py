@@ -8,10 +8,10 @@ busy = the sum of kernel times per step; gap = step - busy is what launches and 
 inside the graph. GEMM rows also give the achieved weight GB/s (all Linear weights + LM head /
 the GEMM kernels' time), against the copy bandwidth measured in the same process.
 It also times and profiles the batch-16 greedy step (every row from the same prompt).
---ab also times the greedy and the "topk" sampled step (temperature 0.8, top-k 50, top-p 0.9) and
-the batch-16 greedy step under each kernel setting of SETTINGS, one runner after another in this
-process, so the settings compare on the same card and the same tuned GEMV blocks
-(RUNTIME_KERNELS_OFF names ops forced to their references: embed_rope, the step's inputs in one
+--ab also times the greedy and the "topk" sampled step (temperature 0.8, top-k 50, top-p 0.9), the
+"sample" step (top-p 0.9 alone, temperature 0.6) and the batch-16 greedy step under each kernel
+setting of SETTINGS, one runner after another in this process, so the settings compare on the
+same card and the same tuned GEMV blocks (RUNTIME_KERNELS_OFF names ops forced to their references: embed_rope, the step's inputs in one
 kernel, and step_tail, the argmax / sampler writing the next token; RUNTIME_ATTN_PREFETCH=0 makes
 the attention kernel wait before it reads its first cache block; RUNTIME_PDL picks the
 programmatic-dependent-launch mode).
@@ -32,7 +32,7 @@ from runtime.bench.bandwidth import copy_bandwidth_gbs
 from runtime.bench.kernel_times import kernel_times
 from runtime.bench.step_timing import isolated_ms
 from runtime.engine.runner import Runner
-from runtime.engine.sampler import BENCH_SAMPLED, SamplingParams
+from runtime.engine.sampler import BENCH_SAMPLED, BENCH_TOP_P, SamplingParams
 from runtime.kernels import gemv_tuning, tuning_store
 from runtime.models.loader import load_model
 
@@ -409,7 +409,11 @@ def ab(
             "mode": runner.mode,
             "gemv_blocks": runner.gemv_blocks,  # the batch-1 GEMVs' blocks and where each came from
         }
-        for variant, params in (("greedy", SamplingParams()), ("topk", BENCH_SAMPLED)):
+        for variant, params in (
+            ("greedy", SamplingParams()),
+            ("topk", BENCH_SAMPLED),
+            ("sample", BENCH_TOP_P),
+        ):
             runner.set_row(0, params)
             runner.prefill(0, ids, 0, variant)
             for _ in range(8):

@@ -20,6 +20,7 @@ from tiny_configs import tiny_config, tiny_llama_runner
 from runtime.engine.runner import step_tail, step_tail_ref
 from runtime.engine.state import DecodeBuffers
 from runtime.kernels import argmax as argmax_mod
+from runtime.kernels import sort_sample as sort_sample_mod
 from runtime.kernels import topk as topk_mod
 from runtime.kernels import topk_sample as topk_sample_mod
 
@@ -41,7 +42,7 @@ UNFUSED = {"RUNTIME_KERNELS": "triton", "RUNTIME_KERNELS_OFF": ",".join(filter(N
 TORCH = {"RUNTIME_KERNELS": "torch", "RUNTIME_KERNELS_OFF": ""}
 
 
-poisoned = poisoned_fixture(argmax_mod, topk_mod, topk_sample_mod)
+poisoned = poisoned_fixture(argmax_mod, topk_mod, topk_sample_mod, sort_sample_mod)
 
 
 @pytest.fixture(autouse=True)
@@ -108,8 +109,8 @@ TAIL_CASES = cases(
 def test_step_tail_matches_the_reference(poisoned, monkeypatch, B, V, variant):
     """Two steps on the same rows: ids, tokens, positions, seen and nonfinite_at equal today's ops
     (same kernels) in every row, NaN and -inf rows included, and plain torch on the finite rows;
-    a row's record keeps its first position. The folded topk step records in the sampler's own
-    launches: no argmax call."""
+    a row's record keeps its first position. The folded topk and sample steps record in their
+    samplers' own launches: no argmax call."""
     fused, nonfinite_at = _state(B, V)
     start = fused.positions.clone()
     unfused, unfused_nf = _clone(fused, nonfinite_at)
@@ -125,8 +126,8 @@ def test_step_tail_matches_the_reference(poisoned, monkeypatch, B, V, variant):
     for _ in range(2):
         x = _logits(B, V)
         _run(monkeypatch, FUSED, step_tail, x, fused, nonfinite_at, variant)
-        # greedy: the whole step in argmax; sample: its record only; topk: none (the sampler records)
-        assert argmax_calls == {"greedy": ["step"], "topk": [], "sample": ["record"]}[variant]
+        # greedy: the whole step in argmax; topk and sample: none (their samplers record)
+        assert argmax_calls == {"greedy": ["step"], "topk": [], "sample": []}[variant]
         argmax_calls.clear()
         _run(monkeypatch, UNFUSED, step_tail, x, unfused, unfused_nf, variant)
         _run(monkeypatch, TORCH, step_tail_ref, x, plain, plain_nf, variant)
@@ -157,8 +158,8 @@ NARROW_CASES = cases(full=[(3, 1000), (1, 151936), (3, 262147)], small=[(3, 1000
 @pytest.mark.parametrize("B,V", NARROW_CASES)
 def test_step_tail_takes_bf16_logits_as_their_float32_values(poisoned, monkeypatch, B, V, variant):
     """The batch LM head's bf16 logits, as cuBLAS writes them: the same tokens, positions, seen and
-    record as float32 logits holding the same values, NaN and -inf rows included; the topk step
-    stays in the sampler's kernels (no argmax launch) as it does for float32."""
+    record as float32 logits holding the same values, NaN and -inf rows included; the topk and
+    sample steps stay in their samplers' kernels (no argmax launch) as they do for float32."""
     narrow, narrow_nf = _state(B, V)
     wide, wide_nf = _clone(narrow, narrow_nf)
     argmax_calls = []
@@ -172,7 +173,7 @@ def test_step_tail_takes_bf16_logits_as_their_float32_values(poisoned, monkeypat
     for _ in range(2):
         x = _logits(B, V).to(torch.bfloat16)
         _run(monkeypatch, FUSED, step_tail, x, narrow, narrow_nf, variant)
-        assert argmax_calls == {"greedy": [torch.bfloat16], "topk": [], "sample": [torch.float32]}[variant]
+        assert argmax_calls == {"greedy": [torch.bfloat16], "topk": [], "sample": []}[variant]
         argmax_calls.clear()
         _run(monkeypatch, FUSED, step_tail, x.float(), wide, wide_nf, variant)
         argmax_calls.clear()

@@ -93,9 +93,10 @@ def step_tail_ref(logits: torch.Tensor, buf: DecodeBuffers, nonfinite_at: torch.
 
 def step_tail(logits: torch.Tensor, buf: DecodeBuffers, nonfinite_at: torch.Tensor, variant: str) -> None:
     """step_tail_ref folded into the kernels: greedy in the argmax's 2 launches; topk in the
-    sampler's 3 (2 up to 32768 logits): the first also checks the logits, the last records and
-    writes token, position and seen. sample, and topk where the fused sampler cannot run
-    (sampler.sample_step): the argmax's 2 (the record only), the sampler, 3 torch kernels.
+    sampler's 3 (2 up to 32768 logits), sample in sort_sample's 4 around one sort: the first
+    also checks the logits, the last records and writes token, position and seen. Where the
+    fused sampler cannot run (sampler.sample_step): the argmax's 2 (the record only), the
+    sampler, 3 torch kernels.
     The reference runs where the op "step_tail" or "argmax_checked" is off.  # graph: safe
     logits may also be bf16 or fp16 (the batch LM head's own output): the kernels widen them as
     they load; the torch paths widen them first. Either way the float32 values decide."""

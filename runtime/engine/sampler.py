@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from runtime.errors import RuntimeUserError
-from runtime.kernels import argmax, ops, topk, topk_sample
+from runtime.kernels import argmax, ops, sort_sample, topk, topk_sample
 
 _MASK32 = 0xFFFFFFFF
 
@@ -45,6 +45,8 @@ class SamplingParams:
 # the sampled config the goals bench runs (configs/goals.yaml: temperature 0.8, top-k 50, top-p 0.9),
 # seeded: the "topk" step the profiling scripts time
 BENCH_SAMPLED = SamplingParams(0.8, 50, 0.9, 1.0, 1)
+# top-p alone (Llama 3's own generation settings), seeded: the "sample" step the profiling scripts time
+BENCH_TOP_P = SamplingParams(0.6, 0, 0.9, 1.0, 1)
 
 
 def _mix(h: torch.Tensor) -> torch.Tensor:
@@ -76,13 +78,15 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 def top_k_top_p_cutoff(ranked: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """ranked (B, K) logits sorted descending (K = V, or a candidate set holding every row's top-k)
     -> (B, 1) cutoff: a row keeps tokens whose logit is >= it. It keeps its n best tokens,
-    n = min(k, smallest prefix whose mass reaches p); by value, so ties at the cut stay together."""
+    n = min(k, smallest prefix whose mass reaches p); by value, so ties at the cut stay together.
+    top_p >= 1 keeps all k (a float cumsum may reach 1 before the last tokens, which it would drop)."""
     K = ranked.shape[-1]
     k = torch.where(top_k > 0, top_k.clamp(max=K), torch.full_like(top_k, K))  # (B,)
     rank = torch.arange(K, device=ranked.device)
     probs = torch.softmax(ranked.masked_fill(rank[None, :] >= k[:, None], float("-inf")), dim=-1)
     mass_before = probs.cumsum(-1) - probs
-    n_keep = torch.minimum((mass_before < top_p[:, None]).sum(-1), k).clamp(min=1)
+    below = (mass_before < top_p[:, None]) | (top_p[:, None] >= 1)
+    n_keep = torch.minimum(below.sum(-1), k).clamp(min=1)
     return ranked.gather(1, (n_keep - 1)[:, None])
 
 
@@ -101,18 +105,23 @@ def sample(
 
     positions: the position the sampled token will occupy (keys the noise).
     candidates: 0 sorts the whole vocabulary (any setting); K > 0 works on the K best logits only,
-    exact when every sampled row has 0 < top_k <= K, and much cheaper than a full sort. With
-    candidates, Triton-capable tensors take the fused kernels (runtime/kernels/topk_sample.py)."""
-    args = (logits, positions, temperature, top_k, top_p, repetition_penalty, seed, seen, candidates)
+    exact when every sampled row has 0 < top_k <= K, and much cheaper than a full sort.
+    Triton-capable tensors take the fused kernels: runtime/kernels/topk_sample.py with
+    candidates, runtime/kernels/sort_sample.py (one sort) without."""
+    args = (logits, positions, temperature, top_k, top_p, repetition_penalty, seed, seen)
     if fused_sampler(logits, candidates):
-        return topk_sample.sample_topk_triton(*args)
-    return sample_ref(*args)
+        if candidates:
+            return topk_sample.sample_topk_triton(*args, candidates)
+        return sort_sample.sample_sorted_triton(*args)
+    return sample_ref(*args, candidates)
 
 
 def fused_sampler(logits: torch.Tensor, candidates: int) -> bool:
     """Whether sample(..., candidates) takes the fused kernels."""
-    if not candidates or logits.stride(-1) != 1:
+    if logits.stride(-1) != 1:
         return False
+    if not candidates:
+        return ops.enabled("sample_sorted", logits) and sort_sample.supported(logits)
     return ops.enabled("sample_topk", logits) and topk.supported(logits, candidates)
 
 
@@ -133,16 +142,20 @@ def sample_step(
     sample's token for each row at position positions + 1 goes into tokens (B,); positions (B,)
     advance by one; seen (B, V) marks the token. nonfinite_at (B,) int64 given (unit stride):
     runner.step_tail_ref's record too, a row's current position where its logits are not finite
-    and nothing is recorded yet (< 0). The fused kernels do it all in their own launches (three,
-    two up to 32768 logits); otherwise argmax_step_triton's two launches record (Triton must
+    and nothing is recorded yet (< 0). The fused kernels do it all in their own launches (topk:
+    three, two up to 32768 logits; without candidates: four and the sort); otherwise argmax_step_triton's two launches record (Triton must
     be on), then sample, then three torch kernels."""
-    settings = (temperature, top_k, top_p, repetition_penalty, seed, seen, candidates)
+    settings = (temperature, top_k, top_p, repetition_penalty, seed, seen)
     if fused_sampler(logits, candidates):
-        topk_sample.sample_topk_triton(logits, positions, *settings, tokens=tokens, nonfinite_at=nonfinite_at)
+        record = {"tokens": tokens, "nonfinite_at": nonfinite_at}
+        if candidates:
+            topk_sample.sample_topk_triton(logits, positions, *settings, candidates, **record)
+        else:
+            sort_sample.sample_sorted_triton(logits, positions, *settings, **record)
         return
     if nonfinite_at is not None:  # before positions advance: the record wants the current ones
         argmax.argmax_step_triton(logits, positions, nonfinite_at)
-    advance(sample(logits, positions + 1, *settings), tokens, positions, seen)
+    advance(sample(logits, positions + 1, *settings, candidates), tokens, positions, seen)
 
 
 def advance(nxt: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor, seen: torch.Tensor) -> None:

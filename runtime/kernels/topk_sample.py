@@ -66,7 +66,9 @@ def _sample_kernel(
     e = tl.where(in_k, tl.exp(scaled - _value(top) / t), 0.0)
     probs = e / tl.sum(e, axis=0)
     mass_before = tl.cumsum(probs, axis=0) - probs
-    n_keep = tl.sum((in_k & (mass_before < tl.load(top_p_ptr + row))).to(tl.int32), axis=0)
+    top_p = tl.load(top_p_ptr + row)
+    limit = tl.where(top_p >= 1, float("inf"), top_p)  # top_p 1 keeps all k, as the reference
+    n_keep = tl.sum((in_k & (mass_before < limit)).to(tl.int32), axis=0)
     n_keep = tl.maximum(tl.minimum(n_keep, k), 1)
     cutoff = _value(tl.load(ranked + n_keep - 1)) / t
     position = tl.load(pos_ptr + row) + STEP  # where the token goes: keys the noise

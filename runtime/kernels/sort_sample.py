@@ -1,0 +1,226 @@
+"""The sampler's "sample" variant (any top-k, top-p alone, plain temperature) as Triton kernels
+around one sort; the plain-torch reference and the contract are sampler.sample(candidates=0).
+
+The reference spends ~275 us of a batch-1 step on an H200 in ~40 small torch kernels (softmax
+over the whole row on one thread block, the noise hash as a dozen full-row elementwise ops, the
+reductions), of which the sort is ~45-60 us. Here, over (B, V) logits:
+  scale, grid (B, V / CHUNK): the penalised logits, divided by the temperature, go out as
+    `scaled` (B, V) float32; per chunk: the raw logits' finite flag, the penalised maximum and
+    its first index (the greedy pick), and the chunk's max m and sum of exp(scaled - m);
+  torch.sort of `scaled`, descending: the ranked values only;
+  cutoff, grid (B,): the reference's top_k_top_p_cutoff on the ranked values: the top-k mass
+    (from the chunks' sums when top-k is off), then the ranked probabilities block by block,
+    until their running mass reaches top_p: usually one block;
+  pick, grid (B, V / CHUNK): per chunk, the first best of scaled + Gumbel noise among the values
+    >= the cutoff;
+  finish, grid (B,): the row's first best of the chunks, or the greedy pick at temperature 0;
+    the token goes out, and in the decode step the row's position advances, the token is marked
+    seen and a non-finite row is recorded (as topk_sample's last stage does).
+The ranked mass is summed in another order than torch's softmax and cumsum, so where top_p falls
+within float32 rounding of a prefix's mass the two may keep one token more or fewer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
+from runtime.kernels.argmax import _BIG
+from runtime.kernels.topk_sample import _gumbel
+
+CHUNK = 4096  # logits per scale / pick program
+BLOCK = 1024  # ranked values per step of the cutoff's walk
+
+
+@jit
+def _scale_kernel(
+    x_ptr, seen_ptr, penalty_ptr, temp_ptr, scaled_ptr, stats_ptr, best_ptr, flags_ptr, vocab,
+    x_stride, seen_stride, parts, CHUNK: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    # grid (B, parts). stats (B, parts, 2) float32: the chunk's max of scaled and sum of
+    # exp(scaled - max); best (B, parts, 2) int64: the penalised maximum's float bits, its first index
+    pdl_wait(PDL)
+    row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    cols = (part * CHUNK + tl.arange(0, CHUNK)).to(tl.int64)
+    live = cols < vocab
+    x = tl.load(x_ptr + row * x_stride + cols, mask=live, other=float("-inf")).to(tl.float32)
+    odd = (x != x) | (x == float("inf"))  # flags as topk's chunk kernel: 2 bad, 1 a value, 0 none
+    flag = tl.where(odd, 2, tl.where(live & (x > float("-inf")), 1, 0))
+    tl.store(flags_ptr + row * parts + part, tl.max(flag, axis=0))
+    seen = tl.load(seen_ptr + row * seen_stride + cols, mask=live, other=0) != 0
+    p = tl.load(penalty_ptr + row)
+    x = tl.where(seen, tl.where(x > 0, x / p, x * p), x)  # sampler.apply_repetition_penalty
+    scaled = x / tl.maximum(tl.load(temp_ptr + row), 1e-5)
+    tl.store(scaled_ptr + row * vocab + cols, scaled, mask=live)
+    top = tl.max(scaled, axis=0)
+    e = tl.where(scaled > float("-inf"), tl.exp(scaled - top), 0.0)
+    out = (row * parts + part) * 2
+    tl.store(stats_ptr + out, top)
+    tl.store(stats_ptr + out + 1, tl.where(top > float("-inf"), tl.sum(e, axis=0), 0.0))
+    x = tl.where(x != x, float("-inf"), x)  # the greedy pick skips NaN, as argmax.py's kernels
+    best = tl.max(x, axis=0)
+    tl.store(best_ptr + out, best.to(tl.int32, bitcast=True).to(tl.int64))
+    tl.store(best_ptr + out + 1, tl.min(tl.where((x == best) & live, cols, _BIG), axis=0))
+
+
+@jit
+def _cutoff_kernel(
+    ranked_ptr, stats_ptr, top_k_ptr, top_p_ptr, cutoff_ptr, vocab, parts,
+    PARTS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    # grid (B,): cutoff (B,) float32, the value of the n_keep-th ranked logit
+    pdl_wait(PDL)
+    row = tl.program_id(0).to(tl.int64)
+    ranked = ranked_ptr + row * vocab
+    top = tl.load(ranked)
+    top_k = tl.load(top_k_ptr + row)
+    k = tl.where((top_k > 0) & (top_k < vocab), top_k, vocab)
+    p = tl.load(top_p_ptr + row)
+    r = tl.arange(0, BLOCK)
+    if k == vocab:  # the whole row's mass, from the chunks' sums
+        c = tl.arange(0, PARTS)
+        m = tl.load(stats_ptr + (row * parts + c) * 2, mask=c < parts, other=float("-inf"))
+        s = tl.load(stats_ptr + (row * parts + c) * 2 + 1, mask=c < parts, other=0.0)
+        total = tl.sum(tl.where(s > 0, s * tl.exp(m - top), 0.0), axis=0)
+    else:  # the mass of the k best
+        total = 0.0
+        for start in range(0, k, BLOCK):
+            v = tl.load(ranked + start + r, mask=start + r < k, other=float("-inf"))
+            total += tl.sum(tl.where(start + r < k, tl.exp(v - top), 0.0), axis=0)
+    n_keep = k
+    if p < 1:  # walk the ranked probabilities until their mass reaches p
+        count = 0
+        mass = 0.0
+        start = 0
+        while (start < k) & (mass < p):
+            live = start + r < k
+            v = tl.load(ranked + start + r, mask=live, other=float("-inf"))
+            probs = tl.where(live, tl.exp(v - top) / total, 0.0)
+            before = mass + tl.cumsum(probs, axis=0) - probs
+            count += tl.sum((live & (before < p)).to(tl.int32), axis=0)
+            mass += tl.sum(probs, axis=0)
+            start += BLOCK
+        n_keep = tl.minimum(count, k)
+    n_keep = tl.maximum(n_keep, 1)
+    tl.store(cutoff_ptr + row, tl.load(ranked + n_keep - 1))
+
+
+@jit
+def _pick_kernel(
+    scaled_ptr, cutoff_ptr, seed_ptr, pos_ptr, part_ptr, vocab, parts,
+    CHUNK: tl.constexpr, STEP: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    # grid (B, parts): part (B, parts, 2) int64: the float bits of the chunk's best kept
+    # scaled + noise, its first index
+    pdl_wait(PDL)
+    row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    cols = (part * CHUNK + tl.arange(0, CHUNK)).to(tl.int64)
+    live = cols < vocab
+    scaled = tl.load(scaled_ptr + row * vocab + cols, mask=live, other=float("-inf"))
+    position = tl.load(pos_ptr + row) + STEP  # where the token goes: keys the noise
+    noise = _gumbel(tl.load(seed_ptr + row), position, cols)
+    kept = tl.where(live & (scaled >= tl.load(cutoff_ptr + row)), scaled + noise, float("-inf"))
+    best = tl.max(kept, axis=0)
+    out = (row * parts + part) * 2
+    tl.store(part_ptr + out, best.to(tl.int32, bitcast=True).to(tl.int64))
+    tl.store(part_ptr + out + 1, tl.min(tl.where((kept == best) & live, cols, _BIG), axis=0))
+
+
+@jit
+def _first_best(ptr, row, parts, PARTS: tl.constexpr):
+    """The first index of a row's best over its chunks' (float bits, first index) pairs."""
+    c = tl.arange(0, PARTS)
+    at = (row * parts + c) * 2
+    bits = tl.load(ptr + at, mask=c < parts, other=0).to(tl.int32)
+    value = tl.where(c < parts, bits.to(tl.float32, bitcast=True), float("-inf"))
+    first = tl.load(ptr + at + 1, mask=c < parts, other=_BIG)
+    best = tl.max(value, axis=0)
+    return tl.min(tl.where(value == best, first, _BIG), axis=0)
+
+
+@jit
+def _finish_kernel(
+    part_ptr, best_ptr, flags_ptr, temp_ptr, out_ptr, pos_ptr, seen_ptr, nonfinite_ptr, parts,
+    seen_stride, PARTS: tl.constexpr, STEP: tl.constexpr, CHECK: tl.constexpr, PDL: tl.constexpr,
+):  # fmt: skip
+    # grid (B,): as topk_sample's last stage after its pick
+    pdl_wait(PDL)
+    row = tl.program_id(0).to(tl.int64)
+    sampled = _first_best(part_ptr, row, parts, PARTS)
+    greedy = _first_best(best_ptr, row, parts, PARTS)
+    token = tl.where(tl.load(temp_ptr + row) > 0, sampled, greedy)
+    tl.store(out_ptr + row, token)
+    if STEP:
+        position = tl.load(pos_ptr + row)
+        if CHECK:  # argmax_checked_ref's bad row: a NaN or +inf anywhere (2), or nothing above -inf (0)
+            c = tl.arange(0, PARTS)
+            flag = tl.max(tl.load(flags_ptr + row * parts + c, mask=c < parts, other=0), axis=0)
+            recorded = tl.load(nonfinite_ptr + row)
+            tl.store(nonfinite_ptr + row, position, mask=(flag != 1) & (recorded < 0))
+        tl.store(pos_ptr + row, position + 1)
+        tl.store(seen_ptr + row * seen_stride + token, 1)
+
+
+def supported(x: torch.Tensor) -> bool:
+    """Float rows (bf16 and fp16 widened as they load) of unit stride."""
+    return x.dtype in (torch.float32, torch.bfloat16, torch.float16) and x.stride(-1) == 1
+
+
+def sample_sorted_triton(
+    logits: torch.Tensor,
+    positions: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    repetition_penalty: torch.Tensor,
+    seed: torch.Tensor,
+    seen: torch.Tensor,
+    tokens: torch.Tensor | None = None,
+    nonfinite_at: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """sampler.sample(..., candidates=0) for logits (B, V) as `supported` requires; per-row
+    settings (B,). -> next tokens (B,) int64.
+    tokens (B,) int64 given (sampler.sample_step, in place): `positions` are the rows' current
+    positions, the token goes at positions + 1; the last launch writes it into tokens, advances
+    positions and marks it in seen (B, V) bool, and tokens comes back. nonfinite_at (B,) int64
+    given too: the step's non-finite record, as sample_topk_triton keeps it."""
+    B, vocab = logits.shape
+    step, check = tokens is not None, nonfinite_at is not None
+    assert not step or tokens.stride(0) == positions.stride(0) == seen.stride(-1) == 1
+    assert not check or (step and nonfinite_at.stride(0) == 1)
+    dev, parts = logits.device, cdiv(vocab, CHUNK)
+    scaled = torch.empty((B, vocab), dtype=torch.float32, device=dev)
+    stats = torch.empty((B, parts, 2), dtype=torch.float32, device=dev)
+    best = torch.empty((B, parts, 2), dtype=torch.int64, device=dev)
+    flags = torch.empty((B, parts), dtype=torch.int32, device=dev)
+    _scale_kernel[(B, parts)](
+        logits, seen, repetition_penalty, temperature, scaled, stats, best, flags, vocab,
+        logits.stride(0), seen.stride(0), parts, CHUNK=CHUNK, num_warps=8, **pdl(dev),
+    )  # fmt: skip
+    ranked = torch.sort(scaled, dim=-1, descending=True).values
+    cutoff = torch.empty(B, dtype=torch.float32, device=dev)
+    PARTS = max(16, next_pow2(parts))
+    _cutoff_kernel[(B,)](
+        ranked, stats, top_k, top_p, cutoff, vocab, parts, PARTS=PARTS, BLOCK=BLOCK, num_warps=4, **pdl(dev)
+    )
+    picks = torch.empty((B, parts, 2), dtype=torch.int64, device=dev)
+    _pick_kernel[(B, parts)](
+        scaled,
+        cutoff,
+        seed,
+        positions,
+        picks,
+        vocab,
+        parts,
+        CHUNK=CHUNK,
+        STEP=int(step),
+        num_warps=8,
+        **pdl(dev),
+    )
+    out = tokens if step else torch.empty(B, dtype=torch.int64, device=dev)
+    # pointers this launch never touches get any tensor (nonfinite_at when not checking)
+    _finish_kernel[(B,)](
+        picks, best, flags, temperature, out, positions, seen, nonfinite_at if check else positions, parts,
+        seen.stride(0), PARTS=PARTS, STEP=int(step), CHECK=check, num_warps=1, **pdl(dev),
+    )  # fmt: skip
+    return out
