@@ -5,12 +5,13 @@ The reference spends ~275 us of a batch-1 step on an H200 in ~40 small torch ker
 over the whole row on one thread block, the noise hash as a dozen full-row elementwise ops, the
 reductions), of which the sort is ~45-60 us. Here, over (B, V) logits:
   scale, grid (B, V / CHUNK): the penalised logits, divided by the temperature, go out as
-    `scaled` (B, V) float32; per chunk: the raw logits' finite flag, the penalised maximum and
-    its first index (the greedy pick), and the chunk's max m and sum of exp(scaled - m);
+    `scaled` (B, V) float32; per chunk: the raw logits' finite flag and the penalised maximum
+    with its first index (the greedy pick);
   torch.sort of `scaled`, descending: the ranked values only;
-  cutoff, grid (B,): the reference's top_k_top_p_cutoff on the ranked values: the top-k mass
-    (from the chunks' sums when top-k is off), then the ranked probabilities block by block,
-    until their running mass reaches top_p: usually one block;
+  block mass, grid (B, V / BLOCK): each block's sum of exp(ranked - best) over the top-k ranks;
+  cutoff, grid (B,): the reference's top_k_top_p_cutoff on the ranked values: the blocks' sums
+    give the top-k mass and the block where the running mass reaches top_p, whose ranks are
+    then counted one by one (the same work however wide the nucleus);
   pick, grid (B, V / CHUNK): per chunk, the first best of scaled + Gumbel noise among the values
     >= the cutoff;
   finish, grid (B,): the row's first best of the chunks, or the greedy pick at temperature 0;
@@ -34,11 +35,10 @@ BLOCK = 1024  # ranked values per step of the cutoff's walk
 
 @jit
 def _scale_kernel(
-    x_ptr, seen_ptr, penalty_ptr, temp_ptr, scaled_ptr, stats_ptr, best_ptr, flags_ptr, vocab,
-    x_stride, seen_stride, parts, CHUNK: tl.constexpr, PDL: tl.constexpr,
+    x_ptr, seen_ptr, penalty_ptr, temp_ptr, scaled_ptr, best_ptr, flags_ptr, vocab, x_stride,
+    seen_stride, parts, CHUNK: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
-    # grid (B, parts). stats (B, parts, 2) float32: the chunk's max of scaled and sum of
-    # exp(scaled - max); best (B, parts, 2) int64: the penalised maximum's float bits, its first index
+    # grid (B, parts). best (B, parts, 2) int64: the penalised maximum's float bits, its first index
     pdl_wait(PDL)
     row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)
     cols = (part * CHUNK + tl.arange(0, CHUNK)).to(tl.int64)
@@ -52,11 +52,7 @@ def _scale_kernel(
     x = tl.where(seen, tl.where(x > 0, x / p, x * p), x)  # sampler.apply_repetition_penalty
     scaled = x / tl.maximum(tl.load(temp_ptr + row), 1e-5)
     tl.store(scaled_ptr + row * vocab + cols, scaled, mask=live)
-    top = tl.max(scaled, axis=0)
-    e = tl.where(scaled > float("-inf"), tl.exp(scaled - top), 0.0)
     out = (row * parts + part) * 2
-    tl.store(stats_ptr + out, top)
-    tl.store(stats_ptr + out + 1, tl.where(top > float("-inf"), tl.sum(e, axis=0), 0.0))
     x = tl.where(x != x, float("-inf"), x)  # the greedy pick skips NaN, as argmax.py's kernels
     best = tl.max(x, axis=0)
     tl.store(best_ptr + out, best.to(tl.int32, bitcast=True).to(tl.int64))
@@ -64,42 +60,53 @@ def _scale_kernel(
 
 
 @jit
+def _top_k(top_k_ptr, row, vocab):
+    """The row's k: its top-k setting, or the whole row where top-k is off (0) or wider."""
+    top_k = tl.load(top_k_ptr + row)
+    return tl.where((top_k > 0) & (top_k < vocab), top_k, vocab)
+
+
+@jit
+def _block_mass_kernel(ranked_ptr, top_k_ptr, sums_ptr, vocab, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    # grid (B, blocks): sums (B, blocks) float32, the block's sum of exp(ranked - the row's best)
+    # over the ranks below k
+    pdl_wait(PDL)
+    row, block = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    ranked = ranked_ptr + row * vocab
+    r = block * BLOCK + tl.arange(0, BLOCK)
+    live = r < _top_k(top_k_ptr, row, vocab)
+    v = tl.load(ranked + r, mask=live, other=float("-inf"))
+    e = tl.where(live, tl.exp(v - tl.load(ranked)), 0.0)
+    tl.store(sums_ptr + row * tl.num_programs(1) + block, tl.sum(e, axis=0))
+
+
+@jit
 def _cutoff_kernel(
-    ranked_ptr, stats_ptr, top_k_ptr, top_p_ptr, cutoff_ptr, vocab, parts,
-    PARTS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
+    ranked_ptr, sums_ptr, top_k_ptr, top_p_ptr, cutoff_ptr, vocab, blocks,
+    BLOCKS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     # grid (B,): cutoff (B,) float32, the value of the n_keep-th ranked logit
     pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     ranked = ranked_ptr + row * vocab
-    top = tl.load(ranked)
-    top_k = tl.load(top_k_ptr + row)
-    k = tl.where((top_k > 0) & (top_k < vocab), top_k, vocab)
+    k = _top_k(top_k_ptr, row, vocab)
     p = tl.load(top_p_ptr + row)
-    r = tl.arange(0, BLOCK)
-    if k == vocab:  # the whole row's mass, from the chunks' sums
-        c = tl.arange(0, PARTS)
-        m = tl.load(stats_ptr + (row * parts + c) * 2, mask=c < parts, other=float("-inf"))
-        s = tl.load(stats_ptr + (row * parts + c) * 2 + 1, mask=c < parts, other=0.0)
-        total = tl.sum(tl.where(s > 0, s * tl.exp(m - top), 0.0), axis=0)
-    else:  # the mass of the k best
-        total = 0.0
-        for start in range(0, k, BLOCK):
-            v = tl.load(ranked + start + r, mask=start + r < k, other=float("-inf"))
-            total += tl.sum(tl.where(start + r < k, tl.exp(v - top), 0.0), axis=0)
     n_keep = k
-    if p < 1:  # walk the ranked probabilities until their mass reaches p
-        count = 0
-        mass = 0.0
-        start = 0
-        while (start < k) & (mass < p):
-            live = start + r < k
-            v = tl.load(ranked + start + r, mask=live, other=float("-inf"))
-            probs = tl.where(live, tl.exp(v - top) / total, 0.0)
-            before = mass + tl.cumsum(probs, axis=0) - probs
-            count += tl.sum((live & (before < p)).to(tl.int32), axis=0)
-            mass += tl.sum(probs, axis=0)
-            start += BLOCK
+    if p < 1:
+        b = tl.arange(0, BLOCKS)
+        sums = tl.load(sums_ptr + row * blocks + b, mask=b < blocks, other=0.0)
+        total = tl.sum(sums, axis=0)
+        ends = tl.cumsum(sums, axis=0) / total  # the mass up to each block's end
+        # every rank of a block whose end mass is below p has its mass before it below p too;
+        # the block where the mass reaches p is walked rank by rank
+        crossing = tl.sum(((b < blocks) & (ends < p)).to(tl.int32), axis=0)
+        mass = tl.sum(tl.where(b < crossing, sums, 0.0), axis=0) / total
+        r = crossing * BLOCK + tl.arange(0, BLOCK)
+        live = r < k
+        v = tl.load(ranked + r, mask=live, other=float("-inf"))
+        probs = tl.where(live, tl.exp(v - tl.load(ranked)) / total, 0.0)
+        before = mass + tl.cumsum(probs, axis=0) - probs
+        count = crossing.to(tl.int64) * BLOCK + tl.sum((live & (before < p)).to(tl.int64), axis=0)
         n_keep = tl.minimum(count, k)
     n_keep = tl.maximum(n_keep, 1)
     tl.store(cutoff_ptr + row, tl.load(ranked + n_keep - 1))
@@ -190,19 +197,22 @@ def sample_sorted_triton(
     assert not check or (step and nonfinite_at.stride(0) == 1)
     dev, parts = logits.device, cdiv(vocab, CHUNK)
     scaled = torch.empty((B, vocab), dtype=torch.float32, device=dev)
-    stats = torch.empty((B, parts, 2), dtype=torch.float32, device=dev)
     best = torch.empty((B, parts, 2), dtype=torch.int64, device=dev)
     flags = torch.empty((B, parts), dtype=torch.int32, device=dev)
     _scale_kernel[(B, parts)](
-        logits, seen, repetition_penalty, temperature, scaled, stats, best, flags, vocab,
-        logits.stride(0), seen.stride(0), parts, CHUNK=CHUNK, num_warps=8, **pdl(dev),
+        logits, seen, repetition_penalty, temperature, scaled, best, flags, vocab, logits.stride(0),
+        seen.stride(0), parts, CHUNK=CHUNK, num_warps=8, **pdl(dev),
     )  # fmt: skip
     ranked = torch.sort(scaled, dim=-1, descending=True).values
+    blocks = cdiv(vocab, BLOCK)
+    sums = torch.empty((B, blocks), dtype=torch.float32, device=dev)
+    _block_mass_kernel[(B, blocks)](ranked, top_k, sums, vocab, BLOCK=BLOCK, num_warps=4, **pdl(dev))
     cutoff = torch.empty(B, dtype=torch.float32, device=dev)
-    PARTS = max(16, next_pow2(parts))
     _cutoff_kernel[(B,)](
-        ranked, stats, top_k, top_p, cutoff, vocab, parts, PARTS=PARTS, BLOCK=BLOCK, num_warps=4, **pdl(dev)
-    )
+        ranked, sums, top_k, top_p, cutoff, vocab, blocks,
+        BLOCKS=max(16, next_pow2(blocks)), BLOCK=BLOCK, num_warps=4, **pdl(dev),
+    )  # fmt: skip
+    PARTS = max(16, next_pow2(parts))
     picks = torch.empty((B, parts, 2), dtype=torch.int64, device=dev)
     _pick_kernel[(B, parts)](
         scaled,
