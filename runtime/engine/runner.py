@@ -93,7 +93,7 @@ def step_tail_ref(logits: torch.Tensor, buf: DecodeBuffers, nonfinite_at: torch.
 
 def step_tail(logits: torch.Tensor, buf: DecodeBuffers, nonfinite_at: torch.Tensor, variant: str) -> None:
     """step_tail_ref folded into the kernels: greedy in the argmax's 2 launches; topk in the
-    sampler's 3 (2 up to 32768 logits), sample in sort_sample's 4 around one sort: the first
+    sampler's 3 (2 up to 32768 logits), sample in sort_sample's 5 around one sort: the first
     also checks the logits, the last records and writes token, position and seen. Where the
     fused sampler cannot run (sampler.sample_step): the argmax's 2 (the record only), the
     sampler, 3 torch kernels.

@@ -143,8 +143,9 @@ def sample_step(
     advance by one; seen (B, V) marks the token. nonfinite_at (B,) int64 given (unit stride):
     runner.step_tail_ref's record too, a row's current position where its logits are not finite
     and nothing is recorded yet (< 0). The fused kernels do it all in their own launches (topk:
-    three, two up to 32768 logits; without candidates: four and the sort); otherwise argmax_step_triton's two launches record (Triton must
-    be on), then sample, then three torch kernels."""
+    three, two up to 32768 logits; without candidates: five and the sort); otherwise
+    argmax_step_triton's two launches record (Triton must be on), then sample, then three torch
+    kernels."""
     settings = (temperature, top_k, top_p, repetition_penalty, seed, seen)
     if fused_sampler(logits, candidates):
         record = {"tokens": tokens, "nonfinite_at": nonfinite_at}
