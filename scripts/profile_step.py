@@ -9,9 +9,10 @@ inside the graph. GEMM rows also give the achieved weight GB/s (all Linear weigh
 the GEMM kernels' time), against the copy bandwidth measured in the same process.
 It also times and profiles the batch-16 greedy step (every row from the same prompt).
 --ab also times the greedy and the "topk" sampled step (temperature 0.8, top-k 50, top-p 0.9), the
-"sample" step (top-p 0.9 alone, temperature 0.6) and the batch-16 greedy step under each kernel
-setting of SETTINGS, one runner after another in this process, so the settings compare on the
-same card and the same tuned GEMV blocks (RUNTIME_KERNELS_OFF names ops forced to their references: embed_rope, the step's inputs in one
+"sample" step (top-p 0.9 alone, temperature 0.6), plain temperature in both samplers that take it
+(AB_STEPS) and the batch-16 greedy step under each kernel setting of SETTINGS, one runner after
+another in this process, so the settings compare on the same card and the same tuned GEMV blocks
+(RUNTIME_KERNELS_OFF names ops forced to their references: embed_rope, the step's inputs in one
 kernel, and step_tail, the argmax / sampler writing the next token; RUNTIME_ATTN_PREFETCH=0 makes
 the attention kernel wait before it reads its first cache block; RUNTIME_PDL picks the
 programmatic-dependent-launch mode).
@@ -55,6 +56,15 @@ def rows_blocks(launches: tuple[str, ...], blocks: str, gemm: str = "rows_qkv") 
     return {"RUNTIME_BATCH_GEMM": gemm, "RUNTIME_ROWS_BLOCKS": " ".join(f"{op}={blocks}" for op in launches)}
 
 
+# the batch-1 steps --ab times under each setting: (column, variant, the row's sampling settings);
+# plain temperature runs in both samplers that take it (topk: each chunk's noisy best; sample: the sort)
+AB_STEPS = (
+    ("greedy", "greedy", SamplingParams()),
+    ("topk", "topk", BENCH_SAMPLED),
+    ("sample", "sample", BENCH_TOP_P),
+    ("plain_topk", "topk", SamplingParams(1.0, 0, 1.0, 1.0, 1)),
+    ("plain_sort", "sample", SamplingParams(1.0, 0, 1.0, 1.0, 1)),
+)
 SETTINGS = {  # name -> the environment the runner is built (captured) under
     "default": {},
     "no attention prefetch": {"RUNTIME_ATTN_PREFETCH": "0"},
@@ -409,16 +419,12 @@ def ab(
             "mode": runner.mode,
             "gemv_blocks": runner.gemv_blocks,  # the batch-1 GEMVs' blocks and where each came from
         }
-        for variant, params in (
-            ("greedy", SamplingParams()),
-            ("topk", BENCH_SAMPLED),
-            ("sample", BENCH_TOP_P),
-        ):
+        for key, variant, params in AB_STEPS:
             runner.set_row(0, params)
             runner.prefill(0, ids, 0, variant)
             for _ in range(8):
                 runner.step(1, variant, prompt)
-            row[variant] = round(step_ms(runner, steps, variant, position=prompt), 4)
+            row[key] = round(step_ms(runner, steps, variant, position=prompt), 4)
         for r in range(BATCH):  # every row from the same prompt: the batch-16 greedy step
             runner.set_row(r, SamplingParams())
             runner.prefill(r, ids, 0, "greedy")

@@ -455,3 +455,35 @@ def test_sample_topk_step_records_non_finite_rows(poisoned, monkeypatch, merge):
     assert torch.equal(positions, start + 1)
     assert torch.equal(tokens, want_tokens)
     assert torch.equal(step_seen, seen.scatter(1, tokens[:, None], True))
+
+
+@kernel_test
+@pytest.mark.parametrize("B,V,K", cases(full=[(3, 128256, 128), (3, 262144, 128)], small=[(3, 700, 16)]))
+def test_sample_topk_plain_temperature_picks_over_the_whole_row(poisoned, monkeypatch, B, V, K):
+    """Plain-temperature rows (top-k off, top-p 1) in the topk sampler: the full sort's tokens
+    (sample_ref without candidates), many of them outside the K candidates of near-flat logits;
+    a top-k row beside them still samples among its candidates. Decode-step form too."""
+    from runtime.engine.sampler import sample_ref
+
+    if INTERPRET:
+        monkeypatch.setattr(topk_mod, "CHUNK", 128)
+        monkeypatch.setattr(topk_mod, "GROUP", 2)
+    x = logits(B, V) * 0.05
+    seen = torch.rand(B, V, device=DEVICE) < 0.3
+    rows = _settings(B, [1.0, 0.9, 0.7], [0, 8, 0], [1.0, 1.0, 1.0], [1.2, 1.0, 1.0])
+    outside = 0
+    for pos in range(10 if INTERPRET else 100):
+        p = torch.full((B,), pos, device=DEVICE)
+        got = topk_sample_mod.sample_topk_triton(x, p, seen=seen, candidates=K, **rows)
+        want = sample_ref(x, p, seen=seen, **rows)
+        assert torch.equal(got[[0, 2]], want[[0, 2]]), pos
+        assert torch.equal(got[1], sample_ref(x, p, seen=seen, candidates=K, **rows)[1]), pos
+        outside += int(got[0] not in x[0].topk(K).indices)
+    assert outside > (5 if INTERPRET else 50)
+    tokens = torch.zeros(B, dtype=torch.int64, device=DEVICE)
+    positions = torch.full((B,), 41, device=DEVICE)
+    step_seen = seen.clone()
+    topk_sample_mod.sample_topk_triton(x, positions, seen=step_seen, candidates=K, tokens=tokens, **rows)
+    want = sample_ref(x, torch.full((B,), 42, device=DEVICE), seen=seen, **rows)
+    assert torch.equal(tokens[[0, 2]], want[[0, 2]]) and (positions == 42).all()
+    assert all(step_seen[r, tokens[r]] for r in range(B))

@@ -104,8 +104,36 @@ def test_variant_choice():
     assert variant_for(SamplingParams()) == "greedy"
     assert variant_for(SamplingParams(temperature=0.8, top_k=50, top_p=0.9)) == "topk"
     assert variant_for(SamplingParams(temperature=0.0, repetition_penalty=1.1)) == "topk"
-    assert variant_for(SamplingParams(temperature=0.8)) == "sample"
+    assert variant_for(SamplingParams(temperature=0.8)) == "topk"  # plain temperature: the whole row
+    assert variant_for(SamplingParams(temperature=0.8, top_p=0.9)) == "sample"  # top-p alone
     assert variant_for(SamplingParams(temperature=0.8, top_k=TOPK_CANDIDATES + 1)) == "sample"
+
+
+def test_plain_temperature_through_candidates_picks_over_the_whole_row():
+    """With candidates, a plain-temperature row (top-k off, top-p 1) keeps every token, as the full
+    sort does: the same tokens at every position, and some outside the K candidates (near-flat
+    logits); the other rows still sample among the candidates."""
+    B, V, K = 3, 2000, 16
+    x = torch.randn(B, V) * 0.1
+    seen = torch.zeros(B, V, dtype=torch.bool)
+    rows = dict(
+        temperature=torch.tensor([1.0, 1.0, 0.7]),
+        top_k=torch.tensor([0, 8, 0]),
+        top_p=torch.tensor([1.0, 1.0, 1.0]),
+        repetition_penalty=torch.ones(B),
+        seed=torch.tensor([3, 4, 5]),
+        seen=seen,
+    )
+    outside = 0
+    for pos in range(40):
+        p = torch.full((B,), pos)
+        got = sample(x, p, candidates=K, **rows)
+        want = sample(x, p, **rows)
+        assert torch.equal(got[[0, 2]], want[[0, 2]]), pos
+        top = x[0].topk(K).indices
+        outside += int(got[0] not in top)
+        assert got[1] in (x[1] / 1.0).topk(8).indices
+    assert outside > 20  # most picks of a near-flat row lie outside its 16 best
 
 
 def test_the_candidate_switch_moves_the_topk_variants_bound(monkeypatch):

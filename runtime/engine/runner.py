@@ -4,10 +4,10 @@ The decode step reads tokens and positions from the static buffers and writes th
 position back into them, so the host only enqueues replays; on CUDA it also writes the new tokens
 into a ring in pinned host memory (token_ring), where the host reads them without a copy. Three
 variants per batch bucket: "greedy" (argmax), "topk" (sampling among the best TOPK_CANDIDATES
-logits, exact for top-k settings up to that size) and "sample" (a full sort, any setting); where a
-row's cache outgrows L2 while the attention leaves SMs idle, batch 1 has each variant twice, the
-second for those positions (spill_graphs.py). All are captured at start-up, before any request, so
-capture never disturbs a live cache. A prompt from position 0 replays a prefill graph of its length
+logits, exact for top-k settings up to that size and plain temperature) and "sample" (a sort of
+the row, any setting); where a row's cache outgrows L2 while the attention leaves SMs idle, batch 1
+has each variant twice, the second for those positions (spill_graphs.py). All are captured at
+start-up, before any request, so capture never disturbs a live cache. A prompt from position 0 replays a prefill graph of its length
 bucket (runtime/engine/prefill_graphs.py), captured on first use: its warm-up and capture write
 only the cache row being prefilled.
 """
@@ -49,11 +49,13 @@ def topk_candidates() -> int:
 
 
 def variant_for(params: SamplingParams) -> str:
-    """greedy: argmax only; topk: exact while 0 < top_k <= topk_candidates() (or no sampling at
-    all, only a penalty); sample: a full-vocabulary sort, any setting."""
+    """greedy: argmax only; topk: exact while 0 < top_k <= topk_candidates(), for plain
+    temperature (top-k off, top-p 1) or with no sampling at all (only a penalty); sample: a
+    full-vocabulary sort, any setting."""
     if params.greedy:
         return "greedy"
-    if params.temperature == 0 or 0 < params.top_k <= topk_candidates():
+    plain = params.top_k == 0 and params.top_p >= 1
+    if params.temperature == 0 or plain or 0 < params.top_k <= topk_candidates():
         return "topk"
     return "sample"
 

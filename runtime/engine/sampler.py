@@ -105,7 +105,8 @@ def sample(
 
     positions: the position the sampled token will occupy (keys the noise).
     candidates: 0 sorts the whole vocabulary (any setting); K > 0 works on the K best logits only,
-    exact when every sampled row has 0 < top_k <= K, and much cheaper than a full sort.
+    exact when every sampled row has 0 < top_k <= K or plain temperature (top-k off, top-p 1,
+    which keeps every token: its pick is over the whole row), and much cheaper than a full sort.
     Triton-capable tensors take the fused kernels: runtime/kernels/topk_sample.py with
     candidates, runtime/kernels/sort_sample.py (one sort) without."""
     args = (logits, positions, temperature, top_k, top_p, repetition_penalty, seed, seen)
@@ -192,4 +193,9 @@ def sample_ref(
     kept = pool.masked_fill(pool < cutoff, float("-inf"))
     choice = (kept + gumbel_noise(seed, positions, ids)).argmax(-1)
     sampled = ids.gather(1, choice[:, None])[:, 0] if candidates else choice
+    if candidates:  # plain temperature keeps every token: those rows pick over the whole row
+        whole = (
+            scaled + gumbel_noise(seed, positions, torch.arange(scaled.shape[-1], device=scaled.device))
+        ).argmax(-1)
+        sampled = torch.where((top_k == 0) & (top_p >= 1), whole, sampled)
     return torch.where(temperature > 0, sampled, greedy)

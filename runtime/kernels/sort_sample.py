@@ -26,8 +26,7 @@ from __future__ import annotations
 import torch
 
 from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
-from runtime.kernels.argmax import _BIG
-from runtime.kernels.topk_sample import _gumbel
+from runtime.kernels.gumbel import first_best, gumbel, store_first_best
 
 CHUNK = 4096  # logits per scale / pick program
 BLOCK = 1024  # ranked values per step of the cutoff's walk
@@ -54,9 +53,7 @@ def _scale_kernel(
     tl.store(scaled_ptr + row * vocab + cols, scaled, mask=live)
     out = (row * parts + part) * 2
     x = tl.where(x != x, float("-inf"), x)  # the greedy pick skips NaN, as argmax.py's kernels
-    best = tl.max(x, axis=0)
-    tl.store(best_ptr + out, best.to(tl.int32, bitcast=True).to(tl.int64))
-    tl.store(best_ptr + out + 1, tl.min(tl.where((x == best) & live, cols, _BIG), axis=0))
+    store_first_best(best_ptr + out, x, cols, live)
 
 
 @jit
@@ -125,24 +122,9 @@ def _pick_kernel(
     live = cols < vocab
     scaled = tl.load(scaled_ptr + row * vocab + cols, mask=live, other=float("-inf"))
     position = tl.load(pos_ptr + row) + STEP  # where the token goes: keys the noise
-    noise = _gumbel(tl.load(seed_ptr + row), position, cols)
+    noise = gumbel(tl.load(seed_ptr + row), position, cols)
     kept = tl.where(live & (scaled >= tl.load(cutoff_ptr + row)), scaled + noise, float("-inf"))
-    best = tl.max(kept, axis=0)
-    out = (row * parts + part) * 2
-    tl.store(part_ptr + out, best.to(tl.int32, bitcast=True).to(tl.int64))
-    tl.store(part_ptr + out + 1, tl.min(tl.where((kept == best) & live, cols, _BIG), axis=0))
-
-
-@jit
-def _first_best(ptr, row, parts, PARTS: tl.constexpr):
-    """The first index of a row's best over its chunks' (float bits, first index) pairs."""
-    c = tl.arange(0, PARTS)
-    at = (row * parts + c) * 2
-    bits = tl.load(ptr + at, mask=c < parts, other=0).to(tl.int32)
-    value = tl.where(c < parts, bits.to(tl.float32, bitcast=True), float("-inf"))
-    first = tl.load(ptr + at + 1, mask=c < parts, other=_BIG)
-    best = tl.max(value, axis=0)
-    return tl.min(tl.where(value == best, first, _BIG), axis=0)
+    store_first_best(part_ptr + (row * parts + part) * 2, kept, cols, live)
 
 
 @jit
@@ -153,8 +135,8 @@ def _finish_kernel(
     # grid (B,): as topk_sample's last stage after its pick
     pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
-    sampled = _first_best(part_ptr, row, parts, PARTS)
-    greedy = _first_best(best_ptr, row, parts, PARTS)
+    sampled = first_best(part_ptr, row, parts, PARTS)
+    greedy = first_best(best_ptr, row, parts, PARTS)
     token = tl.where(tl.load(temp_ptr + row) > 0, sampled, greedy)
     tl.store(out_ptr + row, token)
     if STEP:

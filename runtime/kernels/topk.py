@@ -49,6 +49,7 @@ import os
 import torch
 
 from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
+from runtime.kernels.gumbel import gumbel, store_first_best
 from runtime.kernels.radix_select import select_largest
 from runtime.kernels.switches import env_choice, env_power_of_two, power_of_two
 
@@ -78,11 +79,15 @@ def _value_word(x):
 @jit
 def _chunk_kernel(
     x_ptr, seen_ptr, penalty_ptr, keys_ptr, flags_ptr, vocab, x_stride, seen_stride, parts,
+    plain_ptr, temp_ptr, top_k_ptr, top_p_ptr, seed_ptr, pos_ptr,
     K: tl.constexpr, CHUNK: tl.constexpr, PENALTY: tl.constexpr, CHECK: tl.constexpr, PDL: tl.constexpr,
-    SKIP: tl.constexpr = False,
+    SKIP: tl.constexpr = False, PLAIN: tl.constexpr = False, STEP: tl.constexpr = 0,
 ):  # fmt: skip
     # grid (B, parts): program (b, p) keeps the K best keys of logits [p * CHUNK, (p + 1) * CHUNK),
-    # after the repetition penalty of row b when PENALTY; they go out in id order
+    # after the repetition penalty of row b when PENALTY; they go out in id order. PLAIN: a row
+    # that samples plain temperature (top-k off, top-p 1) keeps every token, so the sampler picks
+    # from the whole row: plain (B, parts, 2) takes the chunk's first best of scaled + noise
+    # (gumbel.store_first_best), its noise at the row's position + STEP
     pdl_wait(PDL)
     row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)
     cols = (part * CHUNK + tl.arange(0, CHUNK)).to(tl.int64)
@@ -96,6 +101,12 @@ def _chunk_kernel(
         seen = tl.load(seen_ptr + row * seen_stride + cols, mask=live, other=0) != 0
         p = tl.load(penalty_ptr + row)
         x = tl.where(seen, tl.where(x > 0, x / p, x * p), x)
+    if PLAIN:
+        if (tl.load(top_k_ptr + row) == 0) & (tl.load(top_p_ptr + row) >= 1):
+            scaled = x / tl.maximum(tl.load(temp_ptr + row), 1e-5)
+            noise = gumbel(tl.load(seed_ptr + row), tl.load(pos_ptr + row) + STEP, cols)
+            noisy = tl.where(live, scaled + noise, float("-inf"))
+            store_first_best(plain_ptr + (row * parts + part) * 2, noisy, cols, live)
     word = tl.where(live, _value_word(x), _PAD_WORD)
     keys = (word.to(tl.int64) << 32) + tl.where(live, _LOW - cols, 0)  # padded: _LOWEST
     take, slot = select_largest(word, K, SKIP)
@@ -206,23 +217,31 @@ def stage_warps() -> dict[str, int]:
     return chosen
 
 
+def chunk_size(vocab: int, k: int) -> int:
+    """Logits a stage-1 program takes; RUNTIME_TOPK_CHUNK (a power of two) A/Bs CHUNK."""
+    return min(max(k, env_power_of_two("RUNTIME_TOPK_CHUNK", CHUNK, 16, MAX_KEYS)), max(k, next_pow2(vocab)))
+
+
 def _candidate_keys(
-    x: torch.Tensor, k: int, seen=None, penalty=None, check: bool = False
+    x: torch.Tensor, k: int, seen=None, penalty=None, check: bool = False, plain: tuple | None = None
 ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
     """Stage 1 and the merge rounds over x (B, V) float32 -> (keys (B, n), n, flags): at most
     max(GROUP, 2 k) keys per row, in lists of k, which hold the row's k best. check: flags
-    (B, V / chunk) int32, stage 1's finite check of its raw logits (_chunk_kernel); else None."""
+    (B, V / chunk) int32, stage 1's finite check of its raw logits (_chunk_kernel); else None.
+    plain: (out (B, V / chunk, 2) int64, temperature, top_k, top_p, seed, positions, step), the
+    plain-temperature rows' chunk picks (_chunk_kernel's PLAIN)."""
     B, vocab = x.shape
-    # logits a stage-1 program takes; RUNTIME_TOPK_CHUNK (a power of two) A/Bs CHUNK
-    chunk = min(max(k, env_power_of_two("RUNTIME_TOPK_CHUNK", CHUNK, 16, MAX_KEYS)), max(k, next_pow2(vocab)))
+    chunk = chunk_size(vocab, k)
     lists = cdiv(vocab, chunk)
     keys = torch.empty((B, lists * k), dtype=torch.int64, device=x.device)
     flags = torch.empty((B, lists), dtype=torch.int32, device=x.device) if check else None
     with_penalty = seen is not None
+    picks = plain[:6] if plain is not None else (x,) * 6  # pointers PLAIN never touches get x
     _chunk_kernel[(B, lists)](
         x, seen if with_penalty else x, penalty if with_penalty else x, keys, flags if check else x,
-        vocab, x.stride(0), seen.stride(0) if with_penalty else 0, lists, K=k, CHUNK=chunk,
-        PENALTY=with_penalty, CHECK=check, SKIP=skip_shared_digits(), num_warps=_warps(chunk, "chunk"), **pdl(x.device),
+        vocab, x.stride(0), seen.stride(0) if with_penalty else 0, lists, *picks, K=k, CHUNK=chunk,
+        PENALTY=with_penalty, CHECK=check, SKIP=skip_shared_digits(), PLAIN=plain is not None,
+        STEP=plain[6] if plain is not None else 0, num_warps=_warps(chunk, "chunk"), **pdl(x.device),
     )  # fmt: skip
     # graph: grids, buffers and rounds follow from shapes only; pass counts stay on the device
     # lists a merge program takes (a power of two); RUNTIME_TOPK_GROUP (a power of two) A/Bs GROUP

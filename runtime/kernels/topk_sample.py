@@ -9,47 +9,40 @@ buffer, the last stage also finishes the decode step (sampler.sample_step): toke
 advanced, token marked seen. Given its nonfinite_at too, stage 1 also checks the raw logits it
 reads (one flag a program: a NaN or +inf, else a value above -inf, else none) and the last stage
 reduces the row's flags into the step's non-finite record (runner.step_tail_ref's), so the topk
-step's tail needs no argmax launches.
+step's tail needs no argmax launches. A plain-temperature row (top-k off, top-p 1) keeps every
+token, so the K candidates cannot pick for it: stage 1 also keeps each chunk's first best of
+scaled + noise for such rows, and the last stage takes the best chunk's, over the whole row.
 """
 
 from __future__ import annotations
 
 import torch
 
-from runtime.kernels._triton import jit, next_pow2, pdl, pdl_wait, tl
-from runtime.kernels.topk import _LOW, _best_sorted, _candidate_keys, _id, _value, _warps, skip_shared_digits
-
-
-@jit
-def _mix(h):
-    """sampler._mix: a 32-bit avalanche in int64 arithmetic."""
-    h = h ^ (h >> 16)
-    h = (h * 0x7FEB352D) & _LOW
-    h = h ^ (h >> 15)
-    h = (h * 0x2C1B3C6D) & _LOW
-    return h ^ (h >> 16)
-
-
-@jit
-def _gumbel(seed, position, ids):
-    """sampler.gumbel_noise for one row: int64 seed and position, int64 ids -> fp32 noise."""
-    row = _mix((seed * 0x27D4EB2F + position * 0x165667B1) & _LOW)
-    h = _mix((ids * 0x3C6EF372 + row) & _LOW)
-    h = _mix(h ^ row)
-    u = ((h >> 8).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
-    return -tl.log(-tl.log(u))
+from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
+from runtime.kernels.gumbel import first_best, gumbel
+from runtime.kernels.topk import (
+    _best_sorted,
+    _candidate_keys,
+    _id,
+    _value,
+    _warps,
+    chunk_size,
+    skip_shared_digits,
+)
 
 
 @jit
 def _sample_kernel(
     keys_ptr, best_ptr, out_ptr, temp_ptr, top_k_ptr, top_p_ptr, seed_ptr, pos_ptr, seen_ptr,
-    flags_ptr, nonfinite_ptr, n_keys, seen_stride, parts, K: tl.constexpr, BLOCK: tl.constexpr,
-    PARTS: tl.constexpr, STEP: tl.constexpr, CHECK: tl.constexpr, PDL: tl.constexpr,
-    SKIP: tl.constexpr = False,
+    flags_ptr, nonfinite_ptr, plain_ptr, n_keys, seen_stride, parts, K: tl.constexpr,
+    BLOCK: tl.constexpr, PARTS: tl.constexpr, STEP: tl.constexpr, CHECK: tl.constexpr,
+    PDL: tl.constexpr, SKIP: tl.constexpr = False,
 ):  # fmt: skip
     # grid (B,): sampler.sample's steps after the candidate set, on the row's K best (penalised).
     # STEP: out_ptr is the tokens buffer and pos_ptr the rows' current positions, which advance.
-    # CHECK (with STEP): stage 1's flags (B, parts) give the row's non-finite record in nonfinite_ptr
+    # CHECK (with STEP): stage 1's flags (B, parts) give the row's non-finite record in nonfinite_ptr.
+    # A plain-temperature row (top-k off, top-p 1) keeps every token: its pick is the best of
+    # stage 1's chunk picks (B, parts, 2) at plain_ptr, not of the K candidates
     pdl_wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     ranked, keys = _best_sorted(keys_ptr, best_ptr, row, n_keys, K, BLOCK, SKIP)
@@ -72,10 +65,12 @@ def _sample_kernel(
     n_keep = tl.maximum(tl.minimum(n_keep, k), 1)
     cutoff = _value(tl.load(ranked + n_keep - 1)) / t
     position = tl.load(pos_ptr + row) + STEP  # where the token goes: keys the noise
-    noise = _gumbel(tl.load(seed_ptr + row), position, _id(keys))
+    noise = gumbel(tl.load(seed_ptr + row), position, _id(keys))
     kept = tl.where(scaled >= cutoff, scaled + noise, float("-inf"))
     choice = tl.argmax(kept, axis=0, tie_break_left=True)  # the first best rank, as torch.argmax
     sampled = _id(tl.load(ranked + choice))
+    if (top_k == 0) & (top_p >= 1):
+        sampled = first_best(plain_ptr, row, parts, PARTS)
     greedy = _id(top)  # the penalised argmax, first index
     token = tl.where(temperature > 0, sampled, greedy)
     tl.store(out_ptr + row, token)
@@ -112,18 +107,20 @@ def sample_topk_triton(
     nonfinite_at (B,) int64 given too: the step's non-finite record in the same launches (no
     argmax): where a row's raw logits have no finite maximum (argmax.argmax_checked_ref) and
     nonfinite_at < 0, it takes the row's current position (before the advance)."""
-    B = logits.shape[0]
+    B, vocab = logits.shape
     step, check = tokens is not None, nonfinite_at is not None
     assert not step or tokens.stride(0) == positions.stride(0) == seen.stride(-1) == 1
     assert not check or (step and nonfinite_at.stride(0) == 1)
-    keys, n_keys, flags = _candidate_keys(logits, candidates, seen, repetition_penalty, check)
+    parts = cdiv(vocab, chunk_size(vocab, candidates))
+    plain = torch.empty((B, parts, 2), dtype=torch.int64, device=logits.device)  # stage 1's picks
+    settings = (plain, temperature, top_k, top_p, seed, positions, int(step))
+    keys, n_keys, flags = _candidate_keys(logits, candidates, seen, repetition_penalty, check, settings)
     best = torch.empty((B, 2, candidates), dtype=torch.int64, device=logits.device)  # scratch
     out = tokens if step else torch.empty(B, dtype=torch.int64, device=logits.device)
-    parts = flags.shape[1] if check else 1
     # pointers this launch never touches get any tensor (flags and nonfinite_at when not checking)
     _sample_kernel[(B,)](
         keys, best, out, temperature, top_k, top_p, seed, positions, seen, flags if check else keys,
-        nonfinite_at if check else positions, n_keys, seen.stride(0), parts, K=candidates,
+        nonfinite_at if check else positions, plain, n_keys, seen.stride(0), parts, K=candidates,
         BLOCK=next_pow2(n_keys), PARTS=max(16, next_pow2(parts)), STEP=int(step), CHECK=check,
         SKIP=skip_shared_digits(),
         num_warps=_warps(n_keys, "last"), **pdl(logits.device),
