@@ -120,3 +120,19 @@ def assert_same_bits(got: torch.Tensor, want: torch.Tensor) -> None:
         torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=0.0)
     else:
         assert torch.equal(got, want)
+
+
+def sampling_rows(B: int, temperature, top_k, top_p, penalty, seed: int = 7) -> dict:
+    """Per-row sampler settings (B,) on DEVICE, each list repeated over the rows; row r's seed is
+    seed + r."""
+
+    def col(values, dtype):
+        return torch.tensor([values[i % len(values)] for i in range(B)], dtype=dtype, device=DEVICE)
+
+    return dict(
+        temperature=col(temperature, torch.float32),
+        top_k=col(top_k, torch.int64),
+        top_p=col(top_p, torch.float32),
+        repetition_penalty=col(penalty, torch.float32),
+        seed=seed + torch.arange(B, device=DEVICE),
+    )

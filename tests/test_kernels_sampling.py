@@ -13,6 +13,7 @@ from kernel_testing import (
     kernel_test,
     needs_triton,
     poisoned_fixture,
+    sampling_rows,
 )
 
 from runtime.kernels import argmax as argmax_mod
@@ -309,19 +310,6 @@ def test_sampling_kernels_under_the_cpu_interpreter():
 # ---------------------------------------------------------------- the fused "topk" sampler variant
 
 
-def _settings(B: int, temperature, top_k, top_p, penalty, seed: int = 7):
-    def col(values, dtype):
-        return torch.tensor([values[i % len(values)] for i in range(B)], dtype=dtype, device=DEVICE)
-
-    return dict(
-        temperature=col(temperature, torch.float32),
-        top_k=col(top_k, torch.int64),
-        top_p=col(top_p, torch.float32),
-        repetition_penalty=col(penalty, torch.float32),
-        seed=seed + torch.arange(B, device=DEVICE),
-    )
-
-
 SAMPLE_CASES = cases(
     full=[(1, 128256, 128), (1, 262144, 128), (4, 151936, 128), (3, 5000, 64)],
     small=[(3, 300, 16)],
@@ -340,7 +328,7 @@ def test_sample_topk_matches_the_reference(poisoned, monkeypatch, B, V, K):
         monkeypatch.setattr(topk_mod, "GROUP", 2)  # 2 lists a merge (the fewest): rounds on small rows
     x = logits(B, V)
     seen = torch.rand(B, V, device=DEVICE) < 0.3
-    rows = _settings(B, [0.8, 0.0, 1.3], [K // 2, 0, 5], [0.9, 1.0, 0.5], [1.1, 1.0, 1.3])
+    rows = sampling_rows(B, [0.8, 0.0, 1.3], [K // 2, 0, 5], [0.9, 1.0, 0.5], [1.1, 1.0, 1.3])
     rows["top_k"][rows["top_k"] == 0] = K  # the variant is exact for 0 < top_k <= K
     picked, differ = [], 0
     for pos in range(12 if INTERPRET else 200):
@@ -370,7 +358,7 @@ def test_more_candidates_than_the_count_ranks_are_sorted(poisoned, monkeypatch):
     want_values, want_ids = stable_top(x, K)
     assert torch.equal(values, want_values) and torch.equal(ids, want_ids)
     seen = torch.rand(B, V, device=DEVICE) < 0.3
-    rows = _settings(B, [0.8, 1.2], [K, K // 3], [0.95, 0.7], [1.1])
+    rows = sampling_rows(B, [0.8, 1.2], [K, K // 3], [0.95, 0.7], [1.1])
     for pos in range(4 if INTERPRET else 50):
         p = torch.full((B,), pos, device=DEVICE)
         got = topk_sample_mod.sample_topk_triton(x, p, seen=seen, candidates=K, **rows)
@@ -387,7 +375,7 @@ def test_sample_topk_greedy_rows_take_the_penalised_argmax(poisoned, monkeypatch
     x = logits(2, 500)
     seen = torch.zeros(2, 500, dtype=torch.bool, device=DEVICE)
     seen[:, x[0].argmax()] = True
-    rows = _settings(2, [0.0], [16], [1.0], [50.0])
+    rows = sampling_rows(2, [0.0], [16], [1.0], [50.0])
     got = topk_sample_mod.sample_topk_triton(x, torch.zeros(2, device=DEVICE, dtype=torch.int64), seen=seen,
                                       candidates=16, **rows)  # fmt: skip
     want = apply_repetition_penalty(x, seen, rows["repetition_penalty"]).argmax(-1)
@@ -405,14 +393,14 @@ def test_sample_topk_on_hard_rows(poisoned, K):
     x = hard_rows(V, K)
     seen = torch.zeros(x.shape, dtype=torch.bool, device=DEVICE)
     seen[:, 1::7] = True
-    greedy = _settings(x.shape[0], [0.0], [K], [1.0], [1.5])
+    greedy = sampling_rows(x.shape[0], [0.0], [K], [1.0], [1.5])
     p = torch.full((x.shape[0],), 3, device=DEVICE)
     got = topk_sample_mod.sample_topk_triton(x, p, seen=seen, candidates=K, **greedy)
     assert torch.equal(got, sample_ref(x, p, seen=seen, candidates=K, **greedy))
     assert got[0] == 0  # all equal, and id 0 is not seen
     x = logits(3, V)  # distinct values: the reference's candidate set is the same set
     seen = seen[:3]
-    rows = _settings(3, [0.7, 1.0, 2.0], [K, max(1, K // 4), 1], [1.0, 0.8, 0.9], [1.2])
+    rows = sampling_rows(3, [0.7, 1.0, 2.0], [K, max(1, K // 4), 1], [1.0, 0.8, 0.9], [1.2])
     for pos in range(6):
         p = torch.full((3,), pos, device=DEVICE)
         got = topk_sample_mod.sample_topk_triton(x, p, seen=seen, candidates=K, **rows)
@@ -442,7 +430,7 @@ def test_sample_topk_step_records_non_finite_rows(poisoned, monkeypatch, merge):
     recorded = torch.tensor([-1, -1, -1, -1, -1, -1, 3, 11], device=DEVICE)  # row 7: fine now
     start = torch.arange(100, 108, device=DEVICE)
     seen = torch.rand(8, V, device=DEVICE) < 0.1
-    rows = _settings(8, [0.8, 0.0, 1.3], [K, 4, 1], [0.9, 1.0, 0.5], [1.1, 1.0, 1.3])
+    rows = sampling_rows(8, [0.8, 0.0, 1.3], [K, 4, 1], [0.9, 1.0, 0.5], [1.1, 1.0, 1.3])
     want_tokens = topk_sample_mod.sample_topk_triton(x, start + 1, seen=seen, candidates=K, **rows)
     positions, nonfinite_at, step_seen = start.clone(), recorded.clone(), seen.clone()
     tokens = torch.full_like(start, -1)
@@ -470,7 +458,7 @@ def test_sample_topk_plain_temperature_picks_over_the_whole_row(poisoned, monkey
         monkeypatch.setattr(topk_mod, "GROUP", 2)
     x = logits(B, V) * 0.05
     seen = torch.rand(B, V, device=DEVICE) < 0.3
-    rows = _settings(B, [1.0, 0.9, 0.7], [0, 8, 0], [1.0, 1.0, 1.0], [1.2, 1.0, 1.0])
+    rows = sampling_rows(B, [1.0, 0.9, 0.7], [0, 8, 0], [1.0, 1.0, 1.0], [1.2, 1.0, 1.0])
     outside = 0
     for pos in range(10 if INTERPRET else 100):
         p = torch.full((B,), pos, device=DEVICE)

@@ -13,6 +13,7 @@ from kernel_testing import (
     kernel_test,
     needs_triton,
     poisoned_fixture,
+    sampling_rows,
 )
 
 from runtime.engine.sampler import sample_ref, top_k_top_p_cutoff
@@ -37,19 +38,6 @@ def small_blocks(monkeypatch):
     if INTERPRET:
         monkeypatch.setattr(sort_sample_mod, "CHUNK", 128)
         monkeypatch.setattr(sort_sample_mod, "BLOCK", 32)
-
-
-def _settings(B: int, temperature, top_k, top_p, penalty, seed: int = 11) -> dict:
-    def col(values, dtype):
-        return torch.tensor([values[i % len(values)] for i in range(B)], dtype=dtype, device=DEVICE)
-
-    return dict(
-        temperature=col(temperature, torch.float32),
-        top_k=col(top_k, torch.int64),
-        top_p=col(top_p, torch.float32),
-        repetition_penalty=col(penalty, torch.float32),
-        seed=seed + torch.arange(B, device=DEVICE),
-    )
 
 
 # rows: top-p alone (Llama 3's settings), greedy with the penalty, plain temperature, top-k above
@@ -78,7 +66,7 @@ def test_sample_sorted_matches_the_reference(poisoned, small_blocks, B, V):
     """Same tokens as sample_ref over many positions (each draws new noise), in every kind of row."""
     x = _logits(B, V)
     seen = torch.rand(B, V, device=DEVICE) < 0.3
-    rows = _settings(B, *ROWS)
+    rows = sampling_rows(B, *ROWS, seed=11)
     picked, differ = [], 0
     for pos in range(10 if INTERPRET else 200):
         p = torch.full((B,), pos, device=DEVICE)
@@ -103,7 +91,7 @@ def test_nucleus_and_top_k_are_kept_exactly(poisoned, small_blocks):
     x = x.to(DEVICE)
     seen = torch.zeros(3, V, dtype=torch.bool, device=DEVICE)
     # row 0: top-p 0.9 keeps 7, V - 1, 500; row 1: top-k 2 keeps 7, V - 1; row 2: everything near
-    rows = _settings(3, [1.0], [0, 2, 0], [0.9, 1.0, 1.0], [1.0])
+    rows = sampling_rows(3, [1.0], [0, 2, 0], [0.9, 1.0, 1.0], [1.0], seed=11)
     keep = [{7, V - 1, 500}, {7, V - 1}, {7, V - 1, 500, 901}]
     drawn = [set(), set(), set()]
     for pos in range(60 if INTERPRET else 400):
