@@ -87,6 +87,7 @@ def test_full_plan_runs_baselines_on_medium_only():
         ("quick.yaml", "quick", ["short", "medium"]),
         ("standard.yaml", "standard", ["short", "medium", "prefill", "decode", "sampled"]),
         ("full.yaml", "full", SEVEN),
+        ("sampling.yaml", "sampling", ["greedy", "top_k", "top_p", "temperature", "wide_k"]),
     ],
 )
 def test_each_suite_file_defaults_to_its_suite(name, suite, configs):
