@@ -26,7 +26,14 @@ from __future__ import annotations
 import torch
 
 from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
-from runtime.kernels.gumbel import first_best, gumbel, store_first_best
+from runtime.kernels.sample_parts import (
+    chunk_flag,
+    first_best,
+    gumbel,
+    penalised,
+    record_nonfinite,
+    store_first_best,
+)
 
 CHUNK = 4096  # logits per scale / pick program
 BLOCK = 1024  # ranked values per step of the cutoff's walk
@@ -43,17 +50,12 @@ def _scale_kernel(
     cols = (part * CHUNK + tl.arange(0, CHUNK)).to(tl.int64)
     live = cols < vocab
     x = tl.load(x_ptr + row * x_stride + cols, mask=live, other=float("-inf")).to(tl.float32)
-    odd = (x != x) | (x == float("inf"))  # flags as topk's chunk kernel: 2 bad, 1 a value, 0 none
-    flag = tl.where(odd, 2, tl.where(live & (x > float("-inf")), 1, 0))
-    tl.store(flags_ptr + row * parts + part, tl.max(flag, axis=0))
-    seen = tl.load(seen_ptr + row * seen_stride + cols, mask=live, other=0) != 0
-    p = tl.load(penalty_ptr + row)
-    x = tl.where(seen, tl.where(x > 0, x / p, x * p), x)  # sampler.apply_repetition_penalty
+    tl.store(flags_ptr + row * parts + part, chunk_flag(x, live))
+    x = penalised(x, seen_ptr, penalty_ptr, row, seen_stride, cols, live)
     scaled = x / tl.maximum(tl.load(temp_ptr + row), 1e-5)
     tl.store(scaled_ptr + row * vocab + cols, scaled, mask=live)
-    out = (row * parts + part) * 2
     x = tl.where(x != x, float("-inf"), x)  # the greedy pick skips NaN, as argmax.py's kernels
-    store_first_best(best_ptr + out, x, cols, live)
+    store_first_best(best_ptr + (row * parts + part) * 2, x, cols, live)
 
 
 @jit
@@ -141,11 +143,8 @@ def _finish_kernel(
     tl.store(out_ptr + row, token)
     if STEP:
         position = tl.load(pos_ptr + row)
-        if CHECK:  # argmax_checked_ref's bad row: a NaN or +inf anywhere (2), or nothing above -inf (0)
-            c = tl.arange(0, PARTS)
-            flag = tl.max(tl.load(flags_ptr + row * parts + c, mask=c < parts, other=0), axis=0)
-            recorded = tl.load(nonfinite_ptr + row)
-            tl.store(nonfinite_ptr + row, position, mask=(flag != 1) & (recorded < 0))
+        if CHECK:
+            record_nonfinite(flags_ptr, nonfinite_ptr, row, parts, position, PARTS)
         tl.store(pos_ptr + row, position + 1)
         tl.store(seen_ptr + row * seen_stride + token, 1)
 

@@ -49,8 +49,8 @@ import os
 import torch
 
 from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
-from runtime.kernels.gumbel import gumbel, store_first_best
 from runtime.kernels.radix_select import select_largest
+from runtime.kernels.sample_parts import chunk_flag, gumbel, penalised, store_first_best
 from runtime.kernels.switches import env_choice, env_power_of_two, power_of_two
 
 CHUNK = 4096  # logits per stage-1 program
@@ -87,20 +87,16 @@ def _chunk_kernel(
     # after the repetition penalty of row b when PENALTY; they go out in id order. PLAIN: a row
     # that samples plain temperature (top-k off, top-p 1) keeps every token, so the sampler picks
     # from the whole row: plain (B, parts, 2) takes the chunk's first best of scaled + noise
-    # (gumbel.store_first_best), its noise at the row's position + STEP
+    # (sample_parts.store_first_best), its noise at the row's position + STEP
     pdl_wait(PDL)
     row, part = tl.program_id(0).to(tl.int64), tl.program_id(1)
     cols = (part * CHUNK + tl.arange(0, CHUNK)).to(tl.int64)
     live = cols < vocab
     x = tl.load(x_ptr + row * x_stride + cols, mask=live, other=0.0).to(tl.float32)
-    if CHECK:  # flags (B, parts) int32 of the raw logits: 2 a NaN or +inf, else 1 a value > -inf, else 0
-        odd = (x != x) | (x == float("inf"))
-        flag = tl.where(odd, 2, tl.where(live & (x > float("-inf")), 1, 0))
-        tl.store(flags_ptr + row * parts + part, tl.max(flag, axis=0))
-    if PENALTY:  # as apply_repetition_penalty: seen logits divided (if > 0) or multiplied
-        seen = tl.load(seen_ptr + row * seen_stride + cols, mask=live, other=0) != 0
-        p = tl.load(penalty_ptr + row)
-        x = tl.where(seen, tl.where(x > 0, x / p, x * p), x)
+    if CHECK:  # flags (B, parts) int32 of the raw logits (sample_parts.chunk_flag)
+        tl.store(flags_ptr + row * parts + part, chunk_flag(x, live))
+    if PENALTY:
+        x = penalised(x, seen_ptr, penalty_ptr, row, seen_stride, cols, live)
     if PLAIN:
         if (tl.load(top_k_ptr + row) == 0) & (tl.load(top_p_ptr + row) >= 1):
             scaled = x / tl.maximum(tl.load(temp_ptr + row), 1e-5)

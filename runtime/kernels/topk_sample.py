@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from runtime.kernels._triton import cdiv, jit, next_pow2, pdl, pdl_wait, tl
-from runtime.kernels.gumbel import first_best, gumbel
+from runtime.kernels.sample_parts import first_best, gumbel, record_nonfinite
 from runtime.kernels.topk import (
     _best_sorted,
     _candidate_keys,
@@ -75,11 +75,8 @@ def _sample_kernel(
     token = tl.where(temperature > 0, sampled, greedy)
     tl.store(out_ptr + row, token)
     if STEP:  # stage 1 has read the seen row already (an earlier launch)
-        if CHECK:  # argmax_checked_ref's bad row: a NaN or +inf anywhere (2), or nothing above -inf (0)
-            p = tl.arange(0, PARTS)
-            flag = tl.max(tl.load(flags_ptr + row * parts + p, mask=p < parts, other=0), axis=0)
-            recorded = tl.load(nonfinite_ptr + row)  # the first bad position stays
-            tl.store(nonfinite_ptr + row, position - 1, mask=(flag != 1) & (recorded < 0))
+        if CHECK:  # the record takes the row's current position, before the advance
+            record_nonfinite(flags_ptr, nonfinite_ptr, row, parts, position - 1, PARTS)
         tl.store(pos_ptr + row, position)
         tl.store(seen_ptr + row * seen_stride + token, 1)
 

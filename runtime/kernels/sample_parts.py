@@ -1,6 +1,8 @@
-"""The sampler's noise inside Triton kernels, and the first best over a row's chunks that picks by
-it; the reference is sampler.gumbel_noise (a counter-based hash of seed, position and token id, so
-any subset of a row sees the numbers the whole vocabulary would)."""
+"""Pieces the two fused samplers (topk_sample.py, sort_sample.py) share inside their kernels: the
+repetition penalty, the raw logits' finite flag per chunk and the step's non-finite record made of
+them, the noise (sampler.gumbel_noise: a counter-based hash of seed, position and token id, so any
+subset of a row sees the numbers the whole vocabulary would), and a chunk's first best with the
+merge of a row's chunks."""
 
 from __future__ import annotations
 
@@ -9,6 +11,34 @@ from runtime.kernels._triton import jit, tl
 _LOW = tl.constexpr(0xFFFFFFFF) if tl is not None else 0xFFFFFFFF
 # larger than any index: the neutral element of a "first index" minimum
 _BIG = tl.constexpr(2**62) if tl is not None else 2**62
+
+
+@jit
+def penalised(x, seen_ptr, penalty_ptr, row, seen_stride, cols, live):
+    """sampler.apply_repetition_penalty on a chunk of row `row`: seen logits divided (if > 0) or
+    multiplied by the row's penalty."""
+    seen = tl.load(seen_ptr + row * seen_stride + cols, mask=live, other=0) != 0
+    p = tl.load(penalty_ptr + row)
+    return tl.where(seen, tl.where(x > 0, x / p, x * p), x)
+
+
+@jit
+def chunk_flag(x, live):
+    """A chunk's flag of its raw logits, for record_nonfinite: 2 a NaN or +inf, else 1 a value
+    above -inf, else 0."""
+    odd = (x != x) | (x == float("inf"))
+    return tl.max(tl.where(odd, 2, tl.where(live & (x > float("-inf")), 1, 0)), axis=0)
+
+
+@jit
+def record_nonfinite(flags_ptr, nonfinite_ptr, row, parts, position, PARTS: tl.constexpr):
+    """The step's non-finite record (runner.step_tail_ref's) from the row's chunk flags (B, parts):
+    a bad row (a NaN or +inf anywhere, or nothing above -inf: argmax_checked_ref's) takes
+    `position` where nothing is recorded yet (< 0), so the first bad position stays."""
+    c = tl.arange(0, PARTS)
+    flag = tl.max(tl.load(flags_ptr + row * parts + c, mask=c < parts, other=0), axis=0)
+    recorded = tl.load(nonfinite_ptr + row)
+    tl.store(nonfinite_ptr + row, position, mask=(flag != 1) & (recorded < 0))
 
 
 @jit
